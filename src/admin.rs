@@ -1,0 +1,408 @@
+//! The CLI verbs other than `serve`: list and member administration, `check-config`, and the
+//! `process` dry runs that drive the same pipelines as the milter.
+
+use crate::config::{Config, ConfigError, Policy};
+use crate::inbound::{self, Envelope, Verdict};
+use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
+use crate::outbound::{self, RcptDecision};
+use crate::store::{Role, SqliteStore, Store, StoreError};
+use sequoia_openpgp::serialize::SerializeInto;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// sysexits(3) codes, as DESIGN.md contracts them.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const NOT_PROCESSED: u8 = 1;
+    pub const USAGE: u8 = 64;
+    pub const DATA: u8 = 65;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const SOFTWARE: u8 = 70;
+    pub const IOERR: u8 = 74;
+    pub const TEMPFAIL: u8 = 75;
+    pub const CONFIG: u8 = 78;
+}
+
+/// A failure to run a command at all: printed as `listcrypt: what: why`.
+#[derive(Debug)]
+pub struct CommandError {
+    pub code: u8,
+    pub what: String,
+    pub why: String,
+}
+
+impl CommandError {
+    pub fn new(code: u8, what: impl Into<String>, why: impl std::fmt::Display) -> CommandError {
+        CommandError {
+            code,
+            what: what.into(),
+            why: why.to_string(),
+        }
+    }
+}
+
+impl From<KeyError> for CommandError {
+    fn from(e: KeyError) -> Self {
+        let code = match &e {
+            KeyError::Config(_) => exit::CONFIG,
+            KeyError::Store(StoreError::Busy(_)) => exit::TEMPFAIL,
+            KeyError::Store(_) => exit::UNAVAILABLE,
+            KeyError::Io { .. } => exit::IOERR,
+            KeyError::Parse { .. } | KeyError::Unusable(_) => exit::DATA,
+            KeyError::NoSuchList(_) | KeyError::ListExists(_) => exit::USAGE,
+            KeyError::Crypto(_) => exit::SOFTWARE,
+        };
+        CommandError::new(code, "keys", e)
+    }
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        KeyError::Store(e).into()
+    }
+}
+
+impl From<ConfigError> for CommandError {
+    fn from(e: ConfigError) -> Self {
+        CommandError::new(exit::CONFIG, "configuration", e)
+    }
+}
+
+type Result<T> = std::result::Result<T, CommandError>;
+
+fn list_address(s: &str) -> Result<String> {
+    let a = normalize_address(s);
+    if !valid_address(&a) {
+        return Err(CommandError::new(
+            exit::USAGE,
+            "address",
+            format!("{s:?} is not a valid address"),
+        ));
+    }
+    Ok(a)
+}
+
+fn open_store(config: &Config) -> Result<SqliteStore> {
+    Ok(SqliteStore::open(&config.state_dir)?)
+}
+
+fn existing_list(config: &Config, list: &str) -> Result<()> {
+    if !config.policy_path(list).exists() {
+        return Err(CommandError::new(
+            exit::USAGE,
+            list,
+            format!(
+                "no such list (no policy file {})",
+                config.policy_path(list).display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `list create ADDRESS`: the list key and a policy file with every default spelled out.
+pub fn list_create(config: &Config, address: &str, out: &mut dyn Write) -> Result<()> {
+    let list = list_address(address)?;
+    let policy = config.policy_path(&list);
+    if policy.exists() {
+        return Err(CommandError::new(exit::USAGE, &list, "list already exists"));
+    }
+    let cert = keys::create_list_key(&config.keyring_dir, &list)?;
+    std::fs::create_dir_all(&config.policy_dir)
+        .map_err(|e| CommandError::new(exit::IOERR, config.policy_dir.display().to_string(), e))?;
+    std::fs::write(&policy, Policy::default_file_text(&list))
+        .map_err(|e| CommandError::new(exit::IOERR, policy.display().to_string(), e))?;
+    open_store(config)?;
+    writeln!(out, "created list {list}").ok();
+    writeln!(out, "  list key   {}", cert.fingerprint()).ok();
+    writeln!(
+        out,
+        "  secret key {}",
+        keys::list_dir(&config.keyring_dir, &list)
+            .join("secret.pgp")
+            .display()
+    )
+    .ok();
+    writeln!(out, "  policy     {}", policy.display()).ok();
+    Ok(())
+}
+
+/// `list export-key ADDRESS`: the public key, armored.
+pub fn list_export_key(config: &Config, address: &str, out: &mut dyn Write) -> Result<()> {
+    let list = list_address(address)?;
+    existing_list(config, &list)?;
+    let cert = keys::load_list_key(&config.keyring_dir, &list)?;
+    let armored = cert
+        .strip_secret_key_material()
+        .armored()
+        .to_vec()
+        .map_err(|e| CommandError::new(exit::SOFTWARE, "export", e))?;
+    out.write_all(&armored)
+        .map_err(|e| CommandError::new(exit::IOERR, "stdout", e))?;
+    Ok(())
+}
+
+pub fn member_add(
+    config: &Config,
+    list: &str,
+    address: &str,
+    cert_file: &Path,
+    owner: bool,
+    show_key_id: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let list = list_address(list)?;
+    let address = list_address(address)?;
+    existing_list(config, &list)?;
+    let cert = keys::read_cert_file(cert_file)?;
+    let store = open_store(config)?;
+    let role = if owner { Role::Owner } else { Role::Member };
+    let b = keys::add_member(config, &store, &list, &address, &cert, role, show_key_id).map_err(
+        |e| match e {
+            KeyError::Unusable(why) => CommandError::new(exit::DATA, format!("{address}"), why),
+            other => other.into(),
+        },
+    )?;
+    writeln!(
+        out,
+        "bound {} on {list} to {} as {}",
+        b.address,
+        b.fingerprint,
+        b.role.as_str()
+    )
+    .ok();
+    Ok(())
+}
+
+pub fn member_remove(
+    config: &Config,
+    list: &str,
+    address: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let list = list_address(list)?;
+    let address = list_address(address)?;
+    existing_list(config, &list)?;
+    let store = open_store(config)?;
+    if !store.unbind(&list, &address)? {
+        return Err(CommandError::new(
+            exit::DATA,
+            &address,
+            format!("not bound on {list}"),
+        ));
+    }
+    writeln!(out, "unbound {address} from {list}").ok();
+    Ok(())
+}
+
+/// One line per binding: `ADDRESS FINGERPRINT ROLE STATE EXPIRES`.
+pub fn member_list(config: &Config, list: &str, out: &mut dyn Write) -> Result<()> {
+    let list = list_address(list)?;
+    existing_list(config, &list)?;
+    let store = open_store(config)?;
+    let certs = keys::CertDir::new(&config.keyring_dir);
+    for b in store.bindings(&list)? {
+        let expires = match b.fingerprint.parse().ok().map(|f| certs.get(&f)) {
+            Some(Ok(Some(cert))) => keys::expiry_text(&cert),
+            _ => "missing".into(),
+        };
+        let role = if b.show_key_id {
+            format!("{},show-key-id", b.role.as_str())
+        } else {
+            b.role.as_str().to_string()
+        };
+        writeln!(
+            out,
+            "{} {} {} {} {}",
+            b.address, b.fingerprint, role, b.state, expires
+        )
+        .ok();
+    }
+    Ok(())
+}
+
+/// `check-config`: the daemon config, every policy file, every key and every binding.
+pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
+    let mut problems = Vec::new();
+    let names = keys::list_names(config)?;
+    let store = open_store(config)?;
+    for list in &names {
+        if let Err(e) = Policy::load(&config.policy_path(list)) {
+            problems.push(e.to_string());
+        }
+        match keys::load_list_key(&config.keyring_dir, list) {
+            Ok(cert) => {
+                if !keys::cert_policy_ok(&cert) {
+                    problems.push(format!(
+                        "{list}: list key is not valid under the standard policy"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{list}: {e}")),
+        }
+        let certs = keys::CertDir::new(&config.keyring_dir);
+        for b in store.bindings(list)? {
+            let cert = b.fingerprint.parse().ok().map(|f| certs.get(&f));
+            match cert {
+                Some(Ok(Some(cert))) => {
+                    if let Err(why) = keys::check_member_cert(&cert, &b.address) {
+                        problems.push(format!("{list}: {}: {why}", b.address));
+                    }
+                }
+                Some(Err(e)) => problems.push(format!("{list}: {}: {e}", b.address)),
+                _ => problems.push(format!(
+                    "{list}: {}: certificate {} missing",
+                    b.address, b.fingerprint
+                )),
+            }
+        }
+    }
+    if problems.is_empty() {
+        writeln!(out, "configuration ok: {} list(s)", names.len()).ok();
+        Ok(())
+    } else {
+        for p in &problems {
+            writeln!(out, "{p}").ok();
+        }
+        Err(CommandError::new(
+            exit::CONFIG,
+            "check-config",
+            format!("{} problem(s)", problems.len()),
+        ))
+    }
+}
+
+fn read_stdin(limit: u64) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| CommandError::new(exit::IOERR, "stdin", e))?;
+    Ok(buf)
+}
+
+fn load_keyring(config: &Config) -> Result<Keyring> {
+    let store = open_store(config)?;
+    Ok(Keyring::load(config, &store)?)
+}
+
+/// `process inbound`: returns the exit code (0 processed, 1 not processed).
+pub fn process_inbound(
+    config: &Config,
+    list: &str,
+    from: &str,
+    rcpts: &[String],
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let list = list_address(list)?;
+    existing_list(config, &list)?;
+    let keyring = load_keyring(config)?;
+    let keys = keyring
+        .lists
+        .get(&list)
+        .cloned()
+        .ok_or_else(|| CommandError::new(exit::CONFIG, &list, "list not loaded"))?;
+    let message = read_stdin(config.limits.max_message_bytes)?;
+    let mut enforce = rcpts.is_empty();
+    for r in rcpts {
+        match inbound::lookup(&keyring, r) {
+            Some((l, kind)) if l.address == list => enforce |= kind.enforced(),
+            _ => {
+                writeln!(
+                    out,
+                    "tempfail 452 4.5.3 one list per transaction, please retry\r"
+                )
+                .ok();
+                return Ok(exit::NOT_PROCESSED);
+            }
+        }
+    }
+    if !enforce {
+        out.write_all(&crate::mime::to_crlf(&message)).ok();
+        return Ok(exit::OK);
+    }
+    let verdict = inbound::process(&Envelope { sender: from }, &message, &keys, &config.limits);
+    match verdict {
+        Verdict::Deliver {
+            rewrite,
+            hold: None,
+            ..
+        } => {
+            out.write_all(&rewrite.render(&message))
+                .map_err(|e| CommandError::new(exit::IOERR, "stdout", e))?;
+            Ok(exit::OK)
+        }
+        other => {
+            writeln!(out, "{}\r", other.decision_line()).ok();
+            Ok(exit::NOT_PROCESSED)
+        }
+    }
+}
+
+/// `process outbound`: writes `DIR/batch-N.eml` and `.rcpt`; one line per refused recipient.
+pub fn process_outbound(
+    config: &Config,
+    list: &str,
+    from: &str,
+    rcpts: &[String],
+    dir: &Path,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let list = list_address(list)?;
+    existing_list(config, &list)?;
+    let keyring = load_keyring(config)?;
+    let keys = keyring
+        .lists
+        .get(&list)
+        .cloned()
+        .ok_or_else(|| CommandError::new(exit::CONFIG, &list, "list not loaded"))?;
+    if outbound::list_for_sender(&keyring, from).is_none_or(|l| l.address != list) {
+        tracing::warn!("{from} is not {list}'s bounces address; Mailman always sends from it");
+    }
+    let message = read_stdin(config.limits.max_message_bytes)?;
+    let mut encrypt = Vec::new();
+    let mut loopback = Vec::new();
+    let mut refused = 0;
+    let mut state = None;
+    for r in rcpts {
+        match outbound::rcpt(&keyring, &keys, r, state) {
+            RcptDecision::Encrypt => {
+                state = Some(false);
+                encrypt.push(r.clone());
+            }
+            RcptDecision::Loopback => {
+                state = Some(true);
+                loopback.push(r.clone());
+            }
+            RcptDecision::Refuse(reply) => {
+                refused += 1;
+                writeln!(out, "{r} {reply}\r").ok();
+            }
+        }
+    }
+    if refused == rcpts.len() {
+        return Ok(exit::NOT_PROCESSED);
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CommandError::new(exit::IOERR, dir.display().to_string(), e))?;
+    let write = |n: usize, eml: &[u8], rcpts: &[String]| -> Result<()> {
+        let base = dir.join(format!("batch-{n}"));
+        std::fs::write(base.with_extension("eml"), eml)
+            .map_err(|e| CommandError::new(exit::IOERR, base.display().to_string(), e))?;
+        let list: String = rcpts.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(base.with_extension("rcpt"), list)
+            .map_err(|e| CommandError::new(exit::IOERR, base.display().to_string(), e))
+    };
+    if !loopback.is_empty() {
+        // Mailman talking to itself passes untouched.
+        write(1, &crate::mime::to_crlf(&message), &loopback)?;
+        return Ok(exit::OK);
+    }
+    let size = keys.policy.batch_size as usize;
+    for (i, batch) in encrypt.chunks(size).enumerate() {
+        let rewrite = outbound::encrypt_message(&message, &keys, batch)
+            .map_err(|e| CommandError::new(exit::SOFTWARE, "encrypt", e))?;
+        write(i + 1, &rewrite.render(&message), batch)?;
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,251 @@
+//! Daemon configuration (`listcrypt.toml`) and per-list policy files.
+//!
+//! The file is parsed with the `toml` crate first so that every diagnostic carries
+//! `file:line:column`; figment then layers `LISTCRYPT_<KEY>` environment overrides on top.
+
+mod policy;
+mod socket;
+
+pub use policy::{Action, HeaderProtection, MissingKeyAction, Padding, Policy};
+pub use socket::SocketSpec;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the packaged configuration lives; used when neither `-c` nor `$LISTCRYPT_CONFIG` is given.
+pub const SYSTEM_CONFIG: &str = "/etc/listcrypt/listcrypt.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_message_bytes: u64,
+    pub max_plaintext_bytes: u64,
+    pub max_mime_depth: u32,
+    pub max_mime_parts: u32,
+    pub max_packets: u32,
+    /// Accepted clock skew of an author signature's creation time, in seconds.
+    pub signature_time_window: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 25 * 1024 * 1024,
+            max_plaintext_bytes: 50 * 1024 * 1024,
+            max_mime_depth: 20,
+            max_mime_parts: 500,
+            max_packets: 10_000,
+            signature_time_window: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    Auto,
+    Stderr,
+    Journald,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub inbound_socket: String,
+    pub outbound_socket: String,
+    pub reinject_smtp: String,
+    pub policy_dir: PathBuf,
+    pub keyring_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: LogTarget,
+    pub log_level: String,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            inbound_socket: "unix:var/run/inbound.sock".into(),
+            outbound_socket: "unix:var/run/outbound.sock".into(),
+            reinject_smtp: "127.0.0.1:10026".into(),
+            policy_dir: "var/lists.d".into(),
+            keyring_dir: "keyrings".into(),
+            state_dir: "var/state".into(),
+            log: LogTarget::Auto,
+            log_level: "info".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Which file (if any) the configuration came from, for the start-up announcement.
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    BuiltIn,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltIn => write!(f, "built-in defaults"),
+        }
+    }
+}
+
+impl Config {
+    /// Finds and loads the configuration: `explicit`, else `$LISTCRYPT_CONFIG`, else
+    /// [`SYSTEM_CONFIG`] if it exists, else the built-in default.
+    pub fn locate(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => match std::env::var_os("LISTCRYPT_CONFIG") {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ if Path::new(SYSTEM_CONFIG).exists() => Some(PathBuf::from(SYSTEM_CONFIG)),
+                _ => None,
+            },
+        };
+        match path {
+            Some(p) => Ok((Config::load(Some(&p))?, Source::File(p))),
+            None => Ok((Config::load(None)?, Source::BuiltIn)),
+        }
+    }
+
+    /// Loads `path` (or only defaults) plus environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let shown = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in".into());
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                path: shown.clone(),
+                source,
+            })?;
+            // Parse once on our own for precise diagnostics (figment drops positions).
+            toml::from_str::<Config>(&text).map_err(|e| syntax_error(&shown, &text, &e))?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        // LISTCRYPT_LIMITS__MAX_PACKETS=… reaches limits.max_packets.
+        figment = figment.merge(Env::prefixed("LISTCRYPT_").ignore(&["CONFIG"]).split("__"));
+        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: shown,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        SocketSpec::parse(&self.inbound_socket).map_err(|e| format!("inbound_socket: {e}"))?;
+        SocketSpec::parse(&self.outbound_socket).map_err(|e| format!("outbound_socket: {e}"))?;
+        if self.inbound_socket == self.outbound_socket {
+            return Err("inbound_socket and outbound_socket must differ".into());
+        }
+        self.reinject_smtp
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("reinject_smtp: {e} (expected HOST:PORT)"))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| format!("log_level: {e}"))?;
+        let l = &self.limits;
+        if l.max_message_bytes == 0 || l.max_plaintext_bytes == 0 || l.max_packets == 0 {
+            return Err("limits must be positive".into());
+        }
+        if l.max_mime_depth == 0 || l.max_mime_parts == 0 {
+            return Err("limits must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Path of the policy file for `list`.
+    pub fn policy_path(&self, list: &str) -> PathBuf {
+        self.policy_dir.join(format!("{list}.toml"))
+    }
+}
+
+/// Turns a `toml` error into a `file:line:column: message` diagnostic.
+pub(crate) fn syntax_error(path: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(span) => line_column(text, span.start),
+        None => (1, 1),
+    };
+    ConfigError::Syntax {
+        path: path.to_string(),
+        line,
+        column,
+        message: e.message().trim().to_string(),
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_reports_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "log_level = \"info\"\n\nbogus_key = 1\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("c.toml:3:1:"), "{err}");
+        assert!(err.contains("bogus_key"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_sample_parses() {
+        Config::load(None).unwrap();
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/listcrypt.toml");
+        let c = Config::load(Some(Path::new(sample))).unwrap();
+        assert_eq!(
+            c,
+            Config::default(),
+            "the sample file must state the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn bad_socket_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "inbound_socket = \"tcp:1\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("inbound_socket"), "{err}");
+    }
+}

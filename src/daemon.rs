@@ -1,0 +1,163 @@
+//! The running daemon's shared state (configuration and keyring snapshots, the store) and the
+//! two milter listeners.
+
+use crate::config::{Config, SocketSpec};
+use crate::keys::{KeyError, Keyring};
+use crate::milter::{self, Side};
+use crate::store::{SqliteStore, Store};
+use indymilter::EitherListener;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::net::{TcpListener, UnixListener};
+
+pub type AnyListener = EitherListener<TcpListener, UnixListener>;
+
+pub struct Daemon {
+    config_path: Option<PathBuf>,
+    config: RwLock<Arc<Config>>,
+    store: Arc<SqliteStore>,
+    keyring: RwLock<Arc<Keyring>>,
+    reload_lock: Mutex<()>,
+}
+
+impl Daemon {
+    pub fn open(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, KeyError> {
+        let store = Arc::new(SqliteStore::open(&config.state_dir)?);
+        let keyring = Keyring::load(&config, &*store)?;
+        Ok(Daemon {
+            config_path,
+            config: RwLock::new(Arc::new(config)),
+            store,
+            keyring: RwLock::new(Arc::new(keyring)),
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn lists(&self) -> usize {
+        self.keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .lists
+            .len()
+    }
+
+    /// The current keyring, rebuilt first if the store changed (a CLI `member add`, say).
+    /// An error means mail waits (tempfail) rather than going out under stale bindings.
+    pub fn keyring(&self) -> Result<Arc<Keyring>, KeyError> {
+        let generation = self.store.generation()?;
+        let current = self
+            .keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if current.generation == generation {
+            return Ok(current);
+        }
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self
+            .keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if current.generation == generation {
+            return Ok(current);
+        }
+        let fresh = Arc::new(Keyring::load(&self.config(), &*self.store)?);
+        tracing::info!("bindings changed; reloaded {} list(s)", fresh.lists.len());
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// SIGHUP: re-read the configuration, policies and keys; keep the old ones on any error.
+    /// Socket addresses are bound once and need a restart to change.
+    pub fn reload(&self) -> Result<(), String> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let config = match &self.config_path {
+            Some(p) => Config::load(Some(p)).map_err(|e| e.to_string())?,
+            None => Config::load(None).map_err(|e| e.to_string())?,
+        };
+        let keyring = Keyring::load(&config, &*self.store).map_err(|e| e.to_string())?;
+        let n = keyring.lists.len();
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        tracing::info!("configuration reloaded: {n} list(s)");
+        Ok(())
+    }
+}
+
+/// Binds a milter socket. A stale unix socket is removed only if it is a socket.
+pub async fn bind(spec: &SocketSpec) -> io::Result<AnyListener> {
+    match spec {
+        SocketSpec::Unix(path) => {
+            remove_stale_socket(path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let listener = UnixListener::bind(path)?;
+            // Access is governed by the directory; the MTA's user must be able to connect.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            Ok(EitherListener::Unix(listener))
+        }
+        SocketSpec::Inet(host, port) => {
+            let listener = TcpListener::bind((host.as_str(), *port)).await?;
+            Ok(EitherListener::Tcp(listener))
+        }
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; not removing it",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs both milters until `shutdown` completes; running end-of-message work finishes first.
+pub async fn run(
+    inbound: AnyListener,
+    outbound: AnyListener,
+    daemon: Arc<Daemon>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let inbound_task = indymilter::run(
+        inbound,
+        milter::callbacks(daemon.clone(), Side::Inbound),
+        milter::milter_config(),
+        wait(rx.clone()),
+    );
+    let outbound_task = indymilter::run(
+        outbound,
+        milter::callbacks(daemon.clone(), Side::Outbound),
+        milter::milter_config(),
+        wait(rx),
+    );
+    let trigger = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    let (a, b, ()) = tokio::join!(inbound_task, outbound_task, trigger);
+    a.and(b)
+}

@@ -1,0 +1,494 @@
+//! List secret keys, member certificates (a pgp.cert.d directory) and the in-memory keyring
+//! snapshot the daemon works from.
+
+use crate::config::{Config, ConfigError, Policy};
+use crate::store::{Binding, Role, Store, StoreError};
+use openpgp::cert::prelude::*;
+use openpgp::parse::Parse;
+use openpgp::policy::{Policy as _, StandardPolicy};
+use openpgp::serialize::{Serialize, SerializeInto};
+use openpgp::types::{PublicKeyAlgorithm, RevocationStatus};
+use openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
+use sequoia_openpgp as openpgp;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not an OpenPGP key: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{0}")]
+    Unusable(String),
+    #[error("list {0} does not exist (no policy file)")]
+    NoSuchList(String),
+    #[error("list {0} already exists")]
+    ListExists(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("OpenPGP: {0}")]
+    Crypto(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Lower-cases and strips angle brackets: the form addresses are stored and compared in.
+pub fn normalize_address(s: &str) -> String {
+    s.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A plausible `local@domain` address (no spaces, one `@`, no path separators).
+pub fn valid_address(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != '\\')
+}
+
+pub fn list_dir(keyring_dir: &Path, list: &str) -> PathBuf {
+    keyring_dir.join("lists").join(list)
+}
+
+/// Writes `bytes` to `path` atomically with the given mode.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().expect("path has a parent");
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Creates the list key (v4, Cv25519: GnuPG 2.2 reads it; reference/openpgp.md) and returns it.
+pub fn create_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
+    let path = list_dir(keyring_dir, list).join("secret.pgp");
+    if path.exists() {
+        return Err(KeyError::ListExists(list.to_string()));
+    }
+    let (cert, _rev) = CertBuilder::new()
+        .set_cipher_suite(CipherSuite::Cv25519)
+        .set_profile(openpgp::Profile::RFC4880)
+        .map_err(|e| KeyError::Crypto(e.to_string()))?
+        .add_userid(format!("<{list}>"))
+        .add_signing_subkey()
+        .add_transport_encryption_subkey()
+        .add_storage_encryption_subkey()
+        .generate()
+        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    let bytes = cert
+        .as_tsk()
+        .armored()
+        .to_vec()
+        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    write_atomic(&path, &bytes, 0o600)?;
+    Ok(cert)
+}
+
+pub fn load_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
+    let path = list_dir(keyring_dir, list).join("secret.pgp");
+    let cert = Cert::from_file(&path).map_err(|e| match e.downcast::<std::io::Error>() {
+        Ok(source) => KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        },
+        Err(e) => KeyError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        },
+    })?;
+    if !cert.is_tsk() {
+        return Err(KeyError::Unusable(format!(
+            "{}: has no secret key material",
+            path.display()
+        )));
+    }
+    Ok(cert)
+}
+
+/// Member and owner certificates in the pgp.cert.d layout (`certs/ab/cdef…`), so admins can
+/// also use `sq --cert-store`.
+pub struct CertDir {
+    root: PathBuf,
+}
+
+impl CertDir {
+    pub fn new(keyring_dir: &Path) -> CertDir {
+        CertDir {
+            root: keyring_dir.join("certs"),
+        }
+    }
+
+    fn path(&self, fpr: &Fingerprint) -> PathBuf {
+        let hex = fpr.to_hex().to_ascii_lowercase();
+        self.root.join(&hex[..2]).join(&hex[2..])
+    }
+
+    pub fn get(&self, fpr: &Fingerprint) -> Result<Option<Cert>, KeyError> {
+        let path = self.path(fpr);
+        match std::fs::read(&path) {
+            Ok(bytes) => Cert::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| KeyError::Parse {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Inserts the public parts of `cert`, merged with any stored copy.
+    pub fn insert(&self, cert: &Cert) -> Result<(), KeyError> {
+        let public = cert.clone().strip_secret_key_material();
+        let merged = match self.get(&cert.fingerprint())? {
+            Some(old) => old
+                .merge_public(public)
+                .map_err(|e| KeyError::Crypto(e.to_string()))?,
+            None => public,
+        };
+        let mut bytes = Vec::new();
+        merged
+            .serialize(&mut bytes)
+            .map_err(|e| KeyError::Crypto(e.to_string()))?;
+        write_atomic(&self.path(&cert.fingerprint()), &bytes, 0o644)
+    }
+}
+
+/// Why a member certificate cannot be used for encryption now, or `Ok` if it can.
+pub fn check_member_cert(cert: &Cert, address: &str) -> Result<(), String> {
+    let vc = cert
+        .with_policy(&POLICY, None)
+        .map_err(|e| format!("certificate {} is not valid: {e}", cert.fingerprint()))?;
+    if let RevocationStatus::Revoked(_) = vc.revocation_status() {
+        return Err(format!("certificate {} is revoked", cert.fingerprint()));
+    }
+    vc.alive()
+        .map_err(|_| format!("certificate {} has expired", cert.fingerprint()))?;
+    let has_uid = vc.userids().any(|u| {
+        u.userid()
+            .email_normalized()
+            .ok()
+            .flatten()
+            .is_some_and(|e| e == address)
+    });
+    if !has_uid {
+        return Err(format!(
+            "certificate {} has no valid user ID for {address}",
+            cert.fingerprint()
+        ));
+    }
+    let mut usable = 0;
+    for ka in vc.keys().for_transport_encryption().alive().revoked(false) {
+        weak_key(ka.key().pk_algo(), ka.key().mpis().bits())?;
+        usable += 1;
+    }
+    if usable == 0 {
+        return Err(format!(
+            "certificate {} has no usable encryption subkey",
+            cert.fingerprint()
+        ));
+    }
+    Ok(())
+}
+
+fn weak_key(algo: PublicKeyAlgorithm, bits: Option<usize>) -> Result<(), String> {
+    #[allow(deprecated)]
+    match algo {
+        PublicKeyAlgorithm::ElGamalEncrypt | PublicKeyAlgorithm::ElGamalEncryptSign => Err(
+            "ElGamal encryption keys are too weak; please use a Curve25519 or RSA-3072 key".into(),
+        ),
+        PublicKeyAlgorithm::RSAEncryptSign | PublicKeyAlgorithm::RSAEncrypt
+            if bits.unwrap_or(0) < 2048 =>
+        {
+            Err("RSA keys under 2048 bits are too weak".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Reads a certificate file (armored or binary) that must hold exactly one certificate.
+pub fn read_cert_file(path: &Path) -> Result<Cert, KeyError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let parser = CertParser::from_bytes(&bytes).map_err(|e| KeyError::Parse {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let certs: Vec<Cert> = parser
+        .collect::<Result<_, _>>()
+        .map_err(|e| KeyError::Parse {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    match certs.len() {
+        1 => Ok(certs.into_iter().next().expect("one")),
+        0 => Err(KeyError::Parse {
+            path: path.display().to_string(),
+            reason: "no certificate found".into(),
+        }),
+        n => Err(KeyError::Parse {
+            path: path.display().to_string(),
+            reason: format!("{n} certificates found, expected one"),
+        }),
+    }
+}
+
+/// A member's certificate as the daemon uses it.
+#[derive(Clone)]
+pub struct Member {
+    pub address: String,
+    pub cert: Cert,
+    pub role: Role,
+    pub show_key_id: bool,
+}
+
+/// Everything the pipelines need to know about one list.
+pub struct ListKeys {
+    pub address: String,
+    pub policy: Policy,
+    /// The list's secret key (TSK).
+    pub secret: Cert,
+    pub members: Vec<Member>,
+    by_address: HashMap<String, usize>,
+    by_keyid: HashMap<KeyID, Vec<usize>>,
+}
+
+impl ListKeys {
+    pub fn new(address: String, policy: Policy, secret: Cert, members: Vec<Member>) -> ListKeys {
+        let mut by_address = HashMap::new();
+        let mut by_keyid: HashMap<KeyID, Vec<usize>> = HashMap::new();
+        for (i, m) in members.iter().enumerate() {
+            by_address.insert(m.address.clone(), i);
+            for k in m.cert.keys() {
+                by_keyid.entry(k.key().keyid()).or_default().push(i);
+            }
+        }
+        ListKeys {
+            address,
+            policy,
+            secret,
+            members,
+            by_address,
+            by_keyid,
+        }
+    }
+
+    pub fn member(&self, address: &str) -> Option<&Member> {
+        self.by_address.get(address).map(|&i| &self.members[i])
+    }
+
+    /// Member certificates holding a key with this handle (key id or fingerprint).
+    pub fn certs_for(&self, handle: &KeyHandle) -> Vec<&Member> {
+        let ids = self.by_keyid.get(&KeyID::from(handle)).cloned().unwrap_or_default();
+        ids.into_iter()
+            .map(|i| &self.members[i])
+            .filter(|m| m.cert.keys().any(|k| k.key().key_handle().aliases(handle)))
+            .collect()
+    }
+
+    /// The list's address parts: (`local`, `domain`).
+    pub fn parts(&self) -> (&str, &str) {
+        self.address.split_once('@').unwrap_or((&self.address, ""))
+    }
+}
+
+/// A snapshot of every list: built at start, rebuilt when the store's generation changes or
+/// on SIGHUP. Sessions hold an `Arc` of it for a whole message.
+pub struct Keyring {
+    pub generation: i64,
+    pub lists: HashMap<String, Arc<ListKeys>>,
+}
+
+/// Names of the lists configured in `policy_dir` (one `<address>.toml` each).
+pub fn list_names(config: &Config) -> Result<Vec<String>, KeyError> {
+    let dir = &config.policy_dir;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(KeyError::Io {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(list) = name.strip_suffix(".toml") {
+            if valid_address(list) {
+                names.push(list.to_ascii_lowercase());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+impl Keyring {
+    pub fn load(config: &Config, store: &dyn Store) -> Result<Keyring, KeyError> {
+        let generation = store.generation()?;
+        let certs = CertDir::new(&config.keyring_dir);
+        let mut lists = HashMap::new();
+        for name in list_names(config)? {
+            let policy = Policy::load(&config.policy_path(&name))?;
+            let secret = load_list_key(&config.keyring_dir, &name)?;
+            let mut members = Vec::new();
+            for b in store.bindings(&name)? {
+                if b.state != "active" {
+                    continue;
+                }
+                let fpr: Fingerprint = b.fingerprint.parse().map_err(|_| {
+                    KeyError::Unusable(format!("binding {} on {name}: bad fingerprint", b.address))
+                })?;
+                match certs.get(&fpr)? {
+                    Some(cert) => members.push(Member {
+                        address: b.address.clone(),
+                        cert,
+                        role: b.role,
+                        show_key_id: b.show_key_id,
+                    }),
+                    None => tracing::warn!(
+                        "{name}: certificate {fpr} for {} is missing from the cert store",
+                        b.address
+                    ),
+                }
+            }
+            lists.insert(
+                name.clone(),
+                Arc::new(ListKeys::new(name, policy, secret, members)),
+            );
+        }
+        Ok(Keyring { generation, lists })
+    }
+}
+
+/// Binds `address` on `list` to the certificate in `cert_path` (CLI `member add`).
+pub fn add_member(
+    config: &Config,
+    store: &dyn Store,
+    list: &str,
+    address: &str,
+    cert: &Cert,
+    role: Role,
+    show_key_id: bool,
+) -> Result<Binding, KeyError> {
+    if !config.policy_path(list).exists() {
+        return Err(KeyError::NoSuchList(list.to_string()));
+    }
+    if cert.is_tsk() {
+        tracing::info!("ignoring secret key material in the certificate for {address}");
+    }
+    check_member_cert(cert, address).map_err(KeyError::Unusable)?;
+    CertDir::new(&config.keyring_dir).insert(cert)?;
+    let binding = Binding {
+        list: list.to_string(),
+        address: address.to_string(),
+        fingerprint: cert.fingerprint().to_hex(),
+        role,
+        state: "active".into(),
+        show_key_id,
+    };
+    store.bind(&binding)?;
+    Ok(binding)
+}
+
+/// Expiry of a certificate as the `member list` column shows it.
+pub fn expiry_text(cert: &Cert) -> String {
+    match cert.with_policy(&POLICY, None) {
+        Ok(vc) => match vc.primary_key().key_expiration_time() {
+            Some(t) => {
+                let secs = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                format_date(secs)
+            }
+            None => "never".into(),
+        },
+        Err(_) => "invalid".into(),
+    }
+}
+
+/// `YYYY-MM-DD` for a Unix time (civil-from-days, proleptic Gregorian).
+pub fn format_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Whether the policy accepts `cert` at all (used by check-config).
+pub fn cert_policy_ok(cert: &Cert) -> bool {
+    cert.with_policy(&POLICY, None).is_ok()
+        && POLICY
+            .packet(&openpgp::Packet::from(cert.primary_key().key().clone()))
+            .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_date(0), "1970-01-01");
+        assert_eq!(format_date(951_782_400), "2000-02-29");
+        assert_eq!(format_date(1_798_675_200), "2026-12-31");
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            normalize_address(" <Alice@Example.NET> "),
+            "alice@example.net"
+        );
+        assert!(valid_address("a@b"));
+        assert!(!valid_address("a@b@c"));
+        assert!(!valid_address("../x@y"));
+        assert!(!valid_address("a b@c"));
+    }
+}

@@ -1,0 +1,239 @@
+//! argv, socket bind, signals and exit codes — nothing else.
+
+use clap::{Args, Parser, Subcommand};
+use listcrypt::admin::{self, exit, CommandError};
+use listcrypt::config::{Config, SocketSpec, Source};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "listcrypt", version, about = "OpenPGP-encrypted mailing lists for Mailman 3, as a milter")]
+struct Cli {
+    /// Configuration file (else $LISTCRYPT_CONFIG, else /etc/listcrypt/listcrypt.toml, else built-in defaults)
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the milter daemon (inbound and outbound listeners).
+    ///
+    /// Example: listcrypt -c /etc/listcrypt/listcrypt.toml serve
+    Serve,
+    /// Validate the configuration, every policy file, every key and binding.
+    ///
+    /// Example: listcrypt check-config
+    CheckConfig,
+    /// Create lists and export their keys.
+    #[command(subcommand)]
+    List(ListCommand),
+    /// Bind, unbind and list members' certificates.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Dry-run a pipeline on a message read from standard input.
+    #[command(subcommand)]
+    Process(ProcessCommand),
+}
+
+#[derive(Subcommand)]
+enum ListCommand {
+    /// Create the list key (v4, Cv25519) and a policy file with the defaults.
+    ///
+    /// Example: listcrypt list create enc@lists.example.org
+    Create { address: String },
+    /// Print the list's public key, armored.
+    ///
+    /// Example: listcrypt list export-key enc@lists.example.org > enc.asc
+    ExportKey { address: String },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Bind ADDRESS on LIST to the certificate in CERTFILE (armored or binary).
+    ///
+    /// Example: listcrypt member add enc@lists.example.org alice@example.org alice.asc
+    Add {
+        list: String,
+        address: String,
+        certfile: PathBuf,
+        /// member or owner (owners get Mailman's notices, encrypted)
+        #[arg(long, default_value = "member", value_parser = ["member", "owner"])]
+        role: String,
+        /// Give this member copies with their key id visible (clients that cannot try their keys on hidden recipients)
+        #[arg(long)]
+        show_key_id: bool,
+    },
+    /// Remove ADDRESS's binding from LIST.
+    ///
+    /// Example: listcrypt member remove enc@lists.example.org alice@example.org
+    Remove { list: String, address: String },
+    /// One line per binding: ADDRESS FINGERPRINT ROLE STATE EXPIRES.
+    ///
+    /// Example: listcrypt member list enc@lists.example.org
+    List { list: String },
+}
+
+#[derive(Subcommand)]
+enum ProcessCommand {
+    /// Run the inbound pipeline; print what Mailman would receive, or the decision.
+    ///
+    /// Example: listcrypt process inbound --list enc@lists.example.org --from alice@example.org < post.eml
+    Inbound(InboundArgs),
+    /// Run the outbound pipeline; write DIR/batch-N.eml and DIR/batch-N.rcpt.
+    ///
+    /// Example: listcrypt process outbound --list enc@lists.example.org --from enc-bounces@lists.example.org --rcpt bob@example.org --out out/ < post.eml
+    Outbound(OutboundArgs),
+}
+
+#[derive(Args)]
+struct InboundArgs {
+    #[arg(long)]
+    list: String,
+    #[arg(long)]
+    from: String,
+    #[arg(long)]
+    rcpt: Vec<String>,
+}
+
+#[derive(Args)]
+struct OutboundArgs {
+    #[arg(long)]
+    list: String,
+    #[arg(long)]
+    from: String,
+    #[arg(long, required = true)]
+    rcpt: Vec<String>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("listcrypt: {}: {}", e.what, e.why);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, CommandError> {
+    let (config, source) = Config::locate(cli.config.as_deref())?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Serve => {
+            drop(out);
+            serve(config, source, cli.config)
+        }
+        Command::CheckConfig => admin::check_config(&config, &mut out).map(|_| exit::OK),
+        Command::List(ListCommand::Create { address }) => {
+            admin::list_create(&config, &address, &mut out).map(|_| exit::OK)
+        }
+        Command::List(ListCommand::ExportKey { address }) => {
+            admin::list_export_key(&config, &address, &mut out).map(|_| exit::OK)
+        }
+        Command::Member(MemberCommand::Add { list, address, certfile, role, show_key_id }) => {
+            admin::member_add(&config, &list, &address, &certfile, role == "owner", show_key_id, &mut out)
+                .map(|_| exit::OK)
+        }
+        Command::Member(MemberCommand::Remove { list, address }) => {
+            admin::member_remove(&config, &list, &address, &mut out).map(|_| exit::OK)
+        }
+        Command::Member(MemberCommand::List { list }) => {
+            admin::member_list(&config, &list, &mut out).map(|_| exit::OK)
+        }
+        Command::Process(ProcessCommand::Inbound(a)) => {
+            listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, "warn");
+            admin::process_inbound(&config, &a.list, &a.from, &a.rcpt, &mut out)
+        }
+        Command::Process(ProcessCommand::Outbound(a)) => {
+            listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, "warn");
+            admin::process_outbound(&config, &a.list, &a.from, &a.rcpt, &a.out, &mut out)
+        }
+    }
+}
+
+fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, CommandError> {
+    listcrypt::logging::init(config.log, &config.log_level);
+    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    match &source {
+        Source::BuiltIn => tracing::info!(
+            "no configuration file; using built-in defaults relative to {cwd}: sockets {} and {}, \
+             policies in {}, keys in {}, state in {}",
+            config.inbound_socket,
+            config.outbound_socket,
+            config.policy_dir.display(),
+            config.keyring_dir.display(),
+            config.state_dir.display()
+        ),
+        Source::File(p) => tracing::info!("configuration from {}", p.display()),
+    }
+    let path = match source {
+        Source::File(p) => Some(p),
+        Source::BuiltIn => path,
+    };
+    let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), path)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
+    runtime.block_on(async move {
+        let inbound_spec = SocketSpec::parse(&config.inbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "inbound_socket", e))?;
+        let outbound_spec = SocketSpec::parse(&config.outbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "outbound_socket", e))?;
+        let inbound = listcrypt::bind(&inbound_spec)
+            .await
+            .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {inbound_spec}"), e))?;
+        let outbound = listcrypt::bind(&outbound_spec)
+            .await
+            .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {outbound_spec}"), e))?;
+        tracing::info!(
+            "listcrypt {} serving {} list(s): inbound on {inbound_spec}, outbound on {outbound_spec}",
+            env!("CARGO_PKG_VERSION"),
+            daemon.lists()
+        );
+        let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
+        listcrypt::run(inbound, outbound, daemon, signals)
+            .await
+            .map_err(|e| CommandError::new(exit::SOFTWARE, "milter", e))?;
+        for spec in [&inbound_spec, &outbound_spec] {
+            if let SocketSpec::Unix(p) = spec {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        tracing::info!("listcrypt stopped");
+        Ok(exit::OK)
+    })
+}
+
+/// A future that completes on SIGTERM or SIGINT; SIGHUP reloads in between.
+fn signals(daemon: Arc<listcrypt::Daemon>) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    if let Err(e) = daemon.reload() {
+                        tracing::error!("reload failed, keeping the running configuration: {e}");
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down");
+    })
+}

@@ -1,0 +1,120 @@
+//! The indymilter adapter: thin callbacks that fetch the per-connection session, call one
+//! method and map errors to a tempfail with a log line.
+
+mod session;
+
+use crate::daemon::Daemon;
+use indymilter::{Actions, Callbacks, Config as MilterConfig, MacroStage, ProtoOpts, Status};
+use session::Session;
+use std::ffi::CString;
+use std::sync::Arc;
+
+pub use session::Side;
+
+/// Actions the MTA must grant: header edits and body replacement (both sides), recipient
+/// deletion (batch splitting).
+fn needed_actions() -> Actions {
+    Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY | Actions::DELETE_RCPT
+}
+
+pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
+    Callbacks::new()
+        .on_negotiate(move |cx, actions, opts| {
+            Box::pin(async move {
+                let needed = needed_actions();
+                if !actions.contains(needed) || !opts.contains(ProtoOpts::LEADING_SPACE) {
+                    tracing::error!(
+                        "{side}: the MTA does not offer the milter actions listcrypt needs \
+                         (header change, body replacement, recipient deletion, leading space); refusing service"
+                    );
+                }
+                cx.requested_actions = needed;
+                cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+                // Requesting macros replaces Postfix's defaults: ask only for the queue id.
+                for stage in [MacroStage::Data, MacroStage::Eoh, MacroStage::Eom] {
+                    cx.requested_macros.insert(stage, CString::new("i").expect("no NUL"));
+                }
+                Status::Continue
+            })
+        })
+        .on_connect(move |cx, _host, _addr| {
+            let daemon = daemon.clone();
+            Box::pin(async move {
+                cx.data = Some(Session::new(daemon, side));
+                Status::Continue
+            })
+        })
+        .on_mail(|cx, args| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.mail(args),
+                    None => missing_session(),
+                }
+            })
+        })
+        .on_rcpt(|cx, args| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.rcpt(args, &mut cx.reply),
+                    None => missing_session(),
+                }
+            })
+        })
+        .on_data(|cx| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.data(),
+                    None => missing_session(),
+                }
+            })
+        })
+        .on_header(|cx, name, value| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.header(name, value),
+                    None => missing_session(),
+                }
+            })
+        })
+        .on_body(|cx, chunk| {
+            Box::pin(async move {
+                match cx.data.as_mut() {
+                    Some(s) => s.body(&chunk, &mut cx.reply),
+                    None => missing_session(),
+                }
+            })
+        })
+        .on_eom(|cx| {
+            Box::pin(async move {
+                let queue_id = cx
+                    .macros
+                    .get(c"i")
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "NONE".into());
+                match cx.data.as_mut() {
+                    Some(s) => s.eom(&queue_id, &cx.actions, &mut cx.reply).await,
+                    None => missing_session(),
+                }
+            })
+        })
+        .on_abort(|cx| {
+            Box::pin(async move {
+                if let Some(s) = cx.data.as_mut() {
+                    s.abort();
+                }
+                Status::Continue
+            })
+        })
+}
+
+fn missing_session() -> Status {
+    tracing::error!("milter session state missing; temporary failure");
+    Status::Tempfail
+}
+
+pub fn milter_config() -> MilterConfig {
+    MilterConfig {
+        actions: needed_actions(),
+        ..MilterConfig::default()
+    }
+}

@@ -1,0 +1,392 @@
+//! Per-connection session: a configuration snapshot taken at connect, per-message state reset
+//! at MAIL and dropped on abort.
+
+use crate::daemon::Daemon;
+use crate::inbound::{self, Envelope, Verdict};
+use crate::keys::{Keyring, ListKeys};
+use crate::message::{Reply, Rewrite};
+use crate::outbound::{self, RcptDecision};
+use bytes::Bytes;
+use indymilter::{ContextActions, EomActions, SetErrorReply, SmtpReply, Status};
+use std::ffi::CString;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Inbound,
+    Outbound,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Inbound => "inbound",
+            Side::Outbound => "outbound",
+        })
+    }
+}
+
+/// What kind of transaction the recipients so far make.
+enum Mode {
+    /// No recipient yet.
+    Empty,
+    /// Only recipients that are no managed list's (inbound) — passed untouched.
+    Unmanaged,
+    /// Inbound to one list; `enforce` when its posting address is among the recipients.
+    InboundList { list: Arc<ListKeys>, enforce: bool },
+    /// Outbound from one list, encrypting to `recipients` (as given at RCPT).
+    OutboundList {
+        list: Arc<ListKeys>,
+        loopback: Option<bool>,
+        recipients: Vec<String>,
+    },
+    /// Outbound mail that belongs to no managed list: passed untouched.
+    Foreign,
+}
+
+struct Msg {
+    sender: String,
+    keyring: Arc<Keyring>,
+    mode: Mode,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+pub struct Session {
+    daemon: Arc<Daemon>,
+    config: Arc<crate::config::Config>,
+    side: Side,
+    msg: Option<Msg>,
+}
+
+fn set_reply(reply: &mut SmtpReply, r: &Reply) -> Status {
+    let text = [r.reason.as_str()];
+    if reply.set_error_reply(r.code, Some(r.xcode), text).is_err() {
+        tracing::error!("could not set SMTP reply {r}");
+        return Status::Tempfail;
+    }
+    if r.is_temporary() {
+        Status::Tempfail
+    } else {
+        Status::Reject
+    }
+}
+
+fn arg_address(args: &[CString]) -> String {
+    args.first()
+        .map(|a| {
+            a.to_string_lossy()
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+impl Session {
+    pub fn new(daemon: Arc<Daemon>, side: Side) -> Session {
+        let config = daemon.config();
+        Session {
+            daemon,
+            config,
+            side,
+            msg: None,
+        }
+    }
+
+    pub fn mail(&mut self, args: Vec<CString>) -> Status {
+        let sender = arg_address(&args);
+        let keyring = match self.daemon.keyring() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!("NONE: {}: cannot load keys and bindings: {e}", self.side);
+                return Status::Tempfail;
+            }
+        };
+        let mode = match self.side {
+            Side::Inbound => Mode::Empty,
+            Side::Outbound => match outbound::list_for_sender(&keyring, &sender) {
+                Some(list) => Mode::OutboundList {
+                    list,
+                    loopback: None,
+                    recipients: Vec::new(),
+                },
+                None => Mode::Foreign,
+            },
+        };
+        if let Mode::Foreign = mode {
+            tracing::debug!("NONE: outbound: sender {sender} is no managed list's; passing");
+            self.msg = None;
+            return Status::Accept;
+        }
+        self.msg = Some(Msg {
+            sender,
+            keyring,
+            mode,
+            headers: Vec::new(),
+            body: Vec::new(),
+        });
+        Status::Continue
+    }
+
+    pub fn rcpt(&mut self, args: Vec<CString>, reply: &mut SmtpReply) -> Status {
+        let Some(msg) = self.msg.as_mut() else {
+            tracing::error!("NONE: {}: RCPT without MAIL", self.side);
+            return Status::Tempfail;
+        };
+        let rcpt = arg_address(&args);
+        let mixed = Reply::new("452", "4.5.3", "one list per transaction, please retry");
+        match &mut msg.mode {
+            Mode::Empty | Mode::Unmanaged | Mode::InboundList { .. } => {
+                let found = inbound::lookup(&msg.keyring, &rcpt);
+                match (&mut msg.mode, found) {
+                    (Mode::Empty, Some((list, kind))) => {
+                        msg.mode = Mode::InboundList {
+                            list,
+                            enforce: kind.enforced(),
+                        };
+                    }
+                    (Mode::Empty, None) => msg.mode = Mode::Unmanaged,
+                    (Mode::Unmanaged, None) => {}
+                    (Mode::InboundList { list, enforce }, Some((other, kind)))
+                        if other.address == list.address =>
+                    {
+                        *enforce |= kind.enforced();
+                    }
+                    _ => {
+                        // Decrypted text must reach nobody but the list: split the transaction.
+                        tracing::info!(
+                            "NONE: inbound: recipient {rcpt} deferred: {}",
+                            mixed.reason
+                        );
+                        return set_reply(reply, &mixed);
+                    }
+                }
+                Status::Continue
+            }
+            Mode::OutboundList {
+                list,
+                loopback,
+                recipients,
+            } => match outbound::rcpt(&msg.keyring, list, &rcpt, *loopback) {
+                RcptDecision::Encrypt => {
+                    *loopback = Some(false);
+                    recipients.push(rcpt);
+                    Status::Continue
+                }
+                RcptDecision::Loopback => {
+                    *loopback = Some(true);
+                    Status::Continue
+                }
+                RcptDecision::Refuse(r) => {
+                    tracing::info!("NONE: {}: recipient {rcpt} refused: {r}", list.address);
+                    set_reply(reply, &r)
+                }
+            },
+            Mode::Foreign => Status::Continue,
+        }
+    }
+
+    pub fn data(&mut self) -> Status {
+        match self.msg.as_ref().map(|m| &m.mode) {
+            // Nothing to do for mail that is no list's, nor for Mailman's loopback.
+            Some(Mode::Unmanaged) | Some(Mode::Foreign) => Status::Accept,
+            Some(Mode::InboundList { enforce: false, .. }) => Status::Accept,
+            Some(Mode::OutboundList {
+                loopback: Some(true),
+                ..
+            }) => Status::Accept,
+            Some(_) => Status::Continue,
+            None => Status::Tempfail,
+        }
+    }
+
+    pub fn header(&mut self, name: CString, value: CString) -> Status {
+        let Some(msg) = self.msg.as_mut() else {
+            return Status::Tempfail;
+        };
+        msg.headers
+            .push((name.to_string_lossy().into_owned(), value.into_bytes()));
+        Status::Continue
+    }
+
+    pub fn body(&mut self, chunk: &Bytes, reply: &mut SmtpReply) -> Status {
+        let Some(msg) = self.msg.as_mut() else {
+            return Status::Tempfail;
+        };
+        if (msg.body.len() + chunk.len()) as u64 > self.config.limits.max_message_bytes {
+            let r = Reply::new("552", "5.3.4", "message exceeds the size limit");
+            tracing::info!("NONE: {}: message refused: {r}", self.side);
+            self.msg = None;
+            return set_reply(reply, &r);
+        }
+        msg.body.extend_from_slice(chunk);
+        Status::Continue
+    }
+
+    pub fn abort(&mut self) {
+        self.msg = None;
+    }
+
+    pub async fn eom(
+        &mut self,
+        queue_id: &str,
+        actions: &EomActions,
+        reply: &mut SmtpReply,
+    ) -> Status {
+        let Some(msg) = self.msg.take() else {
+            tracing::error!(
+                "{queue_id}: {}: end of message without a transaction",
+                self.side
+            );
+            return Status::Tempfail;
+        };
+        let mut message = Vec::with_capacity(msg.body.len() + 4096);
+        for (name, value) in &msg.headers {
+            message.extend_from_slice(name.as_bytes());
+            message.push(b':');
+            message.extend_from_slice(&crate::mime::to_crlf(value));
+            message.extend_from_slice(b"\r\n");
+        }
+        message.extend_from_slice(b"\r\n");
+        message.extend_from_slice(&msg.body);
+        let header_names: Vec<String> = msg.headers.iter().map(|(n, _)| n.clone()).collect();
+
+        match msg.mode {
+            Mode::InboundList { list, .. } => {
+                let limits = self.config.limits.clone();
+                let sender = msg.sender.clone();
+                let l = list.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    inbound::process(&Envelope { sender: &sender }, &message, &l, &limits)
+                });
+                let verdict = match with_progress(work, actions).await {
+                    Ok(v) => v,
+                    Err(e) => Verdict::Tempfail(Reply::internal(format!("internal error: {e}"))),
+                };
+                let who = &list.address;
+                match verdict {
+                    Verdict::Deliver {
+                        rewrite,
+                        hold,
+                        summary,
+                    } => {
+                        if let Err(e) = apply(actions, &header_names, &rewrite).await {
+                            tracing::error!(
+                                "{queue_id}: {who}: could not rewrite the message: {e}"
+                            );
+                            return set_reply(reply, &Reply::internal("internal error"));
+                        }
+                        match hold {
+                            Some(r) => tracing::info!(
+                                "{queue_id}: {who}: {summary}; held for moderation: {r}"
+                            ),
+                            None => tracing::info!("{queue_id}: {who}: {summary}"),
+                        }
+                        Status::Continue
+                    }
+                    Verdict::Reject(r) | Verdict::Tempfail(r) => {
+                        tracing::info!("{queue_id}: {who}: post from {} refused: {r}", msg.sender);
+                        set_reply(reply, &r)
+                    }
+                    Verdict::Discard(why) => {
+                        tracing::info!(
+                            "{queue_id}: {who}: post from {} discarded: {why}",
+                            msg.sender
+                        );
+                        Status::Discard
+                    }
+                }
+            }
+            Mode::OutboundList {
+                list, recipients, ..
+            } => {
+                let n = recipients.len();
+                let l = list.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    outbound::encrypt_message(&message, &l, &recipients)
+                });
+                let rewrite = match with_progress(work, actions).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        tracing::error!("{queue_id}: {}: cannot encrypt: {e}", list.address);
+                        return set_reply(reply, &Reply::internal("cannot encrypt the message"));
+                    }
+                    Err(e) => {
+                        tracing::error!("{queue_id}: {}: internal error: {e}", list.address);
+                        return set_reply(reply, &Reply::internal("internal error"));
+                    }
+                };
+                if let Err(e) = apply(actions, &header_names, &rewrite).await {
+                    tracing::error!(
+                        "{queue_id}: {}: could not rewrite the message: {e}",
+                        list.address
+                    );
+                    return set_reply(reply, &Reply::internal("internal error"));
+                }
+                tracing::info!(
+                    "{queue_id}: {}: message from {} encrypted to {n} recipient(s), signed by the list",
+                    list.address,
+                    msg.sender
+                );
+                Status::Continue
+            }
+            _ => Status::Accept,
+        }
+    }
+}
+
+/// Awaits CPU work, telling the MTA we are alive so its content timeout does not fire.
+async fn with_progress<T>(
+    mut work: tokio::task::JoinHandle<T>,
+    actions: &EomActions,
+) -> Result<T, tokio::task::JoinError> {
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                let _ = actions.progress().await;
+            }
+        }
+    }
+}
+
+/// Applies a rewrite through milter actions: delete each removed field from its last
+/// occurrence down (indices are per name, 1-based), append the new fields, replace the body.
+async fn apply(
+    actions: &EomActions,
+    names: &[String],
+    rewrite: &Rewrite,
+) -> Result<(), indymilter::ActionError> {
+    for name in &rewrite.remove {
+        let count = names
+            .iter()
+            .filter(|n| n.eq_ignore_ascii_case(name))
+            .count();
+        for index in (1..=count).rev() {
+            let name = names
+                .iter()
+                .rev()
+                .find(|n| n.eq_ignore_ascii_case(name))
+                .expect("counted")
+                .clone();
+            actions
+                .change_header(name, index as i32, None::<CString>)
+                .await?;
+        }
+    }
+    for (name, value) in &rewrite.add {
+        // LEADING_SPACE is negotiated: the value carries its own space.
+        let value = format!(" {value}");
+        actions.add_header(name.as_str(), value.as_str()).await?;
+    }
+    if let Some(body) = &rewrite.body {
+        for chunk in body.chunks(65_535) {
+            actions.replace_body(chunk).await?;
+        }
+    }
+    Ok(())
+}

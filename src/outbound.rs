@@ -1,0 +1,189 @@
+//! The outbound pipeline, pure: (envelope, message bytes, list, recipients) -> Plan.
+
+use crate::config::{HeaderProtection, MissingKeyAction};
+use crate::inbound::{lookup, ListAddress};
+use crate::keys::{check_member_cert, normalize_address, Keyring, ListKeys};
+use crate::message::{Reply, Rewrite};
+use crate::mime::{self, Entity};
+use crate::pgp::{self, BatchRecipient};
+use std::sync::Arc;
+
+/// Headers that move inside the encryption (RFC 9788 §2) and are copied to the inner entity.
+const PROTECTED: &[&str] = &[
+    "Subject",
+    "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Followup-To",
+];
+
+const CONTENT_HEADERS: &[&str] = &[
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+    "Content-Description",
+    "Content-ID",
+    "Content-Language",
+    "Content-Location",
+];
+
+/// Identifies the list from the envelope sender alone (`LIST-bounces@D`, VERP
+/// `LIST-bounces+…@D`): headers such as List-Id can be written by anyone.
+pub fn list_for_sender(keyring: &Keyring, sender: &str) -> Option<Arc<ListKeys>> {
+    match lookup(keyring, sender) {
+        Some((list, ListAddress::Bounces)) => Some(list),
+        _ => None,
+    }
+}
+
+/// What to do with one RCPT of an outbound list transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptDecision {
+    /// An outside recipient with a usable key: encrypt to it.
+    Encrypt,
+    /// One of the list's own addresses (Mailman talking to itself): pass untouched.
+    Loopback,
+    Refuse(Reply),
+}
+
+/// Decides one recipient. `loopback_so_far` says whether the transaction's accepted
+/// recipients are loopback ones (`None` before the first).
+pub fn rcpt(
+    keyring: &Keyring,
+    list: &ListKeys,
+    rcpt: &str,
+    loopback_so_far: Option<bool>,
+) -> RcptDecision {
+    let addr = normalize_address(rcpt);
+    let is_loopback = lookup(keyring, &addr).is_some_and(|(l, _)| l.address == list.address);
+    if let Some(prev) = loopback_so_far {
+        if prev != is_loopback {
+            return RcptDecision::Refuse(Reply::new(
+                "452",
+                "4.5.3",
+                "one list per transaction, please retry",
+            ));
+        }
+    }
+    if is_loopback {
+        return RcptDecision::Loopback;
+    }
+    let refusal = |why: String| {
+        RcptDecision::Refuse(match list.policy.missing_key_action {
+            MissingKeyAction::Reject => Reply::new("550", "5.7.1", why),
+            MissingKeyAction::Tempfail => Reply::new("451", "4.7.1", why),
+        })
+    };
+    match list.member(&addr) {
+        None => refusal("recipient has no key bound on this encrypted list".into()),
+        Some(m) => match check_member_cert(&m.cert, &addr) {
+            Ok(()) => RcptDecision::Encrypt,
+            Err(why) if why.contains("expired") => refusal("recipient key has expired".into()),
+            Err(why) if why.contains("revoked") => refusal("recipient key is revoked".into()),
+            Err(_) => refusal("recipient key is not usable for encryption".into()),
+        },
+    }
+}
+
+#[derive(Debug)]
+pub enum PlanError {
+    Encrypt(pgp::EncryptError),
+    Malformed(&'static str),
+    NoRecipients,
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::Encrypt(e) => write!(f, "{e}"),
+            PlanError::Malformed(w) => write!(f, "{w}"),
+            PlanError::NoRecipients => write!(f, "no recipients"),
+        }
+    }
+}
+
+/// Builds the encrypted copy of `message` for `recipients` (all accepted at RCPT): the inner
+/// entity carries the body and, per header protection, the real header fields; the outer
+/// message is RFC 3156 multipart/encrypted, signed inside by the list key.
+pub fn encrypt_message(
+    message: &[u8],
+    list: &ListKeys,
+    recipients: &[String],
+) -> Result<Rewrite, PlanError> {
+    if recipients.is_empty() {
+        return Err(PlanError::NoRecipients);
+    }
+    let entity = Entity::parse(message).map_err(|_| PlanError::Malformed("unparseable header"))?;
+    let policy = &list.policy;
+    let protect = policy.header_protection != HeaderProtection::HcpNoConfidentiality;
+
+    // Inner entity: MIME fields of the original (or the RFC 2045 default), then the
+    // protected header fields, then the body, all CRLF.
+    let mut inner = Vec::with_capacity(message.len() + 512);
+    let mut had_ct = false;
+    for h in entity
+        .headers
+        .iter()
+        .filter(|h| CONTENT_HEADERS.iter().any(|c| h.is(c)))
+    {
+        inner.extend_from_slice(h.name.as_bytes());
+        inner.push(b':');
+        inner.extend_from_slice(&mime::to_crlf(&h.value));
+        if h.is("Content-Type") {
+            had_ct = true;
+            inner.extend_from_slice(b";\r\n\thp=\"cipher\"; protected-headers=\"v1\"");
+        }
+        inner.extend_from_slice(b"\r\n");
+    }
+    if !had_ct {
+        inner.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii;\r\n\thp=\"cipher\"; protected-headers=\"v1\"\r\n");
+    }
+    for h in entity
+        .headers
+        .iter()
+        .filter(|h| PROTECTED.iter().any(|p| h.is(p)))
+    {
+        inner.extend_from_slice(h.name.as_bytes());
+        inner.push(b':');
+        inner.extend_from_slice(&mime::to_crlf(&h.value));
+        inner.extend_from_slice(b"\r\n");
+    }
+    inner.extend_from_slice(b"\r\n");
+    inner.extend_from_slice(&mime::to_crlf(entity.body));
+
+    let mut batch = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        let m = list
+            .member(&normalize_address(r))
+            .ok_or(PlanError::Malformed("recipient without a binding"))?;
+        batch.push(BatchRecipient {
+            cert: &m.cert,
+            show_key_id: m.show_key_id || !policy.hide_recipient_key_ids,
+        });
+    }
+    let signer = policy.sign_outgoing.then_some(&list.secret);
+    let armored = pgp::encrypt_sign(&inner, &batch, signer).map_err(PlanError::Encrypt)?;
+    let (content_type, body) = mime::multipart_encrypted(&armored);
+
+    let mut remove: Vec<String> = CONTENT_HEADERS.iter().map(|s| s.to_string()).collect();
+    remove.push("MIME-Version".into());
+    let mut add = vec![
+        ("MIME-Version".to_string(), "1.0".to_string()),
+        ("Content-Type".to_string(), content_type),
+    ];
+    if protect && entity.get("Subject").is_some() {
+        // RFC 9788 §4.2: the outer Subject is obscured; the real one is inside.
+        remove.push("Subject".into());
+        add.push(("Subject".into(), "[...]".into()));
+    }
+    Ok(Rewrite {
+        remove,
+        add,
+        body: Some(body),
+    })
+}

@@ -1,0 +1,339 @@
+use crate::keys::{ListKeys, POLICY};
+use openpgp::crypto::SessionKey;
+use openpgp::packet::{PKESK, SKESK};
+use openpgp::parse::stream::{
+    DecryptionHelper, DecryptorBuilder, MessageLayer, MessageStructure, VerificationError,
+    VerificationHelper,
+};
+use openpgp::parse::{PacketParser, Parse};
+use openpgp::types::{HashAlgorithm, KeyFlags, RevocationStatus, SymmetricAlgorithm};
+use openpgp::cert::amalgamation::ValidAmalgamation;
+use openpgp::packet::Tag;
+use openpgp::{Cert, Fingerprint, KeyHandle};
+use sequoia_openpgp as openpgp;
+use std::cell::Cell;
+use std::io::Read;
+use std::time::SystemTime;
+
+/// Why an OpenPGP message could not be opened at all.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No PKESK that a list key can decrypt.
+    NotForList,
+    /// Symmetrically encrypted data without an MDC (EFAIL-prone).
+    NoIntegrity,
+    /// A bad MDC or AEAD tag: the ciphertext was altered.
+    Integrity,
+    /// A cipher the policy forbids (CAST5, IDEA…).
+    WeakCipher,
+    Malformed(String),
+    TooManyPackets(u32),
+    TooMuchPlaintext(u64),
+}
+
+/// The verdict on one signature found inside the encryption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigCheck {
+    Good {
+        /// Primary fingerprint of the signer's certificate.
+        signer: Fingerprint,
+        created: Option<SystemTime>,
+        hash: HashAlgorithm,
+        intended_recipients: Vec<Fingerprint>,
+    },
+    UnknownSigner(String),
+    Expired(Fingerprint),
+    Revoked(Fingerprint),
+    Weak(String),
+    Bad(String),
+}
+
+pub struct Decrypted {
+    pub plaintext: Vec<u8>,
+    /// Signatures made inside the encryption layer.
+    pub signatures: Vec<SigCheck>,
+    /// Signatures found outside the encryption (they don't count as signing the post).
+    pub outer_signatures: usize,
+}
+
+/// What the parser saw, kept outside the helper so that it survives an error that consumes
+/// the helper.
+#[derive(Default)]
+struct Probe {
+    packets: Cell<u32>,
+    saw_sed: Cell<bool>,
+    decrypted: Cell<bool>,
+}
+
+struct Helper<'a> {
+    list: &'a ListKeys,
+    max_packets: u32,
+    probe: &'a Probe,
+    signatures: Vec<SigCheck>,
+    outer_signatures: usize,
+}
+
+impl VerificationHelper for Helper<'_> {
+    fn inspect(&mut self, pp: &PacketParser) -> openpgp::Result<()> {
+        self.probe.packets.set(self.probe.packets.get() + 1);
+        if self.probe.packets.get() > self.max_packets {
+            return Err(anyhow::anyhow!("packet limit exceeded"));
+        }
+        if pp.packet.tag() == Tag::SED {
+            self.probe.saw_sed.set(true);
+        }
+        Ok(())
+    }
+
+    fn get_certs(&mut self, ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        let mut certs: Vec<Cert> = Vec::new();
+        for id in ids {
+            for m in self.list.certs_for(id) {
+                if !certs
+                    .iter()
+                    .any(|c| c.fingerprint() == m.cert.fingerprint())
+                {
+                    certs.push(m.cert.clone());
+                }
+            }
+        }
+        Ok(certs)
+    }
+
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        let mut inside = false;
+        for layer in structure.into_iter() {
+            match layer {
+                MessageLayer::Encryption { .. } => inside = true,
+                MessageLayer::Compression { .. } => {}
+                MessageLayer::SignatureGroup { results } => {
+                    for r in results {
+                        if !inside {
+                            self.outer_signatures += 1;
+                            continue;
+                        }
+                        self.signatures.push(classify(r));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_policy_violation(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<openpgp::Error>(),
+            Some(openpgp::Error::PolicyViolation(..))
+        )
+    })
+}
+
+fn classify(
+    r: Result<openpgp::parse::stream::GoodChecksum<'_>, VerificationError<'_>>,
+) -> SigCheck {
+    match r {
+        Ok(good) => SigCheck::Good {
+            signer: good.ka.cert().fingerprint(),
+            created: good.sig.signature_creation_time(),
+            hash: good.sig.hash_algo(),
+            intended_recipients: good.sig.intended_recipients().cloned().collect(),
+        },
+        Err(VerificationError::MissingKey { sig }) => SigCheck::UnknownSigner(
+            sig.get_issuers()
+                .first()
+                .map(|h| h.to_hex())
+                .unwrap_or_else(|| "unknown".into()),
+        ),
+        Err(VerificationError::UnboundKey { cert, error, .. }) => revoked_or_expired(cert)
+            .unwrap_or_else(|| SigCheck::Bad(format!("key not bound: {error}"))),
+        Err(VerificationError::BadKey { ka, error, .. }) => {
+            if let RevocationStatus::Revoked(_) = ka.revocation_status() {
+                return SigCheck::Revoked(ka.cert().fingerprint());
+            }
+            if let Some(s) = revoked_or_expired(ka.cert()) {
+                return s;
+            }
+            if ka.alive().is_err() {
+                return SigCheck::Expired(ka.cert().fingerprint());
+            }
+            if is_policy_violation(&error) {
+                SigCheck::Weak(error.to_string())
+            } else {
+                SigCheck::Bad(error.to_string())
+            }
+        }
+        Err(VerificationError::BadSignature { error, .. }) => {
+            if is_policy_violation(&error) {
+                SigCheck::Weak(error.to_string())
+            } else {
+                SigCheck::Bad(error.to_string())
+            }
+        }
+        Err(VerificationError::MalformedSignature { error, .. }) => {
+            if is_policy_violation(&error) {
+                SigCheck::Weak(error.to_string())
+            } else {
+                SigCheck::Bad(error.to_string())
+            }
+        }
+        Err(VerificationError::UnknownSignature { .. }) => {
+            SigCheck::Weak("unsupported signature algorithm".into())
+        }
+        Err(_) => SigCheck::Bad("unverifiable signature".into()),
+    }
+}
+
+fn revoked_or_expired(cert: &Cert) -> Option<SigCheck> {
+    // Look at the certificate as of now, under the same policy.
+    match cert.with_policy(&POLICY, None) {
+        Ok(vc) => {
+            if let RevocationStatus::Revoked(_) = vc.revocation_status() {
+                Some(SigCheck::Revoked(cert.fingerprint()))
+            } else if vc.alive().is_err() {
+                Some(SigCheck::Expired(cert.fingerprint()))
+            } else {
+                None
+            }
+        }
+        Err(_) => None,
+    }
+}
+
+impl DecryptionHelper for Helper<'_> {
+    fn decrypt(
+        &mut self,
+        pkesks: &[PKESK],
+        _skesks: &[SKESK],
+        sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> openpgp::Result<Option<Cert>> {
+        let flags = KeyFlags::empty()
+            .set_transport_encryption()
+            .set_storage_encryption();
+        // Try every list secret key on every PKESK addressed to it or to nobody (wildcard).
+        let keys: Vec<_> = self
+            .list
+            .secret
+            .keys()
+            .with_policy(&POLICY, None)
+            .secret()
+            .key_flags(flags)
+            .collect();
+        for pkesk in pkesks {
+            for ka in &keys {
+                let addressed = match pkesk.recipient() {
+                    None => true,
+                    Some(h) => h.aliases(KeyHandle::from(ka.key().fingerprint())),
+                };
+                if !addressed {
+                    continue;
+                }
+                let Ok(mut pair) = ka.key().clone().into_keypair() else {
+                    continue;
+                };
+                if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
+                    if decrypt(algo, &sk) {
+                        self.probe.decrypted.set(true);
+                        return Ok(Some(self.list.secret.clone()));
+                    }
+                }
+            }
+        }
+        Err(anyhow::anyhow!("no list key can decrypt this message"))
+    }
+}
+
+/// Decrypts `ciphertext` with the list's keys and checks the signatures inside, within the
+/// packet and plaintext budgets. Acts only after the whole message was read without error.
+pub fn decrypt_verify(
+    ciphertext: &[u8],
+    list: &ListKeys,
+    max_packets: u32,
+    max_plaintext: u64,
+) -> Result<Decrypted, Failure> {
+    let probe = Probe::default();
+    let helper = Helper {
+        list,
+        max_packets,
+        probe: &probe,
+        signatures: Vec::new(),
+        outer_signatures: 0,
+    };
+    let builder = DecryptorBuilder::from_bytes(ciphertext)
+        .map_err(|e| Failure::Malformed(short(&e)))?
+        // Memory follows buffer_size (reference/openpgp.md); we read everything anyway and
+        // decide only after EOF.
+        .buffer_size(1 << 20);
+    let mut decryptor = match builder.with_policy(&POLICY, None, helper) {
+        Ok(d) => d,
+        Err(e) => return Err(failure(&e, &probe, max_packets)),
+    };
+    let mut plaintext = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match decryptor.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if (plaintext.len() + n) as u64 > max_plaintext {
+                    return Err(Failure::TooMuchPlaintext(max_plaintext));
+                }
+                plaintext.extend_from_slice(&buf[..n]);
+            }
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                return Err(failure(&e, &probe, max_packets));
+            }
+        }
+    }
+    if !decryptor.message_processed() {
+        return Err(Failure::Malformed("truncated OpenPGP message".into()));
+    }
+    let helper = decryptor.into_helper();
+    Ok(Decrypted {
+        plaintext,
+        signatures: helper.signatures,
+        outer_signatures: helper.outer_signatures,
+    })
+}
+
+fn short(e: &anyhow::Error) -> String {
+    let s = e.to_string();
+    s.chars().take(120).collect()
+}
+
+fn failure(e: &anyhow::Error, probe: &Probe, max_packets: u32) -> Failure {
+    if probe.saw_sed.get() {
+        return Failure::NoIntegrity;
+    }
+    if probe.packets.get() > max_packets {
+        return Failure::TooManyPackets(max_packets);
+    }
+    for c in e.chain() {
+        if let Some(oe) = c.downcast_ref::<openpgp::Error>() {
+            match oe {
+                openpgp::Error::ManipulatedMessage => return Failure::Integrity,
+                openpgp::Error::PolicyViolation(..) => return Failure::WeakCipher,
+                _ => {}
+            }
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(openpgp::Error::ManipulatedMessage) =
+                    inner.downcast_ref::<openpgp::Error>()
+                {
+                    return Failure::Integrity;
+                }
+            }
+        }
+    }
+    if !probe.decrypted.get() {
+        return Failure::NotForList;
+    }
+    let text = short(e);
+    if text.contains("Manipulated") || text.contains("MDC") {
+        return Failure::Integrity;
+    }
+    Failure::Malformed(text)
+}

@@ -1,0 +1,104 @@
+use crate::keys::POLICY;
+use openpgp::armor;
+use openpgp::cert::Preferences;
+use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Recipient, Signer};
+use openpgp::types::Features;
+use openpgp::{Cert, KeyHandle};
+use sequoia_openpgp as openpgp;
+use std::io::Write;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncryptError {
+    #[error("certificate {0} has no usable encryption key")]
+    NoEncryptionKey(String),
+    #[error("list key has no usable signing key")]
+    NoSigningKey,
+    #[error("OpenPGP: {0}")]
+    Crypto(String),
+}
+
+fn crypto(e: anyhow::Error) -> EncryptError {
+    EncryptError::Crypto(e.to_string())
+}
+
+/// One recipient of a batch.
+pub struct BatchRecipient<'a> {
+    pub cert: &'a Cert,
+    /// Write this recipient's key id into its PKESK instead of the wildcard.
+    pub show_key_id: bool,
+}
+
+/// Encrypts `plaintext` once (one session key) to every recipient — one PKESK per encryption
+/// key, wildcard key ids unless asked — and signs it inside the encryption with the list key.
+/// SEIPDv2 is used only when every recipient advertises it (sequoia's `Encryptor` decides
+/// from the `Features` we pass; `None` would mean v2 for all, which GnuPG 2.2 cannot read).
+pub fn encrypt_sign(
+    plaintext: &[u8],
+    recipients: &[BatchRecipient<'_>],
+    signer: Option<&Cert>,
+) -> Result<Vec<u8>, EncryptError> {
+    let mut keys = Vec::new();
+    for r in recipients {
+        let vc = r
+            .cert
+            .with_policy(&POLICY, None)
+            .map_err(|_| EncryptError::NoEncryptionKey(r.cert.fingerprint().to_hex()))?;
+        let features = vc
+            .features()
+            .unwrap_or_else(|| Features::empty().set_seipdv1());
+        let before = keys.len();
+        for ka in vc
+            .keys()
+            .for_transport_encryption()
+            .alive()
+            .revoked(false)
+            .supported()
+        {
+            let handle: Option<KeyHandle> = r.show_key_id.then(|| ka.key().keyid().into());
+            keys.push(Recipient::new(features.clone(), handle, ka.key()));
+        }
+        if keys.len() == before {
+            return Err(EncryptError::NoEncryptionKey(r.cert.fingerprint().to_hex()));
+        }
+    }
+    let keypair = match signer {
+        Some(cert) => {
+            let ka = cert
+                .keys()
+                .with_policy(&POLICY, None)
+                .secret()
+                .for_signing()
+                .alive()
+                .revoked(false)
+                .next()
+                .ok_or(EncryptError::NoSigningKey)?;
+            Some(ka.key().clone().into_keypair().map_err(crypto)?)
+        }
+        None => None,
+    };
+
+    let mut out = Vec::with_capacity(plaintext.len() * 4 / 3 + 1024 + 200 * recipients.len());
+    {
+        let message = Message::new(&mut out);
+        let message = Armorer::new(message)
+            .kind(armor::Kind::Message)
+            .build()
+            .map_err(crypto)?;
+        let message = Encryptor::for_recipients(message, keys)
+            .build()
+            .map_err(crypto)?;
+        let message = match keypair {
+            Some(kp) => Signer::new(message, kp)
+                .map_err(crypto)?
+                .build()
+                .map_err(crypto)?,
+            None => message,
+        };
+        let mut literal = LiteralWriter::new(message).build().map_err(crypto)?;
+        literal
+            .write_all(plaintext)
+            .map_err(|e| EncryptError::Crypto(e.to_string()))?;
+        literal.finalize().map_err(crypto)?;
+    }
+    Ok(out)
+}

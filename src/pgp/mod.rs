@@ -1,0 +1,8 @@
+//! Every use of sequoia lives here: decrypt and verify (inbound), encrypt to a batch and sign
+//! (outbound).
+
+mod decrypt;
+mod encrypt;
+
+pub use decrypt::{decrypt_verify, Decrypted, Failure, SigCheck};
+pub use encrypt::{encrypt_sign, BatchRecipient, EncryptError};

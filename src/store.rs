@@ -1,0 +1,225 @@
+//! Durable state behind a small trait: SQLite in WAL mode, shared safely by the CLI and the
+//! running daemon. Every change bumps a generation counter that the daemon checks per message,
+//! so `member add` takes effect without a restart.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store is busy")]
+    Busy(#[source] rusqlite::Error),
+    #[error("state store: {0}")]
+    Sql(#[source] rusqlite::Error),
+    #[error("state store: cannot create {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy(e)
+            }
+            _ => StoreError::Sql(e),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Member,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Owner => "owner",
+        }
+    }
+
+    fn parse(s: &str) -> Role {
+        if s == "owner" {
+            Role::Owner
+        } else {
+            Role::Member
+        }
+    }
+}
+
+/// One address bound to one certificate on one list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub list: String,
+    pub address: String,
+    /// Upper-case hex fingerprint of the bound certificate.
+    pub fingerprint: String,
+    pub role: Role,
+    /// `active` once bound (proven bindings by email will add `pending`).
+    pub state: String,
+    /// This member gets copies with their key id visible (clients that cannot try keys).
+    pub show_key_id: bool,
+}
+
+pub trait Store: Send + Sync {
+    /// Changes whenever bindings change; cheap enough to call per message.
+    fn generation(&self) -> Result<i64, StoreError>;
+    fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError>;
+    fn bind(&self, binding: &Binding) -> Result<(), StoreError>;
+    /// Returns whether a binding existed.
+    fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError>;
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
+CREATE TABLE IF NOT EXISTS bindings (
+    list TEXT NOT NULL,
+    address TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    role TEXT NOT NULL,
+    state TEXT NOT NULL,
+    show_key_id INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (list, address)
+);
+";
+
+impl SqliteStore {
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let conn = Connection::open(state_dir.join("state.sqlite"))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn bump(tx: &rusqlite::Transaction<'_>) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
+        [],
+    )?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn generation(&self) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        let g: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(g.unwrap_or(0))
+    }
+
+    fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT list, address, fingerprint, role, state, show_key_id FROM bindings
+             WHERE list = ?1 ORDER BY address",
+        )?;
+        let rows = stmt.query_map(params![list], |r| {
+            Ok(Binding {
+                list: r.get(0)?,
+                address: r.get(1)?,
+                fingerprint: r.get(2)?,
+                role: Role::parse(&r.get::<_, String>(3)?),
+                state: r.get(4)?,
+                show_key_id: r.get::<_, i64>(5)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn bind(&self, b: &Binding) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        tx.execute(
+            "INSERT INTO bindings (list, address, fingerprint, role, state, show_key_id, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (list, address) DO UPDATE SET fingerprint = excluded.fingerprint,
+               role = excluded.role, state = excluded.state, show_key_id = excluded.show_key_id",
+            params![
+                b.list,
+                b.address,
+                b.fingerprint,
+                b.role.as_str(),
+                b.state,
+                b.show_key_id as i64,
+                now
+            ],
+        )?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "DELETE FROM bindings WHERE list = ?1 AND address = ?2",
+            params![list, address],
+        )?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_unbind_bumps_generation_and_is_shared_between_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(dir.path()).unwrap();
+        let b = SqliteStore::open(dir.path()).unwrap();
+        let g0 = b.generation().unwrap();
+        let binding = Binding {
+            list: "l@x".into(),
+            address: "a@y".into(),
+            fingerprint: "AB".into(),
+            role: Role::Owner,
+            state: "active".into(),
+            show_key_id: true,
+        };
+        a.bind(&binding).unwrap();
+        assert!(b.generation().unwrap() > g0);
+        assert_eq!(b.bindings("l@x").unwrap(), vec![binding]);
+        assert!(a.unbind("l@x", "a@y").unwrap());
+        assert!(!a.unbind("l@x", "a@y").unwrap());
+        assert!(b.bindings("l@x").unwrap().is_empty());
+    }
+}
