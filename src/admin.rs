@@ -322,6 +322,14 @@ pub fn process_inbound(
         return Ok(exit::OK);
     }
     let verdict = inbound::process(&Envelope { sender: from }, &message, &keys, &config.limits);
+    // A dry run consults the replay record but never adds to it.
+    let verdict = match &verdict {
+        Verdict::Deliver { replay: Some(d), .. } => {
+            let seen = open_store(config)?.replay_seen(&list, d)?;
+            inbound::apply_replay(verdict, seen, &keys)
+        }
+        _ => verdict,
+    };
     match verdict {
         Verdict::Deliver {
             rewrite,

@@ -42,6 +42,10 @@ impl Daemon {
             .clone()
     }
 
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
     pub fn lists(&self) -> usize {
         self.keyring
             .read()

@@ -97,6 +97,8 @@ pub enum Verdict {
         rewrite: Rewrite,
         hold: Option<String>,
         summary: String,
+        /// Digest of the accepted author signature, for the replay record.
+        replay: Option<[u8; 32]>,
     },
     Reject(Reply),
     Discard(String),
@@ -154,7 +156,30 @@ fn pass_original(hold: Option<String>, summary: String) -> Verdict {
         rewrite,
         hold,
         summary,
+        replay: None,
     }
+}
+
+/// Applies `duplicate_action` to an accepted post whose signature digest was seen before.
+pub fn apply_replay(verdict: Verdict, seen: bool, list: &ListKeys) -> Verdict {
+    match verdict {
+        Verdict::Deliver { mut rewrite, replay: Some(d), summary, .. } if seen => {
+            let reply = Reply::new("550", "5.7.1", "duplicate post (this signature was already accepted)");
+            act(list.policy.duplicate_action, reply, move |hold| {
+                if let Some(r) = &hold {
+                    rewrite.add.push(("X-Listcrypt-Hold".into(), r.clone()));
+                }
+                Verdict::Deliver { rewrite, hold, summary: format!("{summary}; duplicate"), replay: Some(d) }
+            })
+        }
+        other => other,
+    }
+}
+
+/// Seconds a replay record is kept: twice the signature time window, so a signature can never
+/// be replayed inside its window after its record expired.
+pub fn replay_retention(limits: &Limits) -> u64 {
+    limits.signature_time_window.saturating_mul(2)
 }
 
 /// Runs the inbound policy on a post to `list`.
@@ -227,51 +252,19 @@ pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Lim
             .params
             .get("protected-headers")
             .is_some_and(|v| v.eq_ignore_ascii_case("v1"));
-
-    // The message Mailman gets: outer header (minus MIME and our own fields), the decrypted
-    // entity's MIME fields, and protected fields lifted over their outer copies.
-    let mut rewrite = Rewrite::default();
-    let mut remove: Vec<&str> = CONTENT_HEADERS.to_vec();
-    remove.push("MIME-Version");
-    remove.extend_from_slice(OWN_HEADERS);
     let lifted: Vec<&mime::Header> = if lifts {
-        inner
-            .headers
-            .iter()
-            .filter(|h| PROTECTED.iter().any(|p| h.is(p)))
-            .collect()
+        inner.headers.iter().filter(|h| PROTECTED.iter().any(|p| h.is(p))).collect()
     } else {
         Vec::new()
     };
-    for h in &lifted {
-        if !remove.iter().any(|r| h.is(r)) {
-            remove.push(
-                PROTECTED
-                    .iter()
-                    .find(|p| h.is(p))
-                    .copied()
-                    .unwrap_or("X-Unused"),
-            );
-        }
+
+    // The author's signature: inside the encryption, or else the detached signature of an
+    // inner multipart/signed (RFC 3156 §6.1, sign then encrypt).
+    let mut signatures = decrypted.signatures;
+    let inner_signed = ct.mimetype == "multipart/signed";
+    if signatures.is_empty() && inner_signed {
+        signatures = verify_inner_signed(&inner, &ct, list);
     }
-    rewrite.remove = remove.iter().map(|s| s.to_string()).collect();
-    rewrite.add.push(("MIME-Version".into(), "1.0".into()));
-    for h in inner
-        .headers
-        .iter()
-        .filter(|h| CONTENT_HEADERS.iter().any(|c| h.is(c)))
-    {
-        rewrite.add.push((h.name.clone(), mime::header_text(h)));
-    }
-    for h in &lifted {
-        rewrite.add.push((h.name.clone(), mime::header_text(h)));
-    }
-    if inner.get("Content-Type").is_none() {
-        rewrite
-            .add
-            .push(("Content-Type".into(), "text/plain; charset=us-ascii".into()));
-    }
-    rewrite.body = Some(mime::to_crlf(inner.body));
 
     // Who the post claims to be from: the protected From if present, else the outer one.
     let from = lifted
@@ -281,14 +274,132 @@ pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Lim
         .or_else(|| outer.get("From"))
         .and_then(first_address);
     let sender = crate::keys::normalize_address(env.sender);
-    judge_signatures(
-        list,
-        limits,
-        &decrypted.signatures,
-        from.as_deref(),
-        &sender,
-        rewrite,
-    )
+    let judgement = judge_signatures(list, limits, &signatures, from.as_deref(), &sender);
+
+    // The message Mailman gets: outer header (minus MIME and our own fields), protected fields
+    // lifted over their outer copies, and a body that keeps the author's signature.
+    let mut rewrite = Rewrite::default();
+    let mut remove: Vec<&str> = CONTENT_HEADERS.to_vec();
+    remove.push("MIME-Version");
+    remove.extend_from_slice(OWN_HEADERS);
+    for h in &lifted {
+        if let Some(p) = PROTECTED.iter().find(|p| h.is(p)) {
+            if !remove.contains(p) {
+                remove.push(p);
+            }
+        }
+    }
+    rewrite.remove = remove.iter().map(|s| s.to_string()).collect();
+    rewrite.add.push(("MIME-Version".into(), "1.0".into()));
+    for h in &lifted {
+        rewrite.add.push((h.name.clone(), mime::header_text(h)));
+    }
+    let mut note = String::new();
+    let signed_body = match &judgement {
+        Judgement::Good { sig, .. } if !inner_signed => {
+            let r = signed_copy(&decrypted.plaintext, sig);
+            if r.is_none() {
+                // A binary signature over LF-only text cannot ride in a CRLF-canonical
+                // multipart/signed: state the verified signer inside the list's copy instead.
+                note = "; author signature not transportable as multipart/signed (binary signature over LF text), signer stated inside the list copy".into();
+            }
+            r
+        }
+        _ => None,
+    };
+    match signed_body {
+        Some((content_type, body)) => {
+            rewrite.add.push(("Content-Type".into(), content_type));
+            rewrite.body = Some(body);
+        }
+        None => {
+            for h in inner.headers.iter().filter(|h| CONTENT_HEADERS.iter().any(|c| h.is(c))) {
+                rewrite.add.push((h.name.clone(), mime::header_text(h)));
+            }
+            if inner.get("Content-Type").is_none() {
+                rewrite.add.push(("Content-Type".into(), "text/plain; charset=us-ascii".into()));
+            }
+            rewrite.body = Some(mime::to_crlf(inner.body));
+        }
+    }
+
+    match judgement {
+        Judgement::Good { signer, address, sig } => {
+            if !note.is_empty() {
+                rewrite.add.push((
+                    "X-Listcrypt-Signer".into(),
+                    format!("{address} 0x{signer} (signature verified by the list)"),
+                ));
+            }
+            Verdict::Deliver {
+                rewrite,
+                hold: None,
+                summary: format!("post from {address} accepted, signed by 0x{signer}, decrypted{note}"),
+                replay: Some(replay_digest(&list.address, &sig.packet)),
+            }
+        }
+        Judgement::Act { action, reply, summary } => act(action, reply, move |hold| {
+            if let Some(r) = &hold {
+                rewrite.add.push(("X-Listcrypt-Hold".into(), r.clone()));
+            }
+            Verdict::Deliver { rewrite, hold, summary, replay: None }
+        }),
+    }
+}
+
+/// SHA-256 over the list and the author's signature packet: the replay record.
+fn replay_digest(list: &str, packet: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(list.as_bytes());
+    h.update([0]);
+    h.update(packet);
+    h.finalize().into()
+}
+
+/// RFC 3156 §5 multipart/signed from the exact signed bytes and the author's signature, or
+/// `None` when the signed bytes are not CRLF-canonical text for a binary signature.
+fn signed_copy(plaintext: &[u8], sig: &pgp::GoodSignature) -> Option<(String, Vec<u8>)> {
+    let canonical = mime::to_crlf(plaintext);
+    if !sig.text && canonical != plaintext {
+        return None;
+    }
+    let boundary = mime::new_boundary();
+    if canonical.windows(boundary.len()).any(|w| w == boundary.as_bytes()) {
+        return None;
+    }
+    let micalg = format!("pgp-{}", sig.hash_name.to_ascii_lowercase());
+    let content_type = format!(
+        "multipart/signed; micalg={micalg};\n\tprotocol=\"application/pgp-signature\";\n\tboundary=\"{boundary}\""
+    );
+    let mut body = Vec::with_capacity(canonical.len() + sig.armored.len() + 512);
+    body.extend_from_slice(b"This is an OpenPGP/MIME signed message (RFC 4880 and 3156)\r\n");
+    body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+    body.extend_from_slice(&canonical);
+    // The CRLF before the delimiter belongs to the delimiter (RFC 2046 §5.1.1).
+    body.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+    body.extend_from_slice(b"Content-Type: application/pgp-signature; name=\"signature.asc\"\r\n");
+    body.extend_from_slice(b"Content-Description: OpenPGP digital signature\r\n");
+    body.extend_from_slice(b"Content-Disposition: attachment; filename=\"signature.asc\"\r\n\r\n");
+    body.extend_from_slice(&mime::to_crlf(&sig.armored));
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Some((content_type, body))
+}
+
+/// Verifies the detached signature of an inner multipart/signed over its CRLF-canonical
+/// first part (RFC 3156 §5).
+fn verify_inner_signed(inner: &Entity<'_>, ct: &mailparse::ParsedContentType, list: &ListKeys) -> Vec<SigCheck> {
+    let Some(boundary) = ct.params.get("boundary") else { return Vec::new() };
+    let Ok(parts) = mime::split_multipart(inner.body, boundary) else { return Vec::new() };
+    if parts.len() != 2 {
+        return Vec::new();
+    }
+    let Ok(sig_part) = mailparse::parse_mail(parts[1]) else { return Vec::new() };
+    if sig_part.ctype.mimetype != "application/pgp-signature" {
+        return Vec::new();
+    }
+    let Ok(sig) = sig_part.get_body_raw() else { return Vec::new() };
+    pgp::verify_detached(&mime::to_crlf(parts[0]), &sig, list)
 }
 
 fn failure_reply(f: &Failure) -> Reply {
@@ -319,8 +430,14 @@ fn severity(s: &SigCheck) -> u8 {
         SigCheck::Revoked(_) => 2,
         SigCheck::Expired(_) => 3,
         SigCheck::UnknownSigner(_) => 4,
-        SigCheck::Good { .. } => 5,
+        SigCheck::Good(_) => 5,
     }
+}
+
+/// The outcome of the signature rules: a good signature by the bound key, or a policy action.
+enum Judgement {
+    Good { signer: sequoia_openpgp::Fingerprint, address: String, sig: pgp::GoodSignature },
+    Act { action: Action, reply: Reply, summary: String },
 }
 
 fn judge_signatures(
@@ -329,116 +446,91 @@ fn judge_signatures(
     sigs: &[SigCheck],
     from: Option<&str>,
     sender: &str,
-    rewrite: Rewrite,
-) -> Verdict {
+) -> Judgement {
     let policy = &list.policy;
-    let deliver = |summary: String| {
-        move |hold: Option<String>| {
-            let mut rewrite = rewrite;
-            if let Some(r) = &hold {
-                rewrite.add.push(("X-Listcrypt-Hold".into(), r.clone()));
-            }
-            Verdict::Deliver {
-                rewrite,
-                hold,
-                summary,
-            }
-        }
+    let passed = "post passed by policy despite its signature, decrypted".to_string();
+    let act = |action: Action, code, xcode, reason: &str, summary: &str| Judgement::Act {
+        action,
+        reply: Reply::new(code, xcode, reason),
+        summary: summary.to_string(),
     };
     if sigs.is_empty() {
-        let reply = Reply::new("550", "5.7.1", "post must be signed inside the encryption");
         return act(
             policy.unsigned_action,
-            reply,
-            deliver("unsigned post passed by policy, decrypted".into()),
+            "550",
+            "5.7.1",
+            "post must be signed inside the encryption",
+            "unsigned post passed by policy, decrypted",
         );
     }
     let list_fpr = list.secret.fingerprint();
     let bound = |signer: &sequoia_openpgp::Fingerprint, addr: &str| {
-        list.member(addr)
-            .is_some_and(|m| &m.cert.fingerprint() == signer)
+        list.member(addr).is_some_and(|m| &m.cert.fingerprint() == signer)
     };
     // A good signature by the key bound to both the From address and the envelope sender.
     let good = sigs.iter().find_map(|s| match s {
-        SigCheck::Good {
-            signer,
-            created,
-            intended_recipients,
-            ..
-        } if from.is_some_and(|f| bound(signer, f))
-            && (sender.is_empty() || bound(signer, sender)) =>
+        SigCheck::Good(g)
+            if from.is_some_and(|f| bound(&g.signer, f)) && (sender.is_empty() || bound(&g.signer, sender)) =>
         {
-            Some((signer, created, intended_recipients))
+            Some(g)
         }
         _ => None,
     });
-    if let Some((signer, created, intended)) = good {
-        if !intended.is_empty() && !intended.contains(&list_fpr) {
-            let reply = Reply::new("550", "5.7.1", "signature is intended for other recipients");
+    if let Some(g) = good {
+        if !g.intended_recipients.is_empty() && !g.intended_recipients.contains(&list_fpr) {
             return act(
                 policy.invalid_signature_action,
-                reply,
-                deliver(format!("signed by 0x{signer}, decrypted")),
+                "550",
+                "5.7.1",
+                "signature is intended for other recipients",
+                &passed,
             );
         }
         let window = Duration::from_secs(limits.signature_time_window);
         let now = SystemTime::now();
-        let in_window = created.is_some_and(|t| {
+        let in_window = g.created.is_some_and(|t| {
             t <= now + window && now.duration_since(t).map(|d| d <= window).unwrap_or(true)
         });
         if !in_window {
-            let reply = Reply::new(
+            return act(
+                policy.invalid_signature_action,
                 "550",
                 "5.7.7",
                 "signature time is outside the accepted window",
-            );
-            return act(
-                policy.invalid_signature_action,
-                reply,
-                deliver(format!("signed by 0x{signer}, decrypted")),
+                &passed,
             );
         }
-        let from = from.unwrap_or("?");
-        return deliver(format!(
-            "post from {from} accepted, signed by 0x{signer}, decrypted"
-        ))(None);
+        return Judgement::Good {
+            signer: g.signer.clone(),
+            address: from.unwrap_or_default().to_string(),
+            sig: g.clone(),
+        };
     }
     let worst = sigs.iter().min_by_key(|s| severity(s)).expect("non-empty");
-    let summary = "post passed by policy despite its signature, decrypted".to_string();
     match worst {
-        SigCheck::Bad(_) => act(
-            policy.invalid_signature_action,
-            Reply::new("550", "5.7.7", "bad signature"),
-            deliver(summary),
-        ),
+        SigCheck::Bad(_) => act(policy.invalid_signature_action, "550", "5.7.7", "bad signature", &passed),
         SigCheck::Weak(_) => act(
             policy.invalid_signature_action,
-            Reply::new("550", "5.7.6", "signature uses a weak algorithm"),
-            deliver(summary),
+            "550",
+            "5.7.6",
+            "signature uses a weak algorithm",
+            &passed,
         ),
-        SigCheck::Revoked(_) => act(
-            policy.revoked_signature_action,
-            Reply::new("550", "5.7.5", "signer key is revoked"),
-            deliver(summary),
-        ),
-        SigCheck::Expired(_) => act(
-            policy.expired_signature_action,
-            Reply::new("550", "5.7.5", "signer key has expired"),
-            deliver(summary),
-        ),
+        SigCheck::Revoked(_) => act(policy.revoked_signature_action, "550", "5.7.5", "signer key is revoked", &passed),
+        SigCheck::Expired(_) => act(policy.expired_signature_action, "550", "5.7.5", "signer key has expired", &passed),
         SigCheck::UnknownSigner(_) => act(
             policy.unknown_signer_action,
-            Reply::new("550", "5.7.1", "signer is not a member of this list"),
-            deliver(summary),
+            "550",
+            "5.7.1",
+            "signer is not a member of this list",
+            &passed,
         ),
-        SigCheck::Good { .. } => act(
+        SigCheck::Good(_) => act(
             policy.unknown_signer_action,
-            Reply::new(
-                "550",
-                "5.7.1",
-                "signer key is not bound to the sender address on this list",
-            ),
-            deliver(summary),
+            "550",
+            "5.7.1",
+            "signer key is not bound to the sender address on this list",
+            &passed,
         ),
     }
 }

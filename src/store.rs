@@ -76,6 +76,18 @@ pub trait Store: Send + Sync {
     fn bind(&self, binding: &Binding) -> Result<(), StoreError>;
     /// Returns whether a binding existed.
     fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError>;
+    /// Records an accepted signature digest; returns `true` if it was already recorded
+    /// (a replay). Records older than `retain_secs` are dropped on the way.
+    fn replay_record(&self, list: &str, digest: &[u8], retain_secs: u64) -> Result<bool, StoreError>;
+    /// Whether a digest is recorded (read-only, for dry runs).
+    fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub struct SqliteStore {
@@ -95,6 +107,13 @@ CREATE TABLE IF NOT EXISTS bindings (
     created INTEGER NOT NULL,
     PRIMARY KEY (list, address)
 );
+CREATE TABLE IF NOT EXISTS replay (
+    list TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    seen INTEGER NOT NULL,
+    PRIMARY KEY (list, digest)
+);
+CREATE INDEX IF NOT EXISTS replay_seen ON replay (seen);
 ";
 
 impl SqliteStore {
@@ -160,10 +179,7 @@ impl Store for SqliteStore {
     fn bind(&self, b: &Binding) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = now_secs();
         tx.execute(
             "INSERT INTO bindings (list, address, fingerprint, role, state, show_key_id, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -195,6 +211,29 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(n > 0)
     }
+
+    fn replay_record(&self, list: &str, digest: &[u8], retain_secs: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_secs();
+        tx.execute("DELETE FROM replay WHERE seen < ?1", params![now - retain_secs as i64])?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO replay (list, digest, seen) VALUES (?1, ?2, ?3)",
+            params![list, digest, now],
+        )?;
+        tx.commit()?;
+        Ok(n == 0)
+    }
+
+    fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM replay WHERE list = ?1 AND digest = ?2",
+            params![list, digest],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
 }
 
 #[cfg(test)]
@@ -221,5 +260,19 @@ mod tests {
         assert!(a.unbind("l@x", "a@y").unwrap());
         assert!(!a.unbind("l@x", "a@y").unwrap());
         assert!(b.bindings("l@x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn replay_records_once_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert!(!s.replay_record("l@x", b"d1", 3600).unwrap());
+        assert!(s.replay_record("l@x", b"d1", 3600).unwrap());
+        assert!(!s.replay_record("m@x", b"d1", 3600).unwrap(), "per list");
+        assert!(s.replay_seen("l@x", b"d1").unwrap());
+        // A retention of zero drops everything older than now.
+        s.conn().execute("UPDATE replay SET seen = seen - 10", []).unwrap();
+        assert!(!s.replay_record("l@x", b"d2", 0).unwrap());
+        assert!(!s.replay_seen("l@x", b"d1").unwrap());
     }
 }

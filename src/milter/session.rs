@@ -267,12 +267,26 @@ impl Session {
                     Ok(v) => v,
                     Err(e) => Verdict::Tempfail(Reply::internal(format!("internal error: {e}"))),
                 };
+                let verdict = match &verdict {
+                    Verdict::Deliver { replay: Some(d), .. } => {
+                        let retain = inbound::replay_retention(&self.config.limits);
+                        match self.daemon.store().replay_record(&list.address, d, retain) {
+                            Ok(seen) => inbound::apply_replay(verdict, seen, &list),
+                            Err(e) => {
+                                tracing::error!("{queue_id}: {}: replay record: {e}", list.address);
+                                return set_reply(reply, &Reply::internal("state store unavailable"));
+                            }
+                        }
+                    }
+                    _ => verdict,
+                };
                 let who = &list.address;
                 match verdict {
                     Verdict::Deliver {
                         rewrite,
                         hold,
                         summary,
+                        ..
                     } => {
                         if let Err(e) = apply(actions, &header_names, &rewrite).await {
                             tracing::error!(

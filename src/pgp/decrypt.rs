@@ -9,7 +9,9 @@ use openpgp::parse::{PacketParser, Parse};
 use openpgp::types::{HashAlgorithm, KeyFlags, RevocationStatus, SymmetricAlgorithm};
 use openpgp::cert::amalgamation::ValidAmalgamation;
 use openpgp::packet::Tag;
-use openpgp::{Cert, Fingerprint, KeyHandle};
+use openpgp::serialize::SerializeInto;
+use openpgp::types::SignatureType;
+use openpgp::{Cert, Fingerprint, KeyHandle, Packet};
 use sequoia_openpgp as openpgp;
 use std::cell::Cell;
 use std::io::Read;
@@ -31,16 +33,27 @@ pub enum Failure {
     TooMuchPlaintext(u64),
 }
 
+/// A signature that verified with a member's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoodSignature {
+    /// Primary fingerprint of the signer's certificate.
+    pub signer: Fingerprint,
+    pub created: Option<SystemTime>,
+    /// RFC 3156 `micalg` name without the `pgp-` prefix (e.g. `SHA256`).
+    pub hash_name: String,
+    pub intended_recipients: Vec<Fingerprint>,
+    /// A text-mode (0x01) signature, valid over the CRLF-canonical text.
+    pub text: bool,
+    /// The signature packet, serialized.
+    pub packet: Vec<u8>,
+    /// The same, armored as a detached signature.
+    pub armored: Vec<u8>,
+}
+
 /// The verdict on one signature found inside the encryption.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SigCheck {
-    Good {
-        /// Primary fingerprint of the signer's certificate.
-        signer: Fingerprint,
-        created: Option<SystemTime>,
-        hash: HashAlgorithm,
-        intended_recipients: Vec<Fingerprint>,
-    },
+    Good(GoodSignature),
     UnknownSigner(String),
     Expired(Fingerprint),
     Revoked(Fingerprint),
@@ -134,12 +147,20 @@ fn classify(
     r: Result<openpgp::parse::stream::GoodChecksum<'_>, VerificationError<'_>>,
 ) -> SigCheck {
     match r {
-        Ok(good) => SigCheck::Good {
-            signer: good.ka.cert().fingerprint(),
-            created: good.sig.signature_creation_time(),
-            hash: good.sig.hash_algo(),
-            intended_recipients: good.sig.intended_recipients().cloned().collect(),
-        },
+        Ok(good) => {
+            let packet = Packet::from(good.sig.clone());
+            let bytes = packet.to_vec().unwrap_or_default();
+            let armored = armor_signature(&bytes);
+            SigCheck::Good(GoodSignature {
+                signer: good.ka.cert().fingerprint(),
+                created: good.sig.signature_creation_time(),
+                hash_name: micalg_name(good.sig.hash_algo()),
+                intended_recipients: good.sig.intended_recipients().cloned().collect(),
+                text: good.sig.typ() == SignatureType::Text,
+                packet: bytes,
+                armored,
+            })
+        }
         Err(VerificationError::MissingKey { sig }) => SigCheck::UnknownSigner(
             sig.get_issuers()
                 .first()
@@ -336,4 +357,57 @@ fn failure(e: &anyhow::Error, probe: &Probe, max_packets: u32) -> Failure {
         return Failure::Integrity;
     }
     Failure::Malformed(text)
+}
+
+/// RFC 3156 §5 / RFC 4880 §9.4 hash names, as used in `micalg=pgp-…`.
+fn micalg_name(h: HashAlgorithm) -> String {
+    match h {
+        HashAlgorithm::SHA1 => "SHA1".into(),
+        HashAlgorithm::SHA224 => "SHA224".into(),
+        HashAlgorithm::SHA256 => "SHA256".into(),
+        HashAlgorithm::SHA384 => "SHA384".into(),
+        HashAlgorithm::SHA512 => "SHA512".into(),
+        HashAlgorithm::RipeMD => "RIPEMD160".into(),
+        other => format!("{other:?}").to_ascii_uppercase(),
+    }
+}
+
+/// Verifies a detached signature over `signed` (already CRLF-canonical) with the list's
+/// member certificates.
+pub fn verify_detached(signed: &[u8], signature: &[u8], list: &ListKeys) -> Vec<SigCheck> {
+    use openpgp::parse::stream::DetachedVerifierBuilder;
+    let probe = Probe::default();
+    let helper = Helper {
+        list,
+        max_packets: 64,
+        probe: &probe,
+        signatures: Vec::new(),
+        outer_signatures: 0,
+    };
+    let verifier = DetachedVerifierBuilder::from_bytes(signature)
+        .and_then(|b| b.with_policy(&POLICY, None, helper));
+    let mut verifier = match verifier {
+        Ok(v) => v,
+        Err(e) => return vec![SigCheck::Bad(short(&e))],
+    };
+    if let Err(e) = verifier.verify_bytes(signed) {
+        let mut sigs = std::mem::take(&mut verifier.helper_mut().signatures);
+        if sigs.is_empty() {
+            sigs.push(SigCheck::Bad(short(&e)));
+        }
+        return sigs;
+    }
+    std::mem::take(&mut verifier.helper_mut().signatures)
+}
+
+fn armor_signature(packet: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    let Ok(mut w) = openpgp::armor::Writer::new(&mut out, openpgp::armor::Kind::Signature) else {
+        return Vec::new();
+    };
+    if w.write_all(packet).is_err() || w.finalize().is_err() {
+        return Vec::new();
+    }
+    out
 }
