@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod dsn;
 pub mod inbound;
 pub mod keys;
 pub mod logging;

@@ -30,7 +30,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 }
                 cx.requested_actions = needed;
                 cx.requested_opts |= ProtoOpts::LEADING_SPACE;
-                // Requesting macros replaces Postfix's defaults: ask only for the queue id.
+                // Requesting macros replaces Postfix's defaults: ask only for what we use. A
+                // daemon port of 0 marks mail that Postfix made itself (DSNs).
+                cx.requested_macros
+                    .insert(MacroStage::Connect, CString::new("{daemon_port}").expect("no NUL"));
                 for stage in [MacroStage::Data, MacroStage::Eoh, MacroStage::Eom] {
                     cx.requested_macros.insert(stage, CString::new("i").expect("no NUL"));
                 }
@@ -46,8 +49,9 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
         })
         .on_mail(|cx, args| {
             Box::pin(async move {
+                let internal = cx.macros.get(c"{daemon_port}").is_some_and(|p| p.to_bytes() == b"0");
                 match cx.data.as_mut() {
-                    Some(s) => s.mail(args),
+                    Some(s) => s.mail(args, internal),
                     None => missing_session(),
                 }
             })

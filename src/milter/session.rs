@@ -44,6 +44,9 @@ enum Mode {
     },
     /// Outbound mail that belongs to no managed list: passed untouched.
     Foreign,
+    /// A notification Postfix generated itself (null sender, daemon port 0): checked at end of
+    /// message for quoted list posts.
+    Notification,
 }
 
 struct Msg {
@@ -97,7 +100,7 @@ impl Session {
         }
     }
 
-    pub fn mail(&mut self, args: Vec<CString>) -> Status {
+    pub fn mail(&mut self, args: Vec<CString>, internal: bool) -> Status {
         let sender = arg_address(&args);
         let keyring = match self.daemon.keyring() {
             Ok(k) => k,
@@ -107,6 +110,7 @@ impl Session {
             }
         };
         let mode = match self.side {
+            Side::Inbound if internal && sender.is_empty() => Mode::Notification,
             Side::Inbound => Mode::Empty,
             Side::Outbound => match outbound::list_for_sender(&keyring, &sender) {
                 Some(list) => Mode::OutboundList {
@@ -186,7 +190,7 @@ impl Session {
                     set_reply(reply, &r)
                 }
             },
-            Mode::Foreign => Status::Continue,
+            Mode::Foreign | Mode::Notification => Status::Continue,
         }
     }
 
@@ -346,6 +350,17 @@ impl Session {
                     list.address,
                     msg.sender
                 );
+                Status::Continue
+            }
+            Mode::Notification => {
+                let Some(rewrite) = crate::dsn::reduce(&message, &msg.keyring) else {
+                    return Status::Accept;
+                };
+                if let Err(e) = apply(actions, &header_names, &rewrite).await {
+                    tracing::error!("{queue_id}: could not reduce a delivery notification: {e}");
+                    return set_reply(reply, &Reply::internal("internal error"));
+                }
+                tracing::info!("{queue_id}: delivery notification for list mail reduced to a content-free notice");
                 Status::Continue
             }
             _ => Status::Accept,
