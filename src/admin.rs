@@ -304,9 +304,13 @@ pub fn process_inbound(
         .ok_or_else(|| CommandError::new(exit::CONFIG, &list, "list not loaded"))?;
     let message = read_stdin(config.limits.max_message_bytes)?;
     let mut enforce = rcpts.is_empty();
+    let mut command = false;
     for r in rcpts {
         match inbound::lookup(&keyring, r) {
-            Some((l, kind)) if l.address == list => enforce |= kind.enforced(),
+            Some((l, kind)) if l.address == list => {
+                enforce |= kind.enforced();
+                command |= kind.is_command();
+            }
             _ => {
                 writeln!(
                     out,
@@ -317,14 +321,21 @@ pub fn process_inbound(
             }
         }
     }
-    if !enforce {
+    if !enforce && !command {
         out.write_all(&crate::mime::to_crlf(&message)).ok();
         return Ok(exit::OK);
     }
-    let verdict = inbound::process(&Envelope { sender: from }, &message, &keys, &config.limits);
+    let env = Envelope { sender: from };
+    let verdict = if enforce {
+        inbound::process(&env, &message, &keys, &config.limits)
+    } else {
+        inbound::process_command(&env, &message, &keys, &config.limits)
+    };
     // A dry run consults the replay record but never adds to it.
     let verdict = match &verdict {
-        Verdict::Deliver { replay: Some(d), .. } => {
+        Verdict::Deliver {
+            replay: Some(d), ..
+        } => {
             let seen = open_store(config)?.replay_seen(&list, d)?;
             inbound::apply_replay(verdict, seen, &keys)
         }

@@ -29,15 +29,17 @@ pub fn reduce(message: &[u8], keyring: &Keyring) -> Option<Rewrite> {
         Entity::parse(p).is_ok_and(|e| e.content_type().mimetype == "message/delivery-status")
     })?;
     let status_entity = Entity::parse(status).ok()?;
-    let names_list = String::from_utf8_lossy(status_entity.body).lines().any(|line| {
-        let lower = line.to_ascii_lowercase();
-        let value = lower
-            .strip_prefix("final-recipient:")
-            .or_else(|| lower.strip_prefix("original-recipient:"));
-        value
-            .and_then(|v| v.split(';').nth(1))
-            .is_some_and(|addr| lookup(keyring, addr.trim()).is_some())
-    });
+    let names_list = String::from_utf8_lossy(status_entity.body)
+        .lines()
+        .any(|line| {
+            let lower = line.to_ascii_lowercase();
+            let value = lower
+                .strip_prefix("final-recipient:")
+                .or_else(|| lower.strip_prefix("original-recipient:"));
+            value
+                .and_then(|v| v.split(';').nth(1))
+                .is_some_and(|addr| lookup(keyring, addr.trim()).is_some())
+        });
     if !names_list {
         return None;
     }
@@ -45,7 +47,9 @@ pub fn reduce(message: &[u8], keyring: &Keyring) -> Option<Rewrite> {
     let mut body = Vec::new();
     body.extend_from_slice(b"This is a MIME-encapsulated message.\r\n\r\n");
     body.extend_from_slice(format!("--{new_boundary}\r\n").as_bytes());
-    body.extend_from_slice(b"Content-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n");
+    body.extend_from_slice(
+        b"Content-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+    );
     body.extend_from_slice(NOTICE.as_bytes());
     body.extend_from_slice(format!("\r\n--{new_boundary}\r\n").as_bytes());
     body.extend_from_slice(&mime::to_crlf(status));
@@ -54,7 +58,9 @@ pub fn reduce(message: &[u8], keyring: &Keyring) -> Option<Rewrite> {
         remove: vec!["Content-Type".into(), "Content-Transfer-Encoding".into()],
         add: vec![(
             "Content-Type".into(),
-            format!("multipart/report; report-type=delivery-status;\n\tboundary=\"{new_boundary}\""),
+            format!(
+                "multipart/report; report-type=delivery-status;\n\tboundary=\"{new_boundary}\""
+            ),
         )],
         body: Some(body),
     })
@@ -75,9 +81,17 @@ mod tests {
         let mut lists = HashMap::new();
         lists.insert(
             "enc@l.test".to_string(),
-            Arc::new(ListKeys::new("enc@l.test".into(), Policy::default(), cert, Vec::new())),
+            Arc::new(ListKeys::new(
+                "enc@l.test".into(),
+                Policy::default(),
+                cert,
+                Vec::new(),
+            )),
         );
-        Keyring { generation: 0, lists }
+        Keyring {
+            generation: 0,
+            lists,
+        }
     }
 
     fn dsn(final_rcpt: &str) -> Vec<u8> {

@@ -52,10 +52,19 @@ pub enum ListAddress {
 }
 
 impl ListAddress {
-    /// Whether posts to this address must be encrypted and signed. Commands, owner mail and
-    /// bounces pass to Mailman as they are for now; Mailman's replies leave encrypted.
+    /// Whether posts to this address must be encrypted and signed.
     pub fn enforced(self) -> bool {
         matches!(self, ListAddress::Post)
+    }
+
+    /// Command addresses: decrypted when encrypted; plaintext per `command_nonencrypted_action`.
+    /// Owner mail and bounces (remote DSNs) pass to Mailman as they are; whatever Mailman
+    /// sends on leaves encrypted.
+    pub fn is_command(self) -> bool {
+        matches!(
+            self,
+            ListAddress::Request | ListAddress::Join | ListAddress::Leave | ListAddress::Confirm
+        )
     }
 }
 
@@ -163,13 +172,27 @@ fn pass_original(hold: Option<String>, summary: String) -> Verdict {
 /// Applies `duplicate_action` to an accepted post whose signature digest was seen before.
 pub fn apply_replay(verdict: Verdict, seen: bool, list: &ListKeys) -> Verdict {
     match verdict {
-        Verdict::Deliver { mut rewrite, replay: Some(d), summary, .. } if seen => {
-            let reply = Reply::new("550", "5.7.1", "duplicate post (this signature was already accepted)");
+        Verdict::Deliver {
+            mut rewrite,
+            replay: Some(d),
+            summary,
+            ..
+        } if seen => {
+            let reply = Reply::new(
+                "550",
+                "5.7.1",
+                "duplicate post (this signature was already accepted)",
+            );
             act(list.policy.duplicate_action, reply, move |hold| {
                 if let Some(r) = &hold {
                     rewrite.add.push(("X-Listcrypt-Hold".into(), r.clone()));
                 }
-                Verdict::Deliver { rewrite, hold, summary: format!("{summary}; duplicate"), replay: Some(d) }
+                Verdict::Deliver {
+                    rewrite,
+                    hold,
+                    summary: format!("{summary}; duplicate"),
+                    replay: Some(d),
+                }
             })
         }
         other => other,
@@ -184,6 +207,32 @@ pub fn replay_retention(limits: &Limits) -> u64 {
 
 /// Runs the inbound policy on a post to `list`.
 pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Limits) -> Verdict {
+    run(env, message, list, limits, false)
+}
+
+/// Runs the inbound policy on mail to one of the list's command addresses (`-request`,
+/// `-join`, `-leave`, `-confirm`): decrypted when encrypted; a signature is not required, since
+/// Mailman confirms commands itself and non-members must be able to ask to join.
+pub fn process_command(
+    env: &Envelope<'_>,
+    message: &[u8],
+    list: &ListKeys,
+    limits: &Limits,
+) -> Verdict {
+    run(env, message, list, limits, true)
+}
+
+fn strip_list(list: &ListKeys) -> Vec<String> {
+    list.policy.strip_headers.clone()
+}
+
+fn run(
+    env: &Envelope<'_>,
+    message: &[u8],
+    list: &ListKeys,
+    limits: &Limits,
+    command: bool,
+) -> Verdict {
     let policy = &list.policy;
     if message.len() as u64 > limits.max_message_bytes {
         return Verdict::Reject(Reply::new("552", "5.3.4", "message exceeds the size limit"));
@@ -194,6 +243,17 @@ pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Lim
     };
     let ciphertext = match shape {
         Shape::PgpMime { ciphertext } => ciphertext,
+        Shape::NotEncrypted | Shape::InlinePgp if command => {
+            let reply = Reply::new("550", "5.7.1", "commands to this list must be encrypted");
+            let strip = strip_list(list);
+            return act(policy.command_nonencrypted_action, reply, |hold| {
+                let mut v = pass_original(hold, "unencrypted command passed".into());
+                if let Verdict::Deliver { rewrite, .. } = &mut v {
+                    rewrite.remove.extend(strip);
+                }
+                v
+            });
+        }
         Shape::NotEncrypted => {
             let reply = Reply::new("550", "5.7.1", "post must be encrypted to the list key");
             return act(policy.nonencrypted_action, reply, |hold| {
@@ -253,7 +313,11 @@ pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Lim
             .get("protected-headers")
             .is_some_and(|v| v.eq_ignore_ascii_case("v1"));
     let lifted: Vec<&mime::Header> = if lifts {
-        inner.headers.iter().filter(|h| PROTECTED.iter().any(|p| h.is(p))).collect()
+        inner
+            .headers
+            .iter()
+            .filter(|h| PROTECTED.iter().any(|p| h.is(p)))
+            .collect()
     } else {
         Vec::new()
     };
@@ -274,7 +338,16 @@ pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Lim
         .or_else(|| outer.get("From"))
         .and_then(first_address);
     let sender = crate::keys::normalize_address(env.sender);
-    let judgement = judge_signatures(list, limits, &signatures, from.as_deref(), &sender);
+    let mut judgement = judge_signatures(list, limits, &signatures, from.as_deref(), &sender);
+    if command {
+        if let Judgement::Act { .. } = judgement {
+            judgement = Judgement::Act {
+                action: Action::Accept,
+                reply: Reply::new("250", "2.0.0", "command"),
+                summary: "command decrypted".into(),
+            };
+        }
+    }
 
     // The message Mailman gets: outer header (minus MIME and our own fields), protected fields
     // lifted over their outer copies, and a body that keeps the author's signature.
@@ -282,6 +355,7 @@ pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Lim
     let mut remove: Vec<&str> = CONTENT_HEADERS.to_vec();
     remove.push("MIME-Version");
     remove.extend_from_slice(OWN_HEADERS);
+    remove.extend(policy.strip_headers.iter().map(|s| s.as_str()));
     for h in &lifted {
         if let Some(p) = PROTECTED.iter().find(|p| h.is(p)) {
             if !remove.contains(p) {
@@ -313,36 +387,59 @@ pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Lim
             rewrite.body = Some(body);
         }
         None => {
-            for h in inner.headers.iter().filter(|h| CONTENT_HEADERS.iter().any(|c| h.is(c))) {
+            for h in inner
+                .headers
+                .iter()
+                .filter(|h| CONTENT_HEADERS.iter().any(|c| h.is(c)))
+            {
                 rewrite.add.push((h.name.clone(), mime::header_text(h)));
             }
             if inner.get("Content-Type").is_none() {
-                rewrite.add.push(("Content-Type".into(), "text/plain; charset=us-ascii".into()));
+                rewrite
+                    .add
+                    .push(("Content-Type".into(), "text/plain; charset=us-ascii".into()));
             }
             rewrite.body = Some(mime::to_crlf(inner.body));
         }
     }
 
     match judgement {
-        Judgement::Good { signer, address, sig } => {
+        Judgement::Good {
+            signer,
+            address,
+            sig,
+        } => {
             if !note.is_empty() {
                 rewrite.add.push((
                     "X-Listcrypt-Signer".into(),
                     format!("{address} 0x{signer} (signature verified by the list)"),
                 ));
             }
+            let what = if command { "command" } else { "post" };
             Verdict::Deliver {
                 rewrite,
                 hold: None,
-                summary: format!("post from {address} accepted, signed by 0x{signer}, decrypted{note}"),
-                replay: Some(replay_digest(&list.address, &sig.packet)),
+                summary: format!(
+                    "{what} from {address} accepted, signed by 0x{signer}, decrypted{note}"
+                ),
+                // Commands are not replay-checked: Mailman's confirmations are one-shot already.
+                replay: (!command).then(|| replay_digest(&list.address, &sig.packet)),
             }
         }
-        Judgement::Act { action, reply, summary } => act(action, reply, move |hold| {
+        Judgement::Act {
+            action,
+            reply,
+            summary,
+        } => act(action, reply, move |hold| {
             if let Some(r) = &hold {
                 rewrite.add.push(("X-Listcrypt-Hold".into(), r.clone()));
             }
-            Verdict::Deliver { rewrite, hold, summary, replay: None }
+            Verdict::Deliver {
+                rewrite,
+                hold,
+                summary,
+                replay: None,
+            }
         }),
     }
 }
@@ -365,7 +462,10 @@ fn signed_copy(plaintext: &[u8], sig: &pgp::GoodSignature) -> Option<(String, Ve
         return None;
     }
     let boundary = mime::new_boundary();
-    if canonical.windows(boundary.len()).any(|w| w == boundary.as_bytes()) {
+    if canonical
+        .windows(boundary.len())
+        .any(|w| w == boundary.as_bytes())
+    {
         return None;
     }
     let micalg = format!("pgp-{}", sig.hash_name.to_ascii_lowercase());
@@ -388,17 +488,29 @@ fn signed_copy(plaintext: &[u8], sig: &pgp::GoodSignature) -> Option<(String, Ve
 
 /// Verifies the detached signature of an inner multipart/signed over its CRLF-canonical
 /// first part (RFC 3156 §5).
-fn verify_inner_signed(inner: &Entity<'_>, ct: &mailparse::ParsedContentType, list: &ListKeys) -> Vec<SigCheck> {
-    let Some(boundary) = ct.params.get("boundary") else { return Vec::new() };
-    let Ok(parts) = mime::split_multipart(inner.body, boundary) else { return Vec::new() };
+fn verify_inner_signed(
+    inner: &Entity<'_>,
+    ct: &mailparse::ParsedContentType,
+    list: &ListKeys,
+) -> Vec<SigCheck> {
+    let Some(boundary) = ct.params.get("boundary") else {
+        return Vec::new();
+    };
+    let Ok(parts) = mime::split_multipart(inner.body, boundary) else {
+        return Vec::new();
+    };
     if parts.len() != 2 {
         return Vec::new();
     }
-    let Ok(sig_part) = mailparse::parse_mail(parts[1]) else { return Vec::new() };
+    let Ok(sig_part) = mailparse::parse_mail(parts[1]) else {
+        return Vec::new();
+    };
     if sig_part.ctype.mimetype != "application/pgp-signature" {
         return Vec::new();
     }
-    let Ok(sig) = sig_part.get_body_raw() else { return Vec::new() };
+    let Ok(sig) = sig_part.get_body_raw() else {
+        return Vec::new();
+    };
     pgp::verify_detached(&mime::to_crlf(parts[0]), &sig, list)
 }
 
@@ -436,8 +548,16 @@ fn severity(s: &SigCheck) -> u8 {
 
 /// The outcome of the signature rules: a good signature by the bound key, or a policy action.
 enum Judgement {
-    Good { signer: sequoia_openpgp::Fingerprint, address: String, sig: pgp::GoodSignature },
-    Act { action: Action, reply: Reply, summary: String },
+    Good {
+        signer: sequoia_openpgp::Fingerprint,
+        address: String,
+        sig: pgp::GoodSignature,
+    },
+    Act {
+        action: Action,
+        reply: Reply,
+        summary: String,
+    },
 }
 
 fn judge_signatures(
@@ -465,12 +585,14 @@ fn judge_signatures(
     }
     let list_fpr = list.secret.fingerprint();
     let bound = |signer: &sequoia_openpgp::Fingerprint, addr: &str| {
-        list.member(addr).is_some_and(|m| &m.cert.fingerprint() == signer)
+        list.member(addr)
+            .is_some_and(|m| &m.cert.fingerprint() == signer)
     };
     // A good signature by the key bound to both the From address and the envelope sender.
     let good = sigs.iter().find_map(|s| match s {
         SigCheck::Good(g)
-            if from.is_some_and(|f| bound(&g.signer, f)) && (sender.is_empty() || bound(&g.signer, sender)) =>
+            if from.is_some_and(|f| bound(&g.signer, f))
+                && (sender.is_empty() || bound(&g.signer, sender)) =>
         {
             Some(g)
         }
@@ -508,7 +630,13 @@ fn judge_signatures(
     }
     let worst = sigs.iter().min_by_key(|s| severity(s)).expect("non-empty");
     match worst {
-        SigCheck::Bad(_) => act(policy.invalid_signature_action, "550", "5.7.7", "bad signature", &passed),
+        SigCheck::Bad(_) => act(
+            policy.invalid_signature_action,
+            "550",
+            "5.7.7",
+            "bad signature",
+            &passed,
+        ),
         SigCheck::Weak(_) => act(
             policy.invalid_signature_action,
             "550",
@@ -516,8 +644,20 @@ fn judge_signatures(
             "signature uses a weak algorithm",
             &passed,
         ),
-        SigCheck::Revoked(_) => act(policy.revoked_signature_action, "550", "5.7.5", "signer key is revoked", &passed),
-        SigCheck::Expired(_) => act(policy.expired_signature_action, "550", "5.7.5", "signer key has expired", &passed),
+        SigCheck::Revoked(_) => act(
+            policy.revoked_signature_action,
+            "550",
+            "5.7.5",
+            "signer key is revoked",
+            &passed,
+        ),
+        SigCheck::Expired(_) => act(
+            policy.expired_signature_action,
+            "550",
+            "5.7.5",
+            "signer key has expired",
+            &passed,
+        ),
         SigCheck::UnknownSigner(_) => act(
             policy.unknown_signer_action,
             "550",

@@ -314,7 +314,11 @@ impl ListKeys {
 
     /// Member certificates holding a key with this handle (key id or fingerprint).
     pub fn certs_for(&self, handle: &KeyHandle) -> Vec<&Member> {
-        let ids = self.by_keyid.get(&KeyID::from(handle)).cloned().unwrap_or_default();
+        let ids = self
+            .by_keyid
+            .get(&KeyID::from(handle))
+            .cloned()
+            .unwrap_or_default();
         ids.into_iter()
             .map(|i| &self.members[i])
             .filter(|m| m.cert.keys().any(|k| k.key().key_handle().aliases(handle)))

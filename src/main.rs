@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "listcrypt", version, about = "OpenPGP-encrypted mailing lists for Mailman 3, as a milter")]
+#[command(
+    name = "listcrypt",
+    version,
+    about = "OpenPGP-encrypted mailing lists for Mailman 3, as a milter"
+)]
 struct Cli {
     /// Configuration file (else $LISTCRYPT_CONFIG, else /etc/listcrypt/listcrypt.toml, else built-in defaults)
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
@@ -114,7 +118,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -143,10 +151,22 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::List(ListCommand::ExportKey { address }) => {
             admin::list_export_key(&config, &address, &mut out).map(|_| exit::OK)
         }
-        Command::Member(MemberCommand::Add { list, address, certfile, role, show_key_id }) => {
-            admin::member_add(&config, &list, &address, &certfile, role == "owner", show_key_id, &mut out)
-                .map(|_| exit::OK)
-        }
+        Command::Member(MemberCommand::Add {
+            list,
+            address,
+            certfile,
+            role,
+            show_key_id,
+        }) => admin::member_add(
+            &config,
+            &list,
+            &address,
+            &certfile,
+            role == "owner",
+            show_key_id,
+            &mut out,
+        )
+        .map(|_| exit::OK),
         Command::Member(MemberCommand::Remove { list, address }) => {
             admin::member_remove(&config, &list, &address, &mut out).map(|_| exit::OK)
         }
@@ -166,7 +186,9 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
 
 fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, CommandError> {
     listcrypt::logging::init(config.log, &config.log_level);
-    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     match &source {
         Source::BuiltIn => tracing::info!(
             "no configuration file; using built-in defaults relative to {cwd}: sockets {} and {}, \
@@ -217,7 +239,9 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
 }
 
 /// A future that completes on SIGTERM or SIGINT; SIGHUP reloads in between.
-fn signals(daemon: Arc<listcrypt::Daemon>) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+fn signals(
+    daemon: Arc<listcrypt::Daemon>,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -78,7 +78,12 @@ pub trait Store: Send + Sync {
     fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError>;
     /// Records an accepted signature digest; returns `true` if it was already recorded
     /// (a replay). Records older than `retain_secs` are dropped on the way.
-    fn replay_record(&self, list: &str, digest: &[u8], retain_secs: u64) -> Result<bool, StoreError>;
+    fn replay_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<bool, StoreError>;
     /// Whether a digest is recorded (read-only, for dry runs).
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
 }
@@ -212,11 +217,19 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
-    fn replay_record(&self, list: &str, digest: &[u8], retain_secs: u64) -> Result<bool, StoreError> {
+    fn replay_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let now = now_secs();
-        tx.execute("DELETE FROM replay WHERE seen < ?1", params![now - retain_secs as i64])?;
+        tx.execute(
+            "DELETE FROM replay WHERE seen < ?1",
+            params![now - retain_secs as i64],
+        )?;
         let n = tx.execute(
             "INSERT OR IGNORE INTO replay (list, digest, seen) VALUES (?1, ?2, ?3)",
             params![list, digest, now],
@@ -271,7 +284,9 @@ mod tests {
         assert!(!s.replay_record("m@x", b"d1", 3600).unwrap(), "per list");
         assert!(s.replay_seen("l@x", b"d1").unwrap());
         // A retention of zero drops everything older than now.
-        s.conn().execute("UPDATE replay SET seen = seen - 10", []).unwrap();
+        s.conn()
+            .execute("UPDATE replay SET seen = seen - 10", [])
+            .unwrap();
         assert!(!s.replay_record("l@x", b"d2", 0).unwrap());
         assert!(!s.replay_seen("l@x", b"d1").unwrap());
     }

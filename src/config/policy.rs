@@ -48,6 +48,17 @@ pub enum Padding {
     None,
 }
 
+/// Client fingerprints and members' own Autocrypt headers: nothing Mailman needs, and they
+/// would reach every member (and the wire, outside the encryption).
+pub const DEFAULT_STRIP: &[&str] = &[
+    "User-Agent",
+    "X-Mailer",
+    "X-Originating-IP",
+    "X-Enigmail-Version",
+    "Autocrypt",
+    "Autocrypt-Gossip",
+];
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
@@ -59,6 +70,10 @@ pub struct Policy {
     pub revoked_signature_action: Action,
     pub inline_pgp_action: Action,
     pub duplicate_action: Action,
+    /// Unencrypted mail to `-request`, `-join`, `-leave`, `-confirm`.
+    pub command_nonencrypted_action: Action,
+    /// Header fields removed from what Mailman receives (they would leak on the way out).
+    pub strip_headers: Vec<String>,
     pub sign_outgoing: bool,
     pub hide_recipient_key_ids: bool,
     pub batch_size: u32,
@@ -80,6 +95,9 @@ impl Default for Policy {
             inline_pgp_action: Action::Reject,
             // A sending MTA's benign retry of an accepted post must not bounce.
             duplicate_action: Action::Discard,
+            // Subscription requests come from people without a bound key yet.
+            command_nonencrypted_action: Action::Accept,
+            strip_headers: DEFAULT_STRIP.iter().map(|s| s.to_string()).collect(),
             sign_outgoing: true,
             hide_recipient_key_ids: true,
             // GnuPG's trial decryption grows with a member's position among wildcard
@@ -130,6 +148,10 @@ revoked_signature_action = "reject"
 inline_pgp_action = "reject"
 # A sending MTA's retry of an accepted post is discarded, not bounced.
 duplicate_action = "discard"
+# Unencrypted mail to LIST-request/-join/-leave/-confirm (encrypted commands are decrypted).
+command_nonencrypted_action = "accept"
+# Header fields removed before Mailman sees a post.
+strip_headers = ["User-Agent", "X-Mailer", "X-Originating-IP", "X-Enigmail-Version", "Autocrypt", "Autocrypt-Gossip"]
 
 sign_outgoing = true
 hide_recipient_key_ids = true

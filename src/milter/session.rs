@@ -34,8 +34,13 @@ enum Mode {
     Empty,
     /// Only recipients that are no managed list's (inbound) — passed untouched.
     Unmanaged,
-    /// Inbound to one list; `enforce` when its posting address is among the recipients.
-    InboundList { list: Arc<ListKeys>, enforce: bool },
+    /// Inbound to one list; `enforce` when its posting address is among the recipients,
+    /// `command` when one of its command addresses is.
+    InboundList {
+        list: Arc<ListKeys>,
+        enforce: bool,
+        command: bool,
+    },
     /// Outbound from one list, encrypting to `recipients` (as given at RCPT).
     OutboundList {
         list: Arc<ListKeys>,
@@ -151,14 +156,21 @@ impl Session {
                         msg.mode = Mode::InboundList {
                             list,
                             enforce: kind.enforced(),
+                            command: kind.is_command(),
                         };
                     }
                     (Mode::Empty, None) => msg.mode = Mode::Unmanaged,
                     (Mode::Unmanaged, None) => {}
-                    (Mode::InboundList { list, enforce }, Some((other, kind)))
-                        if other.address == list.address =>
-                    {
+                    (
+                        Mode::InboundList {
+                            list,
+                            enforce,
+                            command,
+                        },
+                        Some((other, kind)),
+                    ) if other.address == list.address => {
                         *enforce |= kind.enforced();
+                        *command |= kind.is_command();
                     }
                     _ => {
                         // Decrypted text must reach nobody but the list: split the transaction.
@@ -198,7 +210,11 @@ impl Session {
         match self.msg.as_ref().map(|m| &m.mode) {
             // Nothing to do for mail that is no list's, nor for Mailman's loopback.
             Some(Mode::Unmanaged) | Some(Mode::Foreign) => Status::Accept,
-            Some(Mode::InboundList { enforce: false, .. }) => Status::Accept,
+            Some(Mode::InboundList {
+                enforce: false,
+                command: false,
+                ..
+            }) => Status::Accept,
             Some(Mode::OutboundList {
                 loopback: Some(true),
                 ..
@@ -260,25 +276,36 @@ impl Session {
         let header_names: Vec<String> = msg.headers.iter().map(|(n, _)| n.clone()).collect();
 
         match msg.mode {
-            Mode::InboundList { list, .. } => {
+            Mode::InboundList { list, enforce, .. } => {
                 let limits = self.config.limits.clone();
                 let sender = msg.sender.clone();
                 let l = list.clone();
+                // The posting address among the recipients makes the strict post rules apply.
                 let work = tokio::task::spawn_blocking(move || {
-                    inbound::process(&Envelope { sender: &sender }, &message, &l, &limits)
+                    let env = Envelope { sender: &sender };
+                    if enforce {
+                        inbound::process(&env, &message, &l, &limits)
+                    } else {
+                        inbound::process_command(&env, &message, &l, &limits)
+                    }
                 });
                 let verdict = match with_progress(work, actions).await {
                     Ok(v) => v,
                     Err(e) => Verdict::Tempfail(Reply::internal(format!("internal error: {e}"))),
                 };
                 let verdict = match &verdict {
-                    Verdict::Deliver { replay: Some(d), .. } => {
+                    Verdict::Deliver {
+                        replay: Some(d), ..
+                    } => {
                         let retain = inbound::replay_retention(&self.config.limits);
                         match self.daemon.store().replay_record(&list.address, d, retain) {
                             Ok(seen) => inbound::apply_replay(verdict, seen, &list),
                             Err(e) => {
                                 tracing::error!("{queue_id}: {}: replay record: {e}", list.address);
-                                return set_reply(reply, &Reply::internal("state store unavailable"));
+                                return set_reply(
+                                    reply,
+                                    &Reply::internal("state store unavailable"),
+                                );
                             }
                         }
                     }

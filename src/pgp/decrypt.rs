@@ -1,16 +1,16 @@
 use crate::keys::{ListKeys, POLICY};
+use openpgp::cert::amalgamation::ValidAmalgamation;
 use openpgp::crypto::SessionKey;
+use openpgp::packet::Tag;
 use openpgp::packet::{PKESK, SKESK};
 use openpgp::parse::stream::{
     DecryptionHelper, DecryptorBuilder, MessageLayer, MessageStructure, VerificationError,
     VerificationHelper,
 };
 use openpgp::parse::{PacketParser, Parse};
-use openpgp::types::{HashAlgorithm, KeyFlags, RevocationStatus, SymmetricAlgorithm};
-use openpgp::cert::amalgamation::ValidAmalgamation;
-use openpgp::packet::Tag;
 use openpgp::serialize::SerializeInto;
 use openpgp::types::SignatureType;
+use openpgp::types::{HashAlgorithm, KeyFlags, RevocationStatus, SymmetricAlgorithm};
 use openpgp::{Cert, Fingerprint, KeyHandle, Packet};
 use sequoia_openpgp as openpgp;
 use std::cell::Cell;
