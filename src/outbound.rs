@@ -22,6 +22,25 @@ const PROTECTED: &[&str] = &[
     "Followup-To",
 ];
 
+/// Fields that only ever travel inside the encryption: listcrypt's statement of the verified
+/// author (when the author's signature could not be carried as multipart/signed).
+const INSIDE_ONLY: &[&str] = &["X-Listcrypt-Signer"];
+
+/// Fields removed from the outer header: Mailman's rule bookkeeping and envelope copies, the
+/// poster's client, members' own Autocrypt keys (RFC 9788 §4, reference/openpgp.md).
+const LEAKING: &[&str] = &[
+    "X-Mailman-Rule-Hits",
+    "X-Mailman-Rule-Misses",
+    "X-Mailman-Approved-At",
+    "X-MailFrom",
+    "Message-ID-Hash",
+    "X-Message-ID-Hash",
+    "User-Agent",
+    "X-Mailer",
+    "Autocrypt",
+    "Autocrypt-Gossip",
+];
+
 const CONTENT_HEADERS: &[&str] = &[
     "Content-Type",
     "Content-Transfer-Encoding",
@@ -146,7 +165,7 @@ pub fn encrypt_message(
     for h in entity
         .headers
         .iter()
-        .filter(|h| PROTECTED.iter().any(|p| h.is(p)))
+        .filter(|h| PROTECTED.iter().chain(INSIDE_ONLY).any(|p| h.is(p)))
     {
         inner.extend_from_slice(h.name.as_bytes());
         inner.push(b':');
@@ -170,7 +189,12 @@ pub fn encrypt_message(
     let armored = pgp::encrypt_sign(&inner, &batch, signer).map_err(PlanError::Encrypt)?;
     let (content_type, body) = mime::multipart_encrypted(&armored);
 
-    let mut remove: Vec<String> = CONTENT_HEADERS.iter().map(|s| s.to_string()).collect();
+    let mut remove: Vec<String> = CONTENT_HEADERS
+        .iter()
+        .chain(INSIDE_ONLY)
+        .chain(LEAKING)
+        .map(|s| s.to_string())
+        .collect();
     remove.push("MIME-Version".into());
     let mut add = vec![
         ("MIME-Version".to_string(), "1.0".to_string()),
