@@ -159,7 +159,7 @@ pub fn member_add(
     let role = if owner { Role::Owner } else { Role::Member };
     let b = keys::add_member(config, &store, &list, &address, &cert, role, show_key_id).map_err(
         |e| match e {
-            KeyError::Unusable(why) => CommandError::new(exit::DATA, format!("{address}"), why),
+            KeyError::Unusable(why) => CommandError::new(exit::DATA, address.clone(), why),
             other => other.into(),
         },
     )?;
@@ -417,10 +417,10 @@ pub fn process_outbound(
         write(1, &crate::mime::to_crlf(&message), &loopback)?;
         return Ok(exit::OK);
     }
-    let size = keys.policy.batch_size as usize;
-    for (i, batch) in encrypt.chunks(size).enumerate() {
-        let rewrite = outbound::encrypt_message(&message, &keys, batch)
-            .map_err(|e| CommandError::new(exit::SOFTWARE, "encrypt", e))?;
+    let batches = outbound::plan_batches(&keys, &encrypt);
+    let rewrites = outbound::encrypt_batches(&message, &keys, &batches)
+        .map_err(|e| CommandError::new(exit::SOFTWARE, "encrypt", e))?;
+    for (i, (batch, rewrite)) in batches.iter().zip(&rewrites).enumerate() {
         write(i + 1, &rewrite.render(&message), batch)?;
     }
     Ok(exit::OK)

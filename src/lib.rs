@@ -15,6 +15,7 @@ pub mod milter;
 pub mod mime;
 pub mod outbound;
 pub mod pgp;
+pub mod reinject;
 pub mod store;
 
 pub use daemon::{bind, run, Daemon};

@@ -86,6 +86,17 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Whether a digest is recorded (read-only, for dry runs).
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
+    /// Recipients to whom a reinjected batch of this (sender, body digest) already went.
+    fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError>;
+    /// Records a reinjected batch; entries older than `retain_secs` are dropped on the way.
+    fn journal_record(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        queue_id: &str,
+        retain_secs: u64,
+    ) -> Result<(), StoreError>;
 }
 
 fn now_secs() -> i64 {
@@ -119,6 +130,15 @@ CREATE TABLE IF NOT EXISTS replay (
     PRIMARY KEY (list, digest)
 );
 CREATE INDEX IF NOT EXISTS replay_seen ON replay (seen);
+CREATE TABLE IF NOT EXISTS journal (
+    sender TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    sent INTEGER NOT NULL,
+    PRIMARY KEY (sender, digest, recipient)
+);
+CREATE INDEX IF NOT EXISTS journal_sent ON journal (sent);
 ";
 
 impl SqliteStore {
@@ -247,6 +267,42 @@ impl Store for SqliteStore {
         )?;
         Ok(n > 0)
     }
+
+    fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT recipient FROM journal WHERE sender = ?1 AND digest = ?2")?;
+        let rows = stmt.query_map(params![sender, digest], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<String>, _>>()?)
+    }
+
+    fn journal_record(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        queue_id: &str,
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_secs();
+        tx.execute(
+            "DELETE FROM journal WHERE sent < ?1",
+            params![now - retain_secs as i64],
+        )?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO journal (sender, digest, recipient, queue_id, sent)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in recipients {
+                stmt.execute(params![sender, digest, r, queue_id, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -273,6 +329,25 @@ mod tests {
         assert!(a.unbind("l@x", "a@y").unwrap());
         assert!(!a.unbind("l@x", "a@y").unwrap());
         assert!(b.bindings("l@x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn journal_remembers_reinjected_recipients() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert!(s.journal_sent("l-bounces@x", b"d").unwrap().is_empty());
+        s.journal_record(
+            "l-bounces@x",
+            b"d",
+            &["a@y".into(), "b@y".into()],
+            "Q1",
+            3600,
+        )
+        .unwrap();
+        let mut sent = s.journal_sent("l-bounces@x", b"d").unwrap();
+        sent.sort();
+        assert_eq!(sent, vec!["a@y".to_string(), "b@y".to_string()]);
+        assert!(s.journal_sent("l-bounces@x", b"other").unwrap().is_empty());
     }
 
     #[test]

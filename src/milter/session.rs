@@ -349,35 +349,25 @@ impl Session {
             Mode::OutboundList {
                 list, recipients, ..
             } => {
-                let n = recipients.len();
-                let l = list.clone();
-                let work = tokio::task::spawn_blocking(move || {
-                    outbound::encrypt_message(&message, &l, &recipients)
-                });
-                let rewrite = match with_progress(work, actions).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => {
-                        tracing::error!("{queue_id}: {}: cannot encrypt: {e}", list.address);
-                        return set_reply(reply, &Reply::internal("cannot encrypt the message"));
-                    }
+                let list_address = list.address.clone();
+                match self
+                    .outbound_eom(
+                        queue_id,
+                        &msg.sender,
+                        list,
+                        recipients,
+                        message,
+                        &header_names,
+                        actions,
+                    )
+                    .await
+                {
+                    Ok(status) => status,
                     Err(e) => {
-                        tracing::error!("{queue_id}: {}: internal error: {e}", list.address);
-                        return set_reply(reply, &Reply::internal("internal error"));
+                        tracing::error!("{queue_id}: {list_address}: {e}; temporary failure");
+                        set_reply(reply, &Reply::internal("temporary failure, please retry"))
                     }
-                };
-                if let Err(e) = apply(actions, &header_names, &rewrite).await {
-                    tracing::error!(
-                        "{queue_id}: {}: could not rewrite the message: {e}",
-                        list.address
-                    );
-                    return set_reply(reply, &Reply::internal("internal error"));
                 }
-                tracing::info!(
-                    "{queue_id}: {}: message from {} encrypted to {n} recipient(s), signed by the list",
-                    list.address,
-                    msg.sender
-                );
-                Status::Continue
             }
             Mode::Notification => {
                 let Some(rewrite) = crate::dsn::reduce(&message, &msg.keyring) else {
@@ -393,6 +383,112 @@ impl Session {
             _ => Status::Accept,
         }
     }
+
+    /// Outbound end of message: skip recipients an earlier attempt already reinjected, batch
+    /// the rest, encrypt every batch, reinject batches 2..n (journaled), and keep batch 1 in
+    /// this transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn outbound_eom(
+        &self,
+        queue_id: &str,
+        sender: &str,
+        list: Arc<ListKeys>,
+        recipients: Vec<String>,
+        message: Vec<u8>,
+        header_names: &[String],
+        actions: &EomActions,
+    ) -> Result<Status, String> {
+        let store = self.daemon.store();
+        let digest = body_digest(&message);
+        let already: Vec<String> = store
+            .journal_sent(sender, &digest)
+            .map_err(|e| e.to_string())?;
+        let (done, todo): (Vec<String>, Vec<String>) = recipients
+            .into_iter()
+            .partition(|r| already.iter().any(|a| a == r));
+        for r in &done {
+            actions
+                .delete_recipient(r.as_str())
+                .await
+                .map_err(|e| format!("delete recipient: {e}"))?;
+        }
+        if todo.is_empty() {
+            tracing::info!(
+                "{queue_id}: {}: every recipient already got this message in an earlier attempt; discarded",
+                list.address
+            );
+            return Ok(Status::Discard);
+        }
+        let l = list.clone();
+        let m = Arc::new(message);
+        let m2 = m.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let batches = outbound::plan_batches(&l, &todo);
+            outbound::encrypt_batches(&m2, &l, &batches).map(|r| (batches, r))
+        });
+        let (batches, rewrites) = with_progress(work, actions)
+            .await
+            .map_err(|e| format!("internal error: {e}"))?
+            .map_err(|e| format!("cannot encrypt: {e}"))?;
+        if batches.is_empty() {
+            return Err("no batch planned".into());
+        }
+        let addr = self.config.reinject_smtp.clone();
+        let retain = JOURNAL_RETENTION_SECS;
+        let mut reinjected = Vec::new();
+        for (batch, rewrite) in batches.iter().zip(&rewrites).skip(1) {
+            let _ = actions.progress().await;
+            let copy = rewrite.render(&m);
+            let qid = crate::reinject::send_batch(&addr, sender, batch, &copy)
+                .await
+                .map_err(|e| e.to_string())?;
+            store
+                .journal_record(sender, &digest, batch, &qid, retain)
+                .map_err(|e| e.to_string())?;
+            reinjected.push(format!("{qid} ({} recipient(s))", batch.len()));
+        }
+        for batch in batches.iter().skip(1) {
+            for r in batch {
+                actions
+                    .delete_recipient(r.as_str())
+                    .await
+                    .map_err(|e| format!("delete recipient: {e}"))?;
+            }
+        }
+        apply(actions, header_names, &rewrites[0])
+            .await
+            .map_err(|e| format!("could not rewrite the message: {e}"))?;
+        let n: usize = batches.iter().map(|b| b.len()).sum();
+        let mut line = format!(
+            "{queue_id}: {}: message from {sender} encrypted to {n} recipient(s) in {} batch(es), signed by the list",
+            list.address,
+            batches.len()
+        );
+        if !reinjected.is_empty() {
+            line.push_str(&format!("; reinjected as {}", reinjected.join(", ")));
+        }
+        if !done.is_empty() {
+            line.push_str(&format!(
+                "; {} recipient(s) already served by an earlier attempt",
+                done.len()
+            ));
+        }
+        tracing::info!("{line}");
+        Ok(Status::Continue)
+    }
+}
+
+/// Journal entries outlive Mailman's retry period (5 days) with a margin.
+const JOURNAL_RETENTION_SECS: u64 = 10 * 24 * 3600;
+
+/// The journal key's body part: SHA-256 of the body. Not the header: the MTA's own
+/// Received field differs on every attempt.
+fn body_digest(message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let body = crate::mime::Entity::parse(message)
+        .map(|e| e.body)
+        .unwrap_or(message);
+    Sha256::digest(body).into()
 }
 
 /// Awaits CPU work, telling the MTA we are alive so its content timeout does not fire.
