@@ -1,6 +1,6 @@
 //! The outbound pipeline, pure: (envelope, message bytes, list, recipients) -> Plan.
 
-use crate::config::{HeaderProtection, MissingKeyAction};
+use crate::config::{HeaderProtection, MissingKeyAction, Padding};
 use crate::inbound::{lookup, ListAddress};
 use crate::keys::{check_member_cert, normalize_address, Keyring, ListKeys};
 use crate::message::{Reply, Rewrite};
@@ -247,8 +247,15 @@ pub fn encrypt_message(
         inner.extend_from_slice(&mime::to_crlf(&h.value));
         inner.extend_from_slice(b"\r\n");
     }
+    let body = mime::to_crlf(entity.body);
+    if policy.padding == Padding::Padme {
+        // Padmé bucket for the whole entity, filled by a header field of the inner entity
+        // (invisible to readers, unlike an extra MIME part).
+        let len = inner.len() + 2 + body.len();
+        pad_header(&mut inner, padme(len + PAD_OVERHEAD).saturating_sub(len));
+    }
     inner.extend_from_slice(b"\r\n");
-    inner.extend_from_slice(&mime::to_crlf(entity.body));
+    inner.extend_from_slice(&body);
 
     let mut batch = Vec::with_capacity(recipients.len());
     for r in recipients {
@@ -275,6 +282,13 @@ pub fn encrypt_message(
         ("MIME-Version".to_string(), "1.0".to_string()),
         ("Content-Type".to_string(), content_type),
     ];
+    if policy.autocrypt {
+        // Autocrypt Level 1: the list's own key, so replies can be encrypted to the list.
+        // Members' Autocrypt fields were removed above (LEAKING).
+        if let Some(value) = autocrypt_value(list) {
+            add.push(("Autocrypt".into(), value));
+        }
+    }
     if protect && entity.get("Subject").is_some() {
         // RFC 9788 §4.2: the outer Subject is obscured; the real one is inside.
         remove.push("Subject".into());
@@ -285,4 +299,93 @@ pub fn encrypt_message(
         add,
         body: Some(body),
     })
+}
+
+/// Bytes a padding field costs at minimum (`X-Listcrypt-Padding: ` and a CRLF).
+const PAD_OVERHEAD: usize = 23;
+
+/// Padmé (Nikitin et al., PETS 2019): rounds `len` up so that at most O(log log len) bits of
+/// the length leak; overhead stays under 12%.
+pub fn padme(len: usize) -> usize {
+    if len < 2 {
+        return len;
+    }
+    let e = usize::BITS - 1 - len.leading_zeros(); // floor(log2 len)
+    let s = usize::BITS - (e as usize).leading_zeros(); // floor(log2 e) + 1
+    let last_bits = e.saturating_sub(s);
+    let mask = (1usize << last_bits) - 1;
+    (len + mask) & !mask
+}
+
+/// Appends an `X-Listcrypt-Padding` field of (about) `n` bytes, folded at 76 columns.
+fn pad_header(inner: &mut Vec<u8>, n: usize) {
+    if n < PAD_OVERHEAD {
+        return;
+    }
+    let mut left = n - PAD_OVERHEAD;
+    inner.extend_from_slice(b"X-Listcrypt-Padding: ");
+    let mut col = 21;
+    while left > 0 {
+        if col >= 76 && left > 3 {
+            inner.extend_from_slice(b"\r\n ");
+            left -= 3;
+            col = 1;
+            continue;
+        }
+        inner.push(b'.');
+        left -= 1;
+        col += 1;
+    }
+    inner.extend_from_slice(b"\r\n");
+}
+
+/// `addr=LIST; prefer-encrypt=mutual; keydata=…` with the list's public key.
+fn autocrypt_value(list: &ListKeys) -> Option<String> {
+    use sequoia_openpgp::serialize::Serialize;
+    let mut bytes = Vec::new();
+    list.secret
+        .clone()
+        .strip_secret_key_material()
+        .serialize(&mut bytes)
+        .ok()?;
+    let b64 = data_encoding::BASE64.encode(&bytes);
+    let mut folded = String::with_capacity(b64.len() + b64.len() / 72 * 3);
+    for (i, chunk) in b64.as_bytes().chunks(72).enumerate() {
+        if i > 0 {
+            folded.push_str("\n ");
+        }
+        folded.push_str(std::str::from_utf8(chunk).ok()?);
+    }
+    Some(format!(
+        "addr={}; prefer-encrypt=mutual; keydata=\n {folded}",
+        list.address
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padme_buckets() {
+        // Values from the Padmé paper's definition.
+        assert_eq!(padme(1000), 1024);
+        assert_eq!(padme(1024), 1024);
+        assert_eq!(padme(1025), 1088);
+        assert_eq!(padme(100_000), 100_352);
+        for len in [3usize, 77, 5000, 123_456, 9_999_999] {
+            let p = padme(len);
+            assert!(p >= len && (p - len) * 100 <= len * 12, "{len} -> {p}");
+        }
+    }
+
+    #[test]
+    fn padding_field_has_the_asked_size() {
+        for n in [23usize, 24, 100, 1000, 4096] {
+            let mut v = Vec::new();
+            pad_header(&mut v, n);
+            assert_eq!(v.len(), n, "{n}");
+            assert!(v.split(|&b| b == b'\n').all(|l| l.len() <= 78));
+        }
+    }
 }
