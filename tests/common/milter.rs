@@ -199,34 +199,49 @@ impl Mail {
     }
 }
 
-/// Sends DATA, the header fields, EOH and the body; returns the first non-Continue status (with
-/// no actions) or the end-of-message result.
+/// Sends DATA, the header fields, EOH and the body (each stage only if the milter did not
+/// negotiate it away, as Postfix does); returns the first non-Continue status (with no
+/// actions) or the end-of-message result.
 pub async fn send(conn: &mut TestConnection, mail: &Mail) -> (EomActions, Status) {
     let none = || EomActions { actions: vec![] };
-    let status = conn.data().await.expect("data");
-    if status != Status::Continue {
-        return (none(), status);
-    }
-    for (name, value) in &mail.headers {
-        let status = conn
-            .header(name.as_str(), value.as_str())
-            .await
-            .expect("header");
-        if status != Status::Continue {
+    let opts = conn.negotiated_opts();
+    if !opts.contains(ProtoOpts::NO_DATA) {
+        let status = conn.data().await.expect("data");
+        if !goes_on(&status) {
             return (none(), status);
         }
     }
-    let status = conn.eoh().await.expect("eoh");
-    if status != Status::Continue {
-        return (none(), status);
+    if !opts.contains(ProtoOpts::NO_HEADER) {
+        for (name, value) in &mail.headers {
+            let status = conn
+                .header(name.as_str(), value.as_str())
+                .await
+                .expect("header");
+            if !goes_on(&status) {
+                return (none(), status);
+            }
+        }
     }
-    for chunk in mail.body.chunks(65_535) {
-        let status = conn.body(chunk.to_vec()).await.expect("body");
-        if status != Status::Continue {
+    if !opts.contains(ProtoOpts::NO_EOH) {
+        let status = conn.eoh().await.expect("eoh");
+        if !goes_on(&status) {
             return (none(), status);
+        }
+    }
+    if !opts.contains(ProtoOpts::NO_BODY) {
+        for chunk in mail.body.chunks(65_535) {
+            let status = conn.body(chunk.to_vec()).await.expect("body");
+            if !goes_on(&status) {
+                return (none(), status);
+            }
         }
     }
     conn.eom().await.expect("eom")
+}
+
+/// Continue, or no reply where the milter negotiated none for the stage.
+fn goes_on(status: &Status) -> bool {
+    matches!(status, Status::Continue | Status::Noreply)
 }
 
 /// The SMTP reply carried by a reject or tempfail status, e.g. `550 5.7.1 …`.

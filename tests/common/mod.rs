@@ -9,6 +9,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The list every test sets up.
 pub const LIST: &str = "enc@lists.example.test";
@@ -299,4 +302,139 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
+}
+
+/// A subscriber with GnuPG in a home of their own, holding only their key and the list's
+/// certificate.
+pub struct GpgMember {
+    pub gpg: Gpg,
+    pub address: String,
+    pub fingerprint: String,
+    /// Armored certificate.
+    pub cert: PathBuf,
+    /// The list key's primary fingerprint as GnuPG shows it.
+    pub list_fingerprint: String,
+}
+
+impl GpgMember {
+    /// Creates `name@example.test`'s key, imports the list key, and binds the member on
+    /// `LIST` when `bind`.
+    pub fn new(site: &Site, name: &str, bind: bool) -> GpgMember {
+        let address = format!("{name}@example.test");
+        let gpg = Gpg::new(site.path(&format!("gnupg-{name}")));
+        let fingerprint = gpg.gen_key(&format!("{name} <{address}>"), None);
+        let cert = site.path(&format!("{name}.asc"));
+        gpg.export(&fingerprint, &cert);
+        let list_cert = site.path(&format!("{LIST}.asc"));
+        if !list_cert.exists() {
+            site.export_list_key(LIST);
+        }
+        gpg.import(&list_cert);
+        let list_fingerprint = gpg.fingerprint(LIST);
+        if bind {
+            site.bind(LIST, &address, &cert, false);
+        }
+        GpgMember {
+            gpg,
+            address,
+            fingerprint,
+            cert,
+            list_fingerprint,
+        }
+    }
+
+    /// An RFC 3156 PGP/MIME post (LF line endings): `gpg --sign --encrypt` of a text/plain
+    /// entity in canonical CRLF form, to the list key.
+    pub fn post(&self, subject: &str, text: &str) -> Vec<u8> {
+        self.compose(subject, text, true, "")
+    }
+
+    /// Like [`GpgMember::post`], optionally unsigned, with `extra` header lines (each ending
+    /// in LF) in the outer header.
+    pub fn compose(&self, subject: &str, text: &str, sign: bool, extra: &str) -> Vec<u8> {
+        let inner =
+            to_crlf(format!("Content-Type: text/plain; charset=utf-8\n\n{text}\n").as_bytes());
+        let mut args = vec!["--armor"];
+        if sign {
+            args.extend(["--sign", "--local-user", &self.fingerprint]);
+        }
+        args.extend(["--encrypt", "--recipient", LIST]);
+        let armored = self.gpg.ok(&args, Some(&inner));
+        let armored = to_lf(&armored);
+        let armored = String::from_utf8(armored).expect("armor is ASCII");
+        let message = format!(
+            "From: {name} <{address}>\n\
+             To: {LIST}\n\
+             Subject: {subject}\n\
+             Date: Thu, 26 Nov 2026 10:00:00 +0000\n\
+             Message-ID: <{time}.{seq}@example.test>\n\
+             {extra}\
+             MIME-Version: 1.0\n\
+             Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\n \
+             boundary=\"enc1\"\n\
+             \n\
+             This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\n\
+             --enc1\n\
+             Content-Type: application/pgp-encrypted\n\
+             \n\
+             Version: 1\n\
+             \n\
+             --enc1\n\
+             Content-Type: application/octet-stream; name=\"encrypted.asc\"\n\
+             \n\
+             {armored}\n\
+             --enc1--\n",
+            name = self.address.split('@').next().unwrap_or("someone"),
+            address = self.address,
+            time = now(),
+            seq = NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        );
+        message.into_bytes()
+    }
+}
+
+/// The parts of a multipart body (bytes between the delimiter lines, RFC 2046 §5.1.1: the
+/// CRLF before a delimiter belongs to it).
+pub fn multipart_parts(body: &[u8], boundary: &str) -> Vec<Vec<u8>> {
+    let body = to_crlf(body);
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut i = 0;
+    while i < body.len() {
+        let at_line_start = i == 0 || body[i - 1] == b'\n';
+        if at_line_start && body[i..].starts_with(delimiter.as_bytes()) {
+            if let Some(s) = start {
+                let end = i.saturating_sub(2).max(s);
+                parts.push(body[s..end].to_vec());
+            }
+            let rest = &body[i + delimiter.len()..];
+            if rest.starts_with(b"--") {
+                break;
+            }
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map(|p| p + 2)
+                .unwrap_or(rest.len());
+            i += delimiter.len() + eol;
+            start = Some(i);
+            continue;
+        }
+        i += 1;
+    }
+    parts
+}
+
+/// The `boundary` parameter of a Content-Type value.
+pub fn boundary_of(content_type: &str) -> Option<String> {
+    let lower = content_type.to_ascii_lowercase();
+    let at = lower.find("boundary=")? + "boundary=".len();
+    let rest = &content_type[at..];
+    let value = if let Some(r) = rest.strip_prefix('"') {
+        r.split('"').next()?
+    } else {
+        rest.split([';', ' ', '\t', '\n', '\r']).next()?
+    };
+    Some(value.to_string())
 }
