@@ -1,0 +1,487 @@
+//! End to end: a real Postfix with listcrypt's two milters, a real Mailman 3 core and GnuPG
+//! subscribers, all on 127.0.0.1 in one tempdir. Postfix and Mailman are configured from the
+//! admin snippets in `postfix/`, so those are tested too.
+//!
+//! Runs as root (it starts its own Postfix and Mailman); `bash scripts/test` installs the
+//! packages and runs it. Nothing is mocked: what the subscribers' mail server receives is
+//! captured by an SMTP sink in this process and decrypted with each subscriber's own gpg.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::gpg::GpgUser;
+use support::listcrypt::Listcrypt;
+use support::mailman::{Mailman, MailmanSettings};
+use support::postfix::{make_searchable, Postfix, PostfixSettings};
+use support::sink::{Delivery, Sink};
+use support::smtp::{self, Dialogue};
+use support::{free_ports, mime, mkdir, tail};
+
+const LIST: &str = "enc@lists.example.test";
+const LIST_BOUNCES: &str = "enc-bounces@lists.example.test";
+const OWNER: &str = "owner@example.net";
+const MEMBERS: [(&str, &str); 3] = [
+    ("Alice", "alice@example.net"),
+    ("Bob", "bob@example.net"),
+    ("Carol", "carol@example.net"),
+];
+
+/// How long a post may take from alice's SMTP session to the subscribers' mailboxes.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Everything one run needs. Fields drop in order: the daemons stop before the tempdir goes.
+struct World {
+    listcrypt: Listcrypt,
+    postfix: Postfix,
+    mailman: Mailman,
+    sink: Sink,
+    alice: GpgUser,
+    bob: GpgUser,
+    carol: GpgUser,
+    /// Bound as the list owner; kept so that its gpg-agent is stopped at the end.
+    _owner: GpgUser,
+    dave: GpgUser,
+    /// A home without keys, for `gpg --list-packets`.
+    inspector: GpgUser,
+    list_fpr: String,
+    inbound_port: u16,
+    outbound_port: u16,
+    started: Instant,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn start() -> World {
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("listcrypt-e2e.")
+            .tempdir_in("/tmp")
+            .expect("tempdir in /tmp");
+        let base = dir.path().to_path_buf();
+        make_searchable(&base);
+        eprintln!("e2e: working in {}", base.display());
+
+        let sink = Sink::start();
+        let [inbound_port, outbound_port, reinject_port, lmtp_port, rest_port] = free_ports();
+        let socket_dir = mkdir(&base.join("run"), 0o755);
+        let mut listcrypt =
+            Listcrypt::configure(&base.join("listcrypt"), &socket_dir, reinject_port);
+        let mailman_base = base.join("mailman");
+
+        let mut postfix = Postfix::configure(&PostfixSettings {
+            base: base.join("postfix"),
+            inbound_port,
+            outbound_port,
+            reinject_port,
+            sink_port: sink.port,
+            inbound_socket: listcrypt.inbound_socket.clone(),
+            outbound_socket: listcrypt.outbound_socket.clone(),
+            mailman_data_dir: mailman_base.join("var/data"),
+        });
+
+        let mut mailman = Mailman::configure(&MailmanSettings {
+            base: mailman_base,
+            lmtp_port,
+            rest_port,
+            smtp_port: outbound_port,
+            postfix_etc: postfix.etc.clone(),
+        });
+        let members: Vec<&str> = MEMBERS.iter().map(|(_, email)| *email).collect();
+        // Creating the list also writes Postfix's relay_domains and transport maps. The
+        // commands need no running Mailman, so the slow start-up overlaps the work below.
+        mailman.create_list(LIST, OWNER, &members);
+        mailman.apply_encrypted_list_settings(LIST);
+        mailman.start();
+        eprintln!(
+            "e2e: list created, Mailman starting ({:?})",
+            started.elapsed()
+        );
+
+        postfix.start();
+        eprintln!("e2e: Postfix up ({:?})", started.elapsed());
+
+        let homes = mkdir(&base.join("gnupg"), 0o700);
+        let [alice, bob, carol] = MEMBERS.map(|(name, email)| GpgUser::create(&homes, name, email));
+        let owner = GpgUser::create(&homes, "Owner", OWNER);
+        let dave = GpgUser::create(&homes, "Dave", "dave@example.net");
+        let inspector = GpgUser::empty(&homes, "inspector");
+        eprintln!("e2e: keys made ({:?})", started.elapsed());
+
+        listcrypt.cli(&["list", "create", LIST]);
+        let list_key = base.join("list.asc");
+        let exported = listcrypt.cli(&["list", "export-key", LIST]).stdout;
+        assert!(
+            String::from_utf8_lossy(&exported).contains("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+            "`listcrypt list export-key` printed no armored key"
+        );
+        support::write(&list_key, &exported);
+        for user in [&alice, &bob, &carol] {
+            let cert = user.export(&base.join(format!("{}.asc", user.email)));
+            listcrypt.cli(&[
+                "member",
+                "add",
+                LIST,
+                &user.email,
+                &cert.display().to_string(),
+            ]);
+        }
+        let owner_cert = owner.export(&base.join("owner.asc"));
+        listcrypt.cli(&[
+            "member",
+            "add",
+            LIST,
+            OWNER,
+            &owner_cert.display().to_string(),
+            "--role",
+            "owner",
+        ]);
+        let mut list_fpr = String::new();
+        for user in [&alice, &bob, &carol, &owner, &dave] {
+            list_fpr = user.import(&list_key);
+        }
+        listcrypt.serve();
+        eprintln!(
+            "e2e: listcrypt serving, list key {list_fpr} ({:?})",
+            started.elapsed()
+        );
+        mailman.wait_until_ready();
+        eprintln!("e2e: Mailman up ({:?})", started.elapsed());
+
+        World {
+            listcrypt,
+            postfix,
+            mailman,
+            sink,
+            alice,
+            bob,
+            carol,
+            _owner: owner,
+            dave,
+            inspector,
+            list_fpr,
+            inbound_port,
+            outbound_port,
+            started,
+            dir,
+        }
+    }
+
+    /// A post signed and encrypted to the list key by `author`, as RFC 3156 PGP/MIME.
+    fn encrypted_post(&self, author: &GpgUser, subject: &str, body: &str) -> Vec<u8> {
+        let inner = format!(
+            "Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n{}",
+            body.replace('\n', "\r\n")
+        );
+        let armored = author.sign_encrypt(&self.list_fpr, inner.as_bytes());
+        let from = format!("{} <{}>", author.name, author.email);
+        let id = message_id(subject);
+        mime::pgp_mime_encrypted(
+            &[
+                ("From", from.as_str()),
+                ("To", LIST),
+                ("Subject", subject),
+                ("Message-ID", id.as_str()),
+                ("Date", "Thu, 01 Jan 2026 12:00:00 +0000"),
+            ],
+            &armored,
+            "listcrypt-e2e-boundary",
+        )
+    }
+
+    /// Waits until every address in `rcpts` got at least one delivery, then a little longer
+    /// so that duplicates would show. Returns the deliveries per recipient.
+    fn await_deliveries(&self, rcpts: &[&str], marker_subject: &str) -> Vec<Vec<Delivery>> {
+        let relevant = |rcpt: &str| -> Vec<Delivery> {
+            self.sink
+                .deliveries_to(rcpt)
+                .into_iter()
+                .filter(|d| d.mail_from.starts_with("enc-bounces"))
+                .collect()
+        };
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        while !rcpts.iter().all(|r| !relevant(r).is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "no copy of {marker_subject:?} for {:?} within {DELIVERY_TIMEOUT:?}",
+                rcpts
+                    .iter()
+                    .filter(|r| relevant(r).is_empty())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // Let Mailman and Postfix finish, so that a second copy would arrive before we count.
+        let settle = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < settle && !self.postfix.queue_is_empty() {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        rcpts.iter().map(|r| relevant(r)).collect()
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "===== listcrypt log ({})\n{}\n\
+             ===== Postfix maillog (last 120 lines)\n{}\n\
+             ===== Postfix queue\n{}\n\
+             ===== Mailman logs (last 40 lines each)\n{}\n\
+             ===== SMTP sink\n{}\n",
+            self.listcrypt.log.display(),
+            tail(&self.listcrypt.log_text(), 200),
+            self.postfix.log_tail(120),
+            self.postfix.queue_listing(),
+            self.mailman.logs_tail(40),
+            self.sink.summary(),
+        )
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("\n{}", self.diagnostics());
+            if std::env::var_os("KEEP_E2E_TMPDIR").is_some() {
+                let kept = std::mem::replace(
+                    &mut self.dir,
+                    tempfile::tempdir().expect("replacement tempdir"),
+                );
+                eprintln!("e2e: keeping {}", kept.keep().display());
+            }
+        }
+        eprintln!("e2e: stopping (ran {:?})", self.started.elapsed());
+        self.listcrypt.stop();
+        self.postfix.stop();
+        self.mailman.stop();
+    }
+}
+
+fn message_id(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let tag: String = tag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(20)
+        .collect();
+    format!("<{tag}.{nanos}@example.net>")
+}
+
+fn unique_marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("MARKER-{tag}-{nanos:x}")
+}
+
+fn assert_refused_5xx(d: &Dialogue, code: u16, enhanced: &str, what: &str) {
+    let reply = d
+        .end_of_data()
+        .unwrap_or_else(|| panic!("{what}: the transaction did not reach the end of DATA:\n{d}"));
+    assert_eq!(
+        (reply.code, reply.enhanced()),
+        (code, Some(enhanced)),
+        "{what}: expected {code} {enhanced} at the end of DATA:\n{d}"
+    );
+}
+
+/// A: a member's signed and encrypted post reaches every other member, encrypted to each
+/// one's own key, signed by the list, with key ids hidden and no plaintext on the wire.
+fn member_post_is_delivered_encrypted(w: &World) {
+    let marker = unique_marker("post");
+    let subject = "E2E encrypted post";
+    let body = format!("Hello list,\n\nthe secret word is {marker}.\n\n-- \nAlice\n");
+    let post = w.encrypted_post(&w.alice, subject, &body);
+    let d = smtp::send(w.inbound_port, &w.alice.email, &[LIST], &post);
+    assert!(
+        d.accepted(),
+        "alice's encrypted post was not accepted:\n{d}"
+    );
+
+    let per_rcpt = w.await_deliveries(&[&w.bob.email, &w.carol.email], subject);
+    for (user, copies) in [&w.bob, &w.carol].into_iter().zip(&per_rcpt) {
+        assert_eq!(
+            copies.len(),
+            1,
+            "{} got {} copies of the post, not exactly one",
+            user.email,
+            copies.len()
+        );
+        check_encrypted_copy(w, user, &copies[0], &marker);
+    }
+    // Mailman sends the author a copy too unless she opted out; if it came, it must be sound.
+    if let Some(copy) = w.sink.deliveries_to(&w.alice.email).first() {
+        check_encrypted_copy(w, &w.alice, copy, &marker);
+    }
+}
+
+fn check_encrypted_copy(w: &World, user: &GpgUser, copy: &Delivery, marker: &str) {
+    let who = &user.email;
+    let text = copy.text();
+    // Kept for a look after a failure (KEEP_E2E_TMPDIR=1).
+    support::write(
+        &w.dir.path().join(format!("copy-for-{who}.eml")),
+        &copy.data,
+    );
+    assert!(
+        !text.contains(marker),
+        "LEAK: the copy for {who} contains the plaintext marker:\n{text}"
+    );
+    assert!(
+        !copy.mail_from.is_empty(),
+        "the copy for {who} has an empty envelope sender"
+    );
+    let armored = mime::rfc3156_payload(&text).unwrap_or_else(|why| {
+        panic!("the copy for {who} is not RFC 3156 encrypted ({why}):\n{text}")
+    });
+
+    let packets = w.inspector.list_packets(armored.as_bytes());
+    let pkesks: Vec<&str> = packets
+        .lines()
+        .filter(|l| l.starts_with(":pubkey enc packet:"))
+        .collect();
+    assert!(
+        !pkesks.is_empty(),
+        "no PKESK in the copy for {who}:\n{packets}"
+    );
+    for p in &pkesks {
+        assert!(
+            p.contains("keyid 0000000000000000"),
+            "the copy for {who} shows a recipient key id (policy hides them): {p}"
+        );
+    }
+
+    let dec = user.decrypt(armored.as_bytes());
+    let report = || {
+        format!(
+            "exit {:?}\n--- status\n{}\n--- stderr\n{}",
+            dec.exit_code, dec.status, dec.stderr
+        )
+    };
+    assert!(
+        dec.decrypted(),
+        "{who} cannot decrypt their copy:\n{}",
+        report()
+    );
+    assert!(
+        dec.valid_signers()
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(&w.list_fpr)),
+        "{who}'s copy is not signed by the list key {}:\n{}",
+        w.list_fpr,
+        report()
+    );
+    let plain = dec.text();
+    assert!(
+        plain.contains(marker),
+        "{who}'s decrypted copy lacks the post's text:\n{plain}"
+    );
+    assert!(
+        !plain.contains("To unsubscribe send an email to"),
+        "Mailman added its footer (the list settings from postfix/ did not apply):\n{plain}"
+    );
+}
+
+/// B: a plaintext post to the list is refused at the end of DATA.
+fn plaintext_post_is_refused(w: &World) {
+    let marker = unique_marker("plain");
+    let subject = "E2E plaintext post";
+    let id = message_id(subject);
+    let post = mime::plain_text(
+        &[
+            ("From", "Alice <alice@example.net>"),
+            ("To", LIST),
+            ("Subject", subject),
+            ("Message-ID", &id),
+        ],
+        &format!("This should never reach the list: {marker}\n"),
+    );
+    let d = smtp::send(w.inbound_port, &w.alice.email, &[LIST], &post);
+    assert_refused_5xx(&d, 550, "5.7.1", "a plaintext post");
+}
+
+/// C: a signed and encrypted post by someone whose key is not bound to the list is refused.
+fn non_member_post_is_refused(w: &World) {
+    let marker = unique_marker("dave");
+    let post = w.encrypted_post(
+        &w.dave,
+        "E2E post by a stranger",
+        &format!("I am not on this list: {marker}\n"),
+    );
+    let d = smtp::send(w.inbound_port, &w.dave.email, &[LIST], &post);
+    assert_refused_5xx(&d, 550, "5.7.1", "a post by a non-member");
+}
+
+/// D: with listcrypt stopped, both listeners answer 4xx: nothing passes unchecked.
+fn stopped_daemon_fails_closed(w: &mut World) {
+    let status = w.listcrypt.stop();
+    eprintln!("e2e: listcrypt stopped: {status:?}");
+    let post = w.encrypted_post(&w.alice, "E2E while listcrypt is down", "Retry me later.\n");
+    let inbound = smtp::send(w.inbound_port, &w.alice.email, &[LIST], &post);
+    let outbound = smtp::send(
+        w.outbound_port,
+        LIST_BOUNCES,
+        &[&w.bob.email],
+        &mime::plain_text(
+            &[
+                ("From", LIST),
+                ("To", "bob@example.net"),
+                (
+                    "Subject",
+                    "E2E plaintext from Mailman while listcrypt is down",
+                ),
+            ],
+            "This must not leave in clear.\n",
+        ),
+    );
+    for (name, d) in [("inbound", &inbound), ("outbound", &outbound)] {
+        eprintln!("e2e: {name} smtpd with listcrypt down:\n{d}");
+        assert!(
+            !d.accepted(),
+            "the {name} smtpd accepted a message while listcrypt was down:\n{d}"
+        );
+        let (stage, reply) = d.first_refusal().unwrap_or_else(|| {
+            panic!("the {name} smtpd refused nothing while listcrypt was down:\n{d}")
+        });
+        assert!(
+            (400..500).contains(&reply.code),
+            "the {name} smtpd answered {reply} at {stage} while listcrypt was down, not 4xx \
+             (milter_default_action = tempfail):\n{d}"
+        );
+    }
+}
+
+#[test]
+fn encrypted_list_through_postfix_and_mailman() {
+    support::require_environment(&[
+        "postfix",
+        "postconf",
+        "postqueue",
+        "postmap",
+        "mailman",
+        "gpg",
+        "gpgconf",
+    ]);
+    assert!(
+        std::path::Path::new("/usr/share/publicsuffix/public_suffix_list.dat").exists(),
+        "the publicsuffix package is missing; run `{}`",
+        support::TEST_COMMAND
+    );
+    let mut w = World::start();
+    eprintln!("e2e: world up after {:?}", w.started.elapsed());
+
+    member_post_is_delivered_encrypted(&w);
+    eprintln!(
+        "e2e: A (member post delivered encrypted) ok, {:?}",
+        w.started.elapsed()
+    );
+    plaintext_post_is_refused(&w);
+    eprintln!("e2e: B (plaintext post refused) ok");
+    non_member_post_is_refused(&w);
+    eprintln!("e2e: C (non-member post refused) ok");
+    stopped_daemon_fails_closed(&mut w);
+    eprintln!("e2e: D (fail closed) ok, {:?}", w.started.elapsed());
+}

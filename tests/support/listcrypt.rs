@@ -1,0 +1,138 @@
+//! The listcrypt binary under test: its config file, its admin commands, and `serve` as a
+//! child process whose stderr goes to a log file in the tempdir.
+
+use super::{mkdir, output, read_lossy, wait_for, write, ChildGuard};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+pub struct Listcrypt {
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub inbound_socket: PathBuf,
+    pub outbound_socket: PathBuf,
+    daemon: Option<ChildGuard>,
+}
+
+impl Listcrypt {
+    /// Writes `base/listcrypt.toml`; sockets go to `socket_dir`, which Postfix must reach.
+    pub fn configure(base: &Path, socket_dir: &Path, reinject_port: u16) -> Listcrypt {
+        let base = mkdir(base, 0o755);
+        let inbound_socket = socket_dir.join("inbound.sock");
+        let outbound_socket = socket_dir.join("outbound.sock");
+        let config = base.join("listcrypt.toml");
+        let dir = |name: &str| mkdir(&base.join(name), 0o700).display().to_string();
+        write(
+            &config,
+            format!(
+                "# listcrypt, as started by the end-to-end test\n\
+                 inbound_socket = \"unix:{inbound}\"\n\
+                 outbound_socket = \"unix:{outbound}\"\n\
+                 reinject_smtp = \"127.0.0.1:{reinject_port}\"\n\
+                 policy_dir = \"{policy}\"\n\
+                 keyring_dir = \"{keyring}\"\n\
+                 state_dir = \"{state}\"\n\
+                 log = \"stderr\"\n\
+                 log_level = \"info\"\n",
+                inbound = inbound_socket.display(),
+                outbound = outbound_socket.display(),
+                policy = dir("lists.d"),
+                keyring = dir("keyrings"),
+                state = dir("state"),
+            ),
+        );
+        Listcrypt {
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_listcrypt")),
+            config,
+            log: base.join("listcrypt.log"),
+            inbound_socket,
+            outbound_socket,
+            daemon: None,
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        // LISTCRYPT_* variables override config keys: keep the caller's out of the test.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LISTCRYPT_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.arg("-c").arg(&self.config).args(args);
+        cmd
+    }
+
+    /// Runs an admin command; panics with its output unless it exits 0.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let out = output(&mut self.command(args));
+        if !out.status.success() {
+            panic!(
+                "`listcrypt -c {} {}` failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+                self.config.display(),
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// `listcrypt serve` in the background; returns once both sockets exist.
+    pub fn serve(&mut self) {
+        assert!(self.daemon.is_none(), "listcrypt is already serving");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open listcrypt log");
+        let child = self
+            .command(&["serve"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start listcrypt serve");
+        let mut guard = ChildGuard {
+            name: "listcrypt serve".into(),
+            child,
+        };
+        wait_for(
+            "listcrypt's milter sockets",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = guard.child.try_wait() {
+                    panic!(
+                        "listcrypt serve exited ({status}) before its sockets appeared:\n{}",
+                        read_lossy(&self.log)
+                    );
+                }
+                (self.inbound_socket.exists() && self.outbound_socket.exists()).then_some(())
+            },
+        );
+        self.daemon = Some(guard);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|d| d.pid())
+    }
+
+    /// SIGTERM and wait for the exit (SIGKILL after 20 s). Returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut daemon = self.daemon.take()?;
+        daemon.stop(Duration::from_secs(20))
+    }
+
+    pub fn log_text(&self) -> String {
+        read_lossy(&self.log)
+    }
+}
+
+impl Drop for Listcrypt {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
