@@ -174,11 +174,11 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             admin::member_list(&config, &list, &mut out).map(|_| exit::OK)
         }
         Command::Process(ProcessCommand::Inbound(a)) => {
-            listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, "warn");
+            listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, &quiet_level());
             admin::process_inbound(&config, &a.list, &a.from, &a.rcpt, &mut out)
         }
         Command::Process(ProcessCommand::Outbound(a)) => {
-            listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, "warn");
+            listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, &quiet_level());
             admin::process_outbound(&config, &a.list, &a.from, &a.rcpt, &a.out, &mut out)
         }
     }
@@ -260,4 +260,9 @@ fn signals(
         }
         tracing::info!("shutting down");
     })
+}
+
+/// `process` keeps stderr quiet unless RUST_LOG asks for more.
+fn quiet_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())
 }

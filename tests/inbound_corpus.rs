@@ -26,16 +26,7 @@ use std::process::Command;
 /// Cases whose expectation (from the spec) the daemon does not meet yet. Temporary: each entry
 /// is reported to whoever owns src/, and removed when fixed. A listed case that passes is
 /// reported so the entry can go.
-const KNOWN_FAILURES: &[&str] = &[
-    "empty-payload",                // 550 5.7.5 instead of 554 5.6.0
-    "garbage-armor",                // 550 5.7.5 instead of 554 5.6.0
-    "random-packets",               // 550 5.7.6 instead of 554 5.6.0
-    "idea-cipher",                  // 550 5.7.5 instead of 550 5.7.6
-    "no-mdc",                       // 550 5.7.6 instead of 550 5.7.7
-    "tampered-compressed",          // 554 5.6.0 instead of 550 5.7.7
-    "tampered-seipdv2",             // 550 5.7.5 instead of 550 5.7.7
-    "tampered-seipdv2-later-chunk", // 554 5.6.0 instead of 550 5.7.7
-];
+const KNOWN_FAILURES: &[&str] = &[];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -75,6 +75,10 @@ pub struct Decrypted {
 struct Probe {
     packets: Cell<u32>,
     saw_sed: Cell<bool>,
+    /// A PKESK or SKESK was offered (so this is an encrypted message at all).
+    saw_esk: Cell<bool>,
+    /// A list key unwrapped a session key; the symmetric algorithm if the PKESK names it.
+    unwrapped: Cell<Option<Option<SymmetricAlgorithm>>>,
     decrypted: Cell<bool>,
 }
 
@@ -230,6 +234,9 @@ impl DecryptionHelper for Helper<'_> {
         sym_algo: Option<SymmetricAlgorithm>,
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
     ) -> openpgp::Result<Option<Cert>> {
+        self.probe
+            .saw_esk
+            .set(!pkesks.is_empty() || !_skesks.is_empty());
         let flags = KeyFlags::empty()
             .set_transport_encryption()
             .set_storage_encryption();
@@ -255,6 +262,7 @@ impl DecryptionHelper for Helper<'_> {
                     continue;
                 };
                 if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
+                    self.probe.unwrapped.set(Some(algo));
                     if decrypt(algo, &sk) {
                         self.probe.decrypted.set(true);
                         return Ok(Some(self.list.secret.clone()));
@@ -325,6 +333,12 @@ fn short(e: &anyhow::Error) -> String {
 }
 
 fn failure(e: &anyhow::Error, probe: &Probe, max_packets: u32) -> Failure {
+    // The why goes to debug (never message content: sequoia's errors name packets and algorithms).
+    tracing::debug!(
+        "OpenPGP failure: {e:#}; packets {}, decrypted {}",
+        probe.packets.get(),
+        probe.decrypted.get()
+    );
     if probe.saw_sed.get() {
         return Failure::NoIntegrity;
     }
@@ -332,31 +346,56 @@ fn failure(e: &anyhow::Error, probe: &Probe, max_packets: u32) -> Failure {
         return Failure::TooManyPackets(max_packets);
     }
     for c in e.chain() {
-        if let Some(oe) = c.downcast_ref::<openpgp::Error>() {
-            match oe {
-                openpgp::Error::ManipulatedMessage => return Failure::Integrity,
-                openpgp::Error::PolicyViolation(..) => return Failure::WeakCipher,
-                _ => {}
-            }
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(openpgp::Error::ManipulatedMessage) =
-                    inner.downcast_ref::<openpgp::Error>()
-                {
-                    return Failure::Integrity;
+        let oe = c.downcast_ref::<openpgp::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<openpgp::Error>())
+        });
+        match oe {
+            Some(openpgp::Error::ManipulatedMessage) => return Failure::Integrity,
+            Some(openpgp::Error::PolicyViolation(what, _)) => {
+                // The policy refuses SED (no MDC) and unknown packet types as packet types,
+                // and weak algorithms by name.
+                if what.contains("Symmetrically Encrypted Data") {
+                    return Failure::NoIntegrity;
                 }
+                if what.contains("Packet") {
+                    return Failure::Malformed(short(e));
+                }
+                return Failure::WeakCipher;
             }
+            _ => {}
         }
     }
-    if !probe.decrypted.get() {
-        return Failure::NotForList;
-    }
-    let text = short(e);
-    if text.contains("Manipulated") || text.contains("MDC") {
+    if probe.decrypted.get() {
+        // The session key was right, so an error in the decrypted stream means the
+        // ciphertext was altered (a broken AEAD chunk, or garbage the MDC would refuse).
         return Failure::Integrity;
     }
-    Failure::Malformed(text)
+    if let Some(algo) = probe.unwrapped.get() {
+        // A list key unwrapped the session key but the data did not decrypt with it: an
+        // obsolete cipher, or a first AEAD chunk that fails authentication.
+        return match algo {
+            Some(a) if weak_cipher(a) => Failure::WeakCipher,
+            _ => Failure::Integrity,
+        };
+    }
+    if !probe.saw_esk.get() {
+        return Failure::Malformed(short(e));
+    }
+    Failure::NotForList
+}
+
+#[allow(deprecated)]
+fn weak_cipher(a: SymmetricAlgorithm) -> bool {
+    matches!(
+        a,
+        SymmetricAlgorithm::IDEA
+            | SymmetricAlgorithm::TripleDES
+            | SymmetricAlgorithm::CAST5
+            | SymmetricAlgorithm::Blowfish
+            | SymmetricAlgorithm::Unencrypted
+    ) || !a.is_supported()
 }
 
 /// RFC 3156 §5 / RFC 4880 §9.4 hash names, as used in `micalg=pgp-…`.
