@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::gpg::GpgUser;
 use support::listcrypt::Listcrypt;
@@ -20,6 +21,9 @@ use support::{free_ports, mime, mkdir, tail};
 const LIST: &str = "enc@lists.example.test";
 const LIST_BOUNCES: &str = "enc-bounces@lists.example.test";
 const OWNER: &str = "owner@example.net";
+/// A list that Postfix routes to Mailman but Mailman no longer knows: its LMTP refuses the
+/// decrypted post, and Postfix's DSN would quote it (scenario E).
+const GONE: &str = "gone@lists.example.test";
 const MEMBERS: [(&str, &str); 3] = [
     ("Alice", "alice@example.net"),
     ("Bob", "bob@example.net"),
@@ -41,9 +45,11 @@ struct World {
     /// Bound as the list owner; kept so that its gpg-agent is stopped at the end.
     _owner: GpgUser,
     dave: GpgUser,
-    /// A home without keys, for `gpg --list-packets`.
+    /// A home without secret keys, for `gpg --list-packets` and the author's signature.
     inspector: GpgUser,
     list_fpr: String,
+    /// The key of the list that Mailman forgot.
+    gone_fpr: String,
     inbound_port: u16,
     outbound_port: u16,
     started: Instant,
@@ -91,7 +97,10 @@ impl World {
         // commands need no running Mailman, so the slow start-up overlaps the work below.
         mailman.create_list(LIST, OWNER, &members);
         mailman.apply_encrypted_list_settings(LIST);
+        mailman.create_list(GONE, OWNER, &[]);
         mailman.start();
+        // After `mailman start`, which rewrites the maps from the lists it knows.
+        mailman.forget_list(GONE);
         eprintln!(
             "e2e: list created, Mailman starting ({:?})",
             started.elapsed()
@@ -107,38 +116,20 @@ impl World {
         let inspector = GpgUser::empty(&homes, "inspector");
         eprintln!("e2e: keys made ({:?})", started.elapsed());
 
-        listcrypt.cli(&["list", "create", LIST]);
-        let list_key = base.join("list.asc");
-        let exported = listcrypt.cli(&["list", "export-key", LIST]).stdout;
-        assert!(
-            String::from_utf8_lossy(&exported).contains("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
-            "`listcrypt list export-key` printed no armored key"
-        );
-        support::write(&list_key, &exported);
+        let list_key = create_list(&listcrypt, LIST, &base);
         for user in [&alice, &bob, &carol] {
-            let cert = user.export(&base.join(format!("{}.asc", user.email)));
-            listcrypt.cli(&[
-                "member",
-                "add",
-                LIST,
-                &user.email,
-                &cert.display().to_string(),
-            ]);
+            bind(&listcrypt, LIST, user, "member", &base);
         }
-        let owner_cert = owner.export(&base.join("owner.asc"));
-        listcrypt.cli(&[
-            "member",
-            "add",
-            LIST,
-            OWNER,
-            &owner_cert.display().to_string(),
-            "--role",
-            "owner",
-        ]);
+        bind(&listcrypt, LIST, &owner, "owner", &base);
         let mut list_fpr = String::new();
         for user in [&alice, &bob, &carol, &owner, &dave] {
             list_fpr = user.import(&list_key);
         }
+        let gone_key = create_list(&listcrypt, GONE, &base);
+        bind(&listcrypt, GONE, &alice, "member", &base);
+        let gone_fpr = alice.import(&gone_key);
+        // The author's signature is checked with a home that knows only public keys.
+        inspector.import(&base.join("alice@example.net.asc"));
         listcrypt.serve();
         eprintln!(
             "e2e: listcrypt serving, list key {list_fpr} ({:?})",
@@ -159,6 +150,7 @@ impl World {
             dave,
             inspector,
             list_fpr,
+            gone_fpr,
             inbound_port,
             outbound_port,
             started,
@@ -166,29 +158,62 @@ impl World {
         }
     }
 
-    /// A post signed and encrypted to the list key by `author`, as RFC 3156 PGP/MIME.
+    /// A post to `LIST`, signed and encrypted to its key by `author`, as RFC 3156 PGP/MIME.
     fn encrypted_post(&self, author: &GpgUser, subject: &str, body: &str) -> Vec<u8> {
-        let inner = format!(
-            "Content-Type: text/plain; charset=utf-8\r\n\
-             Content-Transfer-Encoding: 8bit\r\n\r\n{}",
-            body.replace('\n', "\r\n")
-        );
-        let armored = author.sign_encrypt(&self.list_fpr, inner.as_bytes());
-        let from = format!("{} <{}>", author.name, author.email);
-        let id = message_id(subject);
-        mime::pgp_mime_encrypted(
-            &[
-                ("From", from.as_str()),
-                ("To", LIST),
-                ("Subject", subject),
-                ("Message-ID", id.as_str()),
-                ("Date", "Thu, 01 Jan 2026 12:00:00 +0000"),
-            ],
-            &armored,
-            "listcrypt-e2e-boundary",
-        )
+        encrypted_post(author, LIST, &self.list_fpr, subject, body)
     }
+}
 
+/// `listcrypt list create` and `list export-key`; returns the file with the list's key.
+fn create_list(listcrypt: &Listcrypt, list: &str, base: &Path) -> PathBuf {
+    listcrypt.cli(&["list", "create", list]);
+    let exported = listcrypt.cli(&["list", "export-key", list]).stdout;
+    assert!(
+        String::from_utf8_lossy(&exported).contains("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "`listcrypt list export-key {list}` printed no armored key"
+    );
+    let path = base.join(format!("{list}.asc"));
+    support::write(&path, &exported);
+    path
+}
+
+/// `listcrypt member add LIST ADDRESS CERT --role ROLE` with the user's exported key.
+fn bind(listcrypt: &Listcrypt, list: &str, user: &GpgUser, role: &str, base: &Path) {
+    let cert = user.export(&base.join(format!("{}.asc", user.email)));
+    let cert = cert.display().to_string();
+    listcrypt.cli(&["member", "add", list, &user.email, &cert, "--role", role]);
+}
+
+/// A post to `list`, signed by `author` and encrypted to `list_fpr`, as RFC 3156 PGP/MIME.
+fn encrypted_post(
+    author: &GpgUser,
+    list: &str,
+    list_fpr: &str,
+    subject: &str,
+    body: &str,
+) -> Vec<u8> {
+    let inner = format!(
+        "Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n{}",
+        body.replace('\n', "\r\n")
+    );
+    let armored = author.sign_encrypt(list_fpr, inner.as_bytes());
+    let from = format!("{} <{}>", author.name, author.email);
+    let id = message_id(subject);
+    mime::pgp_mime_encrypted(
+        &[
+            ("From", from.as_str()),
+            ("To", list),
+            ("Subject", subject),
+            ("Message-ID", id.as_str()),
+            ("Date", "Thu, 01 Jan 2026 12:00:00 +0000"),
+        ],
+        &armored,
+        "listcrypt-e2e-boundary",
+    )
+}
+
+impl World {
     /// Waits until every address in `rcpts` got at least one delivery, then a little longer
     /// so that duplicates would show. Returns the deliveries per recipient.
     fn await_deliveries(&self, rcpts: &[&str], marker_subject: &str) -> Vec<Vec<Delivery>> {
@@ -310,15 +335,23 @@ fn member_post_is_delivered_encrypted(w: &World) {
             user.email,
             copies.len()
         );
-        check_encrypted_copy(w, user, &copies[0], &marker);
+        check_encrypted_copy(w, user, &copies[0], &marker, &w.alice);
     }
     // Mailman sends the author a copy too unless she opted out; if it came, it must be sound.
     if let Some(copy) = w.sink.deliveries_to(&w.alice.email).first() {
-        check_encrypted_copy(w, &w.alice, copy, &marker);
+        check_encrypted_copy(w, &w.alice, copy, &marker, &w.alice);
     }
 }
 
-fn check_encrypted_copy(w: &World, user: &GpgUser, copy: &Delivery, marker: &str) {
+/// One subscriber's copy of `author`'s post: structure, leak, key ids, decryption, the list's
+/// signature, the author's signature and Mailman's footer.
+fn check_encrypted_copy(
+    w: &World,
+    user: &GpgUser,
+    copy: &Delivery,
+    marker: &str,
+    author: &GpgUser,
+) {
     let who = &user.email;
     let text = copy.text();
     // Kept for a look after a failure (KEEP_E2E_TMPDIR=1).
@@ -355,16 +388,10 @@ fn check_encrypted_copy(w: &World, user: &GpgUser, copy: &Delivery, marker: &str
     }
 
     let dec = user.decrypt(armored.as_bytes());
-    let report = || {
-        format!(
-            "exit {:?}\n--- status\n{}\n--- stderr\n{}",
-            dec.exit_code, dec.status, dec.stderr
-        )
-    };
     assert!(
         dec.decrypted(),
         "{who} cannot decrypt their copy:\n{}",
-        report()
+        dec.report()
     );
     assert!(
         dec.valid_signers()
@@ -372,7 +399,7 @@ fn check_encrypted_copy(w: &World, user: &GpgUser, copy: &Delivery, marker: &str
             .any(|f| f.eq_ignore_ascii_case(&w.list_fpr)),
         "{who}'s copy is not signed by the list key {}:\n{}",
         w.list_fpr,
-        report()
+        dec.report()
     );
     let plain = dec.text();
     assert!(
@@ -382,6 +409,19 @@ fn check_encrypted_copy(w: &World, user: &GpgUser, copy: &Delivery, marker: &str
     assert!(
         !plain.contains("To unsubscribe send an email to"),
         "Mailman added its footer (the list settings from postfix/ did not apply):\n{plain}"
+    );
+    // The author's own signature survives Mailman and re-encryption (DESIGN invariant 4).
+    let (signed, signature) = mime::multipart_signed(&plain).unwrap_or_else(|| {
+        panic!("{who}'s decrypted copy has no multipart/signed from the author:\n{plain}")
+    });
+    let verified = w
+        .inspector
+        .verify_detached(signed.as_bytes(), signature.as_bytes());
+    assert!(
+        verified.valid_signers().contains(&author.fpr),
+        "{}'s signature does not verify in {who}'s copy:\n{}\n--- signed part\n{signed:?}",
+        author.email,
+        verified.report()
     );
 }
 
@@ -413,6 +453,37 @@ fn non_member_post_is_refused(w: &World) {
     );
     let d = smtp::send(w.inbound_port, &w.dave.email, &[LIST], &post);
     assert_refused_5xx(&d, 550, "5.7.1", "a post by a non-member");
+}
+
+/// E: Postfix's own mail carries no plaintext. Mailman refuses a post that listcrypt decrypted
+/// (the list is gone from its database), so Postfix's bounce daemon writes a DSN to the author
+/// that would quote the decrypted post; `internal_mail_filter_classes = bounce` with
+/// `non_smtpd_milters` (postfix/main.cf) runs it through listcrypt before it leaves.
+fn dsn_for_refused_post_does_not_quote_it(w: &World) {
+    let marker = unique_marker("dsn");
+    let body = format!("Mailman will refuse this: {marker}\n");
+    let post = encrypted_post(&w.alice, GONE, &w.gone_fpr, "E2E refused by Mailman", &body);
+    let d = smtp::send(w.inbound_port, &w.alice.email, &[GONE], &post);
+    assert!(
+        d.accepted(),
+        "alice's encrypted post to {GONE} was not accepted:\n{d}"
+    );
+    let dsn = support::wait_for(
+        "Postfix's DSN to alice about the post Mailman refused",
+        DELIVERY_TIMEOUT,
+        || {
+            w.sink
+                .deliveries_to(&w.alice.email)
+                .into_iter()
+                .find(|d| d.mail_from.is_empty())
+        },
+    );
+    support::write(&w.dir.path().join("dsn-for-alice.eml"), &dsn.data);
+    let text = dsn.text();
+    assert!(
+        !text.contains(&marker),
+        "LEAK: Postfix's DSN quotes the decrypted post:\n{text}"
+    );
 }
 
 /// D: with listcrypt stopped, both listeners answer 4xx: nothing passes unchecked.
@@ -482,6 +553,8 @@ fn encrypted_list_through_postfix_and_mailman() {
     eprintln!("e2e: B (plaintext post refused) ok");
     non_member_post_is_refused(&w);
     eprintln!("e2e: C (non-member post refused) ok");
+    dsn_for_refused_post_does_not_quote_it(&w);
+    eprintln!("e2e: E (DSN without the decrypted post) ok");
     stopped_daemon_fails_closed(&mut w);
     eprintln!("e2e: D (fail closed) ok, {:?}", w.started.elapsed());
 }

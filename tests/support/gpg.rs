@@ -2,6 +2,7 @@
 //! Cv25519 encryption subkey, as `gpg --quick-gen-key` makes them.
 
 use super::{mkdir, output, run, run_with_input, write};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,15 +14,16 @@ pub struct GpgUser {
     pub fpr: String,
 }
 
-/// What `gpg --decrypt --status-fd 1` said about one message.
-pub struct Decryption {
+/// What gpg said (`--status-file`) and wrote when decrypting or verifying one message.
+pub struct GpgOutcome {
+    /// Decrypted data (empty for a detached verification).
     pub plaintext: Vec<u8>,
     pub status: String,
     pub stderr: String,
     pub exit_code: Option<i32>,
 }
 
-impl Decryption {
+impl GpgOutcome {
     pub fn status_lines(&self, keyword: &str) -> Vec<&str> {
         let prefix = format!("[GNUPG:] {keyword} ");
         let bare = format!("[GNUPG:] {keyword}");
@@ -46,6 +48,14 @@ impl Decryption {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.plaintext).into_owned()
+    }
+
+    /// Exit code, status lines and stderr, for failure messages.
+    pub fn report(&self) -> String {
+        format!(
+            "exit {:?}\n--- status\n{}\n--- stderr\n{}",
+            self.exit_code, self.status, self.stderr
+        )
     }
 }
 
@@ -141,22 +151,38 @@ impl GpgUser {
 
     /// Decrypts and verifies. gpg may exit 2 after trying its key on another member's
     /// wildcard PKESK even though it decrypted fine, so judge by the status lines.
-    pub fn decrypt(&self, armored: &[u8]) -> Decryption {
-        use std::process::Stdio;
+    pub fn decrypt(&self, armored: &[u8]) -> GpgOutcome {
         let dir = tempfile::tempdir().expect("tempdir");
-        let status_file = dir.path().join("status");
         let input = dir.path().join("in.asc");
         write(&input, armored);
+        self.status_run(dir.path(), &[OsStr::new("--decrypt"), input.as_os_str()])
+    }
+
+    /// Verifies a detached signature over `data` (exact bytes).
+    pub fn verify_detached(&self, data: &[u8], signature: &[u8]) -> GpgOutcome {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data_file, sig_file) = (dir.path().join("data"), dir.path().join("data.sig"));
+        write(&data_file, data);
+        write(&sig_file, signature);
+        self.status_run(
+            dir.path(),
+            &[
+                OsStr::new("--verify"),
+                sig_file.as_os_str(),
+                data_file.as_os_str(),
+            ],
+        )
+    }
+
+    fn status_run(&self, dir: &Path, args: &[&OsStr]) -> GpgOutcome {
+        let status_file = dir.join("status");
         let out = output(
             self.gpg()
                 .args(["--trust-model", "always", "--status-file"])
                 .arg(&status_file)
-                .arg("--decrypt")
-                .arg(&input)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
+                .args(args),
         );
-        Decryption {
+        GpgOutcome {
             plaintext: out.stdout,
             // Not UTF-8: notation data (e.g. sequoia's salt) is only partly escaped.
             status: super::read_lossy(&status_file),

@@ -165,3 +165,23 @@ pub fn rfc3156_payload(message: &str) -> Result<String, String> {
     }
     Ok(data_body[begin..end].to_string() + "\n")
 }
+
+/// The first `multipart/signed` entity in `entity` (itself or nested in multiparts): the exact
+/// signed bytes of its first part (RFC 3156 section 5: without the CRLF before the boundary)
+/// and the body of its signature part.
+pub fn multipart_signed(entity: &str) -> Option<(String, String)> {
+    let (head, body) = split_entity(entity);
+    let ct = header(head, "Content-Type")?;
+    let media = media_type(&ct);
+    if !media.starts_with("multipart/") {
+        return None;
+    }
+    let boundary = param(&ct, "boundary")?;
+    let parts = parts(body, &boundary);
+    if media == "multipart/signed" {
+        let (signed, signature) = (parts.first()?, parts.get(1)?);
+        let (_, signature_body) = split_entity(signature);
+        return Some((signed.to_string(), signature_body.to_string()));
+    }
+    parts.iter().find_map(|p| multipart_signed(p))
+}
