@@ -112,7 +112,8 @@ pub fn list_create(config: &Config, address: &str, out: &mut dyn Write) -> Resul
         .map_err(|e| CommandError::new(exit::IOERR, config.policy_dir.display().to_string(), e))?;
     std::fs::write(&policy, Policy::default_file_text(&list))
         .map_err(|e| CommandError::new(exit::IOERR, policy.display().to_string(), e))?;
-    open_store(config)?;
+    // Running daemons pick the new list up with the next message.
+    open_store(config)?.touch()?;
     writeln!(out, "created list {list}").ok();
     writeln!(out, "  list key   {}", cert.fingerprint()).ok();
     writeln!(
@@ -262,7 +263,7 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
         Ok(())
     } else {
         for p in &problems {
-            writeln!(out, "{p}").ok();
+            eprintln!("{p}");
         }
         Err(CommandError::new(
             exit::CONFIG,
@@ -322,7 +323,12 @@ pub fn process_inbound(
         }
     }
     if !enforce && !command {
-        out.write_all(&crate::mime::to_crlf(&message)).ok();
+        // Owner mail and bounces pass, minus forged copies of our own header fields.
+        let rewrite = crate::message::Rewrite {
+            remove: inbound::OWN_HEADERS.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        };
+        out.write_all(&rewrite.render(&message)).ok();
         return Ok(exit::OK);
     }
     let env = Envelope { sender: from };

@@ -88,7 +88,7 @@ enum ProcessCommand {
     Inbound(InboundArgs),
     /// Run the outbound pipeline; write DIR/batch-N.eml and DIR/batch-N.rcpt.
     ///
-    /// Example: listcrypt process outbound --list enc@lists.example.org --from enc-bounces@lists.example.org --rcpt bob@example.org --out out/ < post.eml
+    /// Example: listcrypt process outbound --list enc@lists.example.org --from enc-bounces@lists.example.org --rcpt alice@example.org --out out/ < post.eml
     Outbound(OutboundArgs),
 }
 
@@ -117,14 +117,16 @@ struct OutboundArgs {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = text.trim_start_matches("error: ");
+            eprintln!("listcrypt: usage: {}", text.trim_end());
+            return ExitCode::from(exit::USAGE);
         }
     };
     match run(cli) {

@@ -72,6 +72,8 @@ pub struct Binding {
 pub trait Store: Send + Sync {
     /// Changes whenever bindings change; cheap enough to call per message.
     fn generation(&self) -> Result<i64, StoreError>;
+    /// Bumps the generation (a change the daemon must reload for, e.g. a new list).
+    fn touch(&self) -> Result<(), StoreError>;
     fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError>;
     fn bind(&self, binding: &Binding) -> Result<(), StoreError>;
     /// Returns whether a binding existed.
@@ -180,6 +182,14 @@ impl Store for SqliteStore {
             })
             .optional()?;
         Ok(g.unwrap_or(0))
+    }
+
+    fn touch(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        bump(&tx)?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError> {

@@ -51,7 +51,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
             Box::pin(async move {
                 let internal = cx.macros.get(c"{daemon_port}").is_some_and(|p| p.to_bytes() == b"0");
                 match cx.data.as_mut() {
-                    Some(s) => s.mail(args, internal),
+                    Some(s) => s.mail(args, internal, &mut cx.reply),
                     None => missing_session(),
                 }
             })

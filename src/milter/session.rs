@@ -105,13 +105,14 @@ impl Session {
         }
     }
 
-    pub fn mail(&mut self, args: Vec<CString>, internal: bool) -> Status {
+    pub fn mail(&mut self, args: Vec<CString>, internal: bool, reply: &mut SmtpReply) -> Status {
         let sender = arg_address(&args);
         let keyring = match self.daemon.keyring() {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!("NONE: {}: cannot load keys and bindings: {e}", self.side);
-                return Status::Tempfail;
+                self.msg = None;
+                return set_reply(reply, &Reply::internal("temporary failure, please retry"));
             }
         };
         let mode = match self.side {
@@ -276,6 +277,32 @@ impl Session {
         let header_names: Vec<String> = msg.headers.iter().map(|(n, _)| n.clone()).collect();
 
         match msg.mode {
+            Mode::InboundList {
+                list,
+                enforce: false,
+                command: false,
+            } => {
+                // Owner mail and bounces reach Mailman as they are, minus any forged copy of
+                // the header fields listcrypt sets.
+                let rewrite = crate::message::Rewrite {
+                    remove: inbound::OWN_HEADERS.iter().map(|h| h.to_string()).collect(),
+                    ..Default::default()
+                };
+                if header_names.iter().any(|n| rewrite.removes(n)) {
+                    if let Err(e) = apply(actions, &header_names, &rewrite).await {
+                        tracing::error!(
+                            "{queue_id}: {}: could not rewrite the message: {e}",
+                            list.address
+                        );
+                        return set_reply(reply, &Reply::internal("internal error"));
+                    }
+                    tracing::info!(
+                        "{queue_id}: {}: forged listcrypt header fields removed",
+                        list.address
+                    );
+                }
+                Status::Accept
+            }
             Mode::InboundList { list, enforce, .. } => {
                 let limits = self.config.limits.clone();
                 let sender = msg.sender.clone();

@@ -1,0 +1,240 @@
+//! The CLI contract of DESIGN.md: exit codes, `-c` before or after the subcommand,
+//! diagnostics with file:line:column, every help example runs, and the daemon's signals
+//! (SIGHUP keeps a good configuration when the new one is bad; SIGTERM stops cleanly).
+
+mod common;
+
+use common::{listcrypt_cmd, run, Gpg, Site, LIST};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn exit_codes_and_config_placement() {
+    let site = Site::new();
+    // Bad usage: 64, message on stderr.
+    let out = run(site.cli().args(["member", "add", LIST]), None);
+    assert_eq!(out.status.code(), Some(64), "missing arguments");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("listcrypt: usage: "));
+    let out = run(site.cli().args(["list", "create", "not an address"]), None);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("listcrypt: "));
+
+    // -c before and after the subcommand.
+    let out = run(site.cli().args(["list", "create", LIST]), None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(
+        listcrypt_cmd()
+            .args(["list", "export-key", LIST, "-c"])
+            .arg(&site.config),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out
+        .stdout
+        .starts_with(b"-----BEGIN PGP PUBLIC KEY BLOCK-----"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE"));
+
+    // An existing list is a usage error, not an overwrite.
+    let out = run(site.cli().args(["list", "create", LIST]), None);
+    assert_eq!(out.status.code(), Some(64));
+
+    // Bad configuration: 78 with file:line:column.
+    let bad = site.path("bad.toml");
+    fs::write(
+        &bad,
+        "log = \"stderr\"\nlimits = { max_packets = \"many\" }\n",
+    )
+    .unwrap();
+    let out = run(
+        listcrypt_cmd().arg("-c").arg(&bad).arg("check-config"),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2:", bad.display())), "{err}");
+
+    // A broken policy file is reported by check-config with its position.
+    let policy = site.path("lists.d").join(format!("{LIST}.toml"));
+    let good = fs::read_to_string(&policy).unwrap();
+    fs::write(&policy, format!("{good}\nunsigned_action = \"maybe\"\n")).unwrap();
+    let out = run(site.cli().arg("check-config"), None);
+    assert_eq!(out.status.code(), Some(78));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains(&format!("{}:", policy.display())), "{text}");
+    fs::write(&policy, good).unwrap();
+    let out = run(site.cli().arg("check-config"), None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // Binding a key without a matching user ID is refused as bad data (65).
+    let gpg = Gpg::new(site.path("gnupg"));
+    gpg.gen_key("Eve <eve@example.net>", None);
+    let cert = site.path("eve.asc");
+    gpg.export("eve@example.net", &cert);
+    let out = run(
+        site.cli()
+            .args(["member", "add", LIST, "alice@example.net"])
+            .arg(&cert),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no valid user ID"));
+}
+
+/// Every `Example:` line of every subcommand's help runs successfully, in order.
+#[test]
+fn help_examples_run() {
+    let site = Site::new();
+    let gpg = Gpg::new(site.path("gnupg"));
+    gpg.gen_key("Alice <alice@example.org>", None);
+    gpg.gen_key("Bob <bob@example.org>", None);
+    gpg.export("alice@example.org", &site.path("alice.asc"));
+
+    let mut examples = Vec::new();
+    let subcommands: &[&[&str]] = &[
+        &["list", "create"],
+        &["list", "export-key"],
+        &["member", "add"],
+        &["member", "list"],
+        &["check-config"],
+        &["process", "outbound"],
+        &["process", "inbound"],
+        &["member", "remove"],
+    ];
+    for sub in subcommands {
+        let out = run(listcrypt_cmd().args(*sub).arg("--help"), None);
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let example = help
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Example: "))
+            .unwrap_or_else(|| panic!("no example in the help of {sub:?}"))
+            .to_string();
+        examples.push(example);
+    }
+    for example in examples {
+        // `listcrypt ARGS [< IN] [> OUT]`, run in the site directory with its config.
+        let (cmdline, stdout_to) = match example.split_once(" > ") {
+            Some((c, f)) => (c.to_string(), Some(f.trim().to_string())),
+            None => (example.clone(), None),
+        };
+        let (cmdline, stdin_from) = match cmdline.split_once(" < ") {
+            Some((c, f)) => (c.to_string(), Some(f.trim().to_string())),
+            None => (cmdline, None),
+        };
+        let mut words = cmdline.split_whitespace();
+        assert_eq!(words.next(), Some("listcrypt"));
+        let args: Vec<&str> = words.collect();
+        if let Some(f) = &stdin_from {
+            // A post for the process examples: unencrypted, so inbound answers with a decision.
+            fs::write(
+                site.path(f),
+                "From: alice@example.org\r\nTo: enc@lists.example.org\r\nSubject: hi\r\n\r\nhello\r\n",
+            )
+            .unwrap();
+        }
+        let stdin = stdin_from.map(|f| fs::read(site.path(&f)).unwrap());
+        let out = run(
+            site.cli().current_dir(site.dir.path()).args(&args),
+            stdin.as_deref(),
+        );
+        let code = out.status.code();
+        // process inbound of a plaintext post is a decision (exit 1), not a failure.
+        let expected = if args.starts_with(&["process", "inbound"]) {
+            1
+        } else {
+            0
+        };
+        assert_eq!(code, Some(expected), "example {example:?}: {out:?}");
+        if let Some(f) = stdout_to {
+            fs::write(site.path(&f), &out.stdout).unwrap();
+        }
+    }
+    assert!(site.path("out").join("batch-1.eml").exists());
+}
+
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, log: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let hit = line.contains(needle);
+            log.push(line);
+            if hit {
+                return;
+            }
+        }
+    }
+    panic!(
+        "no log line containing {needle:?}; log so far:\n{}",
+        log.join("\n")
+    );
+}
+
+#[test]
+fn sighup_keeps_a_good_configuration_and_sigterm_stops() {
+    let site = Site::new();
+    run(site.cli().args(["list", "create", LIST]), None);
+    let config = fs::read_to_string(&site.config)
+        .unwrap()
+        .replace("log_level = \"warn\"", "log_level = \"info\"");
+    fs::write(&site.config, config).unwrap();
+    let mut child = site
+        .cli()
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    wait_for(&rx, "serving 1 list(s)", &mut log);
+    let inbound = site.dir.path().join("run/inbound.sock");
+    assert!(inbound.exists());
+    let kill = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+
+    let policy = site.path("lists.d").join(format!("{LIST}.toml"));
+    let good = fs::read_to_string(&policy).unwrap();
+    fs::write(&policy, "batch_size = 0\n").unwrap();
+    kill("-HUP");
+    wait_for(
+        &rx,
+        "reload failed, keeping the running configuration",
+        &mut log,
+    );
+    assert!(
+        log.last().unwrap().contains("batch_size"),
+        "the reason is given: {log:?}"
+    );
+
+    fs::write(&policy, good).unwrap();
+    kill("-HUP");
+    wait_for(&rx, "configuration reloaded: 1 list(s)", &mut log);
+
+    kill("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!inbound.exists(), "the socket is removed on exit");
+}
