@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_packets: u32,
     /// Accepted clock skew of an author signature's creation time, in seconds.
     pub signature_time_window: u64,
+    /// Seconds of work per message before listcrypt gives up with 451 4.3.0.
+    pub message_timeout: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +59,7 @@ impl Default for Limits {
             max_mime_parts: 500,
             max_packets: 10_000,
             signature_time_window: 7 * 24 * 3600,
+            message_timeout: 300,
         }
     }
 }
@@ -176,7 +179,7 @@ impl Config {
         if l.max_message_bytes == 0 || l.max_plaintext_bytes == 0 || l.max_packets == 0 {
             return Err("limits must be positive".into());
         }
-        if l.max_mime_depth == 0 || l.max_mime_parts == 0 {
+        if l.max_mime_depth == 0 || l.max_mime_parts == 0 || l.message_timeout == 0 {
             return Err("limits must be positive".into());
         }
         Ok(())

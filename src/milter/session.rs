@@ -248,6 +248,10 @@ impl Session {
         Status::Continue
     }
 
+    fn message_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.limits.message_timeout)
+    }
+
     pub fn abort(&mut self) {
         self.msg = None;
     }
@@ -316,7 +320,7 @@ impl Session {
                         inbound::process_command(&env, &message, &l, &limits)
                     }
                 });
-                let verdict = match with_progress(work, actions).await {
+                let verdict = match with_progress(work, actions, self.message_timeout()).await {
                     Ok(v) => v,
                     Err(e) => Verdict::Tempfail(Reply::internal(format!("internal error: {e}"))),
                 };
@@ -453,7 +457,7 @@ impl Session {
             let batches = outbound::plan_batches(&l, &todo);
             outbound::encrypt_batches(&m2, &l, &batches).map(|r| (batches, r))
         });
-        let (batches, rewrites) = with_progress(work, actions)
+        let (batches, rewrites) = with_progress(work, actions, self.message_timeout())
             .await
             .map_err(|e| format!("internal error: {e}"))?
             .map_err(|e| format!("cannot encrypt: {e}"))?;
@@ -519,14 +523,21 @@ fn body_digest(message: &[u8]) -> [u8; 32] {
 }
 
 /// Awaits CPU work, telling the MTA we are alive so its content timeout does not fire.
+/// Past `limit` we stop waiting and answer 451 (our own timeout): the MTA keeps the mail.
 async fn with_progress<T>(
     mut work: tokio::task::JoinHandle<T>,
     actions: &EomActions,
-) -> Result<T, tokio::task::JoinError> {
+    limit: Duration,
+) -> Result<T, String> {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         tokio::select! {
-            r = &mut work => return r,
+            r = &mut work => return r.map_err(|e| e.to_string()),
             _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    work.abort();
+                    return Err(format!("timed out after {} s", limit.as_secs()));
+                }
                 let _ = actions.progress().await;
             }
         }
