@@ -266,13 +266,13 @@ impl Drop for World {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("\n{}", self.diagnostics());
-            if std::env::var_os("KEEP_E2E_TMPDIR").is_some() {
-                let kept = std::mem::replace(
-                    &mut self.dir,
-                    tempfile::tempdir().expect("replacement tempdir"),
-                );
-                eprintln!("e2e: keeping {}", kept.keep().display());
-            }
+        }
+        if std::env::var_os("KEEP_E2E_TMPDIR").is_some() {
+            let kept = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("replacement tempdir"),
+            );
+            eprintln!("e2e: keeping {} (KEEP_E2E_TMPDIR)", kept.keep().display());
         }
         eprintln!("e2e: stopping (ran {:?})", self.started.elapsed());
         self.listcrypt.stop();
@@ -317,16 +317,19 @@ fn assert_refused_5xx(d: &Dialogue, code: u16, enhanced: &str, what: &str) {
 /// one's own key, signed by the list, with key ids hidden and no plaintext on the wire.
 fn member_post_is_delivered_encrypted(w: &World) {
     let marker = unique_marker("post");
-    let subject = "E2E encrypted post";
+    // The outer Subject is hidden by the default header protection (hcp_baseline).
+    let subject_marker = unique_marker("subject");
+    let subject = format!("E2E encrypted post {subject_marker}");
     let body = format!("Hello list,\n\nthe secret word is {marker}.\n\n-- \nAlice\n");
-    let post = w.encrypted_post(&w.alice, subject, &body);
+    let post = w.encrypted_post(&w.alice, &subject, &body);
+    let secrets = [marker.as_str(), subject_marker.as_str()];
     let d = smtp::send(w.inbound_port, &w.alice.email, &[LIST], &post);
     assert!(
         d.accepted(),
         "alice's encrypted post was not accepted:\n{d}"
     );
 
-    let per_rcpt = w.await_deliveries(&[&w.bob.email, &w.carol.email], subject);
+    let per_rcpt = w.await_deliveries(&[&w.bob.email, &w.carol.email], &subject);
     for (user, copies) in [&w.bob, &w.carol].into_iter().zip(&per_rcpt) {
         assert_eq!(
             copies.len(),
@@ -335,34 +338,37 @@ fn member_post_is_delivered_encrypted(w: &World) {
             user.email,
             copies.len()
         );
-        check_encrypted_copy(w, user, &copies[0], &marker, &w.alice);
+        check_encrypted_copy(w, user, &copies[0], &secrets, &w.alice);
     }
     // Mailman sends the author a copy too unless she opted out; if it came, it must be sound.
     if let Some(copy) = w.sink.deliveries_to(&w.alice.email).first() {
-        check_encrypted_copy(w, &w.alice, copy, &marker, &w.alice);
+        check_encrypted_copy(w, &w.alice, copy, &secrets, &w.alice);
     }
 }
 
-/// One subscriber's copy of `author`'s post: structure, leak, key ids, decryption, the list's
-/// signature, the author's signature and Mailman's footer.
+/// One subscriber's copy of `author`'s post: structure, leak (none of `secrets` on the wire,
+/// all of them inside), key ids, decryption, the list's signature, the author's signature and
+/// Mailman's footer.
 fn check_encrypted_copy(
     w: &World,
     user: &GpgUser,
     copy: &Delivery,
-    marker: &str,
+    secrets: &[&str],
     author: &GpgUser,
 ) {
     let who = &user.email;
     let text = copy.text();
-    // Kept for a look after a failure (KEEP_E2E_TMPDIR=1).
+    // For a look afterwards: KEEP_E2E_TMPDIR=1 keeps the tempdir.
     support::write(
         &w.dir.path().join(format!("copy-for-{who}.eml")),
         &copy.data,
     );
-    assert!(
-        !text.contains(marker),
-        "LEAK: the copy for {who} contains the plaintext marker:\n{text}"
-    );
+    for secret in secrets {
+        assert!(
+            !text.contains(secret),
+            "LEAK: the copy for {who} shows {secret:?} unencrypted:\n{text}"
+        );
+    }
     assert!(
         !copy.mail_from.is_empty(),
         "the copy for {who} has an empty envelope sender"
@@ -402,10 +408,12 @@ fn check_encrypted_copy(
         dec.report()
     );
     let plain = dec.text();
-    assert!(
-        plain.contains(marker),
-        "{who}'s decrypted copy lacks the post's text:\n{plain}"
-    );
+    for secret in secrets {
+        assert!(
+            plain.contains(secret),
+            "{who}'s decrypted copy lacks {secret:?} of the post:\n{plain}"
+        );
+    }
     assert!(
         !plain.contains("To unsubscribe send an email to"),
         "Mailman added its footer (the list settings from postfix/ did not apply):\n{plain}"

@@ -152,6 +152,8 @@ impl Mailman {
     /// `mailman -C CFG --run-as-root ARGS...`
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("mailman");
+        // Importing postfix/listcrypt_mailman.py must not leave __pycache__ in the checkout.
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1");
         cmd.arg("-C")
             .arg(&self.config)
             .arg("--run-as-root")
