@@ -129,6 +129,10 @@ impl Mailman {
                  admin_user: restadmin\n\
                  admin_pass: e2e-only\n\
                  \n\
+                 [runner.nntp]\n\
+                 # No news gateway; as root its periodic `mailman gatenews` only logs errors.\n\
+                 start: no\n\
+                 \n\
                  [dmarc]\n\
                  # Offline: without this DMARC mitigation fetches the list and shunts posts.\n\
                  org_domain_data_url: file:///usr/share/publicsuffix/public_suffix_list.dat\n\
