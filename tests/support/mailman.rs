@@ -3,8 +3,8 @@
 //! `postfix/mailman.cfg`.
 
 use super::{
-    mkdir, output, pids_mentioning, read_lossy, repo_dir, run, run_with_input, tail, terminate_pid,
-    wait_for_port, write,
+    mkdir, output, pids_mentioning, port_open, read_lossy, repo_dir, run, run_with_input, tail,
+    terminate_pid, write,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -185,11 +185,18 @@ impl Mailman {
 
     pub fn wait_until_ready(&self) {
         // Start-up takes 5-8 s on an idle machine, much longer on a busy one.
-        wait_for_port(
-            "Mailman's LMTP runner",
-            self.lmtp_port,
-            Duration::from_secs(180),
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while !port_open(self.lmtp_port) {
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "Mailman's LMTP runner is not listening on 127.0.0.1:{} after 180 s:\n{}\n{}",
+                    self.lmtp_port,
+                    read_lossy(&self.var.join("start.log")),
+                    self.logs_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub fn master_pid(&self) -> Option<u32> {
