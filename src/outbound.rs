@@ -214,7 +214,6 @@ pub fn encrypt_message(
     }
     let entity = Entity::parse(message).map_err(|_| PlanError::Malformed("unparseable header"))?;
     let policy = &list.policy;
-    let protect = policy.header_protection != HeaderProtection::HcpNoConfidentiality;
 
     // Inner entity: MIME fields of the original (or the RFC 2045 default), then the
     // protected header fields, then the body, all CRLF.
@@ -246,6 +245,22 @@ pub fn encrypt_message(
         inner.push(b':');
         inner.extend_from_slice(&mime::to_crlf(&h.value));
         inner.extend_from_slice(b"\r\n");
+    }
+    // What the outer header will say instead, per the header confidentiality policy, and the
+    // HP-Outer record of every user-facing outer field (RFC 9788 §2.2), so a reader can tell
+    // what travelled in the clear.
+    let obscured = obscure_outer(&entity, policy.header_protection);
+    for h in entity
+        .headers
+        .iter()
+        .filter(|h| PROTECTED.iter().any(|p| h.is(p)))
+    {
+        let outer = obscured
+            .iter()
+            .find(|(n, _)| h.is(n))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| mime::header_text(h));
+        inner.extend_from_slice(format!("HP-Outer: {}: {}\r\n", h.name, outer).as_bytes());
     }
     let body = mime::to_crlf(entity.body);
     if policy.padding == Padding::Padme {
@@ -289,16 +304,78 @@ pub fn encrypt_message(
             add.push(("Autocrypt".into(), value));
         }
     }
-    if protect && entity.get("Subject").is_some() {
-        // RFC 9788 §4.2: the outer Subject is obscured; the real one is inside.
-        remove.push("Subject".into());
-        add.push(("Subject".into(), "[...]".into()));
+    for (name, value) in obscured {
+        remove.push(name.to_string());
+        add.push((name.to_string(), value));
     }
     Ok(Rewrite {
         remove,
         add,
         body: Some(body),
     })
+}
+
+/// The outer header fields a header confidentiality policy replaces, with their new values
+/// (RFC 9788 §3.2): every policy but `hcp_no_confidentiality` obscures the Subject; `hcp_shy`
+/// also drops display names from From, To and Cc and states the Date in UTC.
+fn obscure_outer(entity: &Entity<'_>, hcp: HeaderProtection) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if hcp == HeaderProtection::HcpNoConfidentiality {
+        return out;
+    }
+    if entity.get("Subject").is_some() {
+        out.push(("Subject", "[...]".to_string()));
+    }
+    if hcp == HeaderProtection::HcpShy {
+        for name in ["From", "To", "Cc"] {
+            if let Some(h) = entity.get(name) {
+                if let Some(bare) = bare_addresses(h) {
+                    out.push((name, bare));
+                }
+            }
+        }
+        if let Some(h) = entity.get("Date") {
+            if let Ok(t) = mailparse::dateparse(&mime::header_text(h)) {
+                out.push(("Date", rfc5322_date_utc(t)));
+            }
+        }
+    }
+    out
+}
+
+/// `a@x, b@y` for an address field, without display names.
+fn bare_addresses(h: &crate::mime::Header) -> Option<String> {
+    let list = mailparse::addrparse(&mime::header_text(h)).ok()?;
+    let mut addrs = Vec::new();
+    for a in list.iter() {
+        match a {
+            mailparse::MailAddr::Single(s) => addrs.push(s.addr.clone()),
+            mailparse::MailAddr::Group(g) => addrs.extend(g.addrs.iter().map(|s| s.addr.clone())),
+        }
+    }
+    (!addrs.is_empty()).then(|| addrs.join(", "))
+}
+
+/// RFC 5322 §3.3 date-time in UTC, e.g. `Fri, 27 Nov 2026 14:49:49 +0000`.
+pub fn rfc5322_date_utc(t: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t = t.max(0) as u64;
+    let ymd = crate::keys::format_date(t);
+    let (y, rest) = ymd.split_once('-').unwrap_or(("1970", "01-01"));
+    let (m, d) = rest.split_once('-').unwrap_or(("01", "01"));
+    let month = MONTHS[m.parse::<usize>().unwrap_or(1).clamp(1, 12) - 1];
+    let secs = t % 86_400;
+    format!(
+        "{}, {} {month} {y} {:02}:{:02}:{:02} +0000",
+        DAYS[((t / 86_400) % 7) as usize],
+        d.trim_start_matches('0'),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// Bytes a padding field costs at minimum (`X-Listcrypt-Padding: ` and a CRLF).
@@ -365,6 +442,34 @@ fn autocrypt_value(list: &ListKeys) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(rfc5322_date_utc(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        // 2026-11-27 14:49:49 UTC was a Friday.
+        assert_eq!(
+            rfc5322_date_utc(1795790989),
+            "Fri, 27 Nov 2026 14:49:49 +0000"
+        );
+    }
+
+    #[test]
+    fn confidentiality_policies() {
+        let msg = b"From: Alice Example <alice@example.net>\r\nTo: \"List\" <enc@l.test>\r\nSubject: secret plans\r\nDate: Fri, 27 Nov 2026 15:49:49 +0100\r\n\r\nbody";
+        let e = Entity::parse(msg).unwrap();
+        assert!(obscure_outer(&e, HeaderProtection::HcpNoConfidentiality).is_empty());
+        assert_eq!(
+            obscure_outer(&e, HeaderProtection::HcpBaseline),
+            vec![("Subject", "[...]".to_string())]
+        );
+        let shy = obscure_outer(&e, HeaderProtection::HcpShy);
+        assert!(
+            shy.contains(&("From", "alice@example.net".to_string())),
+            "{shy:?}"
+        );
+        assert!(shy.contains(&("To", "enc@l.test".to_string())));
+        assert!(shy.contains(&("Date", "Fri, 27 Nov 2026 14:49:49 +0000".to_string())));
+    }
 
     #[test]
     fn padme_buckets() {
