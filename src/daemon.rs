@@ -99,7 +99,7 @@ impl Daemon {
 }
 
 /// Binds a milter socket. A stale unix socket is removed only if it is a socket.
-pub async fn bind(spec: &SocketSpec) -> io::Result<AnyListener> {
+pub async fn bind(spec: &SocketSpec, mode: u32, group: Option<u32>) -> io::Result<AnyListener> {
     match spec {
         SocketSpec::Unix(path) => {
             remove_stale_socket(path)?;
@@ -107,9 +107,12 @@ pub async fn bind(spec: &SocketSpec) -> io::Result<AnyListener> {
                 std::fs::create_dir_all(dir)?;
             }
             let listener = UnixListener::bind(path)?;
-            // Access is governed by the directory; the MTA's user must be able to connect.
+            // Only the MTA may connect: it could otherwise have anything signed by a list key.
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            if let Some(gid) = group {
+                std::os::unix::fs::chown(path, None, Some(gid))?;
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             Ok(EitherListener::Unix(listener))
         }
         SocketSpec::Inet(host, port) => {
@@ -164,4 +167,25 @@ pub async fn run(
     };
     let (a, b, ()) = tokio::join!(inbound_task, outbound_task, trigger);
     a.and(b)
+}
+
+/// The numeric group for `socket_group` (a name from /etc/group, or a number).
+pub fn resolve_group(name: &str) -> io::Result<Option<u32>> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(Some(gid));
+    }
+    let groups = std::fs::read_to_string("/etc/group")?;
+    groups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(name))
+                .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+                .flatten()
+        })
+        .map(Some)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no group {name:?}")))
 }

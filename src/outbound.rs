@@ -263,6 +263,7 @@ pub fn encrypt_message(
         inner.extend_from_slice(format!("HP-Outer: {}: {}\r\n", h.name, outer).as_bytes());
     }
     let body = mime::to_crlf(entity.body);
+    let body = unmangle_from_lines(&entity, body, list);
     if policy.padding == Padding::Padme {
         // Padmé bucket for the whole entity, filled by a header field of the inner entity
         // (invisible to readers, unlike an extra MIME part).
@@ -313,6 +314,96 @@ pub fn encrypt_message(
         add,
         body: Some(body),
     })
+}
+
+/// Python's smtplib (Mailman) writes a signed body line `From …` as `>From …`, which breaks
+/// the author's signature. For each author-signed part (the message itself, or the first level
+/// of a wrapper Mailman added for a footer), if the signature fails as sent but verifies with
+/// `>From` undone, the part is restored. Parts whose signature verifies are left alone.
+fn unmangle_from_lines(entity: &Entity<'_>, body: Vec<u8>, list: &ListKeys) -> Vec<u8> {
+    let ct = entity.content_type();
+    let Some(boundary) = ct.params.get("boundary") else {
+        return body;
+    };
+    match ct.mimetype.as_str() {
+        "multipart/signed" => restore_signed(&body, boundary, list).unwrap_or(body),
+        "multipart/mixed" => {
+            let Ok(parts) = mime::split_multipart(&body, boundary) else {
+                return body;
+            };
+            let mut out = body.clone();
+            // Replace from the last part backwards so earlier offsets stay valid.
+            for part in parts.iter().rev() {
+                let Ok(sub) = Entity::parse(part) else {
+                    continue;
+                };
+                let sub_ct = sub.content_type();
+                if sub_ct.mimetype != "multipart/signed" {
+                    continue;
+                }
+                let Some(b) = sub_ct.params.get("boundary") else {
+                    continue;
+                };
+                let header_len = part.len() - sub.body.len();
+                if let Some(fixed) = restore_signed(sub.body, b, list) {
+                    let start = part.as_ptr() as usize - body.as_ptr() as usize + header_len;
+                    out.splice(start..start + sub.body.len(), fixed);
+                }
+            }
+            out
+        }
+        _ => body,
+    }
+}
+
+/// The body of a multipart/signed with `>From` undone in its signed part, if that is what
+/// makes the signature verify.
+fn restore_signed(body: &[u8], boundary: &str, list: &ListKeys) -> Option<Vec<u8>> {
+    let parts = mime::split_multipart(body, boundary).ok()?;
+    if parts.len() != 2 || !(parts[0].starts_with(b">From ") || contains(parts[0], b"\n>From ")) {
+        return None;
+    }
+    let sig = mailparse::parse_mail(parts[1]).ok()?.get_body_raw().ok()?;
+    let good = |signed: &[u8]| {
+        pgp::verify_detached(signed, &sig, list)
+            .iter()
+            .any(|s| matches!(s, pgp::SigCheck::Good(_)))
+    };
+    if good(parts[0]) {
+        return None;
+    }
+    let mut fixed = parts[0].to_vec();
+    if fixed.starts_with(b">From ") {
+        fixed.remove(0);
+    }
+    let fixed = replace_all(&fixed, b"\n>From ", b"\nFrom ");
+    if !good(&fixed) {
+        return None;
+    }
+    let start = parts[0].as_ptr() as usize - body.as_ptr() as usize;
+    let mut out = body[..start].to_vec();
+    out.extend_from_slice(&fixed);
+    out.extend_from_slice(&body[start + parts[0].len()..]);
+    Some(out)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The outer header fields a header confidentiality policy replaces, with their new values

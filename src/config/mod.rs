@@ -78,6 +78,11 @@ pub struct Config {
     pub inbound_socket: String,
     pub outbound_socket: String,
     pub reinject_smtp: String,
+    /// Mode of unix milter sockets (octal). Whoever can connect can have mail signed by the
+    /// list key, so keep it to the MTA: 0660 with `socket_group` set to the MTA's group.
+    pub socket_mode: String,
+    /// Group of unix milter sockets (name or number); empty keeps the daemon's group.
+    pub socket_group: String,
     pub policy_dir: PathBuf,
     pub keyring_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -92,6 +97,8 @@ impl Default for Config {
             inbound_socket: "unix:var/run/inbound.sock".into(),
             outbound_socket: "unix:var/run/outbound.sock".into(),
             reinject_smtp: "127.0.0.1:10026".into(),
+            socket_mode: "0660".into(),
+            socket_group: String::new(),
             policy_dir: "var/lists.d".into(),
             keyring_dir: "keyrings".into(),
             state_dir: "var/state".into(),
@@ -173,6 +180,14 @@ impl Config {
         self.reinject_smtp
             .parse::<std::net::SocketAddr>()
             .map_err(|e| format!("reinject_smtp: {e} (expected HOST:PORT)"))?;
+        let mode = u32::from_str_radix(&self.socket_mode, 8)
+            .map_err(|_| format!("socket_mode: {:?} is not an octal mode", self.socket_mode))?;
+        if mode > 0o777 {
+            return Err(format!(
+                "socket_mode: {:?} is not a permission mode",
+                self.socket_mode
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("log_level: {e}"))?;
         let l = &self.limits;

@@ -34,6 +34,7 @@ impl Listcrypt {
                  policy_dir = \"{policy}\"\n\
                  keyring_dir = \"{keyring}\"\n\
                  state_dir = \"{state}\"\n\
+                 socket_group = \"postfix\"\n\
                  log = \"stderr\"\n\
                  log_level = \"info\"\n",
                 inbound = inbound_socket.display(),
