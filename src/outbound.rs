@@ -360,26 +360,49 @@ fn unmangle_from_lines(entity: &Entity<'_>, body: Vec<u8>, list: &ListKeys) -> V
 /// makes the signature verify.
 fn restore_signed(body: &[u8], boundary: &str, list: &ListKeys) -> Option<Vec<u8>> {
     let parts = mime::split_multipart(body, boundary).ok()?;
+    tracing::debug!("author-signed part: {} parts", parts.len());
     if parts.len() != 2 || !(parts[0].starts_with(b">From ") || contains(parts[0], b"\n>From ")) {
         return None;
     }
     let sig = mailparse::parse_mail(parts[1]).ok()?.get_body_raw().ok()?;
     let good = |signed: &[u8]| {
-        pgp::verify_detached(signed, &sig, list)
-            .iter()
-            .any(|s| matches!(s, pgp::SigCheck::Good(_)))
+        let checks = pgp::verify_detached(signed, &sig, list);
+        tracing::trace!("detached verification: {checks:?}");
+        checks.iter().any(|s| matches!(s, pgp::SigCheck::Good(_)))
     };
     if good(parts[0]) {
         return None;
     }
-    let mut fixed = parts[0].to_vec();
-    if fixed.starts_with(b">From ") {
-        fixed.remove(0);
+    tracing::debug!("author signature fails as sent; trying to undo >From mangling");
+    // Which `>From` lines were `From` before? A genuine `>From` (a quote) is possible too, so
+    // try the combinations, bounded: 2^8 verifications at most, only on this rare path.
+    let signed = parts[0];
+    let mut starts: Vec<usize> = Vec::new();
+    if signed.starts_with(b">From ") {
+        starts.push(0);
     }
-    let fixed = replace_all(&fixed, b"\n>From ", b"\nFrom ");
-    if !good(&fixed) {
+    starts.extend(
+        signed
+            .windows(7)
+            .enumerate()
+            .filter(|(_, w)| w == b"\n>From ")
+            .map(|(i, _)| i + 1),
+    );
+    if starts.len() > MAX_FROM_CANDIDATES {
         return None;
     }
+    let fixed = (1u32..1 << starts.len()).find_map(|mask| {
+        let mut v = Vec::with_capacity(signed.len());
+        let mut last = 0;
+        for (bit, &at) in starts.iter().enumerate() {
+            if mask & (1 << bit) != 0 {
+                v.extend_from_slice(&signed[last..at]);
+                last = at + 1; // drop the '>'
+            }
+        }
+        v.extend_from_slice(&signed[last..]);
+        good(&v).then_some(v)
+    })?;
     let start = parts[0].as_ptr() as usize - body.as_ptr() as usize;
     let mut out = body[..start].to_vec();
     out.extend_from_slice(&fixed);
@@ -387,23 +410,11 @@ fn restore_signed(body: &[u8], boundary: &str, list: &ListKeys) -> Option<Vec<u8
     Some(out)
 }
 
+/// `>From` lines beyond which restoring is not attempted.
+const MAX_FROM_CANDIDATES: usize = 8;
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn replace_all(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The outer header fields a header confidentiality policy replaces, with their new values

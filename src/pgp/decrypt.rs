@@ -88,6 +88,7 @@ struct Helper<'a> {
     probe: &'a Probe,
     signatures: Vec<SigCheck>,
     outer_signatures: usize,
+    detached: bool,
 }
 
 impl VerificationHelper for Helper<'_> {
@@ -118,7 +119,8 @@ impl VerificationHelper for Helper<'_> {
     }
 
     fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
-        let mut inside = false;
+        // A detached signature has no encryption layer around it: it is the signature.
+        let mut inside = self.detached;
         for layer in structure.into_iter() {
             match layer {
                 MessageLayer::Encryption { .. } => inside = true,
@@ -289,6 +291,7 @@ pub fn decrypt_verify(
         probe: &probe,
         signatures: Vec::new(),
         outer_signatures: 0,
+        detached: false,
     };
     let builder = DecryptorBuilder::from_bytes(ciphertext)
         .map_err(|e| Failure::Malformed(short(&e)))?
@@ -422,6 +425,7 @@ pub fn verify_detached(signed: &[u8], signature: &[u8], list: &ListKeys) -> Vec<
         probe: &probe,
         signatures: Vec::new(),
         outer_signatures: 0,
+        detached: true,
     };
     let verifier = DetachedVerifierBuilder::from_bytes(signature)
         .and_then(|b| b.with_policy(&POLICY, None, helper));
