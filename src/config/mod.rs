@@ -64,6 +64,16 @@ impl Default for Limits {
     }
 }
 
+/// What the outbound listener does with mail whose envelope sender is no managed list's.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmanaged {
+    /// Pass it untouched (Mailman may also serve unencrypted lists).
+    Accept,
+    /// 550 5.7.1 at MAIL (a host that serves only encrypted lists).
+    Reject,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogTarget {
@@ -83,6 +93,8 @@ pub struct Config {
     pub socket_mode: String,
     /// Group of unix milter sockets (name or number); empty keeps the daemon's group.
     pub socket_group: String,
+    /// Outbound mail that belongs to no managed list.
+    pub unmanaged_outbound: Unmanaged,
     pub policy_dir: PathBuf,
     pub keyring_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -99,6 +111,7 @@ impl Default for Config {
             reinject_smtp: "127.0.0.1:10026".into(),
             socket_mode: "0660".into(),
             socket_group: String::new(),
+            unmanaged_outbound: Unmanaged::Accept,
             policy_dir: "var/lists.d".into(),
             keyring_dir: "keyrings".into(),
             state_dir: "var/state".into(),

@@ -128,9 +128,24 @@ impl Session {
             },
         };
         if let Mode::Foreign = mode {
-            tracing::debug!("NONE: outbound: sender {sender} is no managed list's; passing");
             self.msg = None;
-            return Status::Accept;
+            return match self.config.unmanaged_outbound {
+                crate::config::Unmanaged::Accept => {
+                    tracing::debug!(
+                        "NONE: outbound: sender {sender} is no managed list's; passing"
+                    );
+                    Status::Accept
+                }
+                crate::config::Unmanaged::Reject => {
+                    let r = Reply::new(
+                        "550",
+                        "5.7.1",
+                        "this listener only carries mail of encrypted lists",
+                    );
+                    tracing::info!("NONE: outbound: mail from {sender} refused: {r}");
+                    set_reply(reply, &r)
+                }
+            };
         }
         self.msg = Some(Msg {
             sender,
