@@ -49,6 +49,9 @@ pub enum ListAddress {
     Confirm,
     Owner,
     Bounces,
+    /// listcrypt's own key address (`LIST-key@` by default): key requests and bindings,
+    /// answered by listcrypt, never passed to Mailman.
+    Key,
 }
 
 impl ListAddress {
@@ -75,11 +78,17 @@ pub fn lookup(keyring: &Keyring, rcpt: &str) -> Option<(Arc<ListKeys>, ListAddre
         return Some((l.clone(), ListAddress::Post));
     }
     let (local, domain) = rcpt.split_once('@')?;
-    let (base, suffix) = local.rsplit_once('-')?;
-    let (suffix, plus) = match suffix.split_once('+') {
-        Some((s, _)) => (s, true),
-        None => (suffix, false),
+    // `LIST-SUFFIX` or `LIST-SUFFIX+DETAIL` (VERP, confirmation tokens); the detail may
+    // contain anything, the list name may contain '-', the suffix contains neither.
+    let (pre, plus) = match local.split_once('+') {
+        Some((p, _)) => (p, true),
+        None => (local, false),
     };
+    let (base, suffix) = pre.rsplit_once('-')?;
+    let list = keyring.lists.get(&format!("{base}@{domain}"))?;
+    if !plus && suffix == list.policy.key_suffix {
+        return Some((list.clone(), ListAddress::Key));
+    }
     let kind = match (suffix, plus) {
         ("request", false) => ListAddress::Request,
         ("join" | "subscribe", false) => ListAddress::Join,
@@ -89,14 +98,7 @@ pub fn lookup(keyring: &Keyring, rcpt: &str) -> Option<(Arc<ListKeys>, ListAddre
         ("bounces", _) => ListAddress::Bounces,
         _ => return None,
     };
-    // A VERP/confirm local part may itself contain '-': find the list by the first '-SUFFIX'.
-    let list = format!("{base}@{domain}");
-    if let Some(l) = keyring.lists.get(&list) {
-        return Some((l.clone(), kind));
-    }
-    let idx = local.find(&format!("-{suffix}"))?;
-    let list = format!("{}@{domain}", &local[..idx]);
-    keyring.lists.get(&list).map(|l| (l.clone(), kind))
+    Some((list.clone(), kind))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,9 +4,11 @@
 //! the `process` CLI verb and the tests all drive the same functions.
 
 pub mod admin;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dsn;
+pub mod http;
 pub mod inbound;
 pub mod keys;
 pub mod logging;
@@ -17,5 +19,6 @@ pub mod outbound;
 pub mod pgp;
 pub mod reinject;
 pub mod store;
+pub mod wkd;
 
 pub use daemon::{bind, run, Daemon};

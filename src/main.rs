@@ -40,6 +40,18 @@ enum Command {
     /// Dry-run a pipeline on a message read from standard input.
     #[command(subcommand)]
     Process(ProcessCommand),
+    /// Publish the list keys as a Web Key Directory.
+    #[command(subcommand)]
+    Wkd(WkdCommand),
+}
+
+#[derive(Subcommand)]
+enum WkdCommand {
+    /// Write every list's public key and the policy files, advanced and direct layout, one
+    /// document root per host name under DIR (DIR/openpgpkey.DOMAIN/, DIR/DOMAIN/).
+    ///
+    /// Example: listcrypt wkd export wkd-root
+    Export { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +187,9 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::Member(MemberCommand::List { list }) => {
             admin::member_list(&config, &list, &mut out).map(|_| exit::OK)
         }
+        Command::Wkd(WkdCommand::Export { dir }) => {
+            listcrypt::wkd::export_command(&config, &dir, &mut out).map(|_| exit::OK)
+        }
         Command::Process(ProcessCommand::Inbound(a)) => {
             listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, &quiet_level());
             admin::process_inbound(&config, &a.list, &a.from, &a.rcpt, &mut out)
@@ -229,10 +244,21 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
             env!("CARGO_PKG_VERSION"),
             daemon.lists()
         );
+        let http = match config.http_listen.as_str() {
+            "" => None,
+            listen => Some(
+                listcrypt::http::Server::start(listen, daemon.clone())
+                    .await
+                    .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind http {listen}"), e))?,
+            ),
+        };
         let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         listcrypt::run(inbound, outbound, daemon, signals)
             .await
             .map_err(|e| CommandError::new(exit::SOFTWARE, "milter", e))?;
+        if let Some(http) = http {
+            http.stop().await;
+        }
         for spec in [&inbound_spec, &outbound_spec] {
             if let SocketSpec::Unix(p) = spec {
                 let _ = std::fs::remove_file(p);

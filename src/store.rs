@@ -88,6 +88,33 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Whether a digest is recorded (read-only, for dry runs).
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
+    /// Records a pending binding: `address` on `list` to `fingerprint`, proven by `token`.
+    fn pending_put(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError>;
+    /// Fingerprints of unexpired pending bindings for `address` on `list`, with their tokens.
+    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Removes a pending binding once used.
+    fn pending_remove(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError>;
+    /// Whether `sender` may get another automatic reply of `kind` from `list` now; records
+    /// the reply when allowed (at most one per `interval_secs`).
+    fn rate_allow(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        interval_secs: u64,
+    ) -> Result<bool, StoreError>;
     /// Recipients to whom a reinjected batch of this (sender, body digest) already went.
     fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError>;
     /// Records a reinjected batch; entries older than `retain_secs` are dropped on the way.
@@ -141,6 +168,21 @@ CREATE TABLE IF NOT EXISTS journal (
     PRIMARY KEY (sender, digest, recipient)
 );
 CREATE INDEX IF NOT EXISTS journal_sent ON journal (sent);
+CREATE TABLE IF NOT EXISTS pending (
+    list TEXT NOT NULL,
+    address TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    token TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (list, address, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS rate (
+    list TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (list, sender, kind)
+);
 ";
 
 impl SqliteStore {
@@ -313,6 +355,85 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(())
     }
+
+    fn pending_put(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_secs();
+        tx.execute("DELETE FROM pending WHERE expires < ?1", params![now])?;
+        tx.execute(
+            "INSERT INTO pending (list, address, fingerprint, token, expires) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (list, address, fingerprint) DO UPDATE SET token = excluded.token, expires = excluded.expires",
+            params![list, address, fingerprint, token, now + ttl_secs as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT fingerprint, token FROM pending WHERE list = ?1 AND address = ?2 AND expires >= ?3",
+        )?;
+        let rows = stmt.query_map(params![list, address, now_secs()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn pending_remove(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM pending WHERE list = ?1 AND address = ?2 AND fingerprint = ?3",
+            params![list, address, fingerprint],
+        )?;
+        Ok(())
+    }
+
+    fn rate_allow(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        interval_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = now_secs();
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT last FROM rate WHERE list = ?1 AND sender = ?2 AND kind = ?3",
+                params![list, sender, kind],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if last.is_some_and(|t| now - t < interval_secs as i64) {
+            return Ok(false);
+        }
+        tx.execute(
+            "DELETE FROM rate WHERE last < ?1",
+            params![now - 86_400 * 7],
+        )?;
+        tx.execute(
+            "INSERT INTO rate (list, sender, kind, last) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (list, sender, kind) DO UPDATE SET last = excluded.last",
+            params![list, sender, kind, now],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +460,36 @@ mod tests {
         assert!(a.unbind("l@x", "a@y").unwrap());
         assert!(!a.unbind("l@x", "a@y").unwrap());
         assert!(b.bindings("l@x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn pending_bindings_and_rate_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.pending_put("l@x", "a@y", "FPR", "tok", 3600).unwrap();
+        assert_eq!(
+            s.pending_for("l@x", "a@y").unwrap(),
+            vec![("FPR".into(), "tok".into())]
+        );
+        assert!(s.pending_for("l@x", "b@y").unwrap().is_empty());
+        s.pending_remove("l@x", "a@y", "FPR").unwrap();
+        assert!(s.pending_for("l@x", "a@y").unwrap().is_empty());
+        s.pending_put("l@x", "a@y", "FPR", "tok", 0).unwrap();
+        s.conn()
+            .execute("UPDATE pending SET expires = expires - 10", [])
+            .unwrap();
+        assert!(s.pending_for("l@x", "a@y").unwrap().is_empty(), "expired");
+
+        assert!(s.rate_allow("l@x", "a@y", "key", 3600).unwrap());
+        assert!(!s.rate_allow("l@x", "a@y", "key", 3600).unwrap());
+        assert!(
+            s.rate_allow("l@x", "a@y", "challenge", 3600).unwrap(),
+            "per kind"
+        );
+        assert!(
+            s.rate_allow("l@x", "b@y", "key", 3600).unwrap(),
+            "per sender"
+        );
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log: LogTarget,
     pub log_level: String,
+    /// `IP:PORT` of the WKD HTTP listener (for a TLS front-end); empty = off.
+    pub http_listen: String,
     pub limits: Limits,
 }
 
@@ -117,6 +119,7 @@ impl Default for Config {
             state_dir: "var/state".into(),
             log: LogTarget::Auto,
             log_level: "info".into(),
+            http_listen: String::new(),
             limits: Limits::default(),
         }
     }
@@ -193,6 +196,11 @@ impl Config {
         self.reinject_smtp
             .parse::<std::net::SocketAddr>()
             .map_err(|e| format!("reinject_smtp: {e} (expected HOST:PORT)"))?;
+        if !self.http_listen.is_empty() {
+            self.http_listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("http_listen: {e} (expected IP:PORT, or empty)"))?;
+        }
         let mode = u32::from_str_radix(&self.socket_mode, 8)
             .map_err(|_| format!("socket_mode: {:?} is not an octal mode", self.socket_mode))?;
         if mode > 0o777 {

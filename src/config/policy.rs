@@ -81,6 +81,8 @@ pub struct Policy {
     pub header_protection: HeaderProtection,
     pub padding: Padding,
     pub autocrypt: bool,
+    /// Local-part suffix of listcrypt's key address: `LIST-<key_suffix>@DOMAIN`.
+    pub key_suffix: String,
 }
 
 impl Default for Policy {
@@ -107,6 +109,7 @@ impl Default for Policy {
             header_protection: HeaderProtection::HcpBaseline,
             padding: Padding::Padme,
             autocrypt: true,
+            key_suffix: "key".into(),
         }
     }
 }
@@ -123,6 +126,28 @@ impl Policy {
 
     pub fn parse(shown: &str, text: &str) -> Result<Policy, ConfigError> {
         let policy: Policy = toml::from_str(text).map_err(|e| syntax_error(shown, text, &e))?;
+        let reserved = [
+            "request",
+            "join",
+            "subscribe",
+            "leave",
+            "unsubscribe",
+            "confirm",
+            "owner",
+            "bounces",
+        ];
+        if policy.key_suffix.is_empty()
+            || reserved.contains(&policy.key_suffix.as_str())
+            || !policy.key_suffix.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(ConfigError::Invalid {
+                path: shown.to_string(),
+                message: format!(
+                    "key_suffix {:?} must be letters/digits and not one of Mailman's suffixes",
+                    policy.key_suffix
+                ),
+            });
+        }
         if !(1..=1000).contains(&policy.batch_size) {
             return Err(ConfigError::Invalid {
                 path: shown.to_string(),
@@ -161,6 +186,8 @@ missing_key_action = "reject"
 header_protection = "hcp_baseline"
 padding = "padme"
 autocrypt = true
+# Key requests and bindings by mail go to LIST-<key_suffix>@DOMAIN (answered by listcrypt).
+key_suffix = "key"
 "#
         )
     }

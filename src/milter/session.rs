@@ -2,7 +2,7 @@
 //! at MAIL and dropped on abort.
 
 use crate::daemon::Daemon;
-use crate::inbound::{self, Envelope, Verdict};
+use crate::inbound::{self, Envelope, ListAddress, Verdict};
 use crate::keys::{Keyring, ListKeys};
 use crate::message::{Reply, Rewrite};
 use crate::outbound::{self, RcptDecision};
@@ -49,6 +49,8 @@ enum Mode {
     },
     /// Outbound mail that belongs to no managed list: passed untouched.
     Foreign,
+    /// Mail to a list's key address: answered by listcrypt, never passed on.
+    KeyAddress { list: Arc<ListKeys> },
     /// A notification Postfix generated itself (null sender, daemon port 0): checked at end of
     /// message for quoted list posts.
     Notification,
@@ -165,9 +167,24 @@ impl Session {
         let rcpt = arg_address(&args);
         let mixed = Reply::new("452", "4.5.3", "one list per transaction, please retry");
         match &mut msg.mode {
+            Mode::KeyAddress { .. } => {
+                tracing::info!("NONE: inbound: recipient {rcpt} deferred: {}", mixed.reason);
+                set_reply(reply, &mixed)
+            }
             Mode::Empty | Mode::Unmanaged | Mode::InboundList { .. } => {
                 let found = inbound::lookup(&msg.keyring, &rcpt);
                 match (&mut msg.mode, found) {
+                    (Mode::Empty, Some((list, ListAddress::Key))) => {
+                        msg.mode = Mode::KeyAddress { list };
+                    }
+                    // The key address is answered by listcrypt alone: never mixed.
+                    (_, Some((_, ListAddress::Key))) => {
+                        tracing::info!(
+                            "NONE: inbound: recipient {rcpt} deferred: {}",
+                            mixed.reason
+                        );
+                        return set_reply(reply, &mixed);
+                    }
                     (Mode::Empty, Some((list, kind))) => {
                         msg.mode = Mode::InboundList {
                             list,
@@ -414,6 +431,66 @@ impl Session {
                         set_reply(reply, &Reply::internal("temporary failure, please retry"))
                     }
                 }
+            }
+            Mode::KeyAddress { list } => {
+                let daemon = self.daemon.clone();
+                let limits = self.config.limits.clone();
+                let keyring_dir = self.config.keyring_dir.clone();
+                let sender = msg.sender.clone();
+                let l = list.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    crate::commands::handle(
+                        &l,
+                        daemon.store(),
+                        &keyring_dir,
+                        &sender,
+                        &message,
+                        &limits,
+                    )
+                    .map_err(|e| e.to_string())
+                });
+                let outcome = match with_progress(work, actions, self.message_timeout()).await {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!("{queue_id}: {}: key address: {e}", list.address);
+                        return set_reply(
+                            reply,
+                            &Reply::internal("temporary failure, please retry"),
+                        );
+                    }
+                };
+                if let Some(out) = &outcome.reply {
+                    let to = [out.to.clone()];
+                    match crate::reinject::send_batch(
+                        &self.config.reinject_smtp,
+                        "",
+                        &to,
+                        &out.message,
+                    )
+                    .await
+                    {
+                        Ok(qid) => tracing::info!(
+                            "{queue_id}: {}: {}; reply queued as {qid}",
+                            list.address,
+                            outcome.summary
+                        ),
+                        Err(e) => {
+                            tracing::error!(
+                                "{queue_id}: {}: {}; reply not sent: {e}",
+                                list.address,
+                                outcome.summary
+                            );
+                            return set_reply(
+                                reply,
+                                &Reply::internal("temporary failure, please retry"),
+                            );
+                        }
+                    }
+                } else {
+                    tracing::info!("{queue_id}: {}: {}", list.address, outcome.summary);
+                }
+                // Consumed: Mailman never sees mail to the key address.
+                Status::Discard
             }
             Mode::Notification => {
                 let Some(rewrite) = crate::dsn::reduce(&message, &msg.keyring) else {

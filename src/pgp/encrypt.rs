@@ -102,3 +102,36 @@ pub fn encrypt_sign(
     }
     Ok(out)
 }
+
+/// A detached, armored signature over `data` (CRLF-canonical MIME) by the list key, for
+/// RFC 3156 multipart/signed replies.
+pub fn sign_detached(data: &[u8], signer: &Cert) -> Result<Vec<u8>, EncryptError> {
+    let ka = signer
+        .keys()
+        .with_policy(&POLICY, None)
+        .secret()
+        .for_signing()
+        .alive()
+        .revoked(false)
+        .next()
+        .ok_or(EncryptError::NoSigningKey)?;
+    let keypair = ka.key().clone().into_keypair().map_err(crypto)?;
+    let mut out = Vec::new();
+    {
+        let message = Message::new(&mut out);
+        let message = Armorer::new(message)
+            .kind(armor::Kind::Signature)
+            .build()
+            .map_err(crypto)?;
+        let mut signer = Signer::new(message, keypair)
+            .map_err(crypto)?
+            .detached()
+            .build()
+            .map_err(crypto)?;
+        signer
+            .write_all(data)
+            .map_err(|e| EncryptError::Crypto(e.to_string()))?;
+        signer.finalize().map_err(crypto)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,231 @@
+//! listcrypt's key address (`LIST-key@`): the list key on request (signed, rate-limited), and
+//! proven key binding — a challenge only the offered key can read, activated only by a reply
+//! signed with that key carrying the token. Replies leave through a real SMTP exchange with the
+//! reinjection listener (here a capture sink); nothing reaches Mailman.
+
+mod common;
+#[path = "support/sink.rs"]
+mod sink;
+
+use common::milter::{self, Mail};
+use common::{run, run_ok, to_crlf, Gpg, GpgMember, Site, LIST};
+use indymilter_test::Status;
+use std::fs;
+use std::time::{Duration, Instant};
+
+const KEY_ADDRESS: &str = "enc-key@lists.example.test";
+
+fn wait_for(sink: &sink::Sink, rcpt: &str, count: usize) -> Vec<sink::Delivery> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = sink.deliveries_to(rcpt);
+        if got.len() >= count || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn send(daemon: &milter::Running, from: &str, message: &[u8]) -> Status {
+    let mut conn = milter::connect(daemon.inbound).await;
+    assert_eq!(
+        conn.mail([format!("<{from}>")]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt([format!("<{KEY_ADDRESS}>")]).await.unwrap(),
+        Status::Continue
+    );
+    let (_, status) = milter::send(&mut conn, &Mail::parse(message)).await;
+    conn.close().await.unwrap();
+    status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_key_requests_and_proven_binding() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let sink = sink::Sink::start();
+    let text = fs::read_to_string(&site.config).unwrap();
+    fs::write(
+        &site.config,
+        format!("{text}reinject_smtp = \"127.0.0.1:{}\"\n", sink.port),
+    )
+    .unwrap();
+    let daemon = milter::start(&site.config).await;
+
+    // 1. Anyone may ask for the list key: a multipart/signed reply from the list with the key.
+    let eve = GpgMember::new(&site, "eve", false);
+    let ask = format!(
+        "From: eve <{}>\nTo: {KEY_ADDRESS}\nSubject: key please\n\nhi\n",
+        eve.address
+    );
+    let status = send(&daemon, &eve.address, ask.as_bytes()).await;
+    assert_eq!(status, Status::Discard, "consumed, never passed to Mailman");
+    let replies = wait_for(&sink, &eve.address, 1);
+    assert_eq!(replies.len(), 1, "{}", sink.summary());
+    assert_eq!(
+        replies[0].mail_from, "",
+        "automatic replies have a null sender"
+    );
+    let reply = replies[0].text();
+    assert!(reply.contains("Content-Type: multipart/signed"), "{reply}");
+    assert!(reply.contains("application/pgp-keys"));
+    assert!(reply.contains("Auto-Submitted: auto-replied"));
+    // The signature verifies with the list key (eve imported it).
+    let parts = common::multipart_parts(
+        reply.split_once("\r\n\r\n").unwrap().1.as_bytes(),
+        &common::boundary_of(
+            reply
+                .split("Content-Type: multipart/signed")
+                .nth(1)
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    let sig = String::from_utf8_lossy(&parts[1]);
+    let sig = sig.split_once("\r\n\r\n").unwrap().1;
+    fs::write(site.path("reply.sig"), sig).unwrap();
+    fs::write(site.path("reply.signed"), &parts[0]).unwrap();
+    let out = run(
+        eve.gpg
+            .cmd()
+            .args(["--status-fd", "1", "--verify"])
+            .arg(site.path("reply.sig"))
+            .arg(site.path("reply.signed")),
+        None,
+    );
+    let status_lines = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status_lines.contains(&format!("VALIDSIG {}", eve.list_fingerprint))
+            || status_lines.contains("GOODSIG"),
+        "{status_lines}"
+    );
+    // Rate limit: a second request within the hour gets no reply.
+    assert_eq!(
+        send(&daemon, &eve.address, ask.as_bytes()).await,
+        Status::Discard
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.deliveries_to(&eve.address).len(), 1, "rate limited");
+
+    // 2. Dave offers his key (as an attachment): the challenge is encrypted to that key.
+    let dave = GpgMember::new(&site, "dave", false);
+    let armored = fs::read_to_string(&dave.cert).unwrap();
+    let offer = format!(
+        "From: dave <{addr}>\nTo: {KEY_ADDRESS}\nSubject: bind\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\nmy key\n\
+         --b\nContent-Type: application/pgp-keys; name=\"dave.asc\"\n\n{armored}\n--b--\n",
+        addr = dave.address
+    );
+    assert_eq!(
+        send(&daemon, &dave.address, offer.as_bytes()).await,
+        Status::Discard
+    );
+    let challenge = wait_for(&sink, &dave.address, 1);
+    assert_eq!(challenge.len(), 1, "{}", sink.summary());
+    let challenge = challenge[0].text();
+    assert!(
+        !challenge.contains("listcrypt-token"),
+        "the token never travels in the clear"
+    );
+    assert!(challenge.contains("multipart/encrypted"));
+    let (status_lines, plain) = dave.gpg.decrypt(challenge.as_bytes(), site.dir.path());
+    assert!(status_lines.contains("DECRYPTION_OKAY"), "{status_lines}");
+    let plain = String::from_utf8(plain).unwrap();
+    let token_line = plain
+        .lines()
+        .find(|l| l.starts_with("listcrypt-token: "))
+        .expect("token line")
+        .to_string();
+    // Not bound yet.
+    let members = run_ok(site.cli().args(["member", "list", LIST]), None);
+    assert!(!String::from_utf8_lossy(&members).contains(&dave.address));
+
+    // A reply with the token but signed by another key does not bind.
+    let mallory = Gpg::new(site.path("gnupg-mallory"));
+    mallory.gen_key("dave <dave@example.test>", None);
+    mallory.import(&site.path(&format!("{LIST}.asc")));
+    let forged = encrypted_reply(&mallory, &dave.address, &token_line);
+    assert_eq!(send(&daemon, &dave.address, &forged).await, Status::Discard);
+    let members = run_ok(site.cli().args(["member", "list", LIST]), None);
+    assert!(
+        !String::from_utf8_lossy(&members).contains(&dave.address),
+        "a token alone proves nothing"
+    );
+
+    // 3. Dave's signed (and encrypted) reply with the token activates the binding.
+    let reply = encrypted_reply(&dave.gpg, &dave.address, &token_line);
+    assert_eq!(send(&daemon, &dave.address, &reply).await, Status::Discard);
+    let members =
+        String::from_utf8(run_ok(site.cli().args(["member", "list", LIST]), None)).unwrap();
+    let line = members
+        .lines()
+        .find(|l| l.starts_with(&dave.address))
+        .unwrap_or_else(|| panic!("{members}"));
+    assert!(
+        line.contains(&dave.fingerprint) && line.contains(" active "),
+        "{line}"
+    );
+    let confirmations = wait_for(&sink, &dave.address, 2);
+    let (status_lines, plain) = dave.gpg.decrypt(
+        confirmations.last().unwrap().data.as_slice(),
+        site.dir.path(),
+    );
+    assert!(status_lines.contains("DECRYPTION_OKAY"), "{status_lines}");
+    assert!(String::from_utf8_lossy(&plain).contains("is now bound"));
+
+    // 4. A key without a user ID for the sender is refused with a reason.
+    let frank = GpgMember::new(&site, "frank", false);
+    let other = Gpg::new(site.path("gnupg-other"));
+    other.gen_key("someone else <else@example.test>", None);
+    other.export("else@example.test", &site.path("else.asc"));
+    let armored = fs::read_to_string(site.path("else.asc")).unwrap();
+    let offer = format!(
+        "From: {addr}\nTo: {KEY_ADDRESS}\nSubject: bind\n\n{armored}\n",
+        addr = frank.address
+    );
+    assert_eq!(
+        send(&daemon, &frank.address, offer.as_bytes()).await,
+        Status::Discard
+    );
+    let answer = wait_for(&sink, &frank.address, 1);
+    assert_eq!(answer.len(), 1);
+    // A key for another address is no offer for frank: he gets the list key instead.
+    assert!(answer[0].text().contains("application/pgp-keys"));
+
+    // 5. The key address is never mixed with other recipients.
+    let mut conn = milter::connect(daemon.inbound).await;
+    assert_eq!(
+        conn.mail([format!("<{}>", eve.address)]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt([format!("<{LIST}>")]).await.unwrap(),
+        Status::Continue
+    );
+    let status = conn.rcpt([format!("<{KEY_ADDRESS}>")]).await.unwrap();
+    milter::assert_reply(&status, "452", "4.5.3", "key address mixed with the list");
+    conn.close().await.unwrap();
+
+    daemon.stop().await;
+}
+
+/// A reply to the challenge, signed by `gpg`'s key and encrypted to the list, with the token.
+fn encrypted_reply(gpg: &Gpg, address: &str, token_line: &str) -> Vec<u8> {
+    let inner = to_crlf(
+        format!("Content-Type: text/plain\n\n> {token_line}\nyes, that was me\n").as_bytes(),
+    );
+    let armored = gpg.ok(
+        &["--armor", "--sign", "--encrypt", "--recipient", LIST],
+        Some(&inner),
+    );
+    let armored = String::from_utf8(armored).unwrap();
+    format!(
+        "From: {address}\nTo: {KEY_ADDRESS}\nSubject: Re: [...]\nMIME-Version: 1.0\n\
+         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
+         --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
+         Content-Type: application/octet-stream\n\n{armored}\n--e--\n"
+    )
+    .into_bytes()
+}
