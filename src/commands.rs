@@ -95,19 +95,30 @@ pub fn handle(
             pending.push((cert, token));
         }
     }
+    // The key this address is bound to now, if any: a key change must be announced with it.
+    let current = list.member(&sender).map(|m| m.cert.clone());
+    let mut known: Vec<Member> = pending
+        .iter()
+        .map(|(cert, _)| Member {
+            address: sender.clone(),
+            cert: cert.clone(),
+            role: Role::Member,
+            show_key_id: false,
+        })
+        .collect();
+    if let Some(cert) = &current {
+        known.push(Member {
+            address: sender.clone(),
+            cert: cert.clone(),
+            role: Role::Member,
+            show_key_id: false,
+        });
+    }
     let verifier = ListKeys::new(
         list.address.clone(),
         list.policy.clone(),
         list.secret.clone(),
-        pending
-            .iter()
-            .map(|(cert, _)| Member {
-                address: sender.clone(),
-                cert: cert.clone(),
-                role: Role::Member,
-                show_key_id: false,
-            })
-            .collect(),
+        known,
     );
 
     // What the sender wrote (decrypted if it was encrypted to the list) and who signed it.
@@ -139,10 +150,37 @@ pub fn handle(
             Err(_) => return Ok(Outcome::quiet("malformed mail to the key address ignored")),
         };
 
-    // 1. A signed confirmation carrying the token of a pending binding.
-    let text = String::from_utf8_lossy(&content);
+    // Commands are fresh: a signature outside the time window, or one already used, counts
+    // for nothing (a replayed confirmation or key-change announcement).
+    let window = std::time::Duration::from_secs(limits.signature_time_window);
+    let now = std::time::SystemTime::now();
+    let fresh = |g: &pgp::GoodSignature| {
+        g.created.is_some_and(|t| {
+            t <= now + window && now.duration_since(t).map(|d| d <= window).unwrap_or(true)
+        })
+    };
+    let mut good_sigs = Vec::new();
     for sig in &signatures {
         let SigCheck::Good(good) = sig else { continue };
+        if !fresh(good) {
+            continue;
+        }
+        let digest = command_digest(&list.address, &good.packet);
+        if store.replay_record(
+            &list.address,
+            &digest,
+            limits.signature_time_window.saturating_mul(2),
+        )? {
+            return Ok(Outcome::quiet(format!(
+                "replayed command from {sender} ignored"
+            )));
+        }
+        good_sigs.push(good);
+    }
+
+    // 1. A signed confirmation carrying the token of a pending binding.
+    let text = String::from_utf8_lossy(&content);
+    for good in &good_sigs {
         let Some((cert, token)) = pending.iter().find(|(c, _)| c.fingerprint() == good.signer)
         else {
             continue;
@@ -198,7 +236,43 @@ pub fn handle(
                 reply: Some(reply),
             });
         }
-        if !store.rate_allow(&list.address, &sender, "challenge", CHALLENGE_INTERVAL)? {
+        // Replacing a bound key takes an announcement signed by the bound key: otherwise
+        // whoever can read the member's mail on the wire could swap in a key of their own.
+        if let Some(bound) = &current {
+            if bound.fingerprint() == cert.fingerprint() {
+                return Ok(Outcome::quiet(format!(
+                    "{sender} offered the key already bound"
+                )));
+            }
+            let announced = good_sigs.iter().any(|g| g.signer == bound.fingerprint());
+            if !announced {
+                if !store.rate_allow(&list.address, &sender, "refusal", CHALLENGE_INTERVAL)? {
+                    return Ok(Outcome::quiet(
+                        "unannounced key change not answered again (rate limit)",
+                    ));
+                }
+                let body = format!(
+                    "{sender} is already bound on {} to the key {}.\r\n\
+                     To change keys, send the new key in a message signed with the current one.\r\n\
+                     If you lost the current key, ask the list owner.\r\n",
+                    list.address,
+                    bound.fingerprint()
+                );
+                let reply = encrypted_reply(list, &sender, bound, "Key change refused", &body)?;
+                return Ok(Outcome {
+                    summary: format!(
+                        "key change for {sender} refused: not signed by the bound key"
+                    ),
+                    reply: Some(reply),
+                });
+            }
+        }
+        let kind = if current.is_some() {
+            "change"
+        } else {
+            "challenge"
+        };
+        if !store.rate_allow(&list.address, &sender, kind, CHALLENGE_INTERVAL)? {
             return Ok(Outcome::quiet(
                 "key offer not challenged again yet (rate limit)",
             ));
@@ -342,6 +416,17 @@ fn strip_third_party(cert: Cert) -> Cert {
         })
         .collect();
     Cert::from_packets(packets.into_iter()).expect("a subset of a valid certificate")
+}
+
+/// The replay record of a key-address command: its signature, apart from posts' records.
+fn command_digest(list: &str, packet: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"key-address\0");
+    h.update(list.as_bytes());
+    h.update([0]);
+    h.update(packet);
+    h.finalize().to_vec()
 }
 
 /// 160 random bits, base32.

@@ -175,6 +175,101 @@ async fn list_key_requests_and_proven_binding() {
     assert!(status_lines.contains("DECRYPTION_OKAY"), "{status_lines}");
     assert!(String::from_utf8_lossy(&plain).contains("is now bound"));
 
+    // The confirmation, replayed, counts for nothing.
+    let before = sink.deliveries().len();
+    assert_eq!(send(&daemon, &dave.address, &reply).await, Status::Discard);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sink.deliveries().len(),
+        before,
+        "a replayed command gets no answer"
+    );
+
+    // Key change: a new key offered without the bound key's signature is refused (and the
+    // refusal goes to the bound key); announced with the bound key's signature, it is
+    // challenged and, once proven, replaces the old binding.
+    let new_home = Gpg::new(site.path("gnupg-dave-new"));
+    let new_fpr = new_home.gen_key("dave <dave@example.test>", None);
+    new_home.import(&site.path(&format!("{LIST}.asc")));
+    new_home.export(&new_fpr, &site.path("dave-new.asc"));
+    let new_armored = fs::read_to_string(site.path("dave-new.asc")).unwrap();
+    let unannounced = format!(
+        "From: {addr}\nTo: {KEY_ADDRESS}\nSubject: new key\n\n{new_armored}\n",
+        addr = dave.address
+    );
+    let before = sink.deliveries_to(&dave.address).len();
+    assert_eq!(
+        send(&daemon, &dave.address, unannounced.as_bytes()).await,
+        Status::Discard
+    );
+    let refusal = wait_for(&sink, &dave.address, before + 1);
+    let (status_lines, plain) = dave
+        .gpg
+        .decrypt(refusal.last().unwrap().data.as_slice(), site.dir.path());
+    assert!(
+        status_lines.contains("DECRYPTION_OKAY"),
+        "the refusal is for the bound key: {status_lines}"
+    );
+    assert!(String::from_utf8_lossy(&plain).contains("already bound"));
+    let members =
+        String::from_utf8(run_ok(site.cli().args(["member", "list", LIST]), None)).unwrap();
+    assert!(members.contains(&dave.fingerprint), "unchanged: {members}");
+
+    let inner = to_crlf(
+        format!(
+            "Content-Type: multipart/mixed; boundary=\"k\"\n\n--k\nContent-Type: text/plain\n\nmy new key\n\
+             --k\nContent-Type: application/pgp-keys\n\n{new_armored}\n--k--\n"
+        )
+        .as_bytes(),
+    );
+    let armored = dave.gpg.ok(
+        &["--armor", "--sign", "--encrypt", "--recipient", LIST],
+        Some(&inner),
+    );
+    let announced = format!(
+        "From: {addr}\nTo: {KEY_ADDRESS}\nSubject: [...]\nMIME-Version: 1.0\n\
+         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
+         --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
+         Content-Type: application/octet-stream\n\n{armored}\n--e--\n",
+        addr = dave.address,
+        armored = String::from_utf8(armored).unwrap()
+    );
+    let before = sink.deliveries_to(&dave.address).len();
+    assert_eq!(
+        send(&daemon, &dave.address, announced.as_bytes()).await,
+        Status::Discard
+    );
+    let challenge = wait_for(&sink, &dave.address, before + 1);
+    let (status_lines, plain) =
+        new_home.decrypt(challenge.last().unwrap().data.as_slice(), site.dir.path());
+    assert!(
+        status_lines.contains("DECRYPTION_OKAY"),
+        "challenge for the new key: {status_lines}"
+    );
+    let plain = String::from_utf8(plain).unwrap();
+    let token_line = plain
+        .lines()
+        .find(|l| l.starts_with("listcrypt-token: "))
+        .expect("token")
+        .to_string();
+    let members =
+        String::from_utf8(run_ok(site.cli().args(["member", "list", LIST]), None)).unwrap();
+    assert!(
+        members.contains(&dave.fingerprint),
+        "the old key stays valid until confirmed: {members}"
+    );
+    let confirm = encrypted_reply(&new_home, &dave.address, &token_line);
+    assert_eq!(
+        send(&daemon, &dave.address, &confirm).await,
+        Status::Discard
+    );
+    let members =
+        String::from_utf8(run_ok(site.cli().args(["member", "list", LIST]), None)).unwrap();
+    assert!(
+        members.contains(&new_fpr) && !members.contains(&dave.fingerprint),
+        "switched: {members}"
+    );
+
     // 4. A key without a user ID for the sender is refused with a reason.
     let frank = GpgMember::new(&site, "frank", false);
     let other = Gpg::new(site.path("gnupg-other"));
