@@ -143,6 +143,38 @@ pub fn list_export_key(config: &Config, address: &str, out: &mut dyn Write) -> R
     Ok(())
 }
 
+/// `list rotate-subkey ADDRESS`: a new encryption subkey, the old ones retired.
+pub fn list_rotate_subkey(
+    config: &Config,
+    address: &str,
+    grace_days: u32,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let list = list_address(address)?;
+    existing_list(config, &list)?;
+    let grace = std::time::Duration::from_secs(u64::from(grace_days) * 86_400);
+    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace)?;
+    // Running daemons pick the new key up with the next message.
+    open_store(config)?.touch()?;
+    writeln!(out, "new encryption subkey {}", r.new_subkey).ok();
+    for f in &r.retiring {
+        writeln!(
+            out,
+            "retiring {f} (expires in {grace_days} days; secret kept until then)"
+        )
+        .ok();
+    }
+    for f in &r.destroyed {
+        writeln!(out, "destroyed the secret of expired subkey {f}").ok();
+    }
+    writeln!(
+        out,
+        "members should refresh the list key: listcrypt list export-key {list}"
+    )
+    .ok();
+    Ok(())
+}
+
 pub fn member_add(
     config: &Config,
     list: &str,

@@ -473,6 +473,123 @@ pub fn cert_policy_ok(cert: &Cert) -> bool {
             .is_ok()
 }
 
+/// What `list rotate-subkey` did.
+pub struct Rotation {
+    pub new_subkey: Fingerprint,
+    /// Encryption subkeys that now expire at the end of the grace period.
+    pub retiring: Vec<Fingerprint>,
+    /// Encryption subkeys whose grace period had ended: secret material destroyed.
+    pub destroyed: Vec<Fingerprint>,
+}
+
+/// Adds a fresh Cv25519 encryption subkey to the list key; the current encryption subkeys
+/// expire after `grace` (their secrets are kept, so mail already encrypted to them still
+/// decrypts); secrets of encryption subkeys that expired before now are destroyed.
+pub fn rotate_subkey(
+    keyring_dir: &Path,
+    list: &str,
+    grace: std::time::Duration,
+) -> Result<Rotation, KeyError> {
+    use openpgp::types::KeyFlags;
+    let crypto = |e: anyhow::Error| KeyError::Crypto(e.to_string());
+    let cert = load_list_key(keyring_dir, list)?;
+    let now = std::time::SystemTime::now();
+    let enc_flags = KeyFlags::empty()
+        .set_transport_encryption()
+        .set_storage_encryption();
+
+    // Secrets of encryption subkeys past their (grace) expiry are destroyed first.
+    let mut destroyed = Vec::new();
+    // Judged as of now under the policy, so the binding signature in force decides.
+    let expired: Vec<Fingerprint> = match cert.with_policy(&POLICY, now) {
+        Ok(vc) => vc
+            .keys()
+            .subkeys()
+            .key_flags(enc_flags.clone())
+            .filter(|ka| ka.key().has_secret() && ka.alive().is_err())
+            .map(|ka| ka.key().fingerprint())
+            .collect(),
+        Err(e) => return Err(crypto(e)),
+    };
+    let mut packets: Vec<openpgp::Packet> = Vec::new();
+    for p in cert.clone().into_tsk().into_packets() {
+        match p {
+            openpgp::Packet::SecretSubkey(k) if expired.contains(&k.fingerprint()) => {
+                destroyed.push(k.fingerprint());
+                let (public, _) = k.take_secret();
+                packets.push(openpgp::Packet::PublicSubkey(public));
+            }
+            other => packets.push(other),
+        }
+    }
+    let cert = Cert::from_packets(packets.into_iter()).map_err(crypto)?;
+
+    let primary_fpr = cert.fingerprint();
+    let mut primary = cert
+        .keys()
+        .secret()
+        .find(|ka| ka.key().fingerprint() == primary_fpr)
+        .ok_or_else(|| KeyError::Unusable(format!("{list}: the list key has no primary secret")))?
+        .key()
+        .clone()
+        .into_keypair()
+        .map_err(crypto)?;
+    let vc = cert.with_policy(&POLICY, None).map_err(crypto)?;
+    let mut retiring = Vec::new();
+    let mut sigs = Vec::new();
+    for ka in vc
+        .keys()
+        .subkeys()
+        .key_flags(enc_flags.clone())
+        .alive()
+        .revoked(false)
+    {
+        let until = now + grace;
+        let current = ka.key_expiration_time();
+        if current.is_none_or(|t| t > until) {
+            sigs.extend(
+                ka.set_expiration_time(&mut primary, None, Some(until))
+                    .map_err(crypto)?,
+            );
+            retiring.push(ka.key().fingerprint());
+        }
+    }
+    let cert = cert.insert_packets(sigs).map_err(crypto)?.0;
+    let vc = cert.with_policy(&POLICY, None).map_err(crypto)?;
+    let before: Vec<Fingerprint> = cert
+        .keys()
+        .subkeys()
+        .map(|ka| ka.key().fingerprint())
+        .collect();
+    let cert = openpgp::cert::prelude::KeyBuilder::new(enc_flags)
+        .set_cipher_suite(CipherSuite::Cv25519)
+        .subkey(vc)
+        .map_err(crypto)?
+        .set_primary_key_signer(primary)
+        // The new subkey does not inherit the retiring subkeys' expiry.
+        .set_key_validity_period(None)
+        .map_err(crypto)?
+        .attach_cert()
+        .map_err(crypto)?;
+    let new_subkey = cert
+        .keys()
+        .subkeys()
+        .map(|ka| ka.key().fingerprint())
+        .find(|f| !before.contains(f))
+        .ok_or_else(|| KeyError::Crypto("no subkey after rotation".into()))?;
+    let bytes = cert.as_tsk().armored().to_vec().map_err(crypto)?;
+    write_atomic(
+        &list_dir(keyring_dir, list).join("secret.pgp"),
+        &bytes,
+        0o600,
+    )?;
+    Ok(Rotation {
+        new_subkey,
+        retiring,
+        destroyed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,18 @@ enum ListCommand {
     ///
     /// Example: listcrypt list export-key enc@lists.example.org > enc.asc
     ExportKey { address: String },
+    /// Add a new encryption subkey; current ones expire after the grace period (their
+    /// secrets are kept until then, so mail already encrypted to them still decrypts);
+    /// secrets of subkeys whose grace period ended are destroyed. Run it again later
+    /// (e.g. from cron) to destroy the retired secrets.
+    ///
+    /// Example: listcrypt list rotate-subkey enc@lists.example.org --grace-days 30
+    RotateSubkey {
+        address: String,
+        /// Days the retiring encryption subkeys stay valid
+        #[arg(long, default_value_t = 30)]
+        grace_days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +174,10 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::List(ListCommand::Create { address }) => {
             admin::list_create(&config, &address, &mut out).map(|_| exit::OK)
         }
+        Command::List(ListCommand::RotateSubkey {
+            address,
+            grace_days,
+        }) => admin::list_rotate_subkey(&config, &address, grace_days, &mut out).map(|_| exit::OK),
         Command::List(ListCommand::ExportKey { address }) => {
             admin::list_export_key(&config, &address, &mut out).map(|_| exit::OK)
         }
@@ -239,11 +255,6 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         let outbound = listcrypt::bind(&outbound_spec, mode, group)
             .await
             .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {outbound_spec}"), e))?;
-        tracing::info!(
-            "listcrypt {} serving {} list(s): inbound on {inbound_spec}, outbound on {outbound_spec}",
-            env!("CARGO_PKG_VERSION"),
-            daemon.lists()
-        );
         let http = match config.http_listen.as_str() {
             "" => None,
             listen => Some(
@@ -252,6 +263,11 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
                     .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind http {listen}"), e))?,
             ),
         };
+        tracing::info!(
+            "listcrypt {} serving {} list(s): inbound on {inbound_spec}, outbound on {outbound_spec}",
+            env!("CARGO_PKG_VERSION"),
+            daemon.lists()
+        );
         let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         listcrypt::run(inbound, outbound, daemon, signals)
             .await

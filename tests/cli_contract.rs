@@ -96,6 +96,8 @@ fn help_examples_run() {
     let subcommands: &[&[&str]] = &[
         &["list", "create"],
         &["list", "export-key"],
+        &["list", "rotate-subkey"],
+        &["wkd", "export"],
         &["member", "add"],
         &["member", "list"],
         &["check-config"],
