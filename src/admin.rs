@@ -251,7 +251,126 @@ pub fn member_list(config: &Config, list: &str, out: &mut dyn Write) -> Result<(
         )
         .ok();
     }
+    // Keys offered by email and not yet proven (the challenge is out).
+    for (address, fingerprint) in store.pending_list(&list)? {
+        let expires = match fingerprint.parse().ok().map(|f| certs.get(&f)) {
+            Some(Ok(Some(cert))) => keys::expiry_text(&cert),
+            _ => "missing".into(),
+        };
+        writeln!(out, "{address} {fingerprint} member pending {expires}").ok();
+    }
     Ok(())
+}
+
+/// `notify-expiry`: members whose key stops being usable within `days` get an encrypted
+/// notice (at most weekly); owners get the list of members whose keys are unusable (at most
+/// daily). Sent through the reinjection listener. Meant for a daily cron job.
+pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<u8> {
+    let store = open_store(config)?;
+    let keyring = Keyring::load(config, &store)?;
+    let now = std::time::SystemTime::now();
+    let horizon = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
+    let mut mails = Vec::new();
+    let mut lists: Vec<_> = keyring.lists.values().cloned().collect();
+    lists.sort_by(|a, b| a.address.cmp(&b.address));
+    for list in &lists {
+        let mut unusable = Vec::new();
+        for m in &list.members {
+            if let Err(why) = keys::check_member_cert(&m.cert, &m.address) {
+                unusable.push(format!("  {} ({}): {why}", m.address, m.cert.fingerprint()));
+                continue;
+            }
+            let Some(Some(until)) = keys::usable_until(&m.cert) else {
+                continue;
+            };
+            if until > horizon
+                || !store.rate_allow(&list.address, &m.address, "expiry", 6 * 86_400)?
+            {
+                continue;
+            }
+            let date = keys::format_date(
+                until
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            );
+            let body = format!(
+                "Your key {fpr}, bound to {addr} on the encrypted list {list},\r\n\
+                 can be used for encryption until {date}. After that you will receive no\r\n\
+                 more mail from the list. Extend its expiry and send the updated public key\r\n\
+                 to {list_local}-{suffix}@{domain}, or bind a new key there.\r\n",
+                fpr = m.cert.fingerprint(),
+                addr = m.address,
+                list = list.address,
+                list_local = list.parts().0,
+                suffix = list.policy.key_suffix,
+                domain = list.parts().1,
+            );
+            let mail =
+                crate::commands::notice(list, &m.address, &m.cert, "Your key expires soon", &body)
+                    .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
+            writeln!(
+                out,
+                "{}: {} key expires {date}: notified",
+                list.address, m.address
+            )
+            .ok();
+            mails.push(mail);
+        }
+        if unusable.is_empty() {
+            continue;
+        }
+        for owner in list.members.iter().filter(|m| m.role == Role::Owner) {
+            if keys::check_member_cert(&owner.cert, &owner.address).is_err()
+                || !store.rate_allow(&list.address, &owner.address, "unusable", 86_400)?
+            {
+                continue;
+            }
+            let body = format!(
+                "These members of {} have no usable key; they receive no list mail:\r\n{}\r\n",
+                list.address,
+                unusable.join("\r\n")
+            );
+            let mail = crate::commands::notice(
+                list,
+                &owner.address,
+                &owner.cert,
+                "Members without a usable key",
+                &body,
+            )
+            .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
+            writeln!(
+                out,
+                "{}: owner {} told about {} unusable key(s)",
+                list.address,
+                owner.address,
+                unusable.len()
+            )
+            .ok();
+            mails.push(mail);
+        }
+    }
+    if mails.is_empty() {
+        return Ok(exit::OK);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
+    runtime.block_on(async {
+        for m in &mails {
+            crate::reinject::send_batch(
+                &config.reinject_smtp,
+                "",
+                std::slice::from_ref(&m.to),
+                &m.message,
+            )
+            .await
+            .map_err(|e| CommandError::new(exit::TEMPFAIL, "send", e))?;
+        }
+        Ok::<(), CommandError>(())
+    })?;
+    Ok(exit::OK)
 }
 
 /// `check-config`: the daemon config, every policy file, every key and every binding.

@@ -240,9 +240,11 @@ pub fn handle(
         // whoever can read the member's mail on the wire could swap in a key of their own.
         if let Some(bound) = &current {
             if bound.fingerprint() == cert.fingerprint() {
-                return Ok(Outcome::quiet(format!(
-                    "{sender} offered the key already bound"
-                )));
+                // The bound key itself, e.g. with an extended expiry: merge the owner's new
+                // self-signatures (third-party ones are dropped) and reload.
+                certs.insert(&strip_third_party(cert))?;
+                store.touch()?;
+                return Ok(Outcome::quiet(format!("{sender} refreshed the bound key")));
             }
             let announced = good_sigs.iter().any(|g| g.signer == bound.fingerprint());
             if !announced {
@@ -457,6 +459,17 @@ fn reply_header(list: &ListKeys, to: &str, subject: &str) -> String {
         date = crate::outbound::rfc5322_date_utc(now),
         id = new_token(),
     )
+}
+
+/// A notice from the list's key address that only `cert` can read, signed by the list.
+pub fn notice(
+    list: &ListKeys,
+    to: &str,
+    cert: &Cert,
+    subject: &str,
+    body: &str,
+) -> Result<OutMail, CommandError> {
+    encrypted_reply(list, to, cert, subject, body)
 }
 
 /// A reply only `cert` can read, signed by the list (the challenge travels only in here).

@@ -473,6 +473,28 @@ pub fn cert_policy_ok(cert: &Cert) -> bool {
             .is_ok()
 }
 
+/// Until when a certificate can be encrypted to: the earlier of the primary key's expiry and
+/// the latest expiry among its live encryption subkeys (`None`: no expiry).
+pub fn usable_until(cert: &Cert) -> Option<Option<std::time::SystemTime>> {
+    let vc = cert.with_policy(&POLICY, None).ok()?;
+    let primary = vc.primary_key().key_expiration_time();
+    let mut latest: Option<Option<std::time::SystemTime>> = None;
+    for ka in vc.keys().for_transport_encryption().alive().revoked(false) {
+        let e = ka.key_expiration_time();
+        latest = Some(match (latest, e) {
+            (None, e) => e,
+            (Some(None), _) | (_, None) => None,
+            (Some(Some(a)), Some(b)) => Some(a.max(b)),
+        });
+    }
+    let subkeys = latest?;
+    Some(match (primary, subkeys) {
+        (None, s) => s,
+        (p, None) => p,
+        (Some(p), Some(s)) => Some(p.min(s)),
+    })
+}
+
 /// What `list rotate-subkey` did.
 pub struct Rotation {
     pub new_subkey: Fingerprint,

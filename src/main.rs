@@ -37,6 +37,14 @@ enum Command {
     /// Bind, unbind and list members' certificates.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Mail members whose key expires within --days (encrypted, at most weekly) and tell
+    /// owners about members without a usable key (at most daily). Run it daily from cron.
+    ///
+    /// Example: listcrypt notify-expiry --days 14
+    NotifyExpiry {
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+    },
     /// Dry-run a pipeline on a message read from standard input.
     #[command(subcommand)]
     Process(ProcessCommand),
@@ -170,6 +178,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             drop(out);
             serve(config, source, cli.config)
         }
+        Command::NotifyExpiry { days } => admin::notify_expiry(&config, days, &mut out),
         Command::CheckConfig => admin::check_config(&config, &mut out).map(|_| exit::OK),
         Command::List(ListCommand::Create { address }) => {
             admin::list_create(&config, &address, &mut out).map(|_| exit::OK)

@@ -99,6 +99,8 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Fingerprints of unexpired pending bindings for `address` on `list`, with their tokens.
     fn pending_for(&self, list: &str, address: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Every unexpired pending binding of `list`: (address, fingerprint).
+    fn pending_list(&self, list: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// Removes a pending binding once used.
     fn pending_remove(
         &self,
@@ -385,6 +387,15 @@ impl Store for SqliteStore {
         let rows = stmt.query_map(params![list, address, now_secs()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn pending_list(&self, list: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT address, fingerprint FROM pending WHERE list = ?1 AND expires >= ?2 ORDER BY address",
+        )?;
+        let rows = stmt.query_map(params![list, now_secs()], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 

@@ -101,6 +101,7 @@ fn help_examples_run() {
         &["member", "add"],
         &["member", "list"],
         &["check-config"],
+        &["notify-expiry"],
         &["process", "outbound"],
         &["process", "inbound"],
         &["member", "remove"],

@@ -1,0 +1,98 @@
+//! `notify-expiry`: members whose key stops being usable soon get an encrypted notice, owners
+//! hear about members without a usable key, each at most once per period; sent over SMTP to
+//! the reinjection listener (here a capture sink).
+
+mod common;
+#[path = "support/sink.rs"]
+mod sink;
+
+use common::{run_ok, Gpg, Site, LIST};
+use std::fs;
+
+fn member(site: &Site, name: &str, expire: &str, owner: bool) -> Gpg {
+    let gpg = Gpg::new(site.path(&format!("gnupg-{name}")));
+    let address = format!("{name}@example.test");
+    gpg.ok(
+        &[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            &format!("{name} <{address}>"),
+            "future-default",
+            "default",
+            expire,
+        ],
+        None,
+    );
+    let cert = site.path(&format!("{name}.asc"));
+    gpg.export(&address, &cert);
+    let mut cmd = site.cli();
+    cmd.args(["member", "add", LIST, &address]).arg(&cert);
+    if owner {
+        cmd.args(["--role", "owner"]);
+    }
+    run_ok(&mut cmd, None);
+    gpg
+}
+
+#[test]
+fn expiring_keys_are_announced_and_unusable_ones_reported() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let sink = sink::Sink::start();
+    let text = fs::read_to_string(&site.config).unwrap();
+    fs::write(
+        &site.config,
+        format!("{text}reinject_smtp = \"127.0.0.1:{}\"\n", sink.port),
+    )
+    .unwrap();
+
+    let alice = member(&site, "alice", "5d", false);
+    let _bob = member(&site, "bob", "60d", false);
+    let _carol = member(&site, "carol", "seconds=2", false);
+    let owner = member(&site, "owner", "never", true);
+    std::thread::sleep(std::time::Duration::from_secs(3)); // carol's key has expired now
+
+    let out = String::from_utf8(run_ok(
+        site.cli().args(["notify-expiry", "--days", "14"]),
+        None,
+    ))
+    .unwrap();
+    assert!(out.contains("alice@example.test key expires"), "{out}");
+    assert!(
+        !out.contains("bob@"),
+        "60 days is beyond the horizon: {out}"
+    );
+    assert!(
+        out.contains("owner owner@example.test told about 1 unusable key(s)"),
+        "{out}"
+    );
+
+    let to_alice = sink.deliveries_to("alice@example.test");
+    assert_eq!(to_alice.len(), 1, "{}", sink.summary());
+    assert_eq!(to_alice[0].mail_from, "");
+    assert!(
+        !to_alice[0]
+            .text()
+            .contains("can be used for encryption until"),
+        "encrypted"
+    );
+    let (status, plain) = alice.decrypt(&to_alice[0].data, site.dir.path());
+    assert!(status.contains("DECRYPTION_OKAY"), "{status}");
+    assert!(String::from_utf8_lossy(&plain).contains("can be used for encryption until"));
+
+    let to_owner = sink.deliveries_to("owner@example.test");
+    assert_eq!(to_owner.len(), 1);
+    let (status, plain) = owner.decrypt(&to_owner[0].data, site.dir.path());
+    assert!(status.contains("DECRYPTION_OKAY"), "{status}");
+    assert!(String::from_utf8_lossy(&plain).contains("carol@example.test"));
+    assert!(
+        sink.deliveries_to("carol@example.test").is_empty(),
+        "nothing for a dead key"
+    );
+
+    // Run daily: not again within the period.
+    let out = String::from_utf8(run_ok(site.cli().args(["notify-expiry"]), None)).unwrap();
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(sink.deliveries().len(), 2);
+}
