@@ -75,7 +75,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
         .on_header(|cx, name, value| {
             Box::pin(async move {
                 match cx.data.as_mut() {
-                    Some(s) => s.header(name, value),
+                    Some(s) => s.header(name, value, &mut cx.reply),
                     None => missing_session(),
                 }
             })

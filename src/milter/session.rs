@@ -61,6 +61,7 @@ struct Msg {
     keyring: Arc<Keyring>,
     mode: Mode,
     headers: Vec<(String, Vec<u8>)>,
+    header_bytes: usize,
     body: Vec<u8>,
 }
 
@@ -154,6 +155,7 @@ impl Session {
             keyring,
             mode,
             headers: Vec::new(),
+            header_bytes: 0,
             body: Vec::new(),
         });
         Status::Continue
@@ -257,10 +259,18 @@ impl Session {
         }
     }
 
-    pub fn header(&mut self, name: CString, value: CString) -> Status {
+    pub fn header(&mut self, name: CString, value: CString, reply: &mut SmtpReply) -> Status {
         let Some(msg) = self.msg.as_mut() else {
             return Status::Tempfail;
         };
+        // The header counts against the size limit too (the MTA bounds it as well).
+        msg.header_bytes += name.as_bytes().len() + value.as_bytes().len() + 4;
+        if msg.header_bytes as u64 > self.config.limits.max_message_bytes {
+            let r = Reply::new("552", "5.3.4", "message exceeds the size limit");
+            tracing::info!("NONE: {}: message refused: {r}", self.side);
+            self.msg = None;
+            return set_reply(reply, &r);
+        }
         msg.headers
             .push((name.to_string_lossy().into_owned(), value.into_bytes()));
         Status::Continue
@@ -270,7 +280,9 @@ impl Session {
         let Some(msg) = self.msg.as_mut() else {
             return Status::Tempfail;
         };
-        if (msg.body.len() + chunk.len()) as u64 > self.config.limits.max_message_bytes {
+        if (msg.header_bytes + msg.body.len() + chunk.len()) as u64
+            > self.config.limits.max_message_bytes
+        {
             let r = Reply::new("552", "5.3.4", "message exceeds the size limit");
             tracing::info!("NONE: {}: message refused: {r}", self.side);
             self.msg = None;
