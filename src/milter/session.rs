@@ -616,14 +616,23 @@ impl Session {
 /// Journal entries outlive Mailman's retry period (5 days) with a margin.
 const JOURNAL_RETENTION_SECS: u64 = 10 * 24 * 3600;
 
-/// The journal key's body part: SHA-256 of the body. Not the header: the MTA's own
-/// Received field differs on every attempt.
+/// The journal key's message part: SHA-256 of the Message-ID and the body. Not the whole
+/// header: the MTA's own Received field differs on every attempt. The Message-ID keeps two
+/// posts with the same body apart (Mailman reuses it only across one post's chunks).
 fn body_digest(message: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let body = crate::mime::Entity::parse(message)
-        .map(|e| e.body)
-        .unwrap_or(message);
-    Sha256::digest(body).into()
+    let mut h = Sha256::new();
+    match crate::mime::Entity::parse(message) {
+        Ok(e) => {
+            if let Some(id) = e.get("Message-ID") {
+                h.update(crate::mime::header_text(id).as_bytes());
+            }
+            h.update([0]);
+            h.update(e.body);
+        }
+        Err(_) => h.update(message),
+    }
+    h.finalize().into()
 }
 
 /// Awaits CPU work, telling the MTA we are alive so its content timeout does not fire.
