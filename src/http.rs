@@ -20,6 +20,9 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the listen queue.
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// How long a stop waits for connections in progress before dropping them.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// The running HTTP listener of `serve`, with its stop switch.
 pub struct Server {
     addr: SocketAddr,
@@ -51,8 +54,7 @@ impl Server {
         self.addr
     }
 
-    /// Stops accepting and waits for the connections in progress (each bounded by
-    /// [`CONNECTION_TIMEOUT`]).
+    /// Stops accepting and waits briefly for the connections in progress.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -64,11 +66,11 @@ async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch
     let mut connections = JoinSet::new();
     loop {
         let permit = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let (stream, peer) = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -90,7 +92,14 @@ async fn accept_loop(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch
         });
         while connections.try_join_next().is_some() {}
     }
-    while connections.join_next().await.is_some() {}
+    // Requests in progress get a moment to finish; slow or idle peers do not hold up a stop.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(STOP_GRACE, drain).await;
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here.
+    let _ = stop.wait_for(|s| *s).await.is_ok();
 }
 
 /// Reads one request, answers it and closes the connection.

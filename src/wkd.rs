@@ -286,6 +286,33 @@ mod tests {
     }
 
     #[test]
+    fn published_key_has_only_the_list_user_id_and_no_secrets() {
+        use openpgp::cert::prelude::*;
+        use openpgp::parse::Parse;
+        let (cert, _) = CertBuilder::new()
+            .add_userid("<enc@lists.example.org>")
+            .add_userid("Someone Else <else@example.net>")
+            .add_transport_encryption_subkey()
+            .generate()
+            .unwrap();
+        assert!(cert.is_tsk());
+        let published =
+            Cert::from_bytes(&public_key(&cert, "enc@lists.example.org").unwrap()).unwrap();
+        assert!(!published.is_tsk());
+        assert_eq!(published.fingerprint(), cert.fingerprint());
+        assert_eq!(published.keys().subkeys().count(), 1);
+        let uids: Vec<_> = published
+            .userids()
+            .map(|u| String::from_utf8_lossy(u.userid().value()).into_owned())
+            .collect();
+        assert_eq!(uids, ["<enc@lists.example.org>"]);
+        assert!(matches!(
+            public_key(&cert, "other@lists.example.org"),
+            Err(WkdError::NoUserId(_))
+        ));
+    }
+
+    #[test]
     fn zbase32_bits() {
         assert_eq!(zbase32(b""), "");
         assert_eq!(zbase32(&[0]), "yy");
