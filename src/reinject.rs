@@ -132,7 +132,8 @@ pub async fn send_batch(
     c.command(&format!("MAIL FROM:<{sender}>"), "MAIL FROM", 250)
         .await?;
     for rcpt in recipients {
-        c.command(&format!("RCPT TO:<{rcpt}>"), "RCPT TO", 250)
+        let bare = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
+        c.command(&format!("RCPT TO:<{bare}>"), "RCPT TO", 250)
             .await?;
     }
     c.command("DATA", "DATA", 354).await?;

@@ -85,6 +85,20 @@ fn set_reply(reply: &mut SmtpReply, r: &Reply) -> Status {
     }
 }
 
+/// The first ESMTP argument exactly as the MTA sent it (e.g. `<bob@example.org>`).
+fn raw_arg(args: &[CString]) -> String {
+    args.first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn normalized(addrs: &[String]) -> Vec<String> {
+    addrs
+        .iter()
+        .map(|a| crate::keys::normalize_address(a))
+        .collect()
+}
+
 fn arg_address(args: &[CString]) -> String {
     args.first()
         .map(|a| {
@@ -225,7 +239,8 @@ impl Session {
             } => match outbound::rcpt(&msg.keyring, list, &rcpt, *loopback) {
                 RcptDecision::Encrypt => {
                     *loopback = Some(false);
-                    recipients.push(rcpt);
+                    // Kept exactly as given: Postfix's delete_recipient matches it verbatim.
+                    recipients.push(raw_arg(&args));
                     Status::Continue
                 }
                 RcptDecision::Loopback => {
@@ -540,7 +555,7 @@ impl Session {
             .map_err(|e| e.to_string())?;
         let (done, todo): (Vec<String>, Vec<String>) = recipients
             .into_iter()
-            .partition(|r| already.iter().any(|a| a == r));
+            .partition(|r| already.contains(&crate::keys::normalize_address(r)));
         for r in &done {
             actions
                 .delete_recipient(r.as_str())
@@ -578,7 +593,7 @@ impl Session {
                 .await
                 .map_err(|e| e.to_string())?;
             store
-                .journal_record(sender, &digest, batch, &qid, retain)
+                .journal_record(sender, &digest, &normalized(batch), &qid, retain)
                 .map_err(|e| e.to_string())?;
             reinjected.push(format!("{qid} ({} recipient(s))", batch.len()));
         }
