@@ -5,6 +5,7 @@
 
 mod common;
 #[path = "support/sink.rs"]
+#[allow(dead_code)] // the shared sink has more than this test uses
 mod sink;
 
 use common::milter::{self, Mail};
