@@ -149,6 +149,37 @@ impl GpgUser {
         String::from_utf8(out.stdout).expect("armor is ASCII")
     }
 
+    /// Encrypts to `recipient` (a fingerprint) without signing; armored OpenPGP message.
+    pub fn encrypt(&self, recipient: &str, data: &[u8]) -> String {
+        let out = run_with_input(
+            self.gpg()
+                .args(["--trust-model", "always", "--armor", "--encrypt"])
+                .args(["--recipient", recipient]),
+            data,
+        );
+        String::from_utf8(out.stdout).expect("armor is ASCII")
+    }
+
+    /// Imports every certificate in `path` (armored blocks may follow one another).
+    pub fn import_all(&self, path: &Path) {
+        run(self.gpg().arg("--import").arg(path));
+    }
+
+    /// Fingerprints of the primary keys and subkeys in the certificate file `cert`, without
+    /// importing it (`gpg --show-keys`).
+    pub fn show_fingerprints(&self, cert: &Path) -> Vec<String> {
+        let out = run(self
+            .gpg()
+            .args(["--with-colons", "--with-subkey-fingerprints", "--show-keys"])
+            .arg(cert));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("fpr:"))
+            .filter_map(|l| l.split(':').nth(9))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Decrypts and verifies. gpg may exit 2 after trying its key on another member's
     /// wildcard PKESK even though it decrypted fine, so judge by the status lines.
     pub fn decrypt(&self, armored: &[u8]) -> GpgOutcome {

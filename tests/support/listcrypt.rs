@@ -13,6 +13,8 @@ pub struct Listcrypt {
     pub log: PathBuf,
     pub inbound_socket: PathBuf,
     pub outbound_socket: PathBuf,
+    /// Where the per-list policy files live (`<policy_dir>/<list>.toml`).
+    pub policy_dir: PathBuf,
     daemon: Option<ChildGuard>,
 }
 
@@ -24,6 +26,7 @@ impl Listcrypt {
         let outbound_socket = socket_dir.join("outbound.sock");
         let config = base.join("listcrypt.toml");
         let dir = |name: &str| mkdir(&base.join(name), 0o700).display().to_string();
+        let policy_dir = base.join("lists.d");
         write(
             &config,
             format!(
@@ -50,8 +53,40 @@ impl Listcrypt {
             log: base.join("listcrypt.log"),
             inbound_socket,
             outbound_socket,
+            policy_dir,
             daemon: None,
         }
+    }
+
+    /// The policy file of `list` (written by `listcrypt list create`).
+    pub fn policy_path(&self, list: &str) -> PathBuf {
+        self.policy_dir.join(format!("{list}.toml"))
+    }
+
+    /// Sets `key = value` (a TOML value, e.g. `25` or `"hold"`) in `list`'s policy file,
+    /// replacing the line that sets the key or appending one.
+    pub fn set_policy(&self, list: &str, key: &str, value: &str) {
+        let path = self.policy_path(list);
+        let text = read_lossy(&path);
+        let mut found = false;
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let is_key = line
+                    .split_once('=')
+                    .is_some_and(|(k, _)| k.trim() == key && !line.trim_start().starts_with('#'));
+                if is_key {
+                    found = true;
+                    format!("{key} = {value}")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect();
+        if !found {
+            lines.push(format!("{key} = {value}"));
+        }
+        write(&path, lines.join("\n") + "\n");
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -82,9 +117,11 @@ impl Listcrypt {
         out
     }
 
-    /// `listcrypt serve` in the background; returns once both sockets exist.
+    /// `listcrypt serve` in the background; returns once both sockets exist. Sockets left
+    /// behind by a killed daemon do not count: it waits for the new daemon's own.
     pub fn serve(&mut self) {
         assert!(self.daemon.is_none(), "listcrypt is already serving");
+        let stale = [inode(&self.inbound_socket), inode(&self.outbound_socket)];
         let log = File::options()
             .create(true)
             .append(true)
@@ -111,7 +148,11 @@ impl Listcrypt {
                         read_lossy(&self.log)
                     );
                 }
-                (self.inbound_socket.exists() && self.outbound_socket.exists()).then_some(())
+                let fresh = |path: &Path, old: Option<(u64, i64, i64)>| {
+                    inode(path).is_some_and(|ino| Some(ino) != old)
+                };
+                (fresh(&self.inbound_socket, stale[0]) && fresh(&self.outbound_socket, stale[1]))
+                    .then_some(())
             },
         );
         self.daemon = Some(guard);
@@ -127,9 +168,25 @@ impl Listcrypt {
         daemon.stop(Duration::from_secs(20))
     }
 
+    /// SIGKILL, as a crash would: no shutdown, sockets left behind. Returns the exit status.
+    pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        let mut daemon = self.daemon.take()?;
+        let _ = daemon.child.kill();
+        daemon.child.wait().ok()
+    }
+
     pub fn log_text(&self) -> String {
         read_lossy(&self.log)
     }
+}
+
+/// Identifies one incarnation of a file: inode and change time (an inode number alone can be
+/// reused at once for the replacement).
+fn inode(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 impl Drop for Listcrypt {

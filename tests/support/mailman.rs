@@ -259,6 +259,74 @@ impl Mailman {
             .env("PYTHONPATH", repo_dir().join("tests/support")));
     }
 
+    /// Sets `key: value` in `[section]` of the generated mailman.cfg (before `start`):
+    /// replaces the key's line in that section, or adds it (and the section if needed).
+    pub fn set_config(&self, section: &str, key: &str, value: &str) {
+        let text = read_lossy(&self.config);
+        let header = format!("[{section}]");
+        let mut out: Vec<String> = Vec::new();
+        let (mut in_section, mut seen_section, mut done) = (false, false, false);
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with('[') {
+                if in_section && !done {
+                    out.push(format!("{key}: {value}"));
+                    done = true;
+                }
+                in_section = trimmed == header;
+                seen_section |= in_section;
+            } else if in_section
+                && !done
+                && trimmed
+                    .split_once(':')
+                    .is_some_and(|(k, _)| k.trim() == key && !trimmed.starts_with('#'))
+            {
+                out.push(format!("{key}: {value}"));
+                done = true;
+                continue;
+            }
+            out.push(line.to_string());
+        }
+        if !done {
+            if !seen_section {
+                out.push(String::new());
+                out.push(header);
+            }
+            out.push(format!("{key}: {value}"));
+        }
+        write(&self.config, out.join("\n") + "\n");
+    }
+
+    /// `mailman shell -l LIST -r mailman_hooks.FUNCTION ARGS...` (tests/support/mailman_hooks.py);
+    /// returns what the function printed.
+    pub fn hook(&self, list: &str, function: &str, args: &[&str]) -> String {
+        let run_name = format!("mailman_hooks.{function}");
+        let mut cmd_args = vec!["shell", "-l", list, "-r", run_name.as_str()];
+        cmd_args.extend_from_slice(args);
+        let out = run(self
+            .command(&cmd_args)
+            .env("PYTHONPATH", repo_dir().join("tests/support")));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Message files waiting in Mailman's queues (`var/queue/*/`), e.g. `out/…pck`.
+    pub fn queued_files(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        let Ok(dirs) = fs::read_dir(self.var.join("queue")) else {
+            return files;
+        };
+        for dir in dirs.filter_map(|e| e.ok()) {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            if let Ok(entries) = fs::read_dir(dir.path()) {
+                for e in entries.filter_map(|e| e.ok()) {
+                    files.push(format!("{name}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
     /// Every log file under var/logs, the last `n` lines of each.
     pub fn logs_tail(&self, n: usize) -> String {
         let mut out = String::new();

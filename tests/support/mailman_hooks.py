@@ -9,3 +9,42 @@ def forget_list(mlist):
     # Postfix's maps alone, so Postfix still routes the list to Mailman and Mailman's LMTP
     # answers 550: the way to make Mailman refuse a post that listcrypt decrypted.
     getUtility(IListManager).delete(mlist)
+
+
+def set_delivery_mode(mlist, email, mode):
+    # mode: a DeliveryMode name (regular, plaintext_digests, mime_digests, summary_digests).
+    from mailman.interfaces.member import DeliveryMode
+    member = mlist.members.get_member(email)
+    if member is None:
+        raise SystemExit('{} is not a member of {}'.format(email, mlist.fqdn_listname))
+    member.preferences.delivery_mode = DeliveryMode[mode]
+    print('{} {}'.format(email, member.delivery_mode.name))
+
+
+def held_messages(mlist):
+    # One line per held post: request id, sender and subject.
+    from mailman.interfaces.requests import IListRequests, RequestType
+    requests = IListRequests(mlist)
+    for request in requests.of_type(RequestType.held_message):
+        key, data = requests.get_request(request.id)
+        print('{} {} {!r}: {}'.format(request.id, data.get('_mod_sender'),
+                                      data.get('_mod_subject'), data.get('_mod_reason')))
+
+
+def reject_held(mlist, reason):
+    # Rejects every held post, as a moderator would: Mailman sends the poster a notice.
+    from mailman.app.moderator import handle_message
+    from mailman.interfaces.action import Action
+    from mailman.interfaces.requests import IListRequests, RequestType
+    requests = IListRequests(mlist)
+    for request in list(requests.of_type(RequestType.held_message)):
+        handle_message(mlist, request.id, Action.reject, reason)
+        print('rejected {}'.format(request.id))
+
+
+def bounce_events(mlist):
+    # One line per bounce event Mailman recorded for this list: address and context.
+    from mailman.interfaces.bounce import IBounceProcessor
+    for event in getUtility(IBounceProcessor).events:
+        if event.list_id == mlist.list_id:
+            print('{} {}'.format(event.email, event.context.name))

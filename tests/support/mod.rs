@@ -5,11 +5,13 @@
 //! assertion still leaves nothing running.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod clients;
 pub mod gpg;
 pub mod listcrypt;
 pub mod mailman;
 pub mod mime;
 pub mod postfix;
+pub mod proxy;
 pub mod sink;
 pub mod smtp;
 
