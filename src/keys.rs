@@ -286,6 +286,59 @@ pub struct ListKeys {
     pub members: Vec<Member>,
     by_address: HashMap<String, usize>,
     by_keyid: HashMap<KeyID, Vec<usize>>,
+    /// Per member (same index): the encryption keys, worked out once per snapshot so the RCPT
+    /// path and encryption do not re-validate certificates per message.
+    encryption: Vec<Result<EncryptionKeys, String>>,
+}
+
+/// A member's usable encryption keys as of the snapshot.
+#[derive(Clone)]
+pub struct EncryptionKeys {
+    /// What the certificate advertises (SEIPDv2 or not): decides the batch's packet version.
+    pub features: openpgp::types::Features,
+    pub keys: Vec<
+        openpgp::packet::Key<
+            openpgp::packet::key::PublicParts,
+            openpgp::packet::key::UnspecifiedRole,
+        >,
+    >,
+    /// When the first of those keys (or the certificate) expires.
+    pub until: Option<std::time::SystemTime>,
+}
+
+impl EncryptionKeys {
+    fn of(cert: &Cert, address: &str) -> Result<EncryptionKeys, String> {
+        use openpgp::cert::Preferences;
+        check_member_cert(cert, address)?;
+        let vc = cert.with_policy(&POLICY, None).map_err(|e| e.to_string())?;
+        let features = vc
+            .features()
+            .unwrap_or_else(|| openpgp::types::Features::empty().set_seipdv1());
+        let mut until = vc.primary_key().key_expiration_time();
+        let mut keys = Vec::new();
+        for ka in vc
+            .keys()
+            .for_transport_encryption()
+            .alive()
+            .revoked(false)
+            .supported()
+        {
+            if let Some(t) = ka.key_expiration_time() {
+                until = Some(until.map_or(t, |u| u.min(t)));
+            }
+            keys.push(ka.key().clone().role_into_unspecified());
+        }
+        Ok(EncryptionKeys {
+            features,
+            keys,
+            until,
+        })
+    }
+
+    /// Usable now (the snapshot may outlive an expiry).
+    pub fn usable(&self) -> bool {
+        !self.keys.is_empty() && self.until.is_none_or(|t| t > std::time::SystemTime::now())
+    }
 }
 
 impl ListKeys {
@@ -298,6 +351,10 @@ impl ListKeys {
                 by_keyid.entry(k.key().keyid()).or_default().push(i);
             }
         }
+        let encryption = members
+            .iter()
+            .map(|m| EncryptionKeys::of(&m.cert, &m.address))
+            .collect();
         ListKeys {
             address,
             policy,
@@ -305,7 +362,15 @@ impl ListKeys {
             members,
             by_address,
             by_keyid,
+            encryption,
         }
+    }
+
+    /// The member bound to `address` and its encryption keys (or why it has none).
+    pub fn recipient(&self, address: &str) -> Option<(&Member, &Result<EncryptionKeys, String>)> {
+        self.by_address
+            .get(address)
+            .map(|&i| (&self.members[i], &self.encryption[i]))
     }
 
     pub fn member(&self, address: &str) -> Option<&Member> {

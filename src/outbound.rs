@@ -2,10 +2,10 @@
 
 use crate::config::{HeaderProtection, MissingKeyAction, Padding};
 use crate::inbound::{lookup, ListAddress};
-use crate::keys::{check_member_cert, normalize_address, Keyring, ListKeys};
+use crate::keys::{normalize_address, Keyring, ListKeys};
 use crate::message::{Reply, Rewrite};
 use crate::mime::{self, Entity};
-use crate::pgp::{self, BatchRecipient};
+use crate::pgp;
 use std::sync::Arc;
 
 /// Headers that move inside the encryption (RFC 9788 §2) and are copied to the inner entity.
@@ -98,14 +98,18 @@ pub fn rcpt(
             MissingKeyAction::Tempfail => Reply::new("451", "4.7.1", why),
         })
     };
-    match list.member(&addr) {
+    // Worked out once per keyring snapshot: no certificate validation per RCPT.
+    match list.recipient(&addr) {
         None => refusal("recipient has no key bound on this encrypted list".into()),
-        Some(m) => match check_member_cert(&m.cert, &addr) {
-            Ok(()) => RcptDecision::Encrypt,
-            Err(why) if why.contains("expired") => refusal("recipient key has expired".into()),
-            Err(why) if why.contains("revoked") => refusal("recipient key is revoked".into()),
-            Err(_) => refusal("recipient key is not usable for encryption".into()),
-        },
+        Some((_, Ok(keys))) if keys.usable() => RcptDecision::Encrypt,
+        Some((_, Ok(_))) => refusal("recipient key has expired".into()),
+        Some((_, Err(why))) if why.contains("expired") => {
+            refusal("recipient key has expired".into())
+        }
+        Some((_, Err(why))) if why.contains("revoked") => {
+            refusal("recipient key is revoked".into())
+        }
+        Some((_, Err(_))) => refusal("recipient key is not usable for encryption".into()),
     }
 }
 
@@ -114,7 +118,6 @@ pub fn rcpt(
 /// all advertise it; then chunks of the list's `batch_size`. Deterministic, so a retried
 /// transaction batches the same way.
 pub fn plan_batches(list: &ListKeys, recipients: &[String]) -> Vec<Vec<String>> {
-    use sequoia_openpgp::cert::Preferences;
     let mut v1 = Vec::new();
     let mut v2 = Vec::new();
     let mut singles = Vec::new();
@@ -126,12 +129,10 @@ pub fn plan_batches(list: &ListKeys, recipients: &[String]) -> Vec<Vec<String>> 
             singles.push(vec![r.clone()]);
             continue;
         }
-        let seipdv2 = m
-            .cert
-            .with_policy(&crate::keys::POLICY, None)
-            .ok()
-            .and_then(|vc| vc.features())
-            .is_some_and(|f| f.supports_seipdv2());
+        let seipdv2 = list
+            .recipient(&normalize_address(r))
+            .and_then(|(_, k)| k.as_ref().ok())
+            .is_some_and(|k| k.features.supports_seipdv2());
         if seipdv2 {
             v2.push(r.clone());
         } else {
@@ -275,16 +276,22 @@ pub fn encrypt_message(
 
     let mut batch = Vec::with_capacity(recipients.len());
     for r in recipients {
-        let m = list
-            .member(&normalize_address(r))
+        let (m, keys) = list
+            .recipient(&normalize_address(r))
             .ok_or(PlanError::Malformed("recipient without a binding"))?;
-        batch.push(BatchRecipient {
-            cert: &m.cert,
+        let keys = keys.as_ref().map_err(|_| {
+            PlanError::Encrypt(pgp::EncryptError::NoEncryptionKey(
+                m.cert.fingerprint().to_hex(),
+            ))
+        })?;
+        batch.push(pgp::KeyedRecipient {
+            features: &keys.features,
+            keys: &keys.keys,
             show_key_id: m.show_key_id || !policy.hide_recipient_key_ids,
         });
     }
     let signer = policy.sign_outgoing.then_some(&list.secret);
-    let armored = pgp::encrypt_sign(&inner, &batch, signer).map_err(PlanError::Encrypt)?;
+    let armored = pgp::encrypt_sign_keys(&inner, &batch, signer).map_err(PlanError::Encrypt)?;
     let (content_type, body) = mime::multipart_encrypted(&armored);
 
     let mut remove: Vec<String> = CONTENT_HEADERS

@@ -103,6 +103,19 @@ pub async fn send_batch(
     recipients: &[String],
     message: &[u8],
 ) -> Result<String, ReinjectError> {
+    send_batch_then(addr, sender, recipients, message, |_| Ok(())).await
+}
+
+/// Like [`send_batch`], calling `queued` with the queue id as soon as the listener accepted
+/// the message — before QUIT, whose answer can take long and does not matter any more — so
+/// the journal records the batch with the smallest window for a duplicate.
+pub async fn send_batch_then(
+    addr: &str,
+    sender: &str,
+    recipients: &[String],
+    message: &[u8],
+    queued: impl FnOnce(&str) -> Result<(), String>,
+) -> Result<String, ReinjectError> {
     let stream = timeout(STEP, TcpStream::connect(addr))
         .await
         .map_err(|_| ReinjectError::Timeout {
@@ -146,8 +159,15 @@ pub async fn send_batch(
             reply: text,
         });
     }
-    let _ = c.command("QUIT", "QUIT", 221).await;
-    Ok(queue_id(&text))
+    let qid = queue_id(&text);
+    queued(&qid).map_err(|reason| ReinjectError::Refused {
+        addr: addr.into(),
+        stage: "journal",
+        reply: reason,
+    })?;
+    // Politeness only: the batch is queued and journaled; do not wait long for the answer.
+    let _ = timeout(Duration::from_secs(2), c.command("QUIT", "QUIT", 221)).await;
+    Ok(qid)
 }
 
 /// RFC 5321 §4.5.2 transparency, CRLF line ends and the terminating dot.

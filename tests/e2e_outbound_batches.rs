@@ -1279,13 +1279,11 @@ fn outbound_batches_through_postfix_and_mailman() {
     eprintln!("batches: all ok ({:?})", w.started.elapsed());
 }
 
-/// Known to fail (see the `ignore` reason): a crash between Postfix's `250 queued` for a
-/// reinjected batch and listcrypt's journal entry for it sends that batch twice on Mailman's
-/// retry. listcrypt journals a batch only after the reinjection's QUIT/221 exchange (up to
-/// its 60 s step timeout), which widens that window; journaling right after the 250 would
-/// close it down to the SQLite commit. A small list: 6 gpg subscribers in batches of 2.
+/// A crash between Postfix's `250 queued` for a reinjected batch and the end of the SMTP
+/// session (QUIT held by the proxy) must not send that batch twice on Mailman's retry:
+/// listcrypt journals the batch right after the 250, before QUIT. (Found by this test; the
+/// window left is the SQLite commit itself.) A small list: 6 gpg subscribers in batches of 2.
 #[test]
-#[ignore = "daemon bug: a reinjected batch is journaled only after QUIT, so a crash before the 221 duplicates it"]
 fn crash_after_reinjected_batch_was_queued() {
     support::require_environment(&[
         "postfix",

@@ -589,11 +589,13 @@ impl Session {
         for (batch, rewrite) in batches.iter().zip(&rewrites).skip(1) {
             let _ = actions.progress().await;
             let copy = rewrite.render(&m);
-            let qid = crate::reinject::send_batch(&addr, sender, batch, &copy)
+            let journal = |qid: &str| {
+                store
+                    .journal_record(sender, &digest, &normalized(batch), qid, retain)
+                    .map_err(|e| e.to_string())
+            };
+            let qid = crate::reinject::send_batch_then(&addr, sender, batch, &copy, journal)
                 .await
-                .map_err(|e| e.to_string())?;
-            store
-                .journal_record(sender, &digest, &normalized(batch), &qid, retain)
                 .map_err(|e| e.to_string())?;
             reinjected.push(format!("{qid} ({} recipient(s))", batch.len()));
         }

@@ -37,7 +37,7 @@ pub fn encrypt_sign(
     recipients: &[BatchRecipient<'_>],
     signer: Option<&Cert>,
 ) -> Result<Vec<u8>, EncryptError> {
-    let mut keys = Vec::new();
+    let mut prepared = Vec::with_capacity(recipients.len());
     for r in recipients {
         let vc = r
             .cert
@@ -46,19 +46,55 @@ pub fn encrypt_sign(
         let features = vc
             .features()
             .unwrap_or_else(|| Features::empty().set_seipdv1());
-        let before = keys.len();
-        for ka in vc
+        let keys: Vec<_> = vc
             .keys()
             .for_transport_encryption()
             .alive()
             .revoked(false)
             .supported()
-        {
-            let handle: Option<KeyHandle> = r.show_key_id.then(|| ka.key().keyid().into());
-            keys.push(Recipient::new(features.clone(), handle, ka.key()));
-        }
-        if keys.len() == before {
+            .map(|ka| ka.key().clone().role_into_unspecified())
+            .collect();
+        if keys.is_empty() {
             return Err(EncryptError::NoEncryptionKey(r.cert.fingerprint().to_hex()));
+        }
+        prepared.push((features, keys, r.show_key_id));
+    }
+    let keyed: Vec<KeyedRecipient<'_>> = prepared
+        .iter()
+        .map(|(features, keys, show_key_id)| KeyedRecipient {
+            features,
+            keys,
+            show_key_id: *show_key_id,
+        })
+        .collect();
+    encrypt_sign_keys(plaintext, &keyed, signer)
+}
+
+/// A recipient whose encryption keys were worked out beforehand (once per keyring snapshot).
+pub struct KeyedRecipient<'a> {
+    pub features: &'a Features,
+    pub keys: &'a [openpgp::packet::Key<
+        openpgp::packet::key::PublicParts,
+        openpgp::packet::key::UnspecifiedRole,
+    >],
+    pub show_key_id: bool,
+}
+
+/// [`encrypt_sign`] with the recipients' keys already selected: one session key, one PKESK
+/// per key, wildcard key ids unless asked, signed inside by the list key.
+pub fn encrypt_sign_keys(
+    plaintext: &[u8],
+    recipients: &[KeyedRecipient<'_>],
+    signer: Option<&Cert>,
+) -> Result<Vec<u8>, EncryptError> {
+    let mut keys = Vec::new();
+    for r in recipients {
+        if r.keys.is_empty() {
+            return Err(EncryptError::NoEncryptionKey("recipient".into()));
+        }
+        for key in r.keys {
+            let handle: Option<KeyHandle> = r.show_key_id.then(|| key.keyid().into());
+            keys.push(Recipient::new(r.features.clone(), handle, key));
         }
     }
     let keypair = match signer {

@@ -5,4 +5,6 @@ mod decrypt;
 mod encrypt;
 
 pub use decrypt::{decrypt_verify, verify_detached, Decrypted, Failure, GoodSignature, SigCheck};
-pub use encrypt::{encrypt_sign, sign_detached, BatchRecipient, EncryptError};
+pub use encrypt::{
+    encrypt_sign, encrypt_sign_keys, sign_detached, BatchRecipient, EncryptError, KeyedRecipient,
+};
