@@ -139,8 +139,18 @@ async fn list_key_requests_and_proven_binding() {
         .expect("token line")
         .to_string();
     // Not bound yet.
-    let members = run_ok(site.cli().args(["member", "list", LIST]), None);
-    assert!(!String::from_utf8_lossy(&members).contains(&dave.address));
+    let members =
+        String::from_utf8(run_ok(site.cli().args(["member", "list", LIST]), None)).unwrap();
+    assert!(
+        members.contains(&format!(
+            "{} {} member pending",
+            dave.address, dave.fingerprint
+        )),
+        "pending until proven: {members}"
+    );
+    assert!(!members
+        .lines()
+        .any(|l| l.starts_with(&dave.address) && l.contains(" active ")));
 
     // A reply with the token but signed by another key does not bind.
     let mallory = Gpg::new(site.path("gnupg-mallory"));
@@ -148,9 +158,12 @@ async fn list_key_requests_and_proven_binding() {
     mallory.import(&site.path(&format!("{LIST}.asc")));
     let forged = encrypted_reply(&mallory, &dave.address, &token_line);
     assert_eq!(send(&daemon, &dave.address, &forged).await, Status::Discard);
-    let members = run_ok(site.cli().args(["member", "list", LIST]), None);
+    let members =
+        String::from_utf8(run_ok(site.cli().args(["member", "list", LIST]), None)).unwrap();
     assert!(
-        !String::from_utf8_lossy(&members).contains(&dave.address),
+        !members
+            .lines()
+            .any(|l| l.starts_with(&dave.address) && l.contains(" active ")),
         "a token alone proves nothing"
     );
 
