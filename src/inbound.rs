@@ -4,7 +4,7 @@
 use crate::config::{Action, Limits};
 use crate::keys::{Keyring, ListKeys};
 use crate::message::{first_address, Reply, Rewrite};
-use crate::mime::{self, Entity, MimeError, Shape};
+use crate::mime::{self, Entity, MimeError, Shape, CONTENT_HEADERS, PROTECTED};
 use crate::pgp::{self, Failure, SigCheck};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,32 +12,6 @@ use std::time::{Duration, SystemTime};
 /// Headers listcrypt itself sets toward Mailman: incoming copies are always removed, so a
 /// poster cannot forge a verification result.
 pub const OWN_HEADERS: &[&str] = &["X-Listcrypt-Hold", "X-Listcrypt-Signer"];
-
-/// MIME headers that belong to the body and come from the decrypted entity.
-const CONTENT_HEADERS: &[&str] = &[
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "Content-Disposition",
-    "Content-Description",
-    "Content-ID",
-    "Content-Language",
-    "Content-Location",
-    "Content-MD5",
-];
-
-/// Headers that protected-header schemes (RFC 9788, `protected-headers="v1"`) carry inside.
-const PROTECTED: &[&str] = &[
-    "Subject",
-    "From",
-    "To",
-    "Cc",
-    "Reply-To",
-    "Date",
-    "Message-ID",
-    "In-Reply-To",
-    "References",
-    "Followup-To",
-];
 
 /// Which of a list's addresses a recipient is (Mailman's LMTP accepts these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

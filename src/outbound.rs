@@ -4,23 +4,9 @@ use crate::config::{HeaderProtection, MissingKeyAction, Padding};
 use crate::inbound::{lookup, ListAddress};
 use crate::keys::{normalize_address, Keyring, ListKeys};
 use crate::message::{Reply, Rewrite};
-use crate::mime::{self, Entity};
+use crate::mime::{self, Entity, CONTENT_HEADERS, PROTECTED};
 use crate::pgp;
 use std::sync::Arc;
-
-/// Headers that move inside the encryption (RFC 9788 §2) and are copied to the inner entity.
-const PROTECTED: &[&str] = &[
-    "Subject",
-    "From",
-    "To",
-    "Cc",
-    "Reply-To",
-    "Date",
-    "Message-ID",
-    "In-Reply-To",
-    "References",
-    "Followup-To",
-];
 
 /// Fields that only ever travel inside the encryption: listcrypt's statement of the verified
 /// author (when the author's signature could not be carried as multipart/signed).
@@ -39,16 +25,6 @@ const LEAKING: &[&str] = &[
     "X-Mailer",
     "Autocrypt",
     "Autocrypt-Gossip",
-];
-
-const CONTENT_HEADERS: &[&str] = &[
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "Content-Disposition",
-    "Content-Description",
-    "Content-ID",
-    "Content-Language",
-    "Content-Location",
 ];
 
 /// Identifies the list from the envelope sender alone (`LIST-bounces@D`, VERP

@@ -9,3 +9,31 @@ pub use parse::{
     classify, content_type, header_text, split_multipart, to_crlf, walk_entity, Entity, Header,
     MimeError, Shape,
 };
+
+/// MIME header fields that belong to the body (RFC 2045, 2183, 3282, 2557, 1864): they move
+/// with the entity when it is wrapped into or taken out of encryption.
+pub const CONTENT_HEADERS: &[&str] = &[
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+    "Content-Description",
+    "Content-ID",
+    "Content-Language",
+    "Content-Location",
+    "Content-MD5",
+];
+
+/// User-facing header fields that header protection (RFC 9788, and the older
+/// `protected-headers="v1"`) carries inside the encryption.
+pub const PROTECTED: &[&str] = &[
+    "Subject",
+    "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Followup-To",
+];

@@ -97,21 +97,7 @@ pub fn encrypt_sign_keys(
             keys.push(Recipient::new(r.features.clone(), handle, key));
         }
     }
-    let keypair = match signer {
-        Some(cert) => {
-            let ka = cert
-                .keys()
-                .with_policy(&POLICY, None)
-                .secret()
-                .for_signing()
-                .alive()
-                .revoked(false)
-                .next()
-                .ok_or(EncryptError::NoSigningKey)?;
-            Some(ka.key().clone().into_keypair().map_err(crypto)?)
-        }
-        None => None,
-    };
+    let keypair = signer.map(signing_keypair).transpose()?;
 
     let mut out = Vec::with_capacity(plaintext.len() * 4 / 3 + 1024 + 200 * recipients.len());
     {
@@ -142,16 +128,7 @@ pub fn encrypt_sign_keys(
 /// A detached, armored signature over `data` (CRLF-canonical MIME) by the list key, for
 /// RFC 3156 multipart/signed replies.
 pub fn sign_detached(data: &[u8], signer: &Cert) -> Result<Vec<u8>, EncryptError> {
-    let ka = signer
-        .keys()
-        .with_policy(&POLICY, None)
-        .secret()
-        .for_signing()
-        .alive()
-        .revoked(false)
-        .next()
-        .ok_or(EncryptError::NoSigningKey)?;
-    let keypair = ka.key().clone().into_keypair().map_err(crypto)?;
+    let keypair = signing_keypair(signer)?;
     let mut out = Vec::new();
     {
         let message = Message::new(&mut out);
@@ -170,4 +147,18 @@ pub fn sign_detached(data: &[u8], signer: &Cert) -> Result<Vec<u8>, EncryptError
         signer.finalize().map_err(crypto)?;
     }
     Ok(out)
+}
+
+/// The list key's live signing key, ready to sign.
+fn signing_keypair(cert: &Cert) -> Result<openpgp::crypto::KeyPair, EncryptError> {
+    let ka = cert
+        .keys()
+        .with_policy(&POLICY, None)
+        .secret()
+        .for_signing()
+        .alive()
+        .revoked(false)
+        .next()
+        .ok_or(EncryptError::NoSigningKey)?;
+    ka.key().clone().into_keypair().map_err(crypto)
 }
