@@ -459,6 +459,15 @@ pub fn process_inbound(
     let mut command = false;
     for r in rcpts {
         match inbound::lookup(&keyring, r) {
+            Some((l, inbound::ListAddress::Key)) if l.address == list => {
+                // The daemon answers these itself (replies by SMTP): nothing to dry-run.
+                writeln!(
+                    out,
+                    "discard mail to the key address is answered by the daemon, not passed on\r"
+                )
+                .ok();
+                return Ok(exit::NOT_PROCESSED);
+            }
             Some((l, kind)) if l.address == list => {
                 enforce |= kind.enforced();
                 command |= kind.is_command();

@@ -140,12 +140,18 @@ pub fn handle(
                 }
             }
             Ok(_) => {
+                // In a multipart/signed, only what the signature covers counts (the token, an
+                // announced key): nothing from the unsigned rest of the message.
                 let ct = entity.content_type();
-                let sigs = match (ct.mimetype.as_str(), ct.params.get("boundary")) {
-                    ("multipart/signed", Some(b)) => signed_part_checks(entity.body, b, &verifier),
-                    _ => Vec::new(),
-                };
-                (message.to_vec(), sigs)
+                match (ct.mimetype.as_str(), ct.params.get("boundary")) {
+                    ("multipart/signed", Some(b)) => {
+                        match signed_part_checks(entity.body, b, &verifier) {
+                            Some((signed, sigs)) => (signed, sigs),
+                            None => (Vec::new(), Vec::new()),
+                        }
+                    }
+                    _ => (message.to_vec(), Vec::new()),
+                }
             }
             Err(_) => return Ok(Outcome::quiet("malformed mail to the key address ignored")),
         };
@@ -336,18 +342,23 @@ pub fn handle(
     })
 }
 
-/// Verifies the detached signature of a top-level multipart/signed.
-fn signed_part_checks(body: &[u8], boundary: &str, verifier: &ListKeys) -> Vec<SigCheck> {
-    let Ok(parts) = mime::split_multipart(body, boundary) else {
-        return Vec::new();
-    };
+/// The signed part of a top-level multipart/signed (CRLF) and the checks of its detached
+/// signature.
+fn signed_part_checks(
+    body: &[u8],
+    boundary: &str,
+    verifier: &ListKeys,
+) -> Option<(Vec<u8>, Vec<SigCheck>)> {
+    let parts = mime::split_multipart(body, boundary).ok()?;
     if parts.len() != 2 {
-        return Vec::new();
+        return None;
     }
-    let Ok(sig) = mailparse::parse_mail(parts[1]).and_then(|p| p.get_body_raw()) else {
-        return Vec::new();
-    };
-    pgp::verify_detached(&mime::to_crlf(parts[0]), &sig, verifier)
+    let sig = mailparse::parse_mail(parts[1])
+        .and_then(|p| p.get_body_raw())
+        .ok()?;
+    let signed = mime::to_crlf(parts[0]);
+    let checks = pgp::verify_detached(&signed, &sig, verifier);
+    Some((signed, checks))
 }
 
 /// The first certificate in the message (an application/pgp-keys part, or an armored block in

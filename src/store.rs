@@ -76,7 +76,7 @@ pub trait Store: Send + Sync {
     fn touch(&self) -> Result<(), StoreError>;
     fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError>;
     fn bind(&self, binding: &Binding) -> Result<(), StoreError>;
-    /// Returns whether a binding existed.
+    /// Removes a binding and any pending one; returns whether either existed.
     fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError>;
     /// Records an accepted signature digest; returns `true` if it was already recorded
     /// (a replay). Records older than `retain_secs` are dropped on the way.
@@ -286,9 +286,14 @@ impl Store for SqliteStore {
             "DELETE FROM bindings WHERE list = ?1 AND address = ?2",
             params![list, address],
         )?;
+        // Outstanding challenges go too: a removed member cannot be re-bound by them.
+        let p = tx.execute(
+            "DELETE FROM pending WHERE list = ?1 AND address = ?2",
+            params![list, address],
+        )?;
         bump(&tx)?;
         tx.commit()?;
-        Ok(n > 0)
+        Ok(n + p > 0)
     }
 
     fn replay_record(

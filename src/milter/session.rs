@@ -260,11 +260,7 @@ impl Session {
         match self.msg.as_ref().map(|m| &m.mode) {
             // Nothing to do for mail that is no list's, nor for Mailman's loopback.
             Some(Mode::Unmanaged) | Some(Mode::Foreign) => Status::Accept,
-            Some(Mode::InboundList {
-                enforce: false,
-                command: false,
-                ..
-            }) => Status::Accept,
+            // Owner and bounce addresses go on: forged listcrypt fields are removed at the end.
             Some(Mode::OutboundList {
                 loopback: Some(true),
                 ..
@@ -302,6 +298,15 @@ impl Session {
             tracing::info!("NONE: {}: message refused: {r}", self.side);
             self.msg = None;
             return set_reply(reply, &r);
+        }
+        // Owner and bounce mail is passed as it is: only its header matters to us.
+        if let Mode::InboundList {
+            enforce: false,
+            command: false,
+            ..
+        } = msg.mode
+        {
+            return Status::Continue;
         }
         msg.body.extend_from_slice(chunk);
         Status::Continue
