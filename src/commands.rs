@@ -222,7 +222,41 @@ pub fn handle(
         });
     }
 
-    // 2. A certificate offered for binding: challenge it.
+    // 2. A member returns the list key certified by their bound key, in a message signed
+    //    with it (that is the opt-in): the certifications are merged and published with
+    //    the list key (key requests, WKD, export-key).
+    if let Some(bound) = &current {
+        let signed_by_bound = good_sigs.iter().any(|g| g.signer == bound.fingerprint());
+        let list_fpr = list.secret.fingerprint();
+        if signed_by_bound {
+            if let Some(returned) = find_cert(&content, limits, |c| c.fingerprint() == list_fpr) {
+                let sigs = member_certifications(&returned, bound);
+                if !sigs.is_empty() {
+                    let n = crate::keys::add_list_certifications(keyring_dir, &list.address, sigs)?;
+                    store.touch()?;
+                    let body = format!(
+                        "Your certification of the list key of {} is published with it.\r\n",
+                        list.address
+                    );
+                    let reply = encrypted_reply(
+                        list,
+                        &sender,
+                        bound,
+                        "Your certification is published",
+                        &body,
+                    )?;
+                    return Ok(Outcome {
+                        summary: format!(
+                            "{n} certification(s) of the list key by {sender} merged and published"
+                        ),
+                        reply: Some(reply),
+                    });
+                }
+            }
+        }
+    }
+
+    // 3. A certificate offered for binding: challenge it.
     if let Some(cert) = offered_cert(&content, &sender, limits) {
         if let Err(why) = check_member_cert(&cert, &sender) {
             if !store.rate_allow(&list.address, &sender, "refusal", CHALLENGE_INTERVAL)? {
@@ -309,7 +343,7 @@ pub fn handle(
         });
     }
 
-    // 3. Anything else: the list's public key.
+    // 4. Anything else: the list's public key.
     if !store.rate_allow(&list.address, &sender, "key", KEY_REPLY_INTERVAL)? {
         return Ok(Outcome::quiet(
             "list key request not answered again yet (rate limit)",
@@ -364,6 +398,20 @@ fn signed_part_checks(
 /// The first certificate in the message (an application/pgp-keys part, or an armored block in
 /// any text part, whatever its transfer encoding) with a user ID for `address`.
 fn offered_cert(content: &[u8], address: &str, limits: &Limits) -> Option<Cert> {
+    find_cert(content, limits, |cert| {
+        cert.userids().any(|u| {
+            u.userid()
+                .email_normalized()
+                .ok()
+                .flatten()
+                .is_some_and(|e| e == address)
+        })
+    })
+}
+
+/// The first certificate in the message's key parts (application/pgp-keys, or an armored
+/// block in any part, whatever its transfer encoding) that `wanted` accepts.
+fn find_cert(content: &[u8], limits: &Limits, wanted: impl Fn(&Cert) -> bool) -> Option<Cert> {
     let mut stack = vec![(content, 0u32)];
     let mut seen = 0u32;
     while let Some((part, depth)) = stack.pop() {
@@ -395,19 +443,41 @@ fn offered_cert(content: &[u8], address: &str, limits: &Limits) -> Option<Cert> 
             continue;
         };
         for cert in parser.flatten() {
-            let has_uid = cert.userids().any(|u| {
-                u.userid()
-                    .email_normalized()
-                    .ok()
-                    .flatten()
-                    .is_some_and(|e| e == address)
-            });
-            if has_uid {
+            if wanted(&cert) {
                 return Some(cert.strip_secret_key_material());
             }
         }
     }
     None
+}
+
+/// The certifications in `returned` (the list key as a member sent it back) that `member`'s
+/// key really made over one of the list key's user IDs.
+fn member_certifications(returned: &Cert, member: &Cert) -> Vec<openpgp::packet::Signature> {
+    use crate::keys::POLICY;
+    let Ok(vc) = member.with_policy(&POLICY, None) else {
+        return Vec::new();
+    };
+    let certifiers: Vec<_> = vc
+        .keys()
+        .for_certification()
+        .alive()
+        .revoked(false)
+        .collect();
+    let primary = returned.primary_key().key();
+    let mut out = Vec::new();
+    for ua in returned.userids() {
+        for sig in ua.certifications() {
+            let ok = certifiers.iter().any(|ka| {
+                sig.verify_userid_binding(ka.key(), primary, ua.userid())
+                    .is_ok()
+            });
+            if ok {
+                out.push(sig.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Keeps only what the key's owner signed: user IDs and subkeys with their self-signatures.

@@ -560,6 +560,39 @@ pub fn usable_until(cert: &Cert) -> Option<Option<std::time::SystemTime>> {
     })
 }
 
+/// Merges members' certifications of the list key into it (published wherever the list key
+/// goes: key requests, WKD, `export-key`). Returns how many were new.
+pub fn add_list_certifications(
+    keyring_dir: &Path,
+    list: &str,
+    sigs: Vec<openpgp::packet::Signature>,
+) -> Result<usize, KeyError> {
+    let cert = load_list_key(keyring_dir, list)?;
+    let before = cert
+        .userids()
+        .map(|u| u.certifications().count())
+        .sum::<usize>();
+    let cert = cert
+        .insert_packets(sigs)
+        .map_err(|e| KeyError::Crypto(e.to_string()))?
+        .0;
+    let after = cert
+        .userids()
+        .map(|u| u.certifications().count())
+        .sum::<usize>();
+    let bytes = cert
+        .as_tsk()
+        .armored()
+        .to_vec()
+        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    write_atomic(
+        &list_dir(keyring_dir, list).join("secret.pgp"),
+        &bytes,
+        0o600,
+    )?;
+    Ok(after.saturating_sub(before))
+}
+
 /// What `list rotate-subkey` did.
 pub struct Rotation {
     pub new_subkey: Fingerprint,

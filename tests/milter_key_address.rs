@@ -188,6 +188,52 @@ async fn list_key_requests_and_proven_binding() {
     assert!(status_lines.contains("DECRYPTION_OKAY"), "{status_lines}");
     assert!(String::from_utf8_lossy(&plain).contains("is now bound"));
 
+    // Key signing: dave certifies the list key and sends it back, signed with his bound key;
+    // the certification is merged and published with the list key.
+    dave.gpg
+        .ok(&["--quick-sign-key", &dave.list_fingerprint], None);
+    let certified = dave
+        .gpg
+        .ok(&["--armor", "--export", &dave.list_fingerprint], None);
+    let inner = to_crlf(
+        format!(
+            "Content-Type: multipart/mixed; boundary=\"k\"\n\n--k\nContent-Type: text/plain\n\nI vouch for the list key\n\
+             --k\nContent-Type: application/pgp-keys\n\n{}\n--k--\n",
+            String::from_utf8(certified).unwrap()
+        )
+        .as_bytes(),
+    );
+    let armored = dave.gpg.ok(
+        &["--armor", "--sign", "--encrypt", "--recipient", LIST],
+        Some(&inner),
+    );
+    let signing = format!(
+        "From: {addr}\nTo: {KEY_ADDRESS}\nSubject: [...]\nMIME-Version: 1.0\n\
+         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
+         --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
+         Content-Type: application/octet-stream\n\n{armored}\n--e--\n",
+        addr = dave.address,
+        armored = String::from_utf8(armored).unwrap()
+    );
+    assert_eq!(
+        send(&daemon, &dave.address, signing.as_bytes()).await,
+        Status::Discard
+    );
+    let exported = run_ok(site.cli().args(["list", "export-key", LIST]), None);
+    fs::write(site.path("published.asc"), &exported).unwrap();
+    let packets = run(
+        eve.gpg
+            .cmd()
+            .arg("--list-packets")
+            .arg(site.path("published.asc")),
+        None,
+    );
+    let dave_keyid = &dave.fingerprint[24..];
+    assert!(
+        String::from_utf8_lossy(&packets.stdout).contains(&format!("keyid {dave_keyid}")),
+        "dave's certification is published with the list key"
+    );
+
     // The confirmation, replayed, counts for nothing.
     let before = sink.deliveries().len();
     assert_eq!(send(&daemon, &dave.address, &reply).await, Status::Discard);
