@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# Postfix accept rate for ~10 KiB encrypted posts: through listcrypt's inbound milter vs no
+# milter, in the same run, on the same Postfix, with the same message bytes.
+#
+# One throwaway Postfix (everything chroot n, loopback only, delivery to discard: so delivery
+# costs nothing) with two smtpd listeners on free 127.0.0.1 ports:
+#   inbound   -o smtpd_milters=unix:$W/run/inbound.sock   (listcrypt serve, unix socket)
+#   nomilter  -o smtpd_milters=
+# N distinct posts (each a BODY_BYTES text body with its own counter, signed by the member
+# alice and encrypted to the list key with gpg -z 0, RFC 3156 multipart/encrypted) are made
+# before any timing. The sender (accept-rate/send.py, Python smtplib threads) sends all N to a
+# listener with CONCURRENCY sessions, one message per transaction. Order: warm-up on both
+# listeners with WARMUP posts of their own (a post the milter saw once would be a replay later),
+# then nomilter, inbound, nomilter again (drift), each with the same N posts; the queue is
+# drained between runs. Every post on the inbound run must be accepted (250) and enter the
+# replay record as new; otherwise the script fails, since such a rate would measure refusals.
+#
+# Output: per run accepted/N, wall seconds, messages/s, the inbound/no-milter ratio (against
+# the mean of both no-milter runs), CPU ms per message of listcrypt and of the sender, and how
+# busy all cores were (on a shared machine other work shows up there). Everything runs on this
+# machine: the sender, Postfix and listcrypt share the cores, so where the cores are saturated
+# the ratio mostly reflects the extra CPU per message. Timings are never asserted anywhere.
+#
+# Usage (as root, Postfix and gnupg installed):
+#   contrib/bench/accept-rate.sh
+# Environment: N (posts per run, default 2000: runs of a few seconds; with 300 the no-milter
+#   run is over in half a second and the ratio is mostly noise), CONCURRENCY (default 8),
+#   PER_SESSION (messages per SMTP session, default 1), WARMUP (default 20), BODY_BYTES
+#   (default 10240),
+#   LISTCRYPT (binary; default target/release/listcrypt, built with cargo build --release if
+#   missing), KEEP=1 (keep the work directory).
+# Needs: bash >= 4, postfix (postfix, postconf, postqueue), gpg, gpgconf, /usr/bin/python3,
+#   sqlite3 (optional: replay-record check).
+set -euo pipefail
+
+N=${N:-2000}
+CONCURRENCY=${CONCURRENCY:-8}
+PER_SESSION=${PER_SESSION:-1}
+WARMUP=${WARMUP:-20}
+BODY_BYTES=${BODY_BYTES:-10240}
+LIST=enc@lists.example.test
+MEMBER=alice@example.net
+PY=/usr/bin/python3
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+LISTCRYPT=${LISTCRYPT:-$REPO/target/release/listcrypt}
+
+die() { echo "accept-rate: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "run as root (throwaway Postfix instance)"
+for tool in postfix postconf postqueue gpg gpgconf; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install postfix gnupg)"
+done
+[[ -x $PY ]] || die "$PY not found"
+getent passwd postfix >/dev/null || die "no user postfix (apt-get install postfix)"
+getent group postdrop >/dev/null || die "no group postdrop"
+((N > 0 && CONCURRENCY > 0 && PER_SESSION > 0 && WARMUP > 0)) || die "N, CONCURRENCY, PER_SESSION, WARMUP must be > 0"
+
+if [[ ! -x $LISTCRYPT ]]; then
+    echo "# $LISTCRYPT missing: cargo build --release"
+    (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
+    [[ -x $LISTCRYPT ]] || die "$LISTCRYPT still missing after the build"
+fi
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/listcrypt-accept-rate.XXXXXX")
+chmod 755 "$W" # user postfix must reach the milter socket and the queue below it
+ETC=$W/postfix/etc
+SPOOL=$W/postfix/spool
+ALICE_HOME=$W/gnupg-alice
+LC_PID=
+PF_STARTED=
+
+stop_pid() { # PID [SECONDS]: TERM, wait, KILL
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < ${2:-10} * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+master_pid() { [[ -r $SPOOL/pid/master.pid ]] && tr -dc 0-9 <"$SPOOL/pid/master.pid"; }
+cleanup() {
+    local rc=$? pid
+    set +e
+    if [[ -n $PF_STARTED ]]; then
+        pid=$(master_pid)
+        postfix -c "$ETC" stop >/dev/null 2>&1
+        [[ -n $pid ]] && stop_pid "$pid" 5
+    fi
+    if [[ -n $LC_PID ]]; then
+        stop_pid "$LC_PID" 10
+        wait "$LC_PID" 2>/dev/null
+    fi
+    [[ -d $ALICE_HOME ]] && gpgconf --homedir "$ALICE_HOME" --kill all >/dev/null 2>&1
+    if [[ ${KEEP:-0} == 1 ]]; then
+        echo "# kept $W" >&2
+    else
+        rm -rf "$W"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A private copy: a `cargo build` elsewhere during the run cannot swap the binary under us.
+cp "$LISTCRYPT" "$W/listcrypt"
+BIN_INFO="binary $(date -u -r "$LISTCRYPT" '+%F %T'), sha256 $(sha256sum "$W/listcrypt" | cut -c1-12)"
+BIN_VERSION=$("$W/listcrypt" --version 2>/dev/null | awk '{print $NF}')
+LISTCRYPT=$W/listcrypt
+LOG=$W/setup.log
+run() { "$@" >>"$LOG" 2>&1 || { tail -n 30 "$LOG" >&2; die "failed: $*"; }; }
+gpga() { gpg --homedir "$ALICE_HOME" --batch --no-tty --pinentry-mode loopback --passphrase '' "$@"; }
+now() { date +%s.%N; }
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# ---- listcrypt: config, list, member, daemon --------------------------------------------
+mkdir -p "$W/lists.d" "$W/keyrings" "$W/state" "$W/run" "$W/log"
+chmod 755 "$W/run"
+CFG=$W/listcrypt.toml
+cat >"$CFG" <<EOF
+inbound_socket = "unix:$W/run/inbound.sock"
+outbound_socket = "unix:$W/run/outbound.sock"
+socket_group = "postfix"
+policy_dir = "$W/lists.d"
+keyring_dir = "$W/keyrings"
+state_dir = "$W/state"
+log = "stderr"
+log_level = "warn"
+EOF
+echo "# setup in $W"
+t0=$(now)
+run "$LISTCRYPT" -c "$CFG" list create "$LIST"
+"$LISTCRYPT" -c "$CFG" list export-key "$LIST" >"$W/list.asc" 2>>"$LOG" || die "list export-key failed"
+
+mkdir -m 700 "$ALICE_HOME"
+run gpga --quick-gen-key "alice <$MEMBER>" future-default default never
+ALICE_FPR=$(gpga --with-colons --list-keys "<$MEMBER>" 2>>"$LOG" | awk -F: '$1=="fpr"{print $10; exit}')
+[[ -n $ALICE_FPR ]] || die "no fingerprint for alice"
+gpga --armor --export "$ALICE_FPR" >"$W/alice.asc"
+run "$LISTCRYPT" -c "$CFG" member add "$LIST" "$MEMBER" "$W/alice.asc"
+run gpga --import "$W/list.asc"
+LIST_FPR=$(gpga --with-colons --show-keys "$W/list.asc" 2>>"$LOG" | awk -F: '$1=="fpr"{print $10; exit}')
+[[ -n $LIST_FPR ]] || die "no fingerprint for the list key"
+
+"$LISTCRYPT" -c "$CFG" serve 2>"$W/log/listcrypt.log" &
+LC_PID=$!
+for ((i = 0; i < 200; i++)); do
+    [[ -S $W/run/inbound.sock && -S $W/run/outbound.sock ]] && break
+    kill -0 "$LC_PID" 2>/dev/null || { cat "$W/log/listcrypt.log" >&2; die "listcrypt serve exited"; }
+    sleep 0.05
+done
+[[ -S $W/run/inbound.sock ]] || die "listcrypt made no inbound socket in 10 s"
+
+# ---- posts (before any timing) -----------------------------------------------------------
+# posts/run: the N measured posts; posts/warm: WARMUP others, never sent again.
+read -r SIZE GEN_S < <("$PY" "$HERE/accept-rate/makeposts.py" --home "$ALICE_HOME" \
+    --signer "$ALICE_FPR" --recipient "$LIST_FPR" --count $((N + WARMUP)) \
+    --body-bytes "$BODY_BYTES" --sender "$MEMBER" --list "$LIST" \
+    --tag "$(basename "$W")" --out "$W/posts/all") || die "making posts failed"
+mkdir -p "$W/posts/run" "$W/posts/warm"
+mapfile -t ALL < <(find "$W/posts/all" -name 'post-*.eml' | sort)
+((${#ALL[@]} == N + WARMUP)) || die "made ${#ALL[@]} posts, wanted $((N + WARMUP))"
+RUN_POSTS=("${ALL[@]:0:N}")
+WARM_POSTS=("${ALL[@]:N}")
+echo "# made $((N + WARMUP)) distinct posts in ${GEN_S} s: body $BODY_BYTES B, mean post $SIZE B on the wire"
+
+# ---- Postfix -----------------------------------------------------------------------------
+mkdir -p "$ETC" "$SPOOL" "$W/postfix/data" "$W/postfix/log"
+chmod 755 "$W/postfix" "$ETC" "$SPOOL" "$W/postfix/log"
+chown postfix: "$W/postfix/data"
+chmod 700 "$W/postfix/data"
+P_MILTER=$(free_port)
+P_PLAIN=$(free_port)
+while [[ $P_PLAIN == "$P_MILTER" ]]; do P_PLAIN=$(free_port); done
+cat >"$ETC/main.cf" <<EOF
+# Throwaway Postfix for contrib/bench/accept-rate.sh
+compatibility_level = 3.6
+queue_directory = $SPOOL
+data_directory = $W/postfix/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.lists.example.test
+mydomain = lists.example.test
+myorigin = \$myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relay_domains = lists.example.test
+relay_recipient_maps =
+transport_maps = inline:{ lists.example.test=discard: }
+relay_transport = discard:
+default_transport = discard:
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+biff = no
+queue_run_delay = 5s
+minimal_backoff_time = 5s
+maximal_backoff_time = 10s
+maximal_queue_lifetime = 1h
+bounce_queue_lifetime = 1h
+milter_default_action = tempfail
+milter_protocol = 6
+smtpd_milters =
+non_smtpd_milters =
+maillog_file = $W/postfix/log/maillog
+maillog_file_prefixes = $W/postfix/log
+EOF
+cat >"$ETC/master.cf" <<EOF
+# Throwaway Postfix for contrib/bench/accept-rate.sh; every service chroot n.
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+127.0.0.1:$P_MILTER inet n - n - - smtpd
+  -o syslog_name=postfix/inbound
+  -o smtpd_milters=unix:$W/run/inbound.sock
+127.0.0.1:$P_PLAIN inet n - n - - smtpd
+  -o syslog_name=postfix/nomilter
+  -o smtpd_milters=
+EOF
+postconf -c "$ETC" -n >/dev/null 2>>"$LOG" || { cat "$LOG" >&2; die "postconf rejects main.cf"; }
+PF_STARTED=1
+run postfix -c "$ETC" start
+port_open() { "$PY" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; }
+for ((i = 0; i < 200; i++)); do
+    port_open "$P_MILTER" && port_open "$P_PLAIN" && break
+    sleep 0.1
+done
+if ! { port_open "$P_MILTER" && port_open "$P_PLAIN"; }; then
+    tail -n 20 "$W/postfix/log/maillog" >&2
+    die "Postfix listeners not up in 20 s"
+fi
+awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "# setup took %.1f s; Postfix listeners: inbound 127.0.0.1:%s, nomilter 127.0.0.1:%s\n", b - a, "'"$P_MILTER"'", "'"$P_PLAIN"'" }'
+
+drain() {
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        postqueue -c "$ETC" -p 2>/dev/null | grep -q 'Mail queue is empty' && return 0
+        sleep 0.1
+    done
+    postqueue -c "$ETC" -p | tail -n 5 >&2
+    die "queue not empty after 120 s"
+}
+replay_rows() {
+    if command -v sqlite3 >/dev/null; then
+        sqlite3 -readonly "$W/state/state.sqlite" "SELECT count(*) FROM replay" 2>/dev/null || echo "?"
+    else
+        echo "?"
+    fi
+}
+milter_events() { grep -cE 'milter-(reject|discard|hold)|milter.*(not responding|failed|timeout)' "$W/postfix/log/maillog" || true; }
+
+CLK_TCK=$(getconf CLK_TCK)
+lc_ticks() { awk '{ print $14 + $15 }' "/proc/$LC_PID/stat"; } # listcrypt's user+system CPU
+
+cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat; } # busy idle
+
+# send LABEL PORT FILES... -> sets ACC REF SECS, LC_MS and PY_MS (listcrypt's and the sender's
+# CPU ms per message) and BUSY (% of all cores busy, whoever used them); prints one line
+send() {
+    local label=$1 port=$2 out t0 t1 c0 c1
+    shift 2
+    t0=$(lc_ticks)
+    c0=$(cpu_ticks)
+    out=$("$PY" "$HERE/accept-rate/send.py" --port "$port" --sender "$MEMBER" --rcpt "$LIST" \
+        --concurrency "$CONCURRENCY" --per-session "$PER_SESSION" "$@" 2>"$W/send.err") ||
+        { cat "$W/send.err" >&2; die "sender failed on $label"; }
+    t1=$(lc_ticks)
+    c1=$(cpu_ticks)
+    read -r ACC REF SECS PY_S <<<"$out"
+    LC_MS=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')
+    PY_MS=$(awk -v s="$PY_S" -v n="$#" 'BEGIN { printf "%.2f", s * 1000 / n }')
+    BUSY=$(awk -v a="$c0" -v b="$c1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[1] - x[1] + y[2] - x[2]) }')
+    printf '#   %-13s %d/%d accepted, %d refused, in %s s; CPU ms/msg: listcrypt %s, sender %s; all cores %s%% busy; load %s\n' \
+        "$label" "$ACC" "$#" "$REF" "$SECS" "$LC_MS" "$PY_MS" "$BUSY" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    [[ -s $W/send.err ]] && sed 's/^/#   /' "$W/send.err"
+    return 0
+}
+must_accept_all() { # LABEL TOTAL
+    ((ACC == $2)) || {
+        tail -n 20 "$W/log/listcrypt.log" >&2
+        die "$1: only $ACC of $2 posts accepted by the milter; a rate over refusals measures nothing"
+    }
+}
+
+# ---- runs --------------------------------------------------------------------------------
+echo "# warm-up: $WARMUP posts on each listener (posts not used again)"
+send warm-nomilter "$P_PLAIN" "${WARM_POSTS[@]}"
+send warm-inbound "$P_MILTER" "${WARM_POSTS[@]}"
+must_accept_all warm-inbound "$WARMUP"
+drain
+
+RESULTS=()
+run_one() { # LABEL PORT
+    local before after
+    before=$(replay_rows)
+    send "$1" "$2" "${RUN_POSTS[@]}"
+    drain
+    after=$(replay_rows)
+    RESULTS+=("$1 $ACC $SECS $LC_MS $PY_MS $BUSY")
+    if [[ $1 == inbound ]]; then
+        must_accept_all "$1" "$N"
+        if [[ $before != "?" && $after != "?" ]]; then
+            (((after - before) == N)) || die "inbound: replay record grew by $((after - before)), not $N: posts were not all new"
+            echo "#   replay record: +$((after - before)) new signatures (every post processed as new)"
+        fi
+    fi
+}
+EV0=$(milter_events)
+run_one nomilter "$P_PLAIN"
+run_one inbound "$P_MILTER"
+run_one nomilter2 "$P_PLAIN"
+EV1=$(milter_events)
+((EV1 == EV0)) || { grep -E 'milter-|milter.*(not responding|failed|timeout)' "$W/postfix/log/maillog" | tail -n 5 >&2; die "Postfix logged $((EV1 - EV0)) milter reject/discard/hold/failure events during the runs"; }
+if grep -qiE ' (ERROR|WARN) ' "$W/log/listcrypt.log"; then
+    echo "# listcrypt logged warnings:"
+    grep -iE ' (ERROR|WARN) ' "$W/log/listcrypt.log" | tail -n 5 | sed 's/^/#   /'
+fi
+
+# ---- table -------------------------------------------------------------------------------
+echo
+echo "listcrypt $BIN_VERSION ($BIN_INFO; repo HEAD $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')), Postfix $(postconf -d -h mail_version), nproc $(nproc)"
+echo "N=$N posts x ~${SIZE} B (body $BODY_BYTES B, gpg sign+encrypt -z 0, RFC 3156), concurrency $CONCURRENCY, $PER_SESSION msg/session, milter over a unix socket, delivery discard:"
+printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" '
+    { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; rate[NR] = $2 / $3; if ($1 == "inbound") m = NR; else { base += rate[NR]; nb++ } }
+    END {
+        printf "%-10s %10s %8s %8s %6s  %-27s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg listcrypt/sender", "cores busy"
+        for (i = 1; i <= NR; i++)
+            printf "%-10s %10s %8.2f %8.1f %6s  %13.2f / %-11.2f %9s%%\n", label[i], acc[i] "/" n, sec[i], rate[i], \
+                (label[i] == "inbound" ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], busy[i]
+        printf "ratio inbound/nomilter: %.2fx of the mean of both nomilter runs (%.2fx of the first, %.2fx of the second)\n", \
+            rate[m] / (base / nb), rate[m] / rate[1], rate[m] / rate[3]
+    }'
