@@ -1,0 +1,228 @@
+//! The daemon's outbound end of message, measured through the milter protocol
+//! (`cargo bench --bench milter`): a client speaking milter to the real daemon over a unix
+//! socket sends Mailman's copy of a 100 KiB post from `LIST-bounces@` to 10 / 100 / 1000
+//! X25519 members (certificates already loaded), and times RCPTs and end of message until
+//! the encrypted body is back. With the default `batch_size` (50) the extra batches go to a
+//! reinjection listener (an SMTP sink in this process), as in production; with `batch_size`
+//! 1000 everything is one batch. Timings are printed, never asserted.
+
+use indymilter_test::{Actions, ProtoOpts, Status, TestConnection};
+use listcrypt::config::{Config, SocketSpec};
+use listcrypt::keys::{add_member, create_list_key};
+use listcrypt::store::{Role, SqliteStore};
+use sequoia_openpgp::cert::prelude::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LIST: &str = "enc@lists.example.test";
+const POST_BYTES: usize = 100 * 1024;
+
+/// An SMTP sink that accepts every transaction and counts them.
+fn sink() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let _ = w.write_all(b"220 sink\r\n");
+                let mut line = String::new();
+                let mut in_data = false;
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    let reply: Option<&[u8]> = if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            Some(b"250 2.0.0 Ok: queued as SINK\r\n")
+                        } else {
+                            None
+                        }
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        Some(b"354 go\r\n")
+                    } else if line.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        break;
+                    } else {
+                        Some(b"250 ok\r\n")
+                    };
+                    if let Some(reply) = reply {
+                        let _ = w.write_all(reply);
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+fn post() -> (Vec<(String, String)>, Vec<u8>) {
+    let headers = vec![
+        ("From".to_string(), " Alice <alice@example.net>".to_string()),
+        ("To".to_string(), format!(" {LIST}")),
+        ("Subject".to_string(), " [Enc] benchmark".to_string()),
+        ("Message-ID".to_string(), " <bench@example.net>".to_string()),
+        ("MIME-Version".to_string(), " 1.0".to_string()),
+        (
+            "Content-Type".to_string(),
+            " text/plain; charset=utf-8".to_string(),
+        ),
+    ];
+    let line = "The quick brown fox jumps over the lazy dog, 0123456789 abcdefghij.\r\n";
+    let mut body = Vec::with_capacity(POST_BYTES + line.len());
+    while body.len() < POST_BYTES {
+        body.extend_from_slice(line.as_bytes());
+    }
+    (headers, body)
+}
+
+async fn one_message(
+    socket: &std::path::Path,
+    members: &[String],
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Duration {
+    let mut conn = TestConnection::configure()
+        .read_timeout(Duration::from_secs(120))
+        .write_timeout(Duration::from_secs(120))
+        .available_actions(Actions::all())
+        .available_opts(ProtoOpts::all())
+        .exact_leading_space(true)
+        .open_unix(socket)
+        .await
+        .unwrap();
+    conn.connect("localhost", [127, 0, 0, 1]).await.unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        conn.mail(["<enc-bounces@lists.example.test>"])
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    for m in members {
+        assert_eq!(
+            conn.rcpt([format!("<{m}>")]).await.unwrap(),
+            Status::Continue
+        );
+    }
+    conn.data().await.unwrap();
+    // A new post each time (Mailman's distinct posts): the journal must not skip recipients.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for (n, v) in headers {
+        let v = if n == "Message-ID" {
+            format!(" <bench-{seq}@example.net>")
+        } else {
+            v.clone()
+        };
+        conn.header(n.as_str(), v.as_str()).await.unwrap();
+    }
+    if !conn.negotiated_opts().contains(ProtoOpts::NO_EOH) {
+        conn.eoh().await.unwrap();
+    }
+    for chunk in body.chunks(65_535) {
+        conn.body(chunk.to_vec()).await.unwrap();
+    }
+    let (_, status) = conn.eom().await.unwrap();
+    let took = start.elapsed();
+    assert!(
+        matches!(status, Status::Continue | Status::Accept),
+        "{status:?}"
+    );
+    conn.close().await.unwrap();
+    took
+}
+
+fn main() {
+    let secs: f64 = std::env::var("LISTCRYPT_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let sink_port = sink();
+    let config_text = format!(
+        "inbound_socket = \"unix:{r}/in.sock\"\noutbound_socket = \"unix:{r}/out.sock\"\n\
+         reinject_smtp = \"127.0.0.1:{sink_port}\"\npolicy_dir = \"{r}/lists.d\"\n\
+         keyring_dir = \"{r}/keyrings\"\nstate_dir = \"{r}/state\"\nlog = \"stderr\"\nlog_level = \"warn\"\n",
+        r = root.display()
+    );
+    std::fs::write(root.join("c.toml"), &config_text).unwrap();
+    // The benchmark's own LISTCRYPT_* overrides would change the numbers: ignore them.
+    let config = Config::load(Some(&root.join("c.toml"))).unwrap();
+    create_list_key(&config.keyring_dir, LIST).unwrap();
+    std::fs::create_dir_all(&config.policy_dir).unwrap();
+    let policy_path = config.policy_path(LIST);
+    let store = SqliteStore::open(&config.state_dir).unwrap();
+    let t = Instant::now();
+    let mut members = Vec::new();
+    for i in 0..1000 {
+        let address = format!("m{i}@example.net");
+        let (cert, _) = CertBuilder::new()
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .add_userid(format!("<{address}>"))
+            .add_transport_encryption_subkey()
+            .generate()
+            .unwrap();
+        std::fs::write(
+            &policy_path,
+            listcrypt::config::Policy::default_file_text(LIST),
+        )
+        .unwrap();
+        add_member(&config, &store, LIST, &address, &cert, Role::Member, false).unwrap();
+        members.push(address);
+    }
+    println!("listcrypt milter bench: outbound end of message, 100 KiB post, X25519 members, unix socket, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "setup: 1000 members generated and bound in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (headers, body) = post();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for batch_size in [50u32, 1000] {
+        let text = listcrypt::config::Policy::default_file_text(LIST)
+            .replace("batch_size = 50", &format!("batch_size = {batch_size}"));
+        std::fs::write(&policy_path, text).unwrap();
+        let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), None).unwrap());
+        runtime.block_on(async {
+            let inbound = listcrypt::bind(&SocketSpec::Unix(root.join("in.sock")), 0o600, None).await.unwrap();
+            let outbound = listcrypt::bind(&SocketSpec::Unix(root.join("out.sock")), 0o600, None).await.unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
+                let _ = rx.await;
+            }));
+            for n in [10usize, 100, 1000] {
+                let rcpts = &members[..n];
+                // Warm-up, then as many runs as fit the budget (at least 3).
+                one_message(&root.join("out.sock"), rcpts, &headers, &body).await;
+                let mut times = Vec::new();
+                let budget = Instant::now();
+                while times.len() < 3 || budget.elapsed().as_secs_f64() < secs {
+                    times.push(one_message(&root.join("out.sock"), rcpts, &headers, &body).await);
+                    if times.len() >= 200 {
+                        break;
+                    }
+                }
+                times.sort();
+                let median = times[times.len() / 2];
+                println!(
+                    "batch_size {batch_size:>4}  {n:>4} members: median {:>9.3} ms  min {:>9.3}  max {:>9.3}  n={:<4} {:>6.1} us/member",
+                    median.as_secs_f64() * 1e3,
+                    times[0].as_secs_f64() * 1e3,
+                    times[times.len() - 1].as_secs_f64() * 1e3,
+                    times.len(),
+                    median.as_secs_f64() * 1e6 / n as f64
+                );
+            }
+            let _ = tx.send(());
+            let _ = task.await;
+        });
+    }
+    println!("(MAIL + RCPTs + header + body + end of message, as the MTA would see it; includes SMTP reinjection of extra batches to a local sink)");
+}
