@@ -12,7 +12,9 @@
 #
 # Usage: contrib/bench/vs-gpg.sh            (after `cargo build --release`)
 # Environment: RUNS (timed runs per case, default 10; 2 warm-up runs come first),
-#              MEMBERS (default 100), SMALL (default 10), LISTCRYPT (binary path).
+#              MEMBERS (default 100), SMALL (default 10), LISTCRYPT (binary path),
+#              KEEP=1 keeps the work directory (keys, messages, outputs) for inspection,
+#              IDLE_WAIT=SECONDS waits up to that long for an idle machine before timing.
 # Needs: bash >= 5, gpg (GnuPG 2.2+), gpgconf. Everything lives in a mktemp directory that is
 # removed on exit (the gpg-agents started for it are stopped).
 set -euo pipefail
@@ -41,7 +43,7 @@ cleanup() {
     for h in "$MEMBER_HOME" "$LIST_HOME"; do
         if [[ -d $h ]]; then gpgconf --homedir "$h" --kill all >/dev/null 2>&1 || true; fi
     done
-    rm -rf "$W"
+    if [[ ${KEEP:-0} == 1 ]]; then echo "# kept $W (KEEP=1)"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 mkdir -m 700 "$MEMBER_HOME" "$LIST_HOME"
@@ -152,8 +154,12 @@ gpg_out_small() { gpg --homedir "$MEMBER_HOME" "${GPG_COMMON[@]}" --throw-keyids
 lc_in() { "$LISTCRYPT" -c "$CFG" process inbound --list "$LIST" --from m0@example.net \
     <"$W/inbound.eml" >/dev/null 2>>"$W/run.log"; }
 gpg_in() { gpg --homedir "$LIST_HOME" "${GPG_COMMON[@]}" -o /dev/null -d "$W/inbound.asc" 2>>"$W/run.log"; }
-lc_load() { "$LISTCRYPT" -c "$CFG" check-config >/dev/null 2>>"$W/run.log"; }
-gpg_load() { gpg --homedir "$LIST_HOME" --batch --list-keys >/dev/null 2>>"$W/run.log"; }
+lc_out_one() { "$LISTCRYPT" -c "$CFG" process outbound --list "$LIST" --from "$BOUNCES" \
+    --rcpt m0@example.net --out "$W/out-one" <"$W/post.eml" >/dev/null 2>>"$W/run.log"; }
+gpg_out_one() { gpg --homedir "$MEMBER_HOME" "${GPG_COMMON[@]}" --throw-keyids -z 0 -a -u "$SIGNER" \
+    -s -e -r "${FPRS[0]}" -o "$W/gpg-one.asc" "$W/post.eml" 2>>"$W/run.log"; }
+lc_start() { "$LISTCRYPT" --version >/dev/null; }
+gpg_start() { gpg --homedir "$LIST_HOME" --batch --version >/dev/null; }
 
 echo
 echo "# commands (W=$W; RCPT list and -r list elided after the first two):"
@@ -162,8 +168,8 @@ echo "#  gpg out:       gpg --homedir \$W/gnupg-members --batch --no-tty --pinen
 echo "#  listcrypt in:  $LISTCRYPT -c \$W/listcrypt.toml process inbound --list $LIST --from m0@example.net < \$W/inbound.eml"
 echo "#  gpg in:        gpg --homedir \$W/gnupg-list --batch --no-tty --pinentry-mode loopback --passphrase '' --yes --trust-model always -o /dev/null -d \$W/inbound.asc"
 echo "#  (inbound.asc = gpg --homedir \$W/gnupg-members -z 0 -u m0 -a -s -e -r $LIST_FPR \$W/inner.eml; inbound.eml wraps it in multipart/encrypted)"
-echo "#  listcrypt load: $LISTCRYPT -c \$W/listcrypt.toml check-config   (start-up + config + list key + $MEMBERS certs, no crypto)"
-echo "#  gpg load:      gpg --homedir \$W/gnupg-list --batch --list-keys   (start-up + keyring of $((MEMBERS + 1)) keys)"
+echo "#  1 member:      the same two commands with one --rcpt / -r (listcrypt still loads all $MEMBERS member certificates)"
+echo "#  start-up:      $LISTCRYPT --version  vs  gpg --homedir \$W/gnupg-list --batch --version"
 
 # ---- sanity: every command works and produces what it should ------------------------------
 lc_out_big || die "listcrypt process outbound failed: $(tail -5 "$W/run.log")"
@@ -179,50 +185,84 @@ status=$(gpgl --trust-model always --status-fd 1 -o /dev/null -d "$W/inbound.asc
 if ! grep -q DECRYPTION_OKAY <<<"$status" || ! grep -q GOODSIG <<<"$status"; then
     die "gpg cannot decrypt+verify the inbound post"
 fi
-lc_load || die "listcrypt check-config failed: $(tail -5 "$W/run.log")"
 echo "# sanity: one batch of $MEMBERS, a member decrypts it; inbound post accepted; gpg decrypts+verifies it"
 printf '# sizes: post %d B, listcrypt batch %d B, gpg output %d B, inbound message %d B\n' \
     "$(wc -c <"$W/post.eml")" "$(wc -c <"$W/out-big/batch-1.eml")" "$(wc -c <"$W/gpg-big.asc")" "$(wc -c <"$W/inbound.eml")"
 
 # ---- timing -----------------------------------------------------------------------------
-# time_ms FUNC: WARMUP untimed runs, then RUNS timed ones; sets MEDIAN and MIN (ms).
-time_ms() {
-    local f=$1 i t s samples=()
-    for ((i = 0; i < WARMUP; i++)); do "$f" || die "$f failed: $(tail -3 "$W/run.log")"; done
-    for ((i = 0; i < RUNS; i++)); do
-        t=${EPOCHREALTIME/[.,]/}
-        "$f" || die "$f failed: $(tail -3 "$W/run.log")"
-        s=${EPOCHREALTIME/[.,]/}
-        samples+=($((s - t)))
+# median_ms SAMPLES... (microseconds) -> median in ms
+median_ms() {
+    local sorted n m
+    mapfile -t sorted < <(printf '%s\n' "$@" | sort -n)
+    n=${#sorted[@]}
+    if ((n % 2)); then m=${sorted[n / 2]}; else m=$(((sorted[n / 2 - 1] + sorted[n / 2]) / 2)); fi
+    awk -v u="$m" 'BEGIN { printf "%.1f", u / 1000 }'
+}
+min_ms() { printf '%s\n' "$@" | sort -n | head -1 | awk '{ printf "%.1f", $1 / 1000 }'; }
+now_us() { local t=$EPOCHREALTIME; echo "${t/[.,]/}"; }
+
+# time_pair LC GPG: WARMUP untimed runs of each, then RUNS timed rounds, the two commands
+# interleaved so that background load hits both alike. Sets LM LMIN GM GMIN (ms).
+time_pair() {
+    local i t a=() b=()
+    for ((i = 0; i < WARMUP; i++)); do
+        "$1" || die "$1 failed: $(tail -3 "$W/run.log")"
+        "$2" || die "$2 failed: $(tail -3 "$W/run.log")"
     done
-    mapfile -t samples < <(printf '%s\n' "${samples[@]}" | sort -n)
-    local n=${#samples[@]} med
-    if ((n % 2)); then med=${samples[n / 2]}; else med=$(((samples[n / 2 - 1] + samples[n / 2]) / 2)); fi
-    MEDIAN=$(awk -v u="$med" 'BEGIN { printf "%.1f", u / 1000 }')
-    MIN=$(awk -v u="${samples[0]}" 'BEGIN { printf "%.1f", u / 1000 }')
+    for ((i = 0; i < RUNS; i++)); do
+        t=$(now_us); "$1" || die "$1 failed: $(tail -3 "$W/run.log")"; a+=($(($(now_us) - t)))
+        t=$(now_us); "$2" || die "$2 failed: $(tail -3 "$W/run.log")"; b+=($(($(now_us) - t)))
+    done
+    LM=$(median_ms "${a[@]}") LMIN=$(min_ms "${a[@]}")
+    GM=$(median_ms "${b[@]}") GMIN=$(min_ms "${b[@]}")
 }
 
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+FMT='%-44s %10s %8s %10s %8s %8s\n'
 row() { # label listcrypt-func gpg-func
-    local lm lmin gm gmin
-    time_ms "$2"; lm=$MEDIAN lmin=$MIN
-    time_ms "$3"; gm=$MEDIAN gmin=$MIN
-    printf '%-36s %10s %8s %10s %8s %9s\n' "$1" "$lm" "$lmin" "$gm" "$gmin" \
-        "$(awk -v a="$lm" -v b="$gm" 'BEGIN { printf "%.2f", a / b }')"
+    time_pair "$2" "$3"
+    # shellcheck disable=SC2059
+    printf "$FMT" "$1" "$LM" "$LMIN" "$GM" "$GMIN" "$(ratio "$LM" "$GM")"
+}
+
+# busy_pct: share of CPU time used during one second (from /proc/stat).
+busy_pct() {
+    local a b
+    a=$(head -1 /proc/stat); sleep 1; b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x); split(b, y); t = 0;
+        for (i = 2; i <= 9; i++) t += y[i] - x[i];
+        idle = (y[5] + y[6]) - (x[5] + x[6]); printf "%d", t ? 100 * (t - idle) / t : 0 }'
 }
 
 echo
-if awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v c="$(nproc)" 'BEGIN { exit !(l > c / 2) }'; then
-    echo "# WARNING: the machine is busy (1-minute load $(cut -d' ' -f1 /proc/loadavg) on $(nproc) cores): numbers are unreliable"
-fi
-echo "# $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $RUNS timed runs after $WARMUP warm-ups; wall time in ms"
-printf '%-36s %10s %8s %10s %8s %9s\n' "case (100 KiB post)" "listcrypt" "min" "gpg" "min" "lc/gpg"
-printf '%-36s %10s %8s %10s %8s %9s\n' "" "median" "" "median" "" ""
+BUSY=$(busy_pct)
+deadline=$((SECONDS + ${IDLE_WAIT:-0}))
+while ((BUSY >= 15 && SECONDS < deadline)); do sleep 4; BUSY=$(busy_pct); done
+((BUSY < 15)) || echo "# WARNING: the machine is busy (${BUSY}% CPU used by others just before timing): numbers are unreliable"
+echo "# $(nproc) cores, ${BUSY}% busy before timing, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $RUNS timed runs after $WARMUP warm-ups, listcrypt and gpg interleaved; wall time per process in ms"
+# shellcheck disable=SC2059
+printf "$FMT" "case (100 KiB post)" "listcrypt" "min" "gpg" "min" "lc/gpg"
 row "outbound, $MEMBERS members, one batch" lc_out_big gpg_out_big
+BIG=("$LM" "$LMIN" "$GM" "$GMIN")
 row "outbound, $SMALL members, one batch" lc_out_small gpg_out_small
-row "inbound decrypt+verify (1 signer)" lc_in gpg_in
-row "fixed: start-up + keyring load" lc_load gpg_load
+SMALL_=("$LM" "$LMIN" "$GM" "$GMIN")
+row "outbound, 1 member (fixed costs + 1 PKESK)" lc_out_one gpg_out_one
+PER=()
+for i in 0 1 2 3; do
+    PER+=("$(awk -v a="${BIG[i]}" -v b="${SMALL_[i]}" -v n=$((MEMBERS - SMALL)) 'BEGIN { printf "%.0f", (a - b) * 1000 / n }')")
+done
+# shellcheck disable=SC2059
+printf "$FMT" "outbound, per extra member ($SMALL->$MEMBERS), us" "${PER[0]}" "${PER[1]}" "${PER[2]}" "${PER[3]}" "$(ratio "${PER[0]}" "${PER[2]}")"
+row "inbound decrypt+verify, 1 signer" lc_in gpg_in
+row "bare process start-up (--version)" lc_start gpg_start
 echo
-echo "# Process-level numbers: each listcrypt run pays process start-up, SQLite open and the"
-echo "# keyring load (list key + $MEMBERS member certificates, about the 'fixed' row), which the"
-echo "# daemon pays once at start. gpg pays its own start-up and gpg-agent round trips per run."
-echo "# In-process costs (what the daemon pays per message): cargo bench --bench pipeline"
+echo "# Process-level numbers: every listcrypt run pays process start-up, SQLite open and the"
+echo "# keyring load (list key + $MEMBERS member certificates, validated: the bulk of the"
+echo "# '1 member' row), which the daemon pays once at start. gpg pays its start-up and"
+echo "# gpg-agent round trips (signing, decryption) in every run. The per-extra-member row"
+echo "# cancels the fixed costs (its min columns are computed from the mins). In-process costs"
+echo "# (what the daemon pays per message):"
+echo "#   cargo bench --bench pipeline"
+BUSY=$(busy_pct)
+((BUSY < 15)) || echo "# WARNING: ${BUSY}% CPU used by others right after timing: numbers may be skewed"
