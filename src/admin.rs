@@ -148,15 +148,18 @@ pub fn list_rotate_subkey(
     config: &Config,
     address: &str,
     grace_days: u32,
+    prune_only: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let list = list_address(address)?;
     existing_list(config, &list)?;
     let grace = std::time::Duration::from_secs(u64::from(grace_days) * 86_400);
-    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace)?;
+    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace, prune_only)?;
     // Running daemons pick the new key up with the next message.
     open_store(config)?.touch()?;
-    writeln!(out, "new encryption subkey {}", r.new_subkey).ok();
+    if let Some(f) = &r.new_subkey {
+        writeln!(out, "new encryption subkey {f}").ok();
+    }
     for f in &r.retiring {
         writeln!(
             out,
@@ -167,11 +170,13 @@ pub fn list_rotate_subkey(
     for f in &r.destroyed {
         writeln!(out, "destroyed the secret of expired subkey {f}").ok();
     }
-    writeln!(
-        out,
-        "members should refresh the list key: listcrypt list export-key {list}"
-    )
-    .ok();
+    if r.new_subkey.is_some() {
+        writeln!(
+            out,
+            "members should refresh the list key: listcrypt list export-key {list}"
+        )
+        .ok();
+    }
     Ok(())
 }
 
@@ -315,7 +320,7 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
                 list.address, m.address
             )
             .ok();
-            mails.push(mail);
+            mails.push((list.address.clone(), "expiry", mail));
         }
         if unusable.is_empty() {
             continue;
@@ -347,7 +352,7 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
                 unusable.len()
             )
             .ok();
-            mails.push(mail);
+            mails.push((list.address.clone(), "unusable", mail));
         }
     }
     if mails.is_empty() {
@@ -358,15 +363,21 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
         .build()
         .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
     runtime.block_on(async {
-        for m in &mails {
-            crate::reinject::send_batch(
+        for (i, (_, _, m)) in mails.iter().enumerate() {
+            let sent = crate::reinject::send_batch(
                 &config.reinject_smtp,
                 "",
                 std::slice::from_ref(&m.to),
                 &m.message,
             )
-            .await
-            .map_err(|e| CommandError::new(exit::TEMPFAIL, "send", e))?;
+            .await;
+            if let Err(e) = sent {
+                // Not sent: the next run tries these again instead of waiting a period.
+                for (list, kind, m) in &mails[i..] {
+                    let _ = store.rate_forget(list, &m.to, kind);
+                }
+                return Err(CommandError::new(exit::TEMPFAIL, "send", e));
+            }
         }
         Ok::<(), CommandError>(())
     })?;

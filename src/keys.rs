@@ -595,7 +595,8 @@ pub fn add_list_certifications(
 
 /// What `list rotate-subkey` did.
 pub struct Rotation {
-    pub new_subkey: Fingerprint,
+    /// `None` when only pruning.
+    pub new_subkey: Option<Fingerprint>,
     /// Encryption subkeys that now expire at the end of the grace period.
     pub retiring: Vec<Fingerprint>,
     /// Encryption subkeys whose grace period had ended: secret material destroyed.
@@ -609,6 +610,7 @@ pub fn rotate_subkey(
     keyring_dir: &Path,
     list: &str,
     grace: std::time::Duration,
+    prune_only: bool,
 ) -> Result<Rotation, KeyError> {
     use openpgp::types::KeyFlags;
     let crypto = |e: anyhow::Error| KeyError::Crypto(e.to_string());
@@ -643,6 +645,20 @@ pub fn rotate_subkey(
         }
     }
     let cert = Cert::from_packets(packets.into_iter()).map_err(crypto)?;
+    if prune_only {
+        // Only the destruction of retired secrets (a daily cron job), no new subkey.
+        let bytes = cert.as_tsk().armored().to_vec().map_err(crypto)?;
+        write_atomic(
+            &list_dir(keyring_dir, list).join("secret.pgp"),
+            &bytes,
+            0o600,
+        )?;
+        return Ok(Rotation {
+            new_subkey: None,
+            retiring: Vec::new(),
+            destroyed,
+        });
+    }
 
     let primary_fpr = cert.fingerprint();
     let mut primary = cert
@@ -697,6 +713,7 @@ pub fn rotate_subkey(
         .map(|ka| ka.key().fingerprint())
         .find(|f| !before.contains(f))
         .ok_or_else(|| KeyError::Crypto("no subkey after rotation".into()))?;
+    let new_subkey = Some(new_subkey);
     let bytes = cert.as_tsk().armored().to_vec().map_err(crypto)?;
     write_atomic(
         &list_dir(keyring_dir, list).join("secret.pgp"),

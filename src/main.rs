@@ -74,8 +74,8 @@ enum ListCommand {
     ExportKey { address: String },
     /// Add a new encryption subkey; current ones expire after the grace period (their
     /// secrets are kept until then, so mail already encrypted to them still decrypts);
-    /// secrets of subkeys whose grace period ended are destroyed. Run it again later
-    /// (e.g. from cron) to destroy the retired secrets.
+    /// secrets of subkeys whose grace period ended are destroyed. Run it with --prune-only
+    /// daily from cron to destroy retired secrets without rotating.
     ///
     /// Example: listcrypt list rotate-subkey enc@lists.example.org --grace-days 30
     RotateSubkey {
@@ -83,6 +83,9 @@ enum ListCommand {
         /// Days the retiring encryption subkeys stay valid
         #[arg(long, default_value_t = 30)]
         grace_days: u32,
+        /// Only destroy the secrets of retired subkeys whose grace period ended (daily cron)
+        #[arg(long)]
+        prune_only: bool,
     },
 }
 
@@ -186,7 +189,9 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::List(ListCommand::RotateSubkey {
             address,
             grace_days,
-        }) => admin::list_rotate_subkey(&config, &address, grace_days, &mut out).map(|_| exit::OK),
+            prune_only,
+        }) => admin::list_rotate_subkey(&config, &address, grace_days, prune_only, &mut out)
+            .map(|_| exit::OK),
         Command::List(ListCommand::ExportKey { address }) => {
             admin::list_export_key(&config, &address, &mut out).map(|_| exit::OK)
         }

@@ -110,6 +110,8 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Whether `sender` may get another automatic reply of `kind` from `list` now; records
     /// the reply when allowed (at most one per `interval_secs`).
+    /// Forgets a recorded automatic reply (it could not be sent after all).
+    fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError>;
     fn rate_allow(
         &self,
         list: &str,
@@ -414,6 +416,15 @@ impl Store for SqliteStore {
         conn.execute(
             "DELETE FROM pending WHERE list = ?1 AND address = ?2 AND fingerprint = ?3",
             params![list, address, fingerprint],
+        )?;
+        Ok(())
+    }
+
+    fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM rate WHERE list = ?1 AND sender = ?2 AND kind = ?3",
+            params![list, sender, kind],
         )?;
         Ok(())
     }

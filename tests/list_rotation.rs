@@ -58,10 +58,15 @@ fn rotation_keeps_old_mail_readable_through_the_grace_period() {
     // Expiry has one-second resolution: let "now" pass the zero-day grace period.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = String::from_utf8(run_ok(
-        site.cli().args(["list", "rotate-subkey", LIST]),
+        site.cli()
+            .args(["list", "rotate-subkey", LIST, "--prune-only"]),
         None,
     ))
     .unwrap();
+    assert!(
+        !out.contains("new encryption subkey"),
+        "pruning adds no subkey: {out}"
+    );
     assert!(out.contains("destroyed the secret"), "{out}");
     let (code, line) = inbound(&site, &alice.address, &old_post);
     assert_eq!(code, 1);

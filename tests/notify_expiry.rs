@@ -53,6 +53,26 @@ fn expiring_keys_are_announced_and_unusable_ones_reported() {
     let owner = member(&site, "owner", "never", true);
     std::thread::sleep(std::time::Duration::from_secs(3)); // carol's key has expired now
 
+    // The reinjection listener is down: a temporary failure (75), and nothing is marked as
+    // sent, so the next run sends the notices instead of waiting a whole period.
+    let good = fs::read_to_string(&site.config).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    fs::write(
+        &site.config,
+        good.replace(
+            &format!("127.0.0.1:{}", sink.port),
+            &format!("127.0.0.1:{closed}"),
+        ),
+    )
+    .unwrap();
+    let out = common::run(site.cli().args(["notify-expiry", "--days", "14"]), None);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    fs::write(&site.config, good).unwrap();
+
     let out = String::from_utf8(run_ok(
         site.cli().args(["notify-expiry", "--days", "14"]),
         None,
