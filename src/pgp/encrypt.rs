@@ -1,9 +1,10 @@
 use crate::keys::POLICY;
 use openpgp::armor;
 use openpgp::cert::Preferences;
-use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Recipient, Signer};
-use openpgp::types::Features;
-use openpgp::{Cert, KeyHandle};
+use openpgp::crypto::SessionKey;
+use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Signer};
+use openpgp::types::{AEADAlgorithm, Features, SymmetricAlgorithm};
+use openpgp::Cert;
 use sequoia_openpgp as openpgp;
 use std::io::Write;
 
@@ -87,16 +88,22 @@ pub fn encrypt_sign_keys(
     recipients: &[KeyedRecipient<'_>],
     signer: Option<&Cert>,
 ) -> Result<Vec<u8>, EncryptError> {
-    let mut keys = Vec::new();
+    let mut jobs = Vec::new();
     for r in recipients {
         if r.keys.is_empty() {
             return Err(EncryptError::NoEncryptionKey("recipient".into()));
         }
         for key in r.keys {
-            let handle: Option<KeyHandle> = r.show_key_id.then(|| key.keyid().into());
-            keys.push(Recipient::new(r.features.clone(), handle, key));
+            jobs.push((key, r.show_key_id));
         }
     }
+    // SEIPDv2 only when every recipient advertises it (GnuPG 2.2 cannot read it).
+    let v2 = !recipients.is_empty() && recipients.iter().all(|r| r.features.supports_seipdv2());
+    let sym = SymmetricAlgorithm::AES256;
+    let session_key = SessionKey::new(sym.key_size().map_err(crypto)?).map_err(crypto)?;
+    // One PKESK per key: independent of each other, so they are made on all cores. Each is
+    // sequoia's own PKESK3/PKESK6::for_recipient; we only choose the threads.
+    let pkesks = make_pkesks(&jobs, sym, &session_key, v2)?;
     let keypair = signer.map(signing_keypair).transpose()?;
 
     let mut out = Vec::with_capacity(plaintext.len() * 4 / 3 + 1024 + 200 * recipients.len());
@@ -106,9 +113,19 @@ pub fn encrypt_sign_keys(
             .kind(armor::Kind::Message)
             .build()
             .map_err(crypto)?;
-        let message = Encryptor::for_recipients(message, keys)
-            .build()
-            .map_err(crypto)?;
+        let mut message = message;
+        for p in &pkesks {
+            message
+                .write_all(p)
+                .map_err(|e| EncryptError::Crypto(e.to_string()))?;
+        }
+        let encryptor = Encryptor::with_session_key(message, sym, session_key).map_err(crypto)?;
+        let encryptor = if v2 {
+            encryptor.aead_algo(AEADAlgorithm::default())
+        } else {
+            encryptor
+        };
+        let message = encryptor.build().map_err(crypto)?;
         let message = match keypair {
             Some(kp) => Signer::new(message, kp)
                 .map_err(crypto)?
@@ -161,4 +178,55 @@ fn signing_keypair(cert: &Cert) -> Result<openpgp::crypto::KeyPair, EncryptError
         .next()
         .ok_or(EncryptError::NoSigningKey)?;
     ka.key().clone().into_keypair().map_err(crypto)
+}
+
+/// Recipients below which threads cost more than they save.
+const PARALLEL_PKESKS: usize = 16;
+
+type PublicKey =
+    openpgp::packet::Key<openpgp::packet::key::PublicParts, openpgp::packet::key::UnspecifiedRole>;
+
+/// The serialized PKESK packets, in recipient order: key id (or fingerprint) only where the
+/// recipient asked for it, the wildcard otherwise.
+fn make_pkesks(
+    jobs: &[(&PublicKey, bool)],
+    sym: SymmetricAlgorithm,
+    session_key: &SessionKey,
+    v2: bool,
+) -> Result<Vec<Vec<u8>>, EncryptError> {
+    use openpgp::packet::pkesk::{PKESK3, PKESK6};
+    use openpgp::serialize::SerializeInto;
+    let one = |(key, show): &(&PublicKey, bool)| -> Result<Vec<u8>, EncryptError> {
+        let packet = if v2 {
+            let mut p = PKESK6::for_recipient(session_key, *key).map_err(crypto)?;
+            p.set_recipient(show.then(|| key.fingerprint()));
+            openpgp::Packet::from(p)
+        } else {
+            let mut p = PKESK3::for_recipient(sym, session_key, *key).map_err(crypto)?;
+            p.set_recipient(show.then(|| key.keyid()));
+            openpgp::Packet::PKESK(p.into())
+        };
+        packet.to_vec().map_err(crypto)
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if threads < 2 || jobs.len() < PARALLEL_PKESKS {
+        return jobs.iter().map(one).collect();
+    }
+    let chunk = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for h in handles {
+            let part = h
+                .join()
+                .map_err(|_| EncryptError::Crypto("PKESK worker panicked".into()))??;
+            out.extend(part);
+        }
+        Ok(out)
+    })
 }
