@@ -217,6 +217,7 @@ fn run(
         Ok(s) => s,
         Err(e) => return Verdict::Reject(limit_reply(&e)),
     };
+    let mut inline = false;
     let ciphertext = match shape {
         Shape::PgpMime { ciphertext } => ciphertext,
         Shape::NotEncrypted | Shape::InlinePgp if command => {
@@ -238,13 +239,29 @@ fn run(
         }
         Shape::InlinePgp => {
             let reply = Reply::new("550", "5.7.1", "inline PGP is not accepted, use PGP/MIME");
-            return act(policy.inline_pgp_action, reply, |hold| {
-                pass_original(hold, "inline PGP post passed undecrypted by policy".into())
-            });
+            match policy.inline_pgp_action {
+                Action::Reject | Action::Discard => {
+                    return act(policy.inline_pgp_action, reply, |_| unreachable_deliver());
+                }
+                // Accepted or held: decrypted like a PGP/MIME post, below.
+                Action::Accept | Action::Hold => match inline_block(message) {
+                    Some(block) => {
+                        inline = true;
+                        block
+                    }
+                    None => {
+                        return Verdict::Reject(Reply::new(
+                            "554",
+                            "5.6.0",
+                            "malformed inline PGP message",
+                        ))
+                    }
+                },
+            }
         }
     };
 
-    let decrypted = match pgp::decrypt_verify(
+    let mut decrypted = match pgp::decrypt_verify(
         &ciphertext,
         list,
         limits.max_packets,
@@ -253,6 +270,13 @@ fn run(
         Ok(d) => d,
         Err(f) => return Verdict::Reject(failure_reply(&f)),
     };
+    if inline {
+        // Inline PGP carries text, not a MIME entity: make it one. Its signature covers the
+        // text, not this entity, so the signer is stated inside the list's copy (below).
+        let mut entity = b"Content-Type: text/plain; charset=utf-8\r\n\r\n".to_vec();
+        entity.extend_from_slice(&mime::to_crlf(&decrypted.plaintext));
+        decrypted.plaintext = entity;
+    }
     let inner = match Entity::parse(&decrypted.plaintext) {
         Ok(e) => e,
         Err(_) => {
@@ -346,6 +370,10 @@ fn run(
     }
     let mut note = String::new();
     let signed_body = match &judgement {
+        Judgement::Good { .. } if inline => {
+            note = "; inline PGP, signer stated inside the list copy".into();
+            None
+        }
         Judgement::Good { sig, .. } if !inner_signed => {
             let r = signed_copy(&decrypted.plaintext, sig);
             if r.is_none() {
@@ -379,7 +407,7 @@ fn run(
         }
     }
 
-    match judgement {
+    let verdict = match judgement {
         Judgement::Good {
             signer,
             address,
@@ -417,7 +445,44 @@ fn run(
                 replay: None,
             }
         }),
+    };
+    // `inline_pgp_action = "hold"`: an inline post that passes otherwise is held.
+    match verdict {
+        Verdict::Deliver {
+            mut rewrite,
+            hold: None,
+            summary,
+            replay,
+        } if inline && policy.inline_pgp_action == Action::Hold => {
+            let reason = "inline PGP post".to_string();
+            rewrite
+                .add
+                .push(("X-Listcrypt-Hold".into(), reason.clone()));
+            Verdict::Deliver {
+                rewrite,
+                hold: Some(reason),
+                summary,
+                replay,
+            }
+        }
+        other => other,
     }
+}
+
+/// The first armored OpenPGP message in a text body (decoded per its transfer encoding).
+fn inline_block(message: &[u8]) -> Option<Vec<u8>> {
+    let parsed = mailparse::parse_mail(message).ok()?;
+    let body = parsed.get_body_raw().ok()?;
+    let begin = b"-----BEGIN PGP MESSAGE-----";
+    let end = b"-----END PGP MESSAGE-----";
+    let start = body.windows(begin.len()).position(|w| w == begin)?;
+    let stop = body[start..].windows(end.len()).position(|w| w == end)? + start + end.len();
+    Some(body[start..stop].to_vec())
+}
+
+/// For `act` calls whose action never delivers (reject, discard).
+fn unreachable_deliver() -> Verdict {
+    Verdict::Tempfail(Reply::internal("internal error"))
 }
 
 /// SHA-256 over the list and the author's signature packet: the replay record.
