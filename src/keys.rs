@@ -286,9 +286,10 @@ pub struct ListKeys {
     pub members: Vec<Member>,
     by_address: HashMap<String, usize>,
     by_keyid: HashMap<KeyID, Vec<usize>>,
-    /// Per member (same index): the encryption keys, worked out once per snapshot so the RCPT
-    /// path and encryption do not re-validate certificates per message.
-    encryption: Vec<Result<EncryptionKeys, String>>,
+    /// Per member (same index): the encryption keys, worked out at most once per snapshot
+    /// (on first use) so the RCPT path and encryption do not re-validate certificates per
+    /// message, and loading a snapshot does not validate members nobody writes to.
+    encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, String>>>,
 }
 
 /// A member's usable encryption keys as of the snapshot.
@@ -351,10 +352,7 @@ impl ListKeys {
                 by_keyid.entry(k.key().keyid()).or_default().push(i);
             }
         }
-        let encryption = members
-            .iter()
-            .map(|m| EncryptionKeys::of(&m.cert, &m.address))
-            .collect();
+        let encryption = members.iter().map(|_| std::sync::OnceLock::new()).collect();
         ListKeys {
             address,
             policy,
@@ -368,9 +366,11 @@ impl ListKeys {
 
     /// The member bound to `address` and its encryption keys (or why it has none).
     pub fn recipient(&self, address: &str) -> Option<(&Member, &Result<EncryptionKeys, String>)> {
-        self.by_address
-            .get(address)
-            .map(|&i| (&self.members[i], &self.encryption[i]))
+        self.by_address.get(address).map(|&i| {
+            let m = &self.members[i];
+            let keys = self.encryption[i].get_or_init(|| EncryptionKeys::of(&m.cert, &m.address));
+            (m, keys)
+        })
     }
 
     pub fn member(&self, address: &str) -> Option<&Member> {
