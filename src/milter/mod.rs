@@ -52,7 +52,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 let internal = cx.macros.get(c"{daemon_port}").is_some_and(|p| p.to_bytes() == b"0");
                 match cx.data.as_mut() {
                     Some(s) => s.mail(args, internal, &mut cx.reply),
-                    None => missing_session(),
+                    None => missing_session(&mut cx.reply),
                 }
             })
         })
@@ -60,15 +60,17 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
             Box::pin(async move {
                 match cx.data.as_mut() {
                     Some(s) => s.rcpt(args, &mut cx.reply),
-                    None => missing_session(),
+                    None => missing_session(&mut cx.reply),
                 }
             })
         })
         .on_data(|cx| {
             Box::pin(async move {
+                // Postfix knows the queue id from DATA on: the refusals that follow name it.
+                let queue_id = cx.macros.get(c"i").map(|v| v.to_string_lossy().into_owned());
                 match cx.data.as_mut() {
-                    Some(s) => s.data(),
-                    None => missing_session(),
+                    Some(s) => s.data(queue_id, &mut cx.reply),
+                    None => missing_session(&mut cx.reply),
                 }
             })
         })
@@ -76,7 +78,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
             Box::pin(async move {
                 match cx.data.as_mut() {
                     Some(s) => s.header(name, value, &mut cx.reply),
-                    None => missing_session(),
+                    None => missing_session(&mut cx.reply),
                 }
             })
         })
@@ -84,7 +86,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
             Box::pin(async move {
                 match cx.data.as_mut() {
                     Some(s) => s.body(&chunk, &mut cx.reply),
-                    None => missing_session(),
+                    None => missing_session(&mut cx.reply),
                 }
             })
         })
@@ -97,7 +99,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                     .unwrap_or_else(|| "NONE".into());
                 match cx.data.as_mut() {
                     Some(s) => s.eom(&queue_id, &cx.actions, &mut cx.reply).await,
-                    None => missing_session(),
+                    None => missing_session(&mut cx.reply),
                 }
             })
         })
@@ -111,9 +113,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
         })
 }
 
-fn missing_session() -> Status {
-    tracing::error!("milter session state missing; temporary failure");
-    Status::Tempfail
+/// Our own failure: never a silent pass, always `451 4.3.0` with a log line.
+fn missing_session(reply: &mut indymilter::SmtpReply) -> Status {
+    tracing::error!("NONE: milter session state missing; temporary failure");
+    session::internal_failure(reply)
 }
 
 pub fn milter_config() -> MilterConfig {

@@ -60,6 +60,8 @@ struct Msg {
     sender: String,
     keyring: Arc<Keyring>,
     mode: Mode,
+    /// The MTA's queue id once DATA made it known (`NONE` before).
+    queue_id: String,
     headers: Vec<(String, Vec<u8>)>,
     header_bytes: usize,
     body: Vec<u8>,
@@ -97,6 +99,11 @@ fn normalized(addrs: &[String]) -> Vec<String> {
         .iter()
         .map(|a| crate::keys::normalize_address(a))
         .collect()
+}
+
+/// `451 4.3.0` for a failure of ours (the MTA keeps the mail and retries).
+pub fn internal_failure(reply: &mut SmtpReply) -> Status {
+    set_reply(reply, &Reply::internal("temporary failure, please retry"))
 }
 
 fn arg_address(args: &[CString]) -> String {
@@ -168,6 +175,7 @@ impl Session {
             sender,
             keyring,
             mode,
+            queue_id: "NONE".into(),
             headers: Vec::new(),
             header_bytes: 0,
             body: Vec::new(),
@@ -178,7 +186,7 @@ impl Session {
     pub fn rcpt(&mut self, args: Vec<CString>, reply: &mut SmtpReply) -> Status {
         let Some(msg) = self.msg.as_mut() else {
             tracing::error!("NONE: {}: RCPT without MAIL", self.side);
-            return Status::Tempfail;
+            return internal_failure(reply);
         };
         let rcpt = arg_address(&args);
         let mixed = Reply::new("452", "4.5.3", "one list per transaction, please retry");
@@ -256,7 +264,10 @@ impl Session {
         }
     }
 
-    pub fn data(&mut self) -> Status {
+    pub fn data(&mut self, queue_id: Option<String>, reply: &mut SmtpReply) -> Status {
+        if let (Some(msg), Some(id)) = (self.msg.as_mut(), queue_id) {
+            msg.queue_id = id;
+        }
         match self.msg.as_ref().map(|m| &m.mode) {
             // Nothing to do for mail that is no list's, nor for Mailman's loopback.
             Some(Mode::Unmanaged) | Some(Mode::Foreign) => Status::Accept,
@@ -266,19 +277,23 @@ impl Session {
                 ..
             }) => Status::Accept,
             Some(_) => Status::Continue,
-            None => Status::Tempfail,
+            None => {
+                tracing::error!("NONE: {}: DATA without a transaction", self.side);
+                internal_failure(reply)
+            }
         }
     }
 
     pub fn header(&mut self, name: CString, value: CString, reply: &mut SmtpReply) -> Status {
         let Some(msg) = self.msg.as_mut() else {
-            return Status::Tempfail;
+            tracing::error!("NONE: {}: header without a transaction", self.side);
+            return internal_failure(reply);
         };
         // The header counts against the size limit too (the MTA bounds it as well).
         msg.header_bytes += name.as_bytes().len() + value.as_bytes().len() + 4;
         if msg.header_bytes as u64 > self.config.limits.max_message_bytes {
             let r = Reply::new("552", "5.3.4", "message exceeds the size limit");
-            tracing::info!("NONE: {}: message refused: {r}", self.side);
+            tracing::info!("{}: {}: message refused: {r}", msg.queue_id, self.side);
             self.msg = None;
             return set_reply(reply, &r);
         }
@@ -289,13 +304,14 @@ impl Session {
 
     pub fn body(&mut self, chunk: &Bytes, reply: &mut SmtpReply) -> Status {
         let Some(msg) = self.msg.as_mut() else {
-            return Status::Tempfail;
+            tracing::error!("NONE: {}: body without a transaction", self.side);
+            return internal_failure(reply);
         };
         if (msg.header_bytes + msg.body.len() + chunk.len()) as u64
             > self.config.limits.max_message_bytes
         {
             let r = Reply::new("552", "5.3.4", "message exceeds the size limit");
-            tracing::info!("NONE: {}: message refused: {r}", self.side);
+            tracing::info!("{}: {}: message refused: {r}", msg.queue_id, self.side);
             self.msg = None;
             return set_reply(reply, &r);
         }
@@ -331,7 +347,7 @@ impl Session {
                 "{queue_id}: {}: end of message without a transaction",
                 self.side
             );
-            return Status::Tempfail;
+            return internal_failure(reply);
         };
         let mut message = Vec::with_capacity(msg.body.len() + 4096);
         for (name, value) in &msg.headers {
