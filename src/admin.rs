@@ -495,19 +495,12 @@ pub fn process_inbound(
     }
     if !enforce && !command {
         // Owner mail and bounces pass, minus forged copies of our own header fields.
-        let rewrite = crate::message::Rewrite {
-            remove: inbound::OWN_HEADERS.iter().map(|h| h.to_string()).collect(),
-            ..Default::default()
-        };
-        out.write_all(&rewrite.render(&message)).ok();
+        out.write_all(&inbound::strip_own_headers().render(&message))
+            .ok();
         return Ok(exit::OK);
     }
     let env = Envelope { sender: from };
-    let verdict = if enforce {
-        inbound::process(&env, &message, &keys, &config.limits)
-    } else {
-        inbound::process_command(&env, &message, &keys, &config.limits)
-    };
+    let verdict = inbound::process_transaction(&env, &message, &keys, &config.limits, enforce);
     // A dry run consults the replay record but never adds to it.
     let verdict = match &verdict {
         Verdict::Deliver {

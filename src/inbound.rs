@@ -128,10 +128,7 @@ fn limit_reply(e: &MimeError) -> Reply {
 /// The original message for Mailman, without our own headers (accept/hold of a post that was
 /// not decrypted).
 fn pass_original(hold: Option<String>, summary: String) -> Verdict {
-    let mut rewrite = Rewrite {
-        remove: OWN_HEADERS.iter().map(|s| s.to_string()).collect(),
-        ..Rewrite::default()
-    };
+    let mut rewrite = strip_own_headers();
     if let Some(reason) = &hold {
         rewrite
             .add
@@ -179,6 +176,31 @@ pub fn apply_replay(verdict: Verdict, seen: bool, list: &ListKeys) -> Verdict {
 /// be replayed inside its window after its record expired.
 pub fn replay_retention(limits: &Limits) -> u64 {
     limits.signature_time_window.saturating_mul(2)
+}
+
+/// The rewrite for mail that passes to Mailman as it is (owner mail, bounces): only forged
+/// copies of listcrypt's own header fields go.
+pub fn strip_own_headers() -> Rewrite {
+    Rewrite {
+        remove: OWN_HEADERS.iter().map(|s| s.to_string()).collect(),
+        ..Rewrite::default()
+    }
+}
+
+/// A transaction to one list: the strict post rules when its posting address is among the
+/// recipients (`post`), else the command rules.
+pub fn process_transaction(
+    env: &Envelope<'_>,
+    message: &[u8],
+    list: &ListKeys,
+    limits: &Limits,
+    post: bool,
+) -> Verdict {
+    if post {
+        process(env, message, list, limits)
+    } else {
+        process_command(env, message, list, limits)
+    }
 }
 
 /// Runs the inbound policy on a post to `list`.

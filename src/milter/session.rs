@@ -368,10 +368,7 @@ impl Session {
             } => {
                 // Owner mail and bounces reach Mailman as they are, minus any forged copy of
                 // the header fields listcrypt sets.
-                let rewrite = crate::message::Rewrite {
-                    remove: inbound::OWN_HEADERS.iter().map(|h| h.to_string()).collect(),
-                    ..Default::default()
-                };
+                let rewrite = inbound::strip_own_headers();
                 if header_names.iter().any(|n| rewrite.removes(n)) {
                     if let Err(e) = apply(actions, &header_names, &rewrite).await {
                         tracing::error!(
@@ -393,12 +390,13 @@ impl Session {
                 let l = list.clone();
                 // The posting address among the recipients makes the strict post rules apply.
                 let work = tokio::task::spawn_blocking(move || {
-                    let env = Envelope { sender: &sender };
-                    if enforce {
-                        inbound::process(&env, &message, &l, &limits)
-                    } else {
-                        inbound::process_command(&env, &message, &l, &limits)
-                    }
+                    inbound::process_transaction(
+                        &Envelope { sender: &sender },
+                        &message,
+                        &l,
+                        &limits,
+                        enforce,
+                    )
                 });
                 let verdict = match with_progress(work, actions, self.message_timeout()).await {
                     Ok(v) => v,
