@@ -679,10 +679,14 @@ async fn with_progress<T>(
     limit: Duration,
 ) -> Result<T, String> {
     let deadline = tokio::time::Instant::now() + limit;
+    // Wake for progress every 10 s, and exactly at the deadline.
     loop {
+        let tick = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(10));
         tokio::select! {
             r = &mut work => return r.map_err(|e| e.to_string()),
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            _ = tokio::time::sleep(tick) => {
                 if tokio::time::Instant::now() >= deadline {
                     work.abort();
                     return Err(format!("timed out after {} s", limit.as_secs()));

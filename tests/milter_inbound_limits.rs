@@ -1,0 +1,92 @@
+//! Limits at the milter: a header larger than `max_message_bytes` is refused with
+//! `552 5.3.4` before any work; work past `limits.message_timeout` is abandoned with our own
+//! `451 4.3.0`, so the MTA keeps the mail (here: a compression bomb allowed a large plaintext
+//! budget, which takes longer than one second to inflate).
+
+mod common;
+
+use common::milter::{self, Mail};
+use common::{to_crlf, GpgMember, Site, LIST};
+use indymilter_test::Status;
+use std::fs;
+
+fn with_limits(site: &Site, limits: &str) {
+    let text = fs::read_to_string(&site.config).unwrap();
+    fs::write(&site.config, format!("{text}\n[limits]\n{limits}\n")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_header_is_refused() {
+    let site = Site::new();
+    site.create_list(LIST);
+    with_limits(&site, "max_message_bytes = 4096");
+    let daemon = milter::start(&site.config).await;
+    let mut conn = milter::connect(daemon.inbound).await;
+    let long = "x".repeat(5000);
+    let mail = Mail::parse(
+        format!("From: a@example.test\nTo: {LIST}\nX-Long: {long}\nSubject: big\n\nbody\n")
+            .as_bytes(),
+    );
+    assert_eq!(
+        conn.mail(["<a@example.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt([format!("<{LIST}>")]).await.unwrap(),
+        Status::Continue
+    );
+    let (_, status) = milter::send(&mut conn, &mail).await;
+    milter::assert_reply(&status, "552", "5.3.4", "header over max_message_bytes");
+    conn.close().await.unwrap();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn work_past_the_message_timeout_is_a_temporary_failure() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let alice = GpgMember::new(&site, "alice", true);
+    // 256 MiB of zeros, compressed: a few hundred KiB on the wire.
+    let mut inner = to_crlf(b"Content-Type: text/plain\n\n");
+    inner.resize(inner.len() + (256 << 20), 0);
+    let armored = alice.gpg.ok(
+        &[
+            "--armor",
+            "--compress-algo",
+            "zlib",
+            "-z",
+            "9",
+            "--sign",
+            "--encrypt",
+            "--recipient",
+            LIST,
+        ],
+        Some(&inner),
+    );
+    with_limits(
+        &site,
+        "max_plaintext_bytes = 536870912\nmessage_timeout = 1",
+    );
+    let post = format!(
+        "From: alice <{addr}>\nTo: {LIST}\nSubject: slow\nMIME-Version: 1.0\n\
+         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
+         --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
+         Content-Type: application/octet-stream\n\n{armored}\n--e--\n",
+        addr = alice.address,
+        armored = String::from_utf8(armored).unwrap()
+    );
+    let daemon = milter::start(&site.config).await;
+    let mut conn = milter::connect(daemon.inbound).await;
+    assert_eq!(
+        conn.mail([format!("<{}>", alice.address)]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt([format!("<{LIST}>")]).await.unwrap(),
+        Status::Continue
+    );
+    let (_, status) = milter::send(&mut conn, &Mail::parse(post.as_bytes())).await;
+    milter::assert_reply(&status, "451", "4.3.0", "work past message_timeout");
+    conn.close().await.unwrap();
+    daemon.stop().await;
+}
