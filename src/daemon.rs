@@ -189,3 +189,44 @@ pub fn resolve_group(name: &str) -> io::Result<Option<u32>> {
         .map(Some)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no group {name:?}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    #[tokio::test]
+    async fn unix_sockets_get_the_mode_and_only_stale_sockets_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/in.sock");
+        let spec = SocketSpec::Unix(path.clone());
+        let first = bind(&spec, 0o660, None).await.unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        drop(first);
+        // A stale socket from a previous run is replaced.
+        bind(&spec, 0o600, None).await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Anything else at that path is left alone and refused.
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        let err = bind(&SocketSpec::Unix(file.clone()), 0o660, None)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn groups_by_name_or_number() {
+        assert_eq!(resolve_group("").unwrap(), None);
+        assert_eq!(resolve_group("0").unwrap(), Some(0));
+        assert_eq!(resolve_group("root").unwrap(), Some(0));
+        assert!(resolve_group("no-such-group-here").is_err());
+    }
+}
