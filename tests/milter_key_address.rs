@@ -203,18 +203,7 @@ async fn list_key_requests_and_proven_binding() {
         )
         .as_bytes(),
     );
-    let armored = dave.gpg.ok(
-        &["--armor", "--sign", "--encrypt", "--recipient", LIST],
-        Some(&inner),
-    );
-    let signing = format!(
-        "From: {addr}\nTo: {KEY_ADDRESS}\nSubject: [...]\nMIME-Version: 1.0\n\
-         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
-         --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
-         Content-Type: application/octet-stream\n\n{armored}\n--e--\n",
-        addr = dave.address,
-        armored = String::from_utf8(armored).unwrap()
-    );
+    let signing = signed_and_encrypted(&dave.gpg, &dave.address, "[...]", &inner);
     assert_eq!(
         send(&daemon, &dave.address, signing.as_bytes()).await,
         Status::Discard
@@ -281,18 +270,7 @@ async fn list_key_requests_and_proven_binding() {
         )
         .as_bytes(),
     );
-    let armored = dave.gpg.ok(
-        &["--armor", "--sign", "--encrypt", "--recipient", LIST],
-        Some(&inner),
-    );
-    let announced = format!(
-        "From: {addr}\nTo: {KEY_ADDRESS}\nSubject: [...]\nMIME-Version: 1.0\n\
-         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
-         --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
-         Content-Type: application/octet-stream\n\n{armored}\n--e--\n",
-        addr = dave.address,
-        armored = String::from_utf8(armored).unwrap()
-    );
+    let announced = signed_and_encrypted(&dave.gpg, &dave.address, "[...]", &inner);
     let before = sink.deliveries_to(&dave.address).len();
     assert_eq!(
         send(&daemon, &dave.address, announced.as_bytes()).await,
@@ -370,16 +348,20 @@ fn encrypted_reply(gpg: &Gpg, address: &str, token_line: &str) -> Vec<u8> {
     let inner = to_crlf(
         format!("Content-Type: text/plain\n\n> {token_line}\nyes, that was me\n").as_bytes(),
     );
+    signed_and_encrypted(gpg, address, "Re: [...]", &inner).into_bytes()
+}
+
+/// A PGP/MIME message to the key address: `inner` signed by `gpg`'s key, encrypted to the list.
+fn signed_and_encrypted(gpg: &Gpg, address: &str, subject: &str, inner: &[u8]) -> String {
     let armored = gpg.ok(
         &["--armor", "--sign", "--encrypt", "--recipient", LIST],
-        Some(&inner),
+        Some(inner),
     );
     let armored = String::from_utf8(armored).unwrap();
     format!(
-        "From: {address}\nTo: {KEY_ADDRESS}\nSubject: Re: [...]\nMIME-Version: 1.0\n\
+        "From: {address}\nTo: {KEY_ADDRESS}\nSubject: {subject}\nMIME-Version: 1.0\n\
          Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
          --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
          Content-Type: application/octet-stream\n\n{armored}\n--e--\n"
     )
-    .into_bytes()
 }
