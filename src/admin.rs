@@ -2,9 +2,10 @@
 //! `process` dry runs that drive the same pipelines as the milter.
 
 use crate::config::{Config, ConfigError, Policy};
-use crate::inbound::{self, Envelope, Verdict};
+use crate::inbound::{self, Target, Verdict};
 use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
-use crate::outbound::{self, RcptDecision};
+use crate::outbound;
+use crate::refusal::{RcptOutcome, Refusal};
 use crate::store::{Role, SqliteStore, Store, StoreError};
 use sequoia_openpgp::serialize::SerializeInto;
 use std::io::{Read, Write};
@@ -449,7 +450,19 @@ fn load_keyring(config: &Config) -> Result<Keyring> {
     Ok(Keyring::load(config, &store)?)
 }
 
-/// `process inbound`: returns the exit code (0 processed, 1 not processed).
+/// The list `process` runs for, with the keyring snapshot it was found in.
+fn process_list(config: &Config, list: &str) -> Result<(Keyring, String)> {
+    let list = list_address(list)?;
+    existing_list(config, &list)?;
+    let keyring = load_keyring(config)?;
+    if !keyring.lists.contains_key(&list) {
+        return Err(CommandError::new(exit::CONFIG, &list, "list not loaded"));
+    }
+    Ok((keyring, list))
+}
+
+/// `process inbound`: the same `inbound::Transaction` the milter drives, over a read-only view
+/// of the replay record. Returns the exit code (0 processed, 1 not processed).
 pub fn process_inbound(
     config: &Config,
     list: &str,
@@ -457,61 +470,45 @@ pub fn process_inbound(
     rcpts: &[String],
     out: &mut dyn Write,
 ) -> Result<u8> {
-    let list = list_address(list)?;
-    existing_list(config, &list)?;
-    let keyring = load_keyring(config)?;
-    let keys = keyring
-        .lists
-        .get(&list)
-        .cloned()
-        .ok_or_else(|| CommandError::new(exit::CONFIG, &list, "list not loaded"))?;
+    let (keyring, list) = process_list(config, list)?;
     let message = read_stdin(config.limits.max_message_bytes)?;
-    let mut enforce = rcpts.is_empty();
-    let mut command = false;
-    for r in rcpts {
-        match inbound::lookup(&keyring, r) {
-            Some((l, inbound::ListAddress::Key)) if l.address == list => {
-                // The daemon answers these itself (replies by SMTP): nothing to dry-run.
-                writeln!(
-                    out,
-                    "discard mail to the key address is answered by the daemon, not passed on\r"
-                )
-                .ok();
-                return Ok(exit::NOT_PROCESSED);
-            }
-            Some((l, kind)) if l.address == list => {
-                enforce |= kind.enforced();
-                command |= kind.is_command();
-            }
-            _ => {
-                writeln!(
-                    out,
-                    "tempfail 452 4.5.3 one list per transaction, please retry\r"
-                )
-                .ok();
-                return Ok(exit::NOT_PROCESSED);
-            }
-        }
-    }
-    if !enforce && !command {
-        // Owner mail and bounces pass, minus forged copies of our own header fields.
-        out.write_all(&inbound::strip_own_headers().render(&message))
-            .ok();
-        return Ok(exit::OK);
-    }
-    let env = Envelope { sender: from };
-    let verdict = inbound::process_transaction(&env, &message, &keys, &config.limits, enforce);
-    // A dry run consults the replay record but never adds to it.
-    let verdict = match &verdict {
-        Verdict::Deliver {
-            replay: Some(d), ..
-        } => {
-            let seen = open_store(config)?.replay_seen(&list, d)?;
-            inbound::apply_replay(verdict, seen, &keys)
-        }
-        _ => verdict,
+    // Without --rcpt the message is a post: the list's posting address is the recipient.
+    let rcpts = if rcpts.is_empty() {
+        std::slice::from_ref(&list).to_vec()
+    } else {
+        rcpts.to_vec()
     };
-    match verdict {
+    let mut tx = inbound::Transaction::new(std::sync::Arc::new(keyring), from);
+    for r in &rcpts {
+        if let RcptOutcome::Refuse(refusal) = tx.rcpt(r) {
+            writeln!(out, "tempfail {refusal}\r").ok();
+            return Ok(exit::NOT_PROCESSED);
+        }
+    }
+    match tx.target() {
+        Target::List { list: l, .. } if l.address == list => {}
+        Target::KeyAddress(l) if l.address == list => {
+            // The daemon answers these itself (replies by SMTP): nothing passes on.
+            writeln!(
+                out,
+                "discard mail to the key address is answered by the daemon, not passed on\r"
+            )
+            .ok();
+            return Ok(exit::NOT_PROCESSED);
+        }
+        _ => {
+            writeln!(out, "tempfail {}\r", Refusal::MixedTransaction).ok();
+            return Ok(exit::NOT_PROCESSED);
+        }
+    }
+    let store = open_store(config)?;
+    let ledger = inbound::Peeking(&store);
+    match tx.finish(
+        &message,
+        &config.limits,
+        &ledger,
+        std::time::SystemTime::now(),
+    ) {
         Verdict::Deliver {
             rewrite,
             hold: None,
@@ -528,7 +525,8 @@ pub fn process_inbound(
     }
 }
 
-/// `process outbound`: writes `DIR/batch-N.eml` and `.rcpt`; one line per refused recipient.
+/// `process outbound`: the same `outbound::Transaction` the milter drives; writes
+/// `DIR/batch-N.eml` and `.rcpt`, and one line per refused recipient.
 pub fn process_outbound(
     config: &Config,
     list: &str,
@@ -537,36 +535,19 @@ pub fn process_outbound(
     dir: &Path,
     out: &mut dyn Write,
 ) -> Result<u8> {
-    let list = list_address(list)?;
-    existing_list(config, &list)?;
-    let keyring = load_keyring(config)?;
-    let keys = keyring
-        .lists
-        .get(&list)
-        .cloned()
-        .ok_or_else(|| CommandError::new(exit::CONFIG, &list, "list not loaded"))?;
+    let (keyring, list) = process_list(config, list)?;
+    let keyring = std::sync::Arc::new(keyring);
     if outbound::list_for_sender(&keyring, from).is_none_or(|l| l.address != list) {
         tracing::warn!("{from} is not {list}'s bounces address; Mailman always sends from it");
     }
+    let keys = keyring.lists[&list].clone();
+    let mut tx = outbound::Transaction::for_list(keyring.clone(), keys, from);
     let message = read_stdin(config.limits.max_message_bytes)?;
-    let mut encrypt = Vec::new();
-    let mut loopback = Vec::new();
     let mut refused = 0;
-    let mut state = None;
     for r in rcpts {
-        match outbound::rcpt(&keyring, &keys, r, state) {
-            RcptDecision::Encrypt => {
-                state = Some(false);
-                encrypt.push(r.clone());
-            }
-            RcptDecision::Loopback => {
-                state = Some(true);
-                loopback.push(r.clone());
-            }
-            RcptDecision::Refuse(reply) => {
-                refused += 1;
-                writeln!(out, "{r} {reply}\r").ok();
-            }
+        if let RcptOutcome::Refuse(refusal) = tx.rcpt(r) {
+            refused += 1;
+            writeln!(out, "{r} {refusal}\r").ok();
         }
     }
     if refused == rcpts.len() {
@@ -574,24 +555,30 @@ pub fn process_outbound(
     }
     std::fs::create_dir_all(dir)
         .map_err(|e| CommandError::new(exit::IOERR, dir.display().to_string(), e))?;
-    let write = |n: usize, eml: &[u8], rcpts: &[String]| -> Result<()> {
-        let base = dir.join(format!("batch-{n}"));
-        std::fs::write(base.with_extension("eml"), eml)
-            .map_err(|e| CommandError::new(exit::IOERR, base.display().to_string(), e))?;
-        let list: String = rcpts.iter().map(|r| format!("{r}\n")).collect();
-        std::fs::write(base.with_extension("rcpt"), list)
-            .map_err(|e| CommandError::new(exit::IOERR, base.display().to_string(), e))
-    };
-    if !loopback.is_empty() {
+    if tx.route() == Some(outbound::Route::Loopback) {
         // Mailman talking to itself passes untouched.
-        write(1, &crate::mime::to_crlf(&message), &loopback)?;
-        return Ok(exit::OK);
+        return write_batch(dir, 1, &crate::mime::to_crlf(&message), tx.recipients())
+            .map(|()| exit::OK);
     }
-    let batches = outbound::plan_batches(&keys, &encrypt);
-    let rewrites = outbound::encrypt_batches(&message, &keys, &batches)
+    let plan = tx
+        .finish(&message, &[])
         .map_err(|e| CommandError::new(exit::SOFTWARE, "encrypt", e))?;
-    for (i, (batch, rewrite)) in batches.iter().zip(&rewrites).enumerate() {
-        write(i + 1, &rewrite.render(&message), batch)?;
+    for (i, batch) in plan.batches.iter().enumerate() {
+        write_batch(
+            dir,
+            i + 1,
+            &batch.rewrite.render(&message),
+            &batch.recipients,
+        )?;
     }
     Ok(exit::OK)
+}
+
+fn write_batch(dir: &Path, n: usize, eml: &[u8], rcpts: &[String]) -> Result<()> {
+    let base = dir.join(format!("batch-{n}"));
+    std::fs::write(base.with_extension("eml"), eml)
+        .map_err(|e| CommandError::new(exit::IOERR, base.display().to_string(), e))?;
+    let list: String = rcpts.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(base.with_extension("rcpt"), list)
+        .map_err(|e| CommandError::new(exit::IOERR, base.display().to_string(), e))
 }

@@ -194,7 +194,8 @@ pub fn handle(
         if !text.contains(token.as_str()) {
             continue;
         }
-        check_member_cert(cert, &sender).map_err(crate::keys::KeyError::Unusable)?;
+        check_member_cert(cert, &sender)
+            .map_err(|p| crate::keys::KeyError::Unusable(p.to_string()))?;
         let fingerprint = cert.fingerprint().to_hex();
         // A member's existing role and key-id preference survive a key change.
         let old = store

@@ -2,7 +2,7 @@
 //! front-end (WKD clients speak only HTTPS): GET and HEAD of every list's WKD paths in both
 //! layouts, 404 for anything else. One request per connection, bounded in size and time.
 
-use crate::daemon::Daemon;
+use crate::state::Daemon;
 use crate::wkd::{self, Resource};
 use std::io;
 use std::net::SocketAddr;

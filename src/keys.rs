@@ -190,16 +190,33 @@ impl CertDir {
     }
 }
 
+/// Why a member certificate cannot be used for encryption now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("certificate {0} is not valid: {1}")]
+    Invalid(Fingerprint, String),
+    #[error("certificate {0} is revoked")]
+    Revoked(Fingerprint),
+    #[error("certificate {0} has expired")]
+    Expired(Fingerprint),
+    #[error("certificate {0} has no valid user ID for {1}")]
+    NoUserId(Fingerprint, String),
+    #[error("{0}")]
+    Weak(&'static str),
+    #[error("certificate {0} has no usable encryption subkey")]
+    NoEncryptionKey(Fingerprint),
+}
+
 /// Why a member certificate cannot be used for encryption now, or `Ok` if it can.
-pub fn check_member_cert(cert: &Cert, address: &str) -> Result<(), String> {
+pub fn check_member_cert(cert: &Cert, address: &str) -> Result<(), KeyProblem> {
+    let fpr = cert.fingerprint();
     let vc = cert
         .with_policy(&POLICY, None)
-        .map_err(|e| format!("certificate {} is not valid: {e}", cert.fingerprint()))?;
+        .map_err(|e| KeyProblem::Invalid(fpr.clone(), e.to_string()))?;
     if let RevocationStatus::Revoked(_) = vc.revocation_status() {
-        return Err(format!("certificate {} is revoked", cert.fingerprint()));
+        return Err(KeyProblem::Revoked(fpr));
     }
-    vc.alive()
-        .map_err(|_| format!("certificate {} has expired", cert.fingerprint()))?;
+    vc.alive().map_err(|_| KeyProblem::Expired(fpr.clone()))?;
     let has_uid = vc.userids().any(|u| {
         u.userid()
             .email_normalized()
@@ -208,10 +225,7 @@ pub fn check_member_cert(cert: &Cert, address: &str) -> Result<(), String> {
             .is_some_and(|e| e == address)
     });
     if !has_uid {
-        return Err(format!(
-            "certificate {} has no valid user ID for {address}",
-            cert.fingerprint()
-        ));
+        return Err(KeyProblem::NoUserId(fpr, address.to_string()));
     }
     let mut usable = 0;
     for ka in vc.keys().for_transport_encryption().alive().revoked(false) {
@@ -219,24 +233,23 @@ pub fn check_member_cert(cert: &Cert, address: &str) -> Result<(), String> {
         usable += 1;
     }
     if usable == 0 {
-        return Err(format!(
-            "certificate {} has no usable encryption subkey",
-            cert.fingerprint()
-        ));
+        return Err(KeyProblem::NoEncryptionKey(fpr));
     }
     Ok(())
 }
 
-fn weak_key(algo: PublicKeyAlgorithm, bits: Option<usize>) -> Result<(), String> {
+fn weak_key(algo: PublicKeyAlgorithm, bits: Option<usize>) -> Result<(), KeyProblem> {
     #[allow(deprecated)]
     match algo {
-        PublicKeyAlgorithm::ElGamalEncrypt | PublicKeyAlgorithm::ElGamalEncryptSign => Err(
-            "ElGamal encryption keys are too weak; please use a Curve25519 or RSA-3072 key".into(),
-        ),
+        PublicKeyAlgorithm::ElGamalEncrypt | PublicKeyAlgorithm::ElGamalEncryptSign => {
+            Err(KeyProblem::Weak(
+                "ElGamal encryption keys are too weak; please use a Curve25519 or RSA-3072 key",
+            ))
+        }
         PublicKeyAlgorithm::RSAEncryptSign | PublicKeyAlgorithm::RSAEncrypt
             if bits.unwrap_or(0) < 2048 =>
         {
-            Err("RSA keys under 2048 bits are too weak".into())
+            Err(KeyProblem::Weak("RSA keys under 2048 bits are too weak"))
         }
         _ => Ok(()),
     }
@@ -289,7 +302,7 @@ pub struct ListKeys {
     /// Per member (same index): the encryption keys, worked out at most once per snapshot
     /// (on first use) so the RCPT path and encryption do not re-validate certificates per
     /// message, and loading a snapshot does not validate members nobody writes to.
-    encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, String>>>,
+    encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, KeyProblem>>>,
 }
 
 /// A member's usable encryption keys as of the snapshot.
@@ -308,10 +321,12 @@ pub struct EncryptionKeys {
 }
 
 impl EncryptionKeys {
-    fn of(cert: &Cert, address: &str) -> Result<EncryptionKeys, String> {
+    fn of(cert: &Cert, address: &str) -> Result<EncryptionKeys, KeyProblem> {
         use openpgp::cert::Preferences;
         check_member_cert(cert, address)?;
-        let vc = cert.with_policy(&POLICY, None).map_err(|e| e.to_string())?;
+        let vc = cert
+            .with_policy(&POLICY, None)
+            .map_err(|e| KeyProblem::Invalid(cert.fingerprint(), e.to_string()))?;
         let features = vc
             .features()
             .unwrap_or_else(|| openpgp::types::Features::empty().set_seipdv1());
@@ -365,7 +380,10 @@ impl ListKeys {
     }
 
     /// The member bound to `address` and its encryption keys (or why it has none).
-    pub fn recipient(&self, address: &str) -> Option<(&Member, &Result<EncryptionKeys, String>)> {
+    pub fn recipient(
+        &self,
+        address: &str,
+    ) -> Option<(&Member, &Result<EncryptionKeys, KeyProblem>)> {
         self.by_address.get(address).map(|&i| {
             let m = &self.members[i];
             let keys = self.encryption[i].get_or_init(|| EncryptionKeys::of(&m.cert, &m.address));
@@ -484,7 +502,7 @@ pub fn add_member(
     if cert.is_tsk() {
         tracing::info!("ignoring secret key material in the certificate for {address}");
     }
-    check_member_cert(cert, address).map_err(KeyError::Unusable)?;
+    check_member_cert(cert, address).map_err(|p| KeyError::Unusable(p.to_string()))?;
     CertDir::new(&config.keyring_dir).insert(cert)?;
     let binding = Binding {
         list: list.to_string(),

@@ -1,12 +1,13 @@
 //! listcrypt: OpenPGP-encrypted mailing lists as a milter on both sides of Mailman 3.
 //!
-//! The pipelines (`inbound`, `outbound`) take bytes and return decisions; the milter adapter,
-//! the `process` CLI verb and the tests all drive the same functions.
+//! The transactions (`inbound::Transaction`, `outbound::Transaction`, `key_address`) take
+//! envelopes and bytes and return decisions; the milter adapter, the `process` CLI verb and the
+//! tests all drive the same types. Dependencies point one way:
+//! main -> server (bind, run) -> milter -> state -> {config, keys, store}; http -> state.
 
 pub mod admin;
 pub mod commands;
 pub mod config;
-pub mod daemon;
 pub mod dsn;
 pub mod http;
 pub mod inbound;
@@ -17,8 +18,12 @@ pub mod milter;
 pub mod mime;
 pub mod outbound;
 pub mod pgp;
+pub mod refusal;
 pub mod reinject;
+pub mod server;
+pub mod state;
 pub mod store;
 pub mod wkd;
 
-pub use daemon::{bind, run, Daemon};
+pub use server::{bind, run, AnyListener};
+pub use state::Daemon;

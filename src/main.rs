@@ -261,7 +261,7 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         let inbound_spec = SocketSpec::parse(&config.inbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "inbound_socket", e))?;
         let outbound_spec = SocketSpec::parse(&config.outbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "outbound_socket", e))?;
         let mode = u32::from_str_radix(&config.socket_mode, 8).unwrap_or(0o660);
-        let group = listcrypt::daemon::resolve_group(&config.socket_group)
+        let group = listcrypt::server::resolve_group(&config.socket_group)
             .map_err(|e| CommandError::new(exit::CONFIG, "socket_group", e))?;
         let inbound = listcrypt::bind(&inbound_spec, mode, group)
             .await

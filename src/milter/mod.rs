@@ -1,15 +1,75 @@
 //! The indymilter adapter: thin callbacks that fetch the per-connection session, call one
-//! method and map errors to a tempfail with a log line.
+//! method, and turn its `Err` into `451 4.3.0` with one log line (`settle`, the only place).
 
+mod actions;
+mod inbound;
+mod key_address;
+mod notification;
+mod outbound;
 mod session;
 
-use crate::daemon::Daemon;
+use crate::keys::KeyError;
+use crate::refusal::{Internal, Refusal};
+use crate::state::Daemon;
+use crate::store::StoreError;
 use indymilter::{Actions, Callbacks, Config as MilterConfig, MacroStage, ProtoOpts, Status};
 use session::Session;
 use std::ffi::CString;
 use std::sync::Arc;
 
 pub use session::Side;
+
+/// A failure of ours while handling a message: always a temporary failure for the MTA.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0} without a transaction")]
+    OutOfOrder(&'static str),
+    #[error("cannot load keys and bindings: {0}")]
+    Keys(#[from] KeyError),
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("milter action failed: {0}")]
+    Action(#[from] indymilter::ActionError),
+    #[error("timed out after {0} s")]
+    Timeout(u64),
+    #[error("worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    #[error("cannot encrypt: {0}")]
+    Plan(#[from] crate::outbound::PlanError),
+    #[error("reinjection: {0}")]
+    Reinject(#[from] crate::reinject::ReinjectError),
+    #[error("key address: {0}")]
+    KeyAddress(#[from] crate::commands::CommandError),
+}
+
+impl SessionError {
+    fn cause(&self) -> Internal {
+        match self {
+            SessionError::Keys(_) | SessionError::Store(_) => Internal::State,
+            SessionError::Timeout(_) => Internal::Timeout,
+            _ => Internal::Failure,
+        }
+    }
+}
+
+/// The one place where a failure of ours becomes `451 4.3.0` and a log line with the queue id.
+fn settle(
+    result: Result<Status, SessionError>,
+    session: &Session,
+    reply: &mut indymilter::SmtpReply,
+) -> Status {
+    match result {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::error!(
+                "{}: {}: {e}; temporary failure",
+                session.queue_id(),
+                session.side()
+            );
+            actions::refuse(reply, Refusal::Internal(e.cause()))
+        }
+    }
+}
 
 /// Actions the MTA must grant: header edits and body replacement (both sides), recipient
 /// deletion (batch splitting).
@@ -51,7 +111,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
             Box::pin(async move {
                 let internal = cx.macros.get(c"{daemon_port}").is_some_and(|p| p.to_bytes() == b"0");
                 match cx.data.as_mut() {
-                    Some(s) => s.mail(args, internal, &mut cx.reply),
+                    Some(s) => {
+                        let r = s.mail(args, internal, &mut cx.reply);
+                        settle(r, s, &mut cx.reply)
+                    }
                     None => missing_session(&mut cx.reply),
                 }
             })
@@ -59,7 +122,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
         .on_rcpt(|cx, args| {
             Box::pin(async move {
                 match cx.data.as_mut() {
-                    Some(s) => s.rcpt(args, &mut cx.reply),
+                    Some(s) => {
+                        let r = s.rcpt(args, &mut cx.reply);
+                        settle(r, s, &mut cx.reply)
+                    }
                     None => missing_session(&mut cx.reply),
                 }
             })
@@ -69,7 +135,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 // Postfix knows the queue id from DATA on: the refusals that follow name it.
                 let queue_id = cx.macros.get(c"i").map(|v| v.to_string_lossy().into_owned());
                 match cx.data.as_mut() {
-                    Some(s) => s.data(queue_id, &mut cx.reply),
+                    Some(s) => {
+                        let r = s.data(queue_id);
+                        settle(r, s, &mut cx.reply)
+                    }
                     None => missing_session(&mut cx.reply),
                 }
             })
@@ -77,7 +146,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
         .on_header(|cx, name, value| {
             Box::pin(async move {
                 match cx.data.as_mut() {
-                    Some(s) => s.header(name, value, &mut cx.reply),
+                    Some(s) => {
+                        let r = s.header(name, value, &mut cx.reply);
+                        settle(r, s, &mut cx.reply)
+                    }
                     None => missing_session(&mut cx.reply),
                 }
             })
@@ -85,7 +157,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
         .on_body(|cx, chunk| {
             Box::pin(async move {
                 match cx.data.as_mut() {
-                    Some(s) => s.body(&chunk, &mut cx.reply),
+                    Some(s) => {
+                        let r = s.body(&chunk, &mut cx.reply);
+                        settle(r, s, &mut cx.reply)
+                    }
                     None => missing_session(&mut cx.reply),
                 }
             })
@@ -98,7 +173,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                     .map(|v| v.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "NONE".into());
                 match cx.data.as_mut() {
-                    Some(s) => s.eom(&queue_id, &cx.actions, &mut cx.reply).await,
+                    Some(s) => {
+                        let r = s.eom(&queue_id, &cx.actions, &mut cx.reply).await;
+                        settle(r, s, &mut cx.reply)
+                    }
                     None => missing_session(&mut cx.reply),
                 }
             })
@@ -116,7 +194,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
 /// Our own failure: never a silent pass, always `451 4.3.0` with a log line.
 fn missing_session(reply: &mut indymilter::SmtpReply) -> Status {
     tracing::error!("NONE: milter session state missing; temporary failure");
-    session::internal_failure(reply)
+    actions::refuse(reply, Refusal::Internal(Internal::Failure))
 }
 
 pub fn milter_config() -> MilterConfig {

@@ -5,7 +5,7 @@
 use indymilter::EitherListener;
 use indymilter_test::{Actions, EomAction, EomActions, ProtoOpts, Status, TestConnection};
 use listcrypt::config::Config;
-use listcrypt::daemon::AnyListener;
+use listcrypt::AnyListener;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,102 +1,16 @@
-//! The running daemon's shared state (configuration and keyring snapshots, the store) and the
-//! two milter listeners.
+//! The server: binding the two milter sockets and running both listeners until shutdown.
 
-use crate::config::{Config, SocketSpec};
-use crate::keys::{KeyError, Keyring};
+use crate::config::SocketSpec;
 use crate::milter::{self, Side};
-use crate::store::{SqliteStore, Store};
+use crate::state::Daemon;
 use indymilter::EitherListener;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 
 pub type AnyListener = EitherListener<TcpListener, UnixListener>;
-
-pub struct Daemon {
-    config_path: Option<PathBuf>,
-    config: RwLock<Arc<Config>>,
-    store: Arc<SqliteStore>,
-    keyring: RwLock<Arc<Keyring>>,
-    reload_lock: Mutex<()>,
-}
-
-impl Daemon {
-    pub fn open(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, KeyError> {
-        let store = Arc::new(SqliteStore::open(&config.state_dir)?);
-        let keyring = Keyring::load(&config, &*store)?;
-        Ok(Daemon {
-            config_path,
-            config: RwLock::new(Arc::new(config)),
-            store,
-            keyring: RwLock::new(Arc::new(keyring)),
-            reload_lock: Mutex::new(()),
-        })
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn store(&self) -> &dyn Store {
-        &*self.store
-    }
-
-    pub fn lists(&self) -> usize {
-        self.keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .lists
-            .len()
-    }
-
-    /// The current keyring, rebuilt first if the store changed (a CLI `member add`, say).
-    /// An error means mail waits (tempfail) rather than going out under stale bindings.
-    pub fn keyring(&self) -> Result<Arc<Keyring>, KeyError> {
-        let generation = self.store.generation()?;
-        let current = self
-            .keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if current.generation == generation {
-            return Ok(current);
-        }
-        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self
-            .keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if current.generation == generation {
-            return Ok(current);
-        }
-        let fresh = Arc::new(Keyring::load(&self.config(), &*self.store)?);
-        tracing::info!("bindings changed; reloaded {} list(s)", fresh.lists.len());
-        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-        Ok(fresh)
-    }
-
-    /// SIGHUP: re-read the configuration, policies and keys; keep the old ones on any error.
-    /// Socket addresses are bound once and need a restart to change.
-    pub fn reload(&self) -> Result<(), String> {
-        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let config = match &self.config_path {
-            Some(p) => Config::load(Some(p)).map_err(|e| e.to_string())?,
-            None => Config::load(None).map_err(|e| e.to_string())?,
-        };
-        let keyring = Keyring::load(&config, &*self.store).map_err(|e| e.to_string())?;
-        let n = keyring.lists.len();
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
-        tracing::info!("configuration reloaded: {n} list(s)");
-        Ok(())
-    }
-}
 
 /// Binds a milter socket. A stale unix socket is removed only if it is a socket.
 pub async fn bind(spec: &SocketSpec, mode: u32, group: Option<u32>) -> io::Result<AnyListener> {

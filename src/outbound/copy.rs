@@ -1,12 +1,12 @@
-//! The outbound pipeline, pure: (envelope, message bytes, list, recipients) -> Plan.
+//! One encrypted copy of a message for one batch of recipients: the inner entity with the
+//! protected header fields, the outer header that travels in clear, padding and Autocrypt.
 
-use crate::config::{HeaderProtection, MissingKeyAction, Padding};
-use crate::inbound::{lookup, ListAddress};
-use crate::keys::{normalize_address, Keyring, ListKeys};
-use crate::message::{Reply, Rewrite};
+use super::PlanError;
+use crate::config::{HeaderProtection, Padding};
+use crate::keys::{normalize_address, ListKeys};
+use crate::message::Rewrite;
 use crate::mime::{self, Entity, CONTENT_HEADERS, PROTECTED};
 use crate::pgp;
-use std::sync::Arc;
 
 /// Fields that only ever travel inside the encryption: listcrypt's statement of the verified
 /// author (when the author's signature could not be carried as multipart/signed).
@@ -27,157 +27,6 @@ const LEAKING: &[&str] = &[
     "Autocrypt-Gossip",
 ];
 
-/// Identifies the list from the envelope sender alone (`LIST-bounces@D`, VERP
-/// `LIST-bounces+…@D`): headers such as List-Id can be written by anyone.
-pub fn list_for_sender(keyring: &Keyring, sender: &str) -> Option<Arc<ListKeys>> {
-    match lookup(keyring, sender) {
-        Some((list, ListAddress::Bounces)) => Some(list),
-        _ => None,
-    }
-}
-
-/// What to do with one RCPT of an outbound list transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RcptDecision {
-    /// An outside recipient with a usable key: encrypt to it.
-    Encrypt,
-    /// One of the list's own addresses (Mailman talking to itself): pass untouched.
-    Loopback,
-    Refuse(Reply),
-}
-
-/// Decides one recipient. `loopback_so_far` says whether the transaction's accepted
-/// recipients are loopback ones (`None` before the first).
-pub fn rcpt(
-    keyring: &Keyring,
-    list: &ListKeys,
-    rcpt: &str,
-    loopback_so_far: Option<bool>,
-) -> RcptDecision {
-    let addr = normalize_address(rcpt);
-    let is_loopback = lookup(keyring, &addr).is_some_and(|(l, _)| l.address == list.address);
-    if let Some(prev) = loopback_so_far {
-        if prev != is_loopback {
-            return RcptDecision::Refuse(Reply::new(
-                "452",
-                "4.5.3",
-                "one list per transaction, please retry",
-            ));
-        }
-    }
-    if is_loopback {
-        return RcptDecision::Loopback;
-    }
-    let refusal = |why: String| {
-        RcptDecision::Refuse(match list.policy.missing_key_action {
-            MissingKeyAction::Reject => Reply::new("550", "5.7.1", why),
-            MissingKeyAction::Tempfail => Reply::new("451", "4.7.1", why),
-        })
-    };
-    // Worked out once per keyring snapshot: no certificate validation per RCPT.
-    match list.recipient(&addr) {
-        None => refusal("recipient has no key bound on this encrypted list".into()),
-        Some((_, Ok(keys))) if keys.usable() => RcptDecision::Encrypt,
-        Some((_, Ok(_))) => refusal("recipient key has expired".into()),
-        Some((_, Err(why))) if why.contains("expired") => {
-            refusal("recipient key has expired".into())
-        }
-        Some((_, Err(why))) if why.contains("revoked") => {
-            refusal("recipient key is revoked".into())
-        }
-        Some((_, Err(_))) => refusal("recipient key is not usable for encryption".into()),
-    }
-}
-
-/// Splits the accepted recipients into batches: members who need their key id shown get a
-/// copy of their own (never revealing anyone else's); SEIPDv2 only for batches whose members
-/// all advertise it; then chunks of the list's `batch_size`. Deterministic, so a retried
-/// transaction batches the same way.
-pub fn plan_batches(list: &ListKeys, recipients: &[String]) -> Vec<Vec<String>> {
-    let mut v1 = Vec::new();
-    let mut v2 = Vec::new();
-    let mut singles = Vec::new();
-    for r in recipients {
-        let Some(m) = list.member(&normalize_address(r)) else {
-            continue;
-        };
-        if m.show_key_id {
-            singles.push(vec![r.clone()]);
-            continue;
-        }
-        let seipdv2 = list
-            .recipient(&normalize_address(r))
-            .and_then(|(_, k)| k.as_ref().ok())
-            .is_some_and(|k| k.features.supports_seipdv2());
-        if seipdv2 {
-            v2.push(r.clone());
-        } else {
-            v1.push(r.clone());
-        }
-    }
-    let size = list.policy.batch_size.max(1) as usize;
-    let mut batches: Vec<Vec<String>> = v1.chunks(size).map(|c| c.to_vec()).collect();
-    batches.extend(v2.chunks(size).map(|c| c.to_vec()));
-    batches.extend(singles);
-    batches
-}
-
-/// Encrypts every batch, spreading the batches over the available cores.
-pub fn encrypt_batches(
-    message: &[u8],
-    list: &ListKeys,
-    batches: &[Vec<String>],
-) -> Result<Vec<Rewrite>, PlanError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if batches.len() <= 1 || threads <= 1 {
-        return batches
-            .iter()
-            .map(|b| encrypt_message(message, list, b))
-            .collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<Option<Result<Rewrite, PlanError>>> =
-        (0..batches.len()).map(|_| None).collect();
-    let slots: Vec<std::sync::Mutex<&mut Option<Result<Rewrite, PlanError>>>> =
-        results.iter_mut().map(std::sync::Mutex::new).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..threads.min(batches.len()) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= batches.len() {
-                    break;
-                }
-                let r = encrypt_message(message, list, &batches[i]);
-                **slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            });
-        }
-    });
-    drop(slots);
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(PlanError::Malformed("batch not encrypted"))))
-        .collect()
-}
-
-#[derive(Debug)]
-pub enum PlanError {
-    Encrypt(pgp::EncryptError),
-    Malformed(&'static str),
-    NoRecipients,
-}
-
-impl std::fmt::Display for PlanError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PlanError::Encrypt(e) => write!(f, "{e}"),
-            PlanError::Malformed(w) => write!(f, "{w}"),
-            PlanError::NoRecipients => write!(f, "no recipients"),
-        }
-    }
-}
-
 /// Builds the encrypted copy of `message` for `recipients` (all accepted at RCPT): the inner
 /// entity carries the body and, per header protection, the real header fields; the outer
 /// message is RFC 3156 multipart/encrypted, signed inside by the list key.
@@ -191,10 +40,19 @@ pub fn encrypt_message(
     }
     let entity = Entity::parse(message).map_err(|_| PlanError::Malformed("unparseable header"))?;
     let policy = &list.policy;
+    let obscured = obscure_outer(&entity, policy.header_protection);
+    let inner = inner_entity(&entity, list, &obscured);
+    let keyed = keyed_recipients(list, recipients)?;
+    let signer = policy.sign_outgoing.then_some(&list.secret);
+    let armored = pgp::encrypt_sign_keys(&inner, &keyed, signer).map_err(PlanError::Encrypt)?;
+    let (content_type, body) = mime::multipart_encrypted(&armored);
+    Ok(outer_rewrite(list, content_type, body, obscured))
+}
 
-    // Inner entity: MIME fields of the original (or the RFC 2045 default), then the
-    // protected header fields, then the body, all CRLF.
-    let mut inner = Vec::with_capacity(message.len() + 512);
+/// The entity that gets encrypted: MIME fields of the original (or the RFC 2045 default), the
+/// protected header fields, their HP-Outer record, padding, then the body, all CRLF.
+fn inner_entity(entity: &Entity<'_>, list: &ListKeys, obscured: &[(&str, String)]) -> Vec<u8> {
+    let mut inner = Vec::with_capacity(entity.body.len() + 1024);
     let mut had_ct = false;
     for h in entity
         .headers
@@ -223,10 +81,8 @@ pub fn encrypt_message(
         inner.extend_from_slice(&mime::to_crlf(&h.value));
         inner.extend_from_slice(b"\r\n");
     }
-    // What the outer header will say instead, per the header confidentiality policy, and the
-    // HP-Outer record of every user-facing outer field (RFC 9788 §2.2), so a reader can tell
-    // what travelled in the clear.
-    let obscured = obscure_outer(&entity, policy.header_protection);
+    // The HP-Outer record of every user-facing outer field (RFC 9788 §2.2), so a reader can
+    // tell what travelled in the clear.
     for h in entity
         .headers
         .iter()
@@ -240,8 +96,8 @@ pub fn encrypt_message(
         inner.extend_from_slice(format!("HP-Outer: {}: {}\r\n", h.name, outer).as_bytes());
     }
     let body = mime::to_crlf(entity.body);
-    let body = unmangle_from_lines(&entity, body, list);
-    if policy.padding == Padding::Padme {
+    let body = unmangle_from_lines(entity, body, list);
+    if list.policy.padding == Padding::Padme {
         // Padmé bucket for the whole entity, filled by a header field of the inner entity
         // (invisible to readers, unlike an extra MIME part).
         let len = inner.len() + 2 + body.len();
@@ -249,7 +105,14 @@ pub fn encrypt_message(
     }
     inner.extend_from_slice(b"\r\n");
     inner.extend_from_slice(&body);
+    inner
+}
 
+/// The batch's recipients with the keys worked out for this snapshot.
+fn keyed_recipients<'a>(
+    list: &'a ListKeys,
+    recipients: &[String],
+) -> Result<Vec<pgp::KeyedRecipient<'a>>, PlanError> {
     let mut batch = Vec::with_capacity(recipients.len());
     for r in recipients {
         let (m, keys) = list
@@ -263,13 +126,20 @@ pub fn encrypt_message(
         batch.push(pgp::KeyedRecipient {
             features: &keys.features,
             keys: &keys.keys,
-            show_key_id: m.show_key_id || !policy.hide_recipient_key_ids,
+            show_key_id: m.show_key_id || !list.policy.hide_recipient_key_ids,
         });
     }
-    let signer = policy.sign_outgoing.then_some(&list.secret);
-    let armored = pgp::encrypt_sign_keys(&inner, &batch, signer).map_err(PlanError::Encrypt)?;
-    let (content_type, body) = mime::multipart_encrypted(&armored);
+    Ok(batch)
+}
 
+/// The outer header edits: MIME fields for the multipart/encrypted body, fields that must not
+/// travel in clear removed, the obscured replacements and the list's Autocrypt key added.
+fn outer_rewrite(
+    list: &ListKeys,
+    content_type: String,
+    body: Vec<u8>,
+    obscured: Vec<(&'static str, String)>,
+) -> Rewrite {
     let mut remove: Vec<String> = CONTENT_HEADERS
         .iter()
         .chain(INSIDE_ONLY)
@@ -281,7 +151,7 @@ pub fn encrypt_message(
         ("MIME-Version".to_string(), "1.0".to_string()),
         ("Content-Type".to_string(), content_type),
     ];
-    if policy.autocrypt {
+    if list.policy.autocrypt {
         // Autocrypt Level 1: the list's own key, so replies can be encrypted to the list.
         // Members' Autocrypt fields were removed above (LEAKING).
         if let Some(value) = autocrypt_value(list) {
@@ -292,11 +162,11 @@ pub fn encrypt_message(
         remove.push(name.to_string());
         add.push((name.to_string(), value));
     }
-    Ok(Rewrite {
+    Rewrite {
         remove,
         add,
         body: Some(body),
-    })
+    }
 }
 
 /// Python's smtplib (Mailman) writes a signed body line `From …` as `>From …`, which breaks

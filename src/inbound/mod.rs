@@ -1,0 +1,263 @@
+//! The inbound side, pure: a `Transaction` collects the recipients (which list, which of its
+//! addresses) and `finish` turns the message into a `Verdict`. The milter and `process inbound`
+//! both drive it; neither talks policy itself.
+
+mod pipeline;
+mod replay;
+mod signature;
+
+use crate::config::{Action, Limits};
+use crate::keys::{Keyring, ListKeys};
+use crate::message::Rewrite;
+use crate::refusal::{Internal, RcptOutcome, Refusal};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use pipeline::Rules;
+pub use replay::{replay_retention, Peeking, Recording, ReplayLedger};
+
+/// Headers listcrypt itself sets toward Mailman: incoming copies are always removed, so a
+/// poster cannot forge a verification result.
+pub const OWN_HEADERS: &[&str] = &["X-Listcrypt-Hold", "X-Listcrypt-Signer"];
+
+/// Which of a list's addresses a recipient is (Mailman's LMTP accepts these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListAddress {
+    Post,
+    Request,
+    Join,
+    Leave,
+    Confirm,
+    Owner,
+    Bounces,
+    /// listcrypt's own key address (`LIST-key@` by default): key requests and bindings,
+    /// answered by listcrypt, never passed to Mailman.
+    Key,
+}
+
+impl ListAddress {
+    /// Whether posts to this address must be encrypted and signed.
+    pub fn enforced(self) -> bool {
+        matches!(self, ListAddress::Post)
+    }
+
+    /// Command addresses: decrypted when encrypted; plaintext per `command_nonencrypted_action`.
+    /// Owner mail and bounces (remote DSNs) pass to Mailman as they are; whatever Mailman
+    /// sends on leaves encrypted.
+    pub fn is_command(self) -> bool {
+        matches!(
+            self,
+            ListAddress::Request | ListAddress::Join | ListAddress::Leave | ListAddress::Confirm
+        )
+    }
+}
+
+/// Maps a recipient to one of a managed list's addresses.
+pub fn lookup(keyring: &Keyring, rcpt: &str) -> Option<(Arc<ListKeys>, ListAddress)> {
+    let rcpt = crate::keys::normalize_address(rcpt);
+    if let Some(l) = keyring.lists.get(&rcpt) {
+        return Some((l.clone(), ListAddress::Post));
+    }
+    let (local, domain) = rcpt.split_once('@')?;
+    // `LIST-SUFFIX` or `LIST-SUFFIX+DETAIL` (VERP, confirmation tokens); the detail may
+    // contain anything, the list name may contain '-', the suffix contains neither.
+    let (pre, plus) = match local.split_once('+') {
+        Some((p, _)) => (p, true),
+        None => (local, false),
+    };
+    let (base, suffix) = pre.rsplit_once('-')?;
+    let list = keyring.lists.get(&format!("{base}@{domain}"))?;
+    if !plus && suffix == list.policy.key_suffix {
+        return Some((list.clone(), ListAddress::Key));
+    }
+    let kind = match (suffix, plus) {
+        ("request", false) => ListAddress::Request,
+        ("join" | "subscribe", false) => ListAddress::Join,
+        ("leave" | "unsubscribe", false) => ListAddress::Leave,
+        ("confirm", _) => ListAddress::Confirm,
+        ("owner", false) => ListAddress::Owner,
+        ("bounces", _) => ListAddress::Bounces,
+        _ => return None,
+    };
+    Some((list.clone(), kind))
+}
+
+/// What the recipients of a transaction add up to.
+#[derive(Clone)]
+pub enum Target {
+    /// No recipient yet.
+    Nobody,
+    /// Only recipients that are no managed list's: passed untouched.
+    Unmanaged,
+    /// One list: the post rules when its posting address is among the recipients, the command
+    /// rules when one of its command addresses is; else (owner, bounces) it passes as it is.
+    List {
+        list: Arc<ListKeys>,
+        post: bool,
+        command: bool,
+    },
+    /// A list's key address: answered by listcrypt, never passed on.
+    KeyAddress(Arc<ListKeys>),
+}
+
+/// One inbound SMTP transaction.
+pub struct Transaction {
+    keyring: Arc<Keyring>,
+    sender: String,
+    target: Target,
+}
+
+impl Transaction {
+    pub fn new(keyring: Arc<Keyring>, sender: &str) -> Transaction {
+        Transaction {
+            keyring,
+            sender: sender.to_string(),
+            target: Target::Nobody,
+        }
+    }
+
+    pub fn sender(&self) -> &str {
+        &self.sender
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Decides one recipient. Decrypted text must reach nobody but one list, and the key
+    /// address is answered by listcrypt alone: anything else is split off with `452 4.5.3`.
+    pub fn rcpt(&mut self, rcpt: &str) -> RcptOutcome {
+        let found = lookup(&self.keyring, rcpt);
+        let next = match (&self.target, found) {
+            (Target::Nobody, Some((list, ListAddress::Key))) => Target::KeyAddress(list),
+            (_, Some((_, ListAddress::Key))) | (Target::KeyAddress(_), _) => {
+                return RcptOutcome::Refuse(Refusal::MixedTransaction)
+            }
+            (Target::Nobody, Some((list, kind))) => Target::List {
+                list,
+                post: kind.enforced(),
+                command: kind.is_command(),
+            },
+            (Target::Nobody | Target::Unmanaged, None) => Target::Unmanaged,
+            (
+                Target::List {
+                    list,
+                    post,
+                    command,
+                },
+                Some((other, kind)),
+            ) if other.address == list.address => Target::List {
+                list: list.clone(),
+                post: *post || kind.enforced(),
+                command: *command || kind.is_command(),
+            },
+            _ => return RcptOutcome::Refuse(Refusal::MixedTransaction),
+        };
+        self.target = next;
+        RcptOutcome::Accept
+    }
+
+    /// Whether `finish` reads the body: owner mail and bounces pass as they are.
+    pub fn needs_body(&self) -> bool {
+        matches!(self.target, Target::List { post, command, .. } if post || command)
+    }
+
+    /// The verdict on the whole message, for a transaction to one list.
+    pub fn finish(
+        &self,
+        message: &[u8],
+        limits: &Limits,
+        replay: &dyn ReplayLedger,
+        now: SystemTime,
+    ) -> Verdict {
+        let Target::List {
+            list,
+            post,
+            command,
+        } = &self.target
+        else {
+            return Verdict::Tempfail(Internal::Failure.into());
+        };
+        let rules = match (post, command) {
+            (true, _) => Rules::Post,
+            (false, true) => Rules::Command,
+            (false, false) => return pass_unchanged(),
+        };
+        let env = Envelope {
+            sender: &self.sender,
+        };
+        let verdict = pipeline::run(&env, message, list, limits, rules, now);
+        replay::apply(verdict, list, limits, replay)
+    }
+}
+
+/// Owner mail and bounces reach Mailman as they are, minus any forged copy of the header
+/// fields listcrypt sets.
+fn pass_unchanged() -> Verdict {
+    Verdict::Deliver {
+        rewrite: strip_own_headers(),
+        hold: None,
+        summary: "owner or bounce mail passed".into(),
+        replay: None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand Mailman the rewritten message. `hold` is set when the policy said hold.
+    Deliver {
+        rewrite: Rewrite,
+        hold: Option<String>,
+        summary: String,
+        /// Digest of the accepted author signature, for the replay record.
+        replay: Option<[u8; 32]>,
+    },
+    Reject(Refusal),
+    Discard(String),
+    Tempfail(Refusal),
+}
+
+impl Verdict {
+    /// The first line `process inbound` prints for a message that is not processed.
+    pub fn decision_line(&self) -> String {
+        match self {
+            Verdict::Deliver { hold: Some(r), .. } => format!("hold {r}"),
+            Verdict::Deliver { .. } => "accept".into(),
+            Verdict::Reject(r) => format!("reject {r}"),
+            Verdict::Discard(r) => format!("discard {r}"),
+            Verdict::Tempfail(r) => format!("tempfail {r}"),
+        }
+    }
+}
+
+pub struct Envelope<'a> {
+    pub sender: &'a str,
+}
+
+/// Applies a policy action to a finding. `refusal` is the reply when the action is reject.
+fn act(
+    action: Action,
+    refusal: Refusal,
+    deliver: impl FnOnce(Option<String>) -> Verdict,
+) -> Verdict {
+    match action {
+        Action::Reject => Verdict::Reject(refusal),
+        Action::Discard => Verdict::Discard(refusal.reply().reason),
+        Action::Hold => deliver(Some(refusal.reply().reason)),
+        Action::Accept => deliver(None),
+    }
+}
+
+/// The rewrite for mail that passes to Mailman as it is (owner mail, bounces): only forged
+/// copies of listcrypt's own header fields go.
+pub fn strip_own_headers() -> Rewrite {
+    Rewrite {
+        remove: OWN_HEADERS.iter().map(|s| s.to_string()).collect(),
+        ..Rewrite::default()
+    }
+}
+
+/// Runs the post rules on one message, without a replay record: for benchmarks and fuzzing.
+pub fn process(env: &Envelope<'_>, message: &[u8], list: &ListKeys, limits: &Limits) -> Verdict {
+    pipeline::run(env, message, list, limits, Rules::Post, SystemTime::now())
+}

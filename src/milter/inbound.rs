@@ -1,0 +1,55 @@
+//! Inbound end of message: the transaction's verdict, applied through the milter.
+
+use super::actions::{apply, refuse, with_progress};
+use super::session::{Context, Message};
+use super::SessionError;
+use crate::inbound::{Recording, Transaction, Verdict};
+use indymilter::{EomActions, SmtpReply, Status};
+use std::time::{Duration, SystemTime};
+
+pub(super) async fn finish(
+    cx: &Context,
+    tx: Transaction,
+    message: Message,
+    actions: &EomActions,
+    reply: &mut SmtpReply,
+) -> Result<Status, SessionError> {
+    let daemon = cx.daemon.clone();
+    let limits = cx.config.limits.clone();
+    let bytes = message.bytes;
+    let work = tokio::task::spawn_blocking(move || {
+        tx.finish(
+            &bytes,
+            &limits,
+            &Recording(daemon.store()),
+            SystemTime::now(),
+        )
+    });
+    let timeout = Duration::from_secs(cx.config.limits.message_timeout);
+    let verdict = with_progress(work, actions, timeout).await?;
+    let qid = &message.queue_id;
+    let sender = &message.sender;
+    match verdict {
+        Verdict::Deliver {
+            rewrite,
+            hold,
+            summary,
+            ..
+        } => {
+            apply(actions, &message.header_names, &rewrite).await?;
+            match hold {
+                Some(r) => tracing::info!("{qid}: {summary}; held for moderation: {r}"),
+                None => tracing::info!("{qid}: {summary}"),
+            }
+            Ok(Status::Continue)
+        }
+        Verdict::Reject(r) | Verdict::Tempfail(r) => {
+            tracing::info!("{qid}: post from {sender} refused: {r}");
+            Ok(refuse(reply, r))
+        }
+        Verdict::Discard(why) => {
+            tracing::info!("{qid}: post from {sender} discarded: {why}");
+            Ok(Status::Discard)
+        }
+    }
+}
