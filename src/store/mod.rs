@@ -1,8 +1,21 @@
 //! Durable state behind a small trait: SQLite in WAL mode, shared safely by the CLI and the
-//! running daemon. Every change bumps a generation counter that the daemon checks per message,
-//! so `member add` takes effect without a restart.
+//! running daemon. Every change to bindings bumps a generation counter that the daemon checks
+//! per message, so `member add` takes effect without a restart.
+//!
+//! One file per concern (bindings, replay, pending, rate, journal), each a set of functions
+//! over a `rusqlite` connection or transaction; `schema` holds the versioned migrations. The
+//! `Store` impl here only opens transactions and delegates.
 
-use rusqlite::{params, Connection, OptionalExtension};
+mod bindings;
+mod journal;
+mod pending;
+mod rate;
+mod replay;
+mod schema;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -19,6 +32,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "state store: database schema version {found} is newer than this listcrypt knows \
+         ({known}); run the listcrypt that wrote it, or restore a backup"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -55,6 +73,61 @@ impl Role {
     }
 }
 
+/// Where a binding stands. Keys offered by email and not yet proven live in the pending table;
+/// `Pending` is the state for a binding row that must not be used yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingState {
+    Active,
+    Pending,
+}
+
+impl BindingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingState::Active => "active",
+            BindingState::Pending => "pending",
+        }
+    }
+}
+
+impl std::fmt::Display for BindingState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown binding state {0:?}")]
+pub struct UnknownBindingState(pub String);
+
+impl std::str::FromStr for BindingState {
+    type Err = UnknownBindingState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(BindingState::Active),
+            "pending" => Ok(BindingState::Pending),
+            _ => Err(UnknownBindingState(s.to_string())),
+        }
+    }
+}
+
+impl ToSql for BindingState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for BindingState {
+    // An unknown state is an error, not a default: a binding is never used on a guess.
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
 /// One address bound to one certificate on one list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {
@@ -63,8 +136,7 @@ pub struct Binding {
     /// Upper-case hex fingerprint of the bound certificate.
     pub fingerprint: String,
     pub role: Role,
-    /// `active` once bound (proven bindings by email will add `pending`).
-    pub state: String,
+    pub state: BindingState,
     /// This member gets copies with their key id visible (clients that cannot try keys).
     pub show_key_id: bool,
 }
@@ -88,7 +160,8 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Whether a digest is recorded (read-only, for dry runs).
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
-    /// Records a pending binding: `address` on `list` to `fingerprint`, proven by `token`.
+    /// Records a pending binding: `address` on `list` to `fingerprint`, proven by `token`
+    /// (only its hash is stored).
     fn pending_put(
         &self,
         list: &str,
@@ -97,8 +170,16 @@ pub trait Store: Send + Sync {
         token: &str,
         ttl_secs: u64,
     ) -> Result<(), StoreError>;
-    /// Fingerprints of unexpired pending bindings for `address` on `list`, with their tokens.
-    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Fingerprints of unexpired pending bindings for `address` on `list`.
+    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<String>, StoreError>;
+    /// Whether `token` is the one recorded for this unexpired pending binding.
+    fn pending_token_matches(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+    ) -> Result<bool, StoreError>;
     /// Every unexpired pending binding of `list`: (address, fingerprint).
     fn pending_list(&self, list: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// Removes a pending binding once used.
@@ -108,10 +189,10 @@ pub trait Store: Send + Sync {
         address: &str,
         fingerprint: &str,
     ) -> Result<(), StoreError>;
-    /// Whether `sender` may get another automatic reply of `kind` from `list` now; records
-    /// the reply when allowed (at most one per `interval_secs`).
     /// Forgets a recorded automatic reply (it could not be sent after all).
     fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError>;
+    /// Whether `sender` may get another automatic reply of `kind` from `list` now; records
+    /// the reply when allowed (at most one per `interval_secs`).
     fn rate_allow(
         &self,
         list: &str,
@@ -143,63 +224,43 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
-CREATE TABLE IF NOT EXISTS bindings (
-    list TEXT NOT NULL,
-    address TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    role TEXT NOT NULL,
-    state TEXT NOT NULL,
-    show_key_id INTEGER NOT NULL DEFAULT 0,
-    created INTEGER NOT NULL,
-    PRIMARY KEY (list, address)
-);
-CREATE TABLE IF NOT EXISTS replay (
-    list TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    seen INTEGER NOT NULL,
-    PRIMARY KEY (list, digest)
-);
-CREATE INDEX IF NOT EXISTS replay_seen ON replay (seen);
-CREATE TABLE IF NOT EXISTS journal (
-    sender TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    recipient TEXT NOT NULL,
-    queue_id TEXT NOT NULL,
-    sent INTEGER NOT NULL,
-    PRIMARY KEY (sender, digest, recipient)
-);
-CREATE INDEX IF NOT EXISTS journal_sent ON journal (sent);
-CREATE TABLE IF NOT EXISTS pending (
-    list TEXT NOT NULL,
-    address TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    token TEXT NOT NULL,
-    expires INTEGER NOT NULL,
-    PRIMARY KEY (list, address, fingerprint)
-);
-CREATE TABLE IF NOT EXISTS rate (
-    list TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    last INTEGER NOT NULL,
-    PRIMARY KEY (list, sender, kind)
-);
-";
+/// The database file inside the state directory.
+const DATABASE: &str = "state.sqlite";
 
 impl SqliteStore {
+    /// Opens (creating if needed) `state_dir/state.sqlite`, brings its schema up to date, and
+    /// makes the directory 0700 and the database files 0600: they hold tokens and bindings.
     pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
-            path: state_dir.display().to_string(),
-            source,
-        })?;
-        let conn = Connection::open(state_dir.join("state.sqlite"))?;
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        restrict(state_dir, 0o700).map_err(io(state_dir))?;
+        let path = state_dir.join(DATABASE);
+        // Created 0600 before SQLite sees it: SQLite gives -wal and -shm the same mode.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        restrict(&path, 0o600).map_err(io(&path))?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        // Files left by older versions may be 0644.
+        for suffix in ["-wal", "-shm"] {
+            let side = state_dir.join(format!("{DATABASE}{suffix}"));
+            match restrict(&side, 0o600) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&side)(e)),
+                _ => {}
+            }
+        }
+        schema::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -209,93 +270,64 @@ impl SqliteStore {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Runs `f` on the connection, outside any explicit transaction (one statement or reads).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        Ok(f(&self.conn())?)
+    }
+
+    /// Runs `f` in one write transaction, committed when `f` succeeds. IMMEDIATE takes the
+    /// write lock up front, so a busy database shows here (after the busy timeout) rather than
+    /// as a failed upgrade half-way.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
 }
 
-fn bump(tx: &rusqlite::Transaction<'_>) -> Result<(), rusqlite::Error> {
-    tx.execute(
-        "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
-        [],
-    )?;
+/// Sets `path`'s permission bits to `mode` unless they already are.
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
     Ok(())
 }
 
 impl Store for SqliteStore {
     fn generation(&self) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        let g: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(g.unwrap_or(0))
+        self.read(bindings::generation)
     }
 
     fn touch(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        bump(&tx)?;
-        tx.commit()?;
-        Ok(())
+        self.write(bindings::bump)
     }
 
     fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT list, address, fingerprint, role, state, show_key_id FROM bindings
-             WHERE list = ?1 ORDER BY address",
-        )?;
-        let rows = stmt.query_map(params![list], |r| {
-            Ok(Binding {
-                list: r.get(0)?,
-                address: r.get(1)?,
-                fingerprint: r.get(2)?,
-                role: Role::parse(&r.get::<_, String>(3)?),
-                state: r.get(4)?,
-                show_key_id: r.get::<_, i64>(5)? != 0,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.read(|c| bindings::of_list(c, list))
     }
 
     fn bind(&self, b: &Binding) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_secs();
-        tx.execute(
-            "INSERT INTO bindings (list, address, fingerprint, role, state, show_key_id, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (list, address) DO UPDATE SET fingerprint = excluded.fingerprint,
-               role = excluded.role, state = excluded.state, show_key_id = excluded.show_key_id",
-            params![
-                b.list,
-                b.address,
-                b.fingerprint,
-                b.role.as_str(),
-                b.state,
-                b.show_key_id as i64,
-                now
-            ],
-        )?;
-        bump(&tx)?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            bindings::put(tx, b, now_secs())?;
+            bindings::bump(tx)
+        })
     }
 
     fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "DELETE FROM bindings WHERE list = ?1 AND address = ?2",
-            params![list, address],
-        )?;
-        // Outstanding challenges go too: a removed member cannot be re-bound by them.
-        let p = tx.execute(
-            "DELETE FROM pending WHERE list = ?1 AND address = ?2",
-            params![list, address],
-        )?;
-        bump(&tx)?;
-        tx.commit()?;
-        Ok(n + p > 0)
+        self.write(|tx| {
+            let n = bindings::remove(tx, list, address)?;
+            // Outstanding challenges go too: a removed member cannot be re-bound by them.
+            let p = pending::remove_address(tx, list, address)?;
+            bindings::bump(tx)?;
+            Ok(n + p > 0)
+        })
     }
 
     fn replay_record(
@@ -304,65 +336,11 @@ impl Store for SqliteStore {
         digest: &[u8],
         retain_secs: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_secs();
-        tx.execute(
-            "DELETE FROM replay WHERE seen < ?1",
-            params![now - retain_secs as i64],
-        )?;
-        let n = tx.execute(
-            "INSERT OR IGNORE INTO replay (list, digest, seen) VALUES (?1, ?2, ?3)",
-            params![list, digest, now],
-        )?;
-        tx.commit()?;
-        Ok(n == 0)
+        self.write(|tx| replay::record(tx, list, digest, retain_secs, now_secs()))
     }
 
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let n: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM replay WHERE list = ?1 AND digest = ?2",
-            params![list, digest],
-            |r| r.get(0),
-        )?;
-        Ok(n > 0)
-    }
-
-    fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT recipient FROM journal WHERE sender = ?1 AND digest = ?2")?;
-        let rows = stmt.query_map(params![sender, digest], |r| r.get(0))?;
-        Ok(rows.collect::<Result<Vec<String>, _>>()?)
-    }
-
-    fn journal_record(
-        &self,
-        sender: &str,
-        digest: &[u8],
-        recipients: &[String],
-        queue_id: &str,
-        retain_secs: u64,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_secs();
-        tx.execute(
-            "DELETE FROM journal WHERE sent < ?1",
-            params![now - retain_secs as i64],
-        )?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO journal (sender, digest, recipient, queue_id, sent)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for r in recipients {
-                stmt.execute(params![sender, digest, r, queue_id, now])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        self.read(|c| replay::seen(c, list, digest))
     }
 
     fn pending_put(
@@ -373,37 +351,25 @@ impl Store for SqliteStore {
         token: &str,
         ttl_secs: u64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_secs();
-        tx.execute("DELETE FROM pending WHERE expires < ?1", params![now])?;
-        tx.execute(
-            "INSERT INTO pending (list, address, fingerprint, token, expires) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (list, address, fingerprint) DO UPDATE SET token = excluded.token, expires = excluded.expires",
-            params![list, address, fingerprint, token, now + ttl_secs as i64],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| pending::put(tx, list, address, fingerprint, token, ttl_secs, now_secs()))
     }
 
-    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT fingerprint, token FROM pending WHERE list = ?1 AND address = ?2 AND expires >= ?3",
-        )?;
-        let rows = stmt.query_map(params![list, address, now_secs()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| pending::fingerprints(c, list, address, now_secs()))
+    }
+
+    fn pending_token_matches(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        self.read(|c| pending::token_matches(c, list, address, fingerprint, token, now_secs()))
     }
 
     fn pending_list(&self, list: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT address, fingerprint FROM pending WHERE list = ?1 AND expires >= ?2 ORDER BY address",
-        )?;
-        let rows = stmt.query_map(params![list, now_secs()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.read(|c| pending::of_list(c, list, now_secs()))
     }
 
     fn pending_remove(
@@ -412,21 +378,11 @@ impl Store for SqliteStore {
         address: &str,
         fingerprint: &str,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.execute(
-            "DELETE FROM pending WHERE list = ?1 AND address = ?2 AND fingerprint = ?3",
-            params![list, address, fingerprint],
-        )?;
-        Ok(())
+        self.write(|tx| pending::remove(tx, list, address, fingerprint))
     }
 
     fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.execute(
-            "DELETE FROM rate WHERE list = ?1 AND sender = ?2 AND kind = ?3",
-            params![list, sender, kind],
-        )?;
-        Ok(())
+        self.write(|tx| rate::forget(tx, list, sender, kind))
     }
 
     fn rate_allow(
@@ -436,30 +392,32 @@ impl Store for SqliteStore {
         kind: &str,
         interval_secs: u64,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_secs();
-        let last: Option<i64> = tx
-            .query_row(
-                "SELECT last FROM rate WHERE list = ?1 AND sender = ?2 AND kind = ?3",
-                params![list, sender, kind],
-                |r| r.get(0),
+        self.write(|tx| rate::allow(tx, list, sender, kind, interval_secs, now_secs()))
+    }
+
+    fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError> {
+        self.read(|c| journal::sent(c, sender, digest))
+    }
+
+    fn journal_record(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        queue_id: &str,
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            journal::record(
+                tx,
+                sender,
+                digest,
+                recipients,
+                queue_id,
+                retain_secs,
+                now_secs(),
             )
-            .optional()?;
-        if last.is_some_and(|t| now - t < interval_secs as i64) {
-            return Ok(false);
-        }
-        tx.execute(
-            "DELETE FROM rate WHERE last < ?1",
-            params![now - 86_400 * 7],
-        )?;
-        tx.execute(
-            "INSERT INTO rate (list, sender, kind, last) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (list, sender, kind) DO UPDATE SET last = excluded.last",
-            params![list, sender, kind, now],
-        )?;
-        tx.commit()?;
-        Ok(true)
+        })
     }
 }
 
@@ -467,90 +425,52 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bind_unbind_bumps_generation_and_is_shared_between_handles() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = SqliteStore::open(dir.path()).unwrap();
-        let b = SqliteStore::open(dir.path()).unwrap();
-        let g0 = b.generation().unwrap();
-        let binding = Binding {
-            list: "l@x".into(),
-            address: "a@y".into(),
-            fingerprint: "AB".into(),
-            role: Role::Owner,
-            state: "active".into(),
-            show_key_id: true,
-        };
-        a.bind(&binding).unwrap();
-        assert!(b.generation().unwrap() > g0);
-        assert_eq!(b.bindings("l@x").unwrap(), vec![binding]);
-        assert!(a.unbind("l@x", "a@y").unwrap());
-        assert!(!a.unbind("l@x", "a@y").unwrap());
-        assert!(b.bindings("l@x").unwrap().is_empty());
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
     #[test]
-    fn pending_bindings_and_rate_limits() {
+    fn state_directory_is_0700_and_database_files_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path()).unwrap();
-        s.pending_put("l@x", "a@y", "FPR", "tok", 3600).unwrap();
-        assert_eq!(
-            s.pending_for("l@x", "a@y").unwrap(),
-            vec![("FPR".into(), "tok".into())]
-        );
-        assert!(s.pending_for("l@x", "b@y").unwrap().is_empty());
-        s.pending_remove("l@x", "a@y", "FPR").unwrap();
-        assert!(s.pending_for("l@x", "a@y").unwrap().is_empty());
-        s.pending_put("l@x", "a@y", "FPR", "tok", 0).unwrap();
-        s.conn()
-            .execute("UPDATE pending SET expires = expires - 10", [])
-            .unwrap();
-        assert!(s.pending_for("l@x", "a@y").unwrap().is_empty(), "expired");
-
-        assert!(s.rate_allow("l@x", "a@y", "key", 3600).unwrap());
-        assert!(!s.rate_allow("l@x", "a@y", "key", 3600).unwrap());
-        assert!(
-            s.rate_allow("l@x", "a@y", "challenge", 3600).unwrap(),
-            "per kind"
-        );
-        assert!(
-            s.rate_allow("l@x", "b@y", "key", 3600).unwrap(),
-            "per sender"
-        );
+        let state = dir.path().join("state");
+        let s = SqliteStore::open(&state).unwrap();
+        s.touch().unwrap();
+        assert_eq!(mode(&state), 0o700);
+        for name in ["state.sqlite", "state.sqlite-wal", "state.sqlite-shm"] {
+            assert_eq!(mode(&state.join(name)), 0o600, "{name}");
+        }
     }
 
     #[test]
-    fn journal_remembers_reinjected_recipients() {
+    fn open_tightens_modes_left_by_older_versions() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path()).unwrap();
-        assert!(s.journal_sent("l-bounces@x", b"d").unwrap().is_empty());
-        s.journal_record(
-            "l-bounces@x",
-            b"d",
-            &["a@y".into(), "b@y".into()],
-            "Q1",
-            3600,
-        )
-        .unwrap();
-        let mut sent = s.journal_sent("l-bounces@x", b"d").unwrap();
-        sent.sort();
-        assert_eq!(sent, vec!["a@y".to_string(), "b@y".to_string()]);
-        assert!(s.journal_sent("l-bounces@x", b"other").unwrap().is_empty());
+        // An open handle keeps -wal and -shm in place, as a running daemon does.
+        let old = SqliteStore::open(dir.path()).unwrap();
+        old.touch().unwrap();
+        let files = ["state.sqlite", "state.sqlite-wal", "state.sqlite-shm"];
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in files {
+            let loose = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(dir.path().join(name), loose).unwrap();
+        }
+        let _new = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(mode(dir.path()), 0o700);
+        for name in files {
+            assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+        }
     }
 
     #[test]
-    fn replay_records_once_and_expires() {
+    fn a_failed_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
-        assert!(!s.replay_record("l@x", b"d1", 3600).unwrap());
-        assert!(s.replay_record("l@x", b"d1", 3600).unwrap());
-        assert!(!s.replay_record("m@x", b"d1", 3600).unwrap(), "per list");
-        assert!(s.replay_seen("l@x", b"d1").unwrap());
-        // A retention of zero drops everything older than now.
-        s.conn()
-            .execute("UPDATE replay SET seen = seen - 10", [])
-            .unwrap();
-        assert!(!s.replay_record("l@x", b"d2", 0).unwrap());
-        assert!(!s.replay_seen("l@x", b"d1").unwrap());
+        let g0 = s.generation().unwrap();
+        let r: Result<(), StoreError> = s.write(|tx| {
+            bindings::bump(tx)?;
+            tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            Ok(())
+        });
+        assert!(matches!(r, Err(StoreError::Sql(_))));
+        assert_eq!(s.generation().unwrap(), g0, "the bump rolled back");
     }
 }
