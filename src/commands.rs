@@ -11,7 +11,7 @@ use crate::keys::{check_member_cert, normalize_address, CertDir, ListKeys, Membe
 use crate::message::first_address;
 use crate::mime::{self, Entity, Shape};
 use crate::pgp::{self, BatchRecipient, SigCheck};
-use crate::store::{Binding, Role, Store};
+use crate::store::{Binding, BindingState, Role, Store};
 use openpgp::cert::CertParser;
 use openpgp::parse::Parse;
 use openpgp::serialize::SerializeInto;
@@ -90,16 +90,16 @@ pub fn handle(
     // The certificates this sender offered earlier and has not yet proven.
     let certs = CertDir::new(keyring_dir);
     let mut pending = Vec::new();
-    for (fpr, token) in store.pending_for(&list.address, &sender)? {
+    for fpr in store.pending_for(&list.address, &sender)? {
         if let Some(cert) = fpr.parse().ok().and_then(|f| certs.get(&f).ok().flatten()) {
-            pending.push((cert, token));
+            pending.push(cert);
         }
     }
     // The key this address is bound to now, if any: a key change must be announced with it.
     let current = list.member(&sender).map(|m| m.cert.clone());
     let mut known: Vec<Member> = pending
         .iter()
-        .map(|(cert, _)| Member {
+        .map(|cert| Member {
             address: sender.clone(),
             cert: cert.clone(),
             role: Role::Member,
@@ -187,16 +187,23 @@ pub fn handle(
     // 1. A signed confirmation carrying the token of a pending binding.
     let text = String::from_utf8_lossy(&content);
     for good in &good_sigs {
-        let Some((cert, token)) = pending.iter().find(|(c, _)| c.fingerprint() == good.signer)
-        else {
+        let Some(cert) = pending.iter().find(|c| c.fingerprint() == good.signer) else {
             continue;
         };
-        if !text.contains(token.as_str()) {
+        let fingerprint = cert.fingerprint().to_hex();
+        // The store keeps only the token's hash: offer it each token-shaped word of the text.
+        let mut proven = false;
+        for candidate in token_candidates(&text) {
+            if store.pending_token_matches(&list.address, &sender, &fingerprint, candidate)? {
+                proven = true;
+                break;
+            }
+        }
+        if !proven {
             continue;
         }
         check_member_cert(cert, &sender)
             .map_err(|p| crate::keys::KeyError::Unusable(p.to_string()))?;
-        let fingerprint = cert.fingerprint().to_hex();
         // A member's existing role and key-id preference survive a key change.
         let old = store
             .bindings(&list.address)?
@@ -207,7 +214,7 @@ pub fn handle(
             address: sender.clone(),
             fingerprint: fingerprint.clone(),
             role: old.as_ref().map(|b| b.role).unwrap_or(Role::Member),
-            state: "active".into(),
+            state: BindingState::Active,
             show_key_id: old.as_ref().is_some_and(|b| b.show_key_id),
         })?;
         store.pending_remove(&list.address, &sender, &fingerprint)?;
@@ -513,6 +520,20 @@ fn command_digest(list: &str, packet: &[u8]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
+/// Letters in a token from `new_token`: 160 bits in base32.
+const TOKEN_CHARS: usize = 32;
+
+/// At most this many token-shaped words are tried: a reply quotes one token, and each try
+/// costs a hash and a lookup.
+const TOKEN_CANDIDATES: usize = 64;
+
+/// The words of `text` shaped like a token from `new_token` (lower-case base32, 32 letters).
+fn token_candidates(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !matches!(c, 'a'..='z' | '2'..='7'))
+        .filter(|w| w.len() == TOKEN_CHARS)
+        .take(TOKEN_CANDIDATES)
+}
+
 /// 160 random bits, base32.
 fn new_token() -> String {
     use rand::RngCore;
@@ -636,4 +657,25 @@ fn signed_reply(
         to: to.to_string(),
         message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quoted_token_line_yields_the_token() {
+        let token = new_token();
+        let text = format!("Thanks!\r\n\r\n> listcrypt-token: {token}\r\n> The token expires\r\n");
+        assert_eq!(
+            token_candidates(&text).collect::<Vec<_>>(),
+            vec![token.as_str()]
+        );
+        let shouted = text.to_ascii_uppercase();
+        assert_eq!(
+            token_candidates(&shouted).count(),
+            0,
+            "tokens are lower-case"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! snapshot the daemon works from.
 
 use crate::config::{Config, ConfigError, Policy};
-use crate::store::{Binding, Role, Store, StoreError};
+use crate::store::{Binding, BindingState, Role, Store, StoreError};
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
 use openpgp::policy::{Policy as _, StandardPolicy};
@@ -458,7 +458,7 @@ impl Keyring {
             let secret = load_list_key(&config.keyring_dir, &name)?;
             let mut members = Vec::new();
             for b in store.bindings(&name)? {
-                if b.state != "active" {
+                if b.state != BindingState::Active {
                     continue;
                 }
                 let fpr: Fingerprint = b.fingerprint.parse().map_err(|_| {
@@ -509,7 +509,7 @@ pub fn add_member(
         address: address.to_string(),
         fingerprint: cert.fingerprint().to_hex(),
         role,
-        state: "active".into(),
+        state: BindingState::Active,
         show_key_id,
     };
     store.bind(&binding)?;

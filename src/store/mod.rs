@@ -1,0 +1,476 @@
+//! Durable state behind a small trait: SQLite in WAL mode, shared safely by the CLI and the
+//! running daemon. Every change to bindings bumps a generation counter that the daemon checks
+//! per message, so `member add` takes effect without a restart.
+//!
+//! One file per concern (bindings, replay, pending, rate, journal), each a set of functions
+//! over a `rusqlite` connection or transaction; `schema` holds the versioned migrations. The
+//! `Store` impl here only opens transactions and delegates.
+
+mod bindings;
+mod journal;
+mod pending;
+mod rate;
+mod replay;
+mod schema;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store is busy")]
+    Busy(#[source] rusqlite::Error),
+    #[error("state store: {0}")]
+    Sql(#[source] rusqlite::Error),
+    #[error("state store: cannot create {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state store: database schema version {found} is newer than this listcrypt knows \
+         ({known}); run the listcrypt that wrote it, or restore a backup"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy(e)
+            }
+            _ => StoreError::Sql(e),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Member,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Owner => "owner",
+        }
+    }
+
+    fn parse(s: &str) -> Role {
+        if s == "owner" {
+            Role::Owner
+        } else {
+            Role::Member
+        }
+    }
+}
+
+/// Where a binding stands. Keys offered by email and not yet proven live in the pending table;
+/// `Pending` is the state for a binding row that must not be used yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingState {
+    Active,
+    Pending,
+}
+
+impl BindingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingState::Active => "active",
+            BindingState::Pending => "pending",
+        }
+    }
+}
+
+impl std::fmt::Display for BindingState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown binding state {0:?}")]
+pub struct UnknownBindingState(pub String);
+
+impl std::str::FromStr for BindingState {
+    type Err = UnknownBindingState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(BindingState::Active),
+            "pending" => Ok(BindingState::Pending),
+            _ => Err(UnknownBindingState(s.to_string())),
+        }
+    }
+}
+
+impl ToSql for BindingState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for BindingState {
+    // An unknown state is an error, not a default: a binding is never used on a guess.
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// One address bound to one certificate on one list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub list: String,
+    pub address: String,
+    /// Upper-case hex fingerprint of the bound certificate.
+    pub fingerprint: String,
+    pub role: Role,
+    pub state: BindingState,
+    /// This member gets copies with their key id visible (clients that cannot try keys).
+    pub show_key_id: bool,
+}
+
+pub trait Store: Send + Sync {
+    /// Changes whenever bindings change; cheap enough to call per message.
+    fn generation(&self) -> Result<i64, StoreError>;
+    /// Bumps the generation (a change the daemon must reload for, e.g. a new list).
+    fn touch(&self) -> Result<(), StoreError>;
+    fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError>;
+    fn bind(&self, binding: &Binding) -> Result<(), StoreError>;
+    /// Removes a binding and any pending one; returns whether either existed.
+    fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError>;
+    /// Records an accepted signature digest; returns `true` if it was already recorded
+    /// (a replay). Records older than `retain_secs` are dropped on the way.
+    fn replay_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<bool, StoreError>;
+    /// Whether a digest is recorded (read-only, for dry runs).
+    fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
+    /// Records a pending binding: `address` on `list` to `fingerprint`, proven by `token`
+    /// (only its hash is stored).
+    fn pending_put(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError>;
+    /// Fingerprints of unexpired pending bindings for `address` on `list`.
+    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<String>, StoreError>;
+    /// Whether `token` is the one recorded for this unexpired pending binding.
+    fn pending_token_matches(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+    ) -> Result<bool, StoreError>;
+    /// Every unexpired pending binding of `list`: (address, fingerprint).
+    fn pending_list(&self, list: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Removes a pending binding once used.
+    fn pending_remove(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError>;
+    /// Forgets a recorded automatic reply (it could not be sent after all).
+    fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError>;
+    /// Whether `sender` may get another automatic reply of `kind` from `list` now; records
+    /// the reply when allowed (at most one per `interval_secs`).
+    fn rate_allow(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        interval_secs: u64,
+    ) -> Result<bool, StoreError>;
+    /// Recipients to whom a reinjected batch of this (sender, body digest) already went.
+    fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError>;
+    /// Records a reinjected batch; entries older than `retain_secs` are dropped on the way.
+    fn journal_record(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        queue_id: &str,
+        retain_secs: u64,
+    ) -> Result<(), StoreError>;
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+/// The database file inside the state directory.
+const DATABASE: &str = "state.sqlite";
+
+impl SqliteStore {
+    /// Opens (creating if needed) `state_dir/state.sqlite`, brings its schema up to date, and
+    /// makes the directory 0700 and the database files 0600: they hold tokens and bindings.
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        restrict(state_dir, 0o700).map_err(io(state_dir))?;
+        let path = state_dir.join(DATABASE);
+        // Created 0600 before SQLite sees it: SQLite gives -wal and -shm the same mode.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        restrict(&path, 0o600).map_err(io(&path))?;
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Files left by older versions may be 0644.
+        for suffix in ["-wal", "-shm"] {
+            let side = state_dir.join(format!("{DATABASE}{suffix}"));
+            match restrict(&side, 0o600) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&side)(e)),
+                _ => {}
+            }
+        }
+        schema::migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the connection, outside any explicit transaction (one statement or reads).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        Ok(f(&self.conn())?)
+    }
+
+    /// Runs `f` in one write transaction, committed when `f` succeeds. IMMEDIATE takes the
+    /// write lock up front, so a busy database shows here (after the busy timeout) rather than
+    /// as a failed upgrade half-way.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// Sets `path`'s permission bits to `mode` unless they already are.
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn generation(&self) -> Result<i64, StoreError> {
+        self.read(bindings::generation)
+    }
+
+    fn touch(&self) -> Result<(), StoreError> {
+        self.write(bindings::bump)
+    }
+
+    fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError> {
+        self.read(|c| bindings::of_list(c, list))
+    }
+
+    fn bind(&self, b: &Binding) -> Result<(), StoreError> {
+        self.write(|tx| {
+            bindings::put(tx, b, now_secs())?;
+            bindings::bump(tx)
+        })
+    }
+
+    fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = bindings::remove(tx, list, address)?;
+            // Outstanding challenges go too: a removed member cannot be re-bound by them.
+            let p = pending::remove_address(tx, list, address)?;
+            bindings::bump(tx)?;
+            Ok(n + p > 0)
+        })
+    }
+
+    fn replay_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| replay::record(tx, list, digest, retain_secs, now_secs()))
+    }
+
+    fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        self.read(|c| replay::seen(c, list, digest))
+    }
+
+    fn pending_put(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| pending::put(tx, list, address, fingerprint, token, ttl_secs, now_secs()))
+    }
+
+    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| pending::fingerprints(c, list, address, now_secs()))
+    }
+
+    fn pending_token_matches(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        self.read(|c| pending::token_matches(c, list, address, fingerprint, token, now_secs()))
+    }
+
+    fn pending_list(&self, list: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| pending::of_list(c, list, now_secs()))
+    }
+
+    fn pending_remove(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| pending::remove(tx, list, address, fingerprint))
+    }
+
+    fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError> {
+        self.write(|tx| rate::forget(tx, list, sender, kind))
+    }
+
+    fn rate_allow(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        interval_secs: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| rate::allow(tx, list, sender, kind, interval_secs, now_secs()))
+    }
+
+    fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError> {
+        self.read(|c| journal::sent(c, sender, digest))
+    }
+
+    fn journal_record(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        queue_id: &str,
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            journal::record(
+                tx,
+                sender,
+                digest,
+                recipients,
+                queue_id,
+                retain_secs,
+                now_secs(),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn state_directory_is_0700_and_database_files_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let s = SqliteStore::open(&state).unwrap();
+        s.touch().unwrap();
+        assert_eq!(mode(&state), 0o700);
+        for name in ["state.sqlite", "state.sqlite-wal", "state.sqlite-shm"] {
+            assert_eq!(mode(&state.join(name)), 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn open_tightens_modes_left_by_older_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        // An open handle keeps -wal and -shm in place, as a running daemon does.
+        let old = SqliteStore::open(dir.path()).unwrap();
+        old.touch().unwrap();
+        let files = ["state.sqlite", "state.sqlite-wal", "state.sqlite-shm"];
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in files {
+            let loose = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(dir.path().join(name), loose).unwrap();
+        }
+        let _new = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(mode(dir.path()), 0o700);
+        for name in files {
+            assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let g0 = s.generation().unwrap();
+        let r: Result<(), StoreError> = s.write(|tx| {
+            bindings::bump(tx)?;
+            tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            Ok(())
+        });
+        assert!(matches!(r, Err(StoreError::Sql(_))));
+        assert_eq!(s.generation().unwrap(), g0, "the bump rolled back");
+    }
+}

@@ -1,0 +1,315 @@
+//! The schema as an ordered list of migrations, recorded in `schema_migrations` so that every
+//! backend (SQLite now, PostgreSQL later) can tell which ones a database has.
+//!
+//! The SQL is written to run on PostgreSQL too where a portable form exists (`ON CONFLICT`,
+//! `BIGINT`, `ALTER TABLE … RENAME COLUMN`); the exceptions say so beside them.
+
+use super::StoreError;
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+    /// Work SQL cannot do portably (SQLite has no SHA-256), run after `sql` in the same
+    /// transaction.
+    then: Option<fn(&Transaction<'_>) -> rusqlite::Result<()>>,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial schema",
+        // IF NOT EXISTS throughout: a database made before schema_migrations existed has exactly
+        // these tables, so applying this to it changes nothing and records it as version 1.
+        // BLOB is SQLite's spelling; PostgreSQL's is BYTEA.
+        sql: "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('generation', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS bindings (
+    list TEXT NOT NULL,
+    address TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    role TEXT NOT NULL,
+    state TEXT NOT NULL,
+    show_key_id INTEGER NOT NULL DEFAULT 0,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (list, address)
+);
+CREATE TABLE IF NOT EXISTS replay (
+    list TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    seen BIGINT NOT NULL,
+    PRIMARY KEY (list, digest)
+);
+CREATE INDEX IF NOT EXISTS replay_seen ON replay (seen);
+CREATE TABLE IF NOT EXISTS journal (
+    sender TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    sent BIGINT NOT NULL,
+    PRIMARY KEY (sender, digest, recipient)
+);
+CREATE INDEX IF NOT EXISTS journal_sent ON journal (sent);
+CREATE TABLE IF NOT EXISTS pending (
+    list TEXT NOT NULL,
+    address TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    token TEXT NOT NULL,
+    expires BIGINT NOT NULL,
+    PRIMARY KEY (list, address, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS rate (
+    list TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last BIGINT NOT NULL,
+    PRIMARY KEY (list, sender, kind)
+);
+",
+        then: None,
+    },
+    Migration {
+        version: 2,
+        name: "pending challenge tokens stored as SHA-256",
+        sql: "ALTER TABLE pending RENAME COLUMN token TO token_sha256;",
+        then: Some(hash_pending_tokens),
+    },
+];
+
+/// The newest schema version this code knows.
+const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// Challenges already out keep working: their clear tokens are replaced by their hashes.
+fn hash_pending_tokens(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let rows: Vec<(String, String, String, String)> = tx
+        .prepare("SELECT list, address, fingerprint, token_sha256 FROM pending")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx.prepare(
+        "UPDATE pending SET token_sha256 = ?1 WHERE list = ?2 AND address = ?3 AND fingerprint = ?4",
+    )?;
+    for (list, address, fingerprint, token) in rows {
+        update.execute(params![
+            super::pending::hash_token(&token),
+            list,
+            address,
+            fingerprint
+        ])?;
+    }
+    Ok(())
+}
+
+const CREATE_MIGRATIONS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
+);";
+
+fn current_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Applies every migration the database lacks, each in its own transaction, and refuses a
+/// database that a newer listcrypt has migrated further than this one knows.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(CREATE_MIGRATIONS_TABLE)?;
+    let found = current_version(conn)?;
+    if found > LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: LATEST,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The daemon and the CLI may open a new database at the same moment: the loser of
+        // the write lock finds the migration done.
+        if current_version(&tx)? >= m.version {
+            continue;
+        }
+        tx.execute_batch(m.sql)?;
+        if let Some(then) = m.then {
+            then(&tx)?;
+        }
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![m.version, m.name, super::now_secs()],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BindingState, SqliteStore, Store};
+    use super::*;
+
+    /// The schema as `src/store.rs` created it before schema_migrations existed, verbatim.
+    const OLD_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
+CREATE TABLE IF NOT EXISTS bindings (
+    list TEXT NOT NULL,
+    address TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    role TEXT NOT NULL,
+    state TEXT NOT NULL,
+    show_key_id INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (list, address)
+);
+CREATE TABLE IF NOT EXISTS replay (
+    list TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    seen INTEGER NOT NULL,
+    PRIMARY KEY (list, digest)
+);
+CREATE INDEX IF NOT EXISTS replay_seen ON replay (seen);
+CREATE TABLE IF NOT EXISTS journal (
+    sender TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    sent INTEGER NOT NULL,
+    PRIMARY KEY (sender, digest, recipient)
+);
+CREATE INDEX IF NOT EXISTS journal_sent ON journal (sent);
+CREATE TABLE IF NOT EXISTS pending (
+    list TEXT NOT NULL,
+    address TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    token TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (list, address, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS rate (
+    list TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    PRIMARY KEY (list, sender, kind)
+);
+";
+
+    fn recorded(s: &SqliteStore) -> Vec<(i64, String)> {
+        s.conn()
+            .prepare("SELECT version, name FROM schema_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    fn all_versions() -> Vec<(i64, String)> {
+        MIGRATIONS
+            .iter()
+            .map(|m| (m.version, m.name.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn migrations_are_numbered_one_up_in_order() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn an_empty_directory_gets_every_migration_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(recorded(&s), all_versions());
+        assert_eq!(s.generation().unwrap(), 0);
+        drop(s);
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(
+            recorded(&s),
+            all_versions(),
+            "reopening applies nothing twice"
+        );
+    }
+
+    #[test]
+    fn concurrent_opens_of_a_new_database_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(recorded(&s), all_versions());
+    }
+
+    #[test]
+    fn a_database_made_by_the_old_code_opens_and_keeps_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join("state.sqlite")).unwrap();
+            old.pragma_update(None, "journal_mode", "WAL").unwrap();
+            old.execute_batch(OLD_SCHEMA).unwrap();
+            old.execute_batch(
+                "UPDATE meta SET value = 7 WHERE key = 'generation';
+                 INSERT INTO bindings VALUES ('l@x', 'a@y', 'AB', 'owner', 'active', 1, 0);
+                 INSERT INTO pending VALUES ('l@x', 'b@y', 'CD',
+                     'mfrggzdfmztwq2lknnwg23tpobyxe43u', 4102444800);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(recorded(&s), all_versions());
+        assert_eq!(s.generation().unwrap(), 7);
+        let b = &s.bindings("l@x").unwrap()[0];
+        assert_eq!((b.address.as_str(), b.state), ("a@y", BindingState::Active));
+        assert!(b.show_key_id);
+        // The challenge already out still confirms, by its hash now.
+        let raw: String = s
+            .conn()
+            .query_row("SELECT token_sha256 FROM pending", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            raw,
+            "3eb68f93ebf78ee569898a83fa9013c7fc151e05e44410db950097e33f8548d1"
+        );
+        assert!(s
+            .pending_token_matches("l@x", "b@y", "CD", "mfrggzdfmztwq2lknnwg23tpobyxe43u")
+            .unwrap());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_listcrypt_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.conn()
+            .execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, 'future', 0)",
+                [LATEST + 1],
+            )
+            .unwrap();
+        drop(s);
+        match SqliteStore::open(dir.path()) {
+            Err(e @ StoreError::SchemaTooNew { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("version {} is newer", LATEST + 1)),
+                    "{text}"
+                );
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a newer schema was opened"),
+        }
+    }
+}
