@@ -6,6 +6,7 @@ use crate::inbound::{self, Envelope, Verdict};
 use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
 use crate::outbound::{self, RcptDecision};
 use crate::store::{Role, SqliteStore, Store, StoreError};
+use crate::wkd::WkdError;
 use sequoia_openpgp::serialize::SerializeInto;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -53,6 +54,18 @@ impl From<KeyError> for CommandError {
             KeyError::Crypto(_) => exit::SOFTWARE,
         };
         CommandError::new(code, "keys", e)
+    }
+}
+
+impl From<WkdError> for CommandError {
+    fn from(e: WkdError) -> Self {
+        let code = match e {
+            WkdError::Keys(e) => return CommandError::from(e),
+            WkdError::Io { .. } => exit::IOERR,
+            WkdError::NoUserId(_) => exit::DATA,
+            WkdError::Crypto(_) => exit::SOFTWARE,
+        };
+        CommandError::new(code, "wkd export", e)
     }
 }
 

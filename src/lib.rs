@@ -4,6 +4,7 @@
 //! the `process` CLI verb and the tests all drive the same functions.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod commands;
 pub mod config;
 pub mod daemon;
