@@ -7,6 +7,7 @@ use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
 use crate::outbound;
 use crate::refusal::{RcptOutcome, Refusal};
 use crate::store::{Role, SqliteStore, Store, StoreError};
+use crate::wkd::WkdError;
 use sequoia_openpgp::serialize::SerializeInto;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -54,6 +55,18 @@ impl From<KeyError> for CommandError {
             KeyError::Crypto(_) => exit::SOFTWARE,
         };
         CommandError::new(code, "keys", e)
+    }
+}
+
+impl From<WkdError> for CommandError {
+    fn from(e: WkdError) -> Self {
+        let code = match e {
+            WkdError::Keys(e) => return CommandError::from(e),
+            WkdError::Io { .. } => exit::IOERR,
+            WkdError::NoUserId(_) => exit::DATA,
+            WkdError::Crypto(_) => exit::SOFTWARE,
+        };
+        CommandError::new(code, "wkd export", e)
     }
 }
 

@@ -11,7 +11,6 @@ use openpgp::types::{PublicKeyAlgorithm, RevocationStatus};
 use openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
 use sequoia_openpgp as openpgp;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -75,21 +74,7 @@ pub fn list_dir(keyring_dir: &Path, list: &str) -> PathBuf {
 
 /// Writes `bytes` to `path` atomically with the given mode.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().expect("path has a parent");
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::atomic_file::write(path, bytes, mode).map_err(io_err(path))
 }
 
 /// Creates the list key (v4, Cv25519: GnuPG 2.2 reads it; reference/openpgp.md) and returns it.
@@ -533,19 +518,14 @@ pub fn expiry_text(cert: &Cert) -> String {
     }
 }
 
-/// `YYYY-MM-DD` for a Unix time (civil-from-days, proleptic Gregorian).
+/// `YYYY-MM-DD` (UTC) for a Unix time.
 pub fn format_date(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 /// Whether the policy accepts `cert` at all (used by check-config).

@@ -6,6 +6,7 @@
 //! main -> server (bind, run) -> milter -> state -> {config, keys, store}; http -> state.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod commands;
 pub mod config;
 pub mod dsn;

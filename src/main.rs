@@ -218,7 +218,9 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             admin::member_list(&config, &list, &mut out).map(|_| exit::OK)
         }
         Command::Wkd(WkdCommand::Export { dir }) => {
-            listcrypt::wkd::export_command(&config, &dir, &mut out).map(|_| exit::OK)
+            listcrypt::wkd::export_command(&config, &dir, &mut out)
+                .map(|_| exit::OK)
+                .map_err(CommandError::from)
         }
         Command::Process(ProcessCommand::Inbound(a)) => {
             listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, &quiet_level());

@@ -83,7 +83,8 @@ pub async fn run(
     a.and(b)
 }
 
-/// The numeric group for `socket_group` (a name from /etc/group, or a number).
+/// The numeric group for `socket_group`: a number, or a name looked up through NSS (so groups
+/// from LDAP or systemd's userdb work too).
 pub fn resolve_group(name: &str) -> io::Result<Option<u32>> {
     if name.is_empty() {
         return Ok(None);
@@ -91,17 +92,14 @@ pub fn resolve_group(name: &str) -> io::Result<Option<u32>> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(Some(gid));
     }
-    let groups = std::fs::read_to_string("/etc/group")?;
-    groups
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split(':');
-            (f.next() == Some(name))
-                .then(|| f.nth(1).and_then(|g| g.parse().ok()))
-                .flatten()
-        })
-        .map(Some)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no group {name:?}")))
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no group {name:?}"),
+        )),
+        Err(errno) => Err(io::Error::from(errno)),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! Only list keys are published, each with the one user ID of its list address and no secret
 //! material. `http.rs` serves the same bytes live.
 
-use crate::admin::{exit, CommandError};
+use crate::atomic_file;
 use crate::config::Config;
 use crate::keys::{self, KeyError};
 use openpgp::serialize::Serialize;
@@ -219,47 +219,22 @@ pub fn export(config: &Config, dir: &Path) -> Result<Vec<PathBuf>, WkdError> {
 }
 
 /// The `wkd export DIR` command: exports, then prints each path written, one a line.
-pub fn export_command(
-    config: &Config,
-    dir: &Path,
-    out: &mut dyn Write,
-) -> Result<(), CommandError> {
-    let written = export(config, dir).map_err(|e| match e {
-        WkdError::Keys(e) => CommandError::from(e),
-        WkdError::Io { .. } => CommandError::new(exit::IOERR, "wkd export", e),
-        WkdError::NoUserId(_) => CommandError::new(exit::DATA, "wkd export", e),
-        WkdError::Crypto(_) => CommandError::new(exit::SOFTWARE, "wkd export", e),
-    })?;
-    for path in written {
-        writeln!(out, "{}", path.display())
-            .map_err(|e| CommandError::new(exit::IOERR, "stdout", e))?;
+pub fn export_command(config: &Config, dir: &Path, out: &mut dyn Write) -> Result<(), WkdError> {
+    for path in export(config, dir)? {
+        writeln!(out, "{}", path.display()).map_err(|source| WkdError::Io {
+            path: "stdout".into(),
+            source,
+        })?;
     }
     Ok(())
 }
 
-/// Writes world-readable `bytes` to `path` via a temporary file and a rename, so a web server
-/// never serves half a key.
+/// Writes world-readable `bytes` to `path` atomically, so a web server never serves half a key.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WkdError> {
-    let io = |p: &Path| {
-        let p = p.display().to_string();
-        move |source| WkdError::Io { path: p, source }
-    };
-    let dir = path.parent().expect("export paths have a parent");
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path.file_name().expect("file name").to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp)(e));
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))
+    atomic_file::write(path, bytes, atomic_file::PUBLIC).map_err(|source| WkdError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Percent-encodes a local part for the `l=` parameter (RFC 3986 unreserved stays).

@@ -311,26 +311,13 @@ fn bare_addresses(h: &crate::mime::Header) -> Option<String> {
     (!addrs.is_empty()).then(|| addrs.join(", "))
 }
 
-/// RFC 5322 §3.3 date-time in UTC, e.g. `Fri, 27 Nov 2026 14:49:49 +0000`.
+/// RFC 5322 §3.3 date-time in UTC, e.g. `Fri, 27 Nov 2026 14:49:49 +0000` (before 1970: the
+/// epoch).
 pub fn rfc5322_date_utc(t: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let t = t.max(0) as u64;
-    let ymd = crate::keys::format_date(t);
-    let (y, rest) = ymd.split_once('-').unwrap_or(("1970", "01-01"));
-    let (m, d) = rest.split_once('-').unwrap_or(("01", "01"));
-    let month = MONTHS[m.parse::<usize>().unwrap_or(1).clamp(1, 12) - 1];
-    let secs = t % 86_400;
-    format!(
-        "{}, {} {month} {y} {:02}:{:02}:{:02} +0000",
-        DAYS[((t / 86_400) % 7) as usize],
-        d.trim_start_matches('0'),
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    chrono::DateTime::from_timestamp(t.max(0), 0)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        .format("%a, %-d %b %Y %H:%M:%S +0000")
+        .to_string()
 }
 
 /// Bytes a padding field costs at minimum (`X-Listcrypt-Padding: ` and a CRLF).
