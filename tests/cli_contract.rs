@@ -2,14 +2,17 @@
 //! diagnostics with file:line:column, every help example runs, and the daemon's signals
 //! (SIGHUP keeps a good configuration when the new one is bad; SIGTERM stops cleanly).
 
-mod common;
+mod support;
 
-use common::{listcrypt_cmd, run, Gpg, Site, LIST};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::gpg::Gpg;
+use support::listcrypt::listcrypt_cmd;
+use support::process::run;
+use support::site::{Site, LIST};
 
 #[test]
 fn exit_codes_and_config_placement() {

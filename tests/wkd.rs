@@ -3,9 +3,8 @@
 //! (`gpg-wks-client`) names the same URLs, and `gpg --locate-keys` fetches the key over HTTPS
 //! on port 443 through a TLS front-end, in a network and mount namespace of the test's own.
 
-mod common;
+mod support;
 
-use common::{run, run_ok, Gpg, Site, LIST};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::gpg::Gpg;
+use support::process::{run, run_ok};
+use support::site::{Site, LIST};
 
 /// A second list on another domain: a direct-layout request must not find one via the other.
 const OTHER: &str = "news@other.example.test";
@@ -492,7 +494,7 @@ fn gpg_locates_the_list_key_over_https() {
             .args(["--kill-child", "--propagation", "private", "--mount-proc"])
             .args(["bash", "-c", NAMESPACE_SCRIPT, "wkd-namespace"])
             .arg(site.dir.path())
-            .arg(common::listcrypt_bin())
+            .arg(support::listcrypt::listcrypt_bin())
             .arg(LIST)
             .env("LC_ALL", "C"),
         None,
