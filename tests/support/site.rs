@@ -4,8 +4,12 @@
 use super::listcrypt::listcrypt_cmd;
 use super::process::run_ok;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// The list every test sets up.
 pub const LIST: &str = "enc@lists.example.test";
@@ -93,6 +97,89 @@ impl Site {
             .join("certs")
             .join(&hex[..2])
             .join(&hex[2..])
+    }
+}
+
+/// `listcrypt serve` on a site with its stderr read line by line; killed if the test fails
+/// before stopping it.
+pub struct Serving {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every stderr line read so far.
+    pub log: Vec<String>,
+}
+
+impl Site {
+    pub fn serve(&self) -> Serving {
+        let mut child = self
+            .cli()
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Serving {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+}
+
+impl Serving {
+    /// The next stderr line that contains `needle`; panics with the log after 20 s.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                self.log.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!(
+            "no log line containing {needle:?}; log so far:\n{}",
+            self.log.join("\n")
+        );
+    }
+
+    /// `kill SIGNAL PID`, e.g. `-HUP`.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM; the exit status, within 20 s.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
