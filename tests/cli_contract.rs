@@ -2,14 +2,13 @@
 //! diagnostics with file:line:column, every help example runs, and the daemon's signals
 //! (SIGHUP keeps a good configuration when the new one is bad; SIGTERM stops cleanly).
 
-mod common;
+mod support;
 
-use common::{listcrypt_cmd, run, Gpg, Site, LIST};
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use support::gpg::Gpg;
+use support::listcrypt::listcrypt_cmd;
+use support::process::run;
+use support::site::{Site, LIST};
 
 #[test]
 fn exit_codes_and_config_placement() {
@@ -158,23 +157,6 @@ fn help_examples_run() {
     assert!(site.path("out").join("batch-1.eml").exists());
 }
 
-fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, log: &mut Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            let hit = line.contains(needle);
-            log.push(line);
-            if hit {
-                return;
-            }
-        }
-    }
-    panic!(
-        "no log line containing {needle:?}; log so far:\n{}",
-        log.join("\n")
-    );
-}
-
 #[test]
 fn sighup_keeps_a_good_configuration_and_sigterm_stops() {
     let site = Site::new();
@@ -183,61 +165,27 @@ fn sighup_keeps_a_good_configuration_and_sigterm_stops() {
         .unwrap()
         .replace("log_level = \"warn\"", "log_level = \"info\"");
     fs::write(&site.config, config).unwrap();
-    let mut child = site
-        .cli()
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    wait_for(&rx, "serving 1 list(s)", &mut log);
+    let mut serving = site.serve();
+    serving.wait_for_line("serving 1 list(s)");
     let inbound = site.dir.path().join("run/inbound.sock");
     assert!(inbound.exists());
-    let kill = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
 
     let policy = site.path("lists.d").join(format!("{LIST}.toml"));
     let good = fs::read_to_string(&policy).unwrap();
     fs::write(&policy, "batch_size = 0\n").unwrap();
-    kill("-HUP");
-    wait_for(
-        &rx,
-        "reload failed, keeping the running configuration",
-        &mut log,
-    );
+    serving.signal("-HUP");
+    let line = serving.wait_for_line("reload failed, keeping the running configuration");
     assert!(
-        log.last().unwrap().contains("batch_size"),
-        "the reason is given: {log:?}"
+        line.contains("batch_size"),
+        "the reason is given: {:?}",
+        serving.log
     );
 
     fs::write(&policy, good).unwrap();
-    kill("-HUP");
-    wait_for(&rx, "configuration reloaded: 1 list(s)", &mut log);
+    serving.signal("-HUP");
+    serving.wait_for_line("configuration reloaded: 1 list(s)");
 
-    kill("-TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = serving.stop();
     assert_eq!(status.code(), Some(0));
     assert!(!inbound.exists(), "the socket is removed on exit");
 }

@@ -22,13 +22,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::clients::{ClientOutcome, RnpUser, SqUser};
-use support::gpg::GpgUser;
+use support::files::mkdir;
+use support::gpg::{Gpg, GpgUser};
 use support::listcrypt::Listcrypt;
 use support::mailman::{Mailman, MailmanSettings};
+use support::net::free_ports;
 use support::postfix::{make_searchable, Postfix, PostfixSettings};
 use support::proxy::StallProxy;
 use support::sink::{Delivery, Sink};
-use support::{free_ports, mime, mkdir, smtp, tail};
+use support::text::tail;
+use support::{mime, smtp};
 
 const LIST: &str = "crowd@lists.example.test";
 const LIST_BOUNCES: &str = "crowd-bounces@lists.example.test";
@@ -101,7 +104,7 @@ struct World {
     members: Vec<Member>,
     owner: GpgUser,
     /// A home without secret keys, for `gpg --list-packets`.
-    inspector: GpgUser,
+    inspector: Gpg,
     list_cert: PathBuf,
     /// The list's primary fingerprint and every fingerprint of its key.
     list_fpr: String,
@@ -212,13 +215,13 @@ impl World {
         // An encrypted but unsigned post is held for the moderator (scenario R).
         listcrypt.set_policy(LIST, "unsigned_action", "\"hold\"");
         let list_cert = base.join("list.asc");
-        support::write(
+        support::files::write(
             &list_cert,
             listcrypt.cli(&["list", "export-key", LIST]).stdout,
         );
 
         let homes = mkdir(&base.join("clients"), 0o700);
-        let inspector = GpgUser::empty(&homes, "inspector");
+        let inspector = Gpg::new(homes.join("inspector"));
         let list_fprs = inspector.show_fingerprints(&list_cert);
         let list_fpr = list_fprs.first().cloned().expect("list key fingerprint");
 
@@ -226,7 +229,7 @@ impl World {
         let author = GpgUser::create(&homes, "Author", &gpg_emails[0]);
         let author_cert = author.export(&base.join("author.asc"));
         let keys_to_import = base.join("list-and-author.asc");
-        support::write(
+        support::files::write(
             &keys_to_import,
             [
                 std::fs::read(&list_cert).unwrap(),
@@ -234,14 +237,14 @@ impl World {
             ]
             .concat(),
         );
-        author.import_all(&list_cert);
+        author.gpg.import(&list_cert);
         let owner = GpgUser::create(&homes, "Owner", OWNER);
-        owner.import_all(&keys_to_import);
+        owner.gpg.import(&keys_to_import);
 
         let mut gpg_users = vec![author];
         gpg_users.extend(par_map(&gpg_emails[1..], 4, |email| {
             let user = GpgUser::create(&homes, "Subscriber", email);
-            user.import_all(&keys_to_import);
+            user.gpg.import(&keys_to_import);
             user
         }));
         let sq_users = par_map(&sq_emails, 2, |email| SqUser::create(&homes, email));
@@ -528,7 +531,7 @@ fn open_copy(w: &World, m: &Member, armored: &str, author: &Member) -> Opened {
     let author_cert = author.cert.as_path();
     let (decrypted, list_signature, plaintext, mut report) = match &m.client {
         Client::Gpg(u) => {
-            let dec = u.decrypt(armored.as_bytes());
+            let dec = u.gpg.decrypt(armored.as_bytes());
             let list_sig = dec
                 .valid_signers()
                 .iter()
@@ -561,7 +564,7 @@ fn open_copy(w: &World, m: &Member, armored: &str, author: &Member) -> Opened {
         let (signed, signature) = (signed.as_bytes(), signature.as_bytes());
         let outcome: Result<bool, String> = match &m.client {
             Client::Gpg(u) => {
-                let v = u.verify_detached(signed, signature);
+                let v = u.gpg.verify_detached(signed, signature);
                 let ok = v.valid_signers().contains(&author.gpg().fpr);
                 if ok {
                     Ok(true)
@@ -908,13 +911,13 @@ fn crash_during_reinjection(w: &mut World, markers: &Markers) -> usize {
         d.accepted(),
         "the author's second post was not accepted:\n{d}"
     );
-    support::wait_for(
+    support::process::wait_for(
         "listcrypt's second reinjection to hang in the proxy",
         DELIVERY_TIMEOUT,
         || (w.proxy.stalled() > stalled_before).then_some(()),
     );
     // The batch that went through has ended on both sides (its QUIT came before the stall).
-    let forwarded = support::wait_for(
+    let forwarded = support::process::wait_for(
         "the reinjection before the stall to end",
         Duration::from_secs(10),
         || {
@@ -956,7 +959,7 @@ fn crash_during_reinjection(w: &mut World, markers: &Markers) -> usize {
         .find(|l| l.contains("outbound.sock: can't read SMFIC_BODYEOB reply"))
         .unwrap_or_else(|| panic!("Postfix logged no lost milter at the end of the message"));
     eprintln!("batches: C: Postfix: {lost}");
-    let smtp_log = support::read_lossy(&w.mailman.var.join("logs/smtp.log"));
+    let smtp_log = support::files::read_lossy(&w.mailman.var.join("logs/smtp.log"));
     let retried = smtp_log
         .lines()
         .find(|l| l.contains("response exception: (451"))
@@ -1004,7 +1007,7 @@ fn crash_after_batch_queued(w: &mut World, markers: &Markers) {
     let message = post(w, author, &subject, &body, true);
     let d = smtp::send(w.inbound_port, &author.email, &[LIST], &message);
     assert!(d.accepted(), "the author's post C2 was not accepted:\n{d}");
-    support::wait_for(
+    support::process::wait_for(
         "listcrypt's first reinjection of post C2 to be queued and its QUIT held",
         DELIVERY_TIMEOUT,
         || (w.proxy.quits_held() > quits_before).then_some(()),
@@ -1034,11 +1037,12 @@ fn journal_rows(w: &World) -> String {
         .parent()
         .unwrap()
         .join("state/state.sqlite");
-    let out = support::output(
+    let out = support::process::run(
         std::process::Command::new("sqlite3")
             .arg("-readonly")
             .arg(&db)
             .arg("SELECT queue_id || ':' || count(*) FROM journal GROUP BY queue_id ORDER BY min(sent)"),
+        None,
     );
     let text = String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -1068,7 +1072,10 @@ fn digest_is_encrypted(w: &World, markers: &Markers) -> usize {
         reader.email,
         copies.len()
     );
-    let dec = reader.gpg().decrypt(armored_payload(&copies[0]).as_bytes());
+    let dec = reader
+        .gpg()
+        .gpg
+        .decrypt(armored_payload(&copies[0]).as_bytes());
     let text = dec.text();
     assert!(
         dec.decrypted()
@@ -1106,7 +1113,7 @@ fn rejection_notice_is_encrypted(w: &World, markers: &Markers) -> usize {
         d.accepted(),
         "the unsigned post was not accepted for holding:\n{d}"
     );
-    let held = support::wait_for(
+    let held = support::process::wait_for(
         "Mailman to hold the unsigned post",
         DELIVERY_TIMEOUT,
         || {
@@ -1123,7 +1130,7 @@ fn rejection_notice_is_encrypted(w: &World, markers: &Markers) -> usize {
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
     let notice = loop {
         let found = w.copies_for(&poster.email, from).into_iter().find_map(|c| {
-            let dec = poster.gpg().decrypt(armored_payload(&c).as_bytes());
+            let dec = poster.gpg().gpg.decrypt(armored_payload(&c).as_bytes());
             let text = dec.text();
             (dec.decrypted() && text.contains("Rejected by the end-to-end test"))
                 .then_some((dec, text))
@@ -1153,7 +1160,7 @@ fn rejection_notice_is_encrypted(w: &World, markers: &Markers) -> usize {
     w.settle();
     let to_owner = w.copies_for(OWNER, from);
     let owner_saw_post = to_owner.iter().any(|c| {
-        let dec = w.owner.decrypt(armored_payload(c).as_bytes());
+        let dec = w.owner.gpg.decrypt(armored_payload(c).as_bytes());
         dec.decrypted() && dec.text().contains(&markers.body)
     });
     eprintln!(
@@ -1227,7 +1234,7 @@ fn leak_check(w: &World, all_markers: &[&Markers], expected: &[(&str, usize, Vec
 
 #[test]
 fn outbound_batches_through_postfix_and_mailman() {
-    support::require_environment(&[
+    support::environment::require_environment(&[
         "postfix",
         "postconf",
         "postqueue",
@@ -1243,7 +1250,7 @@ fn outbound_batches_through_postfix_and_mailman() {
     assert!(
         Path::new("/usr/share/publicsuffix/public_suffix_list.dat").exists(),
         "the publicsuffix package is missing; run `{}`",
-        support::TEST_COMMAND
+        support::environment::TEST_COMMAND
     );
     let mut w = World::start(CROWD);
     eprintln!("batches: world up after {:?}", w.started.elapsed());
@@ -1285,7 +1292,7 @@ fn outbound_batches_through_postfix_and_mailman() {
 /// window left is the SQLite commit itself.) A small list: 6 gpg subscribers in batches of 2.
 #[test]
 fn crash_after_reinjected_batch_was_queued() {
-    support::require_environment(&[
+    support::environment::require_environment(&[
         "postfix",
         "postconf",
         "postqueue",

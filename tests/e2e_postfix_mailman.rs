@@ -10,13 +10,16 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::gpg::GpgUser;
+use support::files::mkdir;
+use support::gpg::{Gpg, GpgUser};
 use support::listcrypt::Listcrypt;
 use support::mailman::{Mailman, MailmanSettings};
+use support::mime;
+use support::net::free_ports;
 use support::postfix::{make_searchable, Postfix, PostfixSettings};
 use support::sink::{Delivery, Sink};
 use support::smtp::{self, Dialogue};
-use support::{free_ports, mime, mkdir, tail};
+use support::text::tail;
 
 const LIST: &str = "enc@lists.example.test";
 const LIST_BOUNCES: &str = "enc-bounces@lists.example.test";
@@ -46,7 +49,7 @@ struct World {
     _owner: GpgUser,
     dave: GpgUser,
     /// A home without secret keys, for `gpg --list-packets` and the author's signature.
-    inspector: GpgUser,
+    inspector: Gpg,
     list_fpr: String,
     /// The key of the list that Mailman forgot.
     gone_fpr: String,
@@ -113,7 +116,7 @@ impl World {
         let [alice, bob, carol] = MEMBERS.map(|(name, email)| GpgUser::create(&homes, name, email));
         let owner = GpgUser::create(&homes, "Owner", OWNER);
         let dave = GpgUser::create(&homes, "Dave", "dave@example.net");
-        let inspector = GpgUser::empty(&homes, "inspector");
+        let inspector = Gpg::new(homes.join("inspector"));
         eprintln!("e2e: keys made ({:?})", started.elapsed());
 
         let list_key = create_list(&listcrypt, LIST, &base);
@@ -123,11 +126,17 @@ impl World {
         bind(&listcrypt, LIST, &owner, "owner", &base);
         let mut list_fpr = String::new();
         for user in [&alice, &bob, &carol, &owner, &dave] {
-            list_fpr = user.import(&list_key);
+            list_fpr = user
+                .gpg
+                .import(&list_key)
+                .expect("gpg imported the list key");
         }
         let gone_key = create_list(&listcrypt, GONE, &base);
         bind(&listcrypt, GONE, &alice, "member", &base);
-        let gone_fpr = alice.import(&gone_key);
+        let gone_fpr = alice
+            .gpg
+            .import(&gone_key)
+            .expect("gpg imported the list key");
         // The author's signature is checked with a home that knows only public keys.
         inspector.import(&base.join("alice@example.net.asc"));
         listcrypt.serve();
@@ -173,7 +182,7 @@ fn create_list(listcrypt: &Listcrypt, list: &str, base: &Path) -> PathBuf {
         "`listcrypt list export-key {list}` printed no armored key"
     );
     let path = base.join(format!("{list}.asc"));
-    support::write(&path, &exported);
+    support::files::write(&path, &exported);
     path
 }
 
@@ -359,7 +368,7 @@ fn check_encrypted_copy(
     let who = &user.email;
     let text = copy.text();
     // For a look afterwards: KEEP_E2E_TMPDIR=1 keeps the tempdir.
-    support::write(
+    support::files::write(
         &w.dir.path().join(format!("copy-for-{who}.eml")),
         &copy.data,
     );
@@ -393,7 +402,7 @@ fn check_encrypted_copy(
         );
     }
 
-    let dec = user.decrypt(armored.as_bytes());
+    let dec = user.gpg.decrypt(armored.as_bytes());
     assert!(
         dec.decrypted(),
         "{who} cannot decrypt their copy:\n{}",
@@ -476,7 +485,7 @@ fn dsn_for_refused_post_does_not_quote_it(w: &World) {
         d.accepted(),
         "alice's encrypted post to {GONE} was not accepted:\n{d}"
     );
-    let dsn = support::wait_for(
+    let dsn = support::process::wait_for(
         "Postfix's DSN to alice about the post Mailman refused",
         DELIVERY_TIMEOUT,
         || {
@@ -486,7 +495,7 @@ fn dsn_for_refused_post_does_not_quote_it(w: &World) {
                 .find(|d| d.mail_from.is_empty())
         },
     );
-    support::write(&w.dir.path().join("dsn-for-alice.eml"), &dsn.data);
+    support::files::write(&w.dir.path().join("dsn-for-alice.eml"), &dsn.data);
     let text = dsn.text();
     assert!(
         !text.contains(&marker),
@@ -535,7 +544,7 @@ fn stopped_daemon_fails_closed(w: &mut World) {
 
 #[test]
 fn encrypted_list_through_postfix_and_mailman() {
-    support::require_environment(&[
+    support::environment::require_environment(&[
         "postfix",
         "postconf",
         "postqueue",
@@ -547,7 +556,7 @@ fn encrypted_list_through_postfix_and_mailman() {
     assert!(
         std::path::Path::new("/usr/share/publicsuffix/public_suffix_list.dat").exists(),
         "the publicsuffix package is missing; run `{}`",
-        support::TEST_COMMAND
+        support::environment::TEST_COMMAND
     );
     let mut w = World::start();
     eprintln!("e2e: world up after {:?}", w.started.elapsed());

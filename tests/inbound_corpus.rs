@@ -11,9 +11,8 @@
 //! packets no client writes on purpose. Expectations come from DESIGN.md's reply table, not from
 //! what the daemon prints.
 
-mod common;
+mod support;
 
-use common::{contains, run, run_ok, to_crlf, to_lf, Gpg, Site, LIST};
 use sequoia_openpgp as openpgp;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -22,6 +21,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::gpg::Gpg;
+use support::process::{run, run_ok};
+use support::site::{Site, LIST};
+use support::text::{contains, to_crlf, to_lf};
 
 /// Cases whose expectation (from the spec) the daemon does not meet yet. Temporary: each entry
 /// is reported to whoever owns src/, and removed when fixed. A listed case that passes is
@@ -118,7 +121,7 @@ impl Cast {
             ("bob", None),
             ("mallory", None),
             ("rita", None),
-            ("erin", Some(common::now() - 10 * DAY)),
+            ("erin", Some(support::site::now() - 10 * DAY)),
         ] {
             let address = format!("{name}@example.test");
             let fingerprint = gpg.gen_key(&format!("{} <{address}>", capitalise(name)), created);
@@ -261,7 +264,7 @@ impl Cast {
     /// pgp.cert.d store, as an admin's `sq --cert-store … import` would tell it.
     fn age_keys(&self, site: &Site) {
         let erin = &self.people["erin"];
-        let then = (common::now() - 5 * DAY).to_string();
+        let then = (support::site::now() - 5 * DAY).to_string();
         for subkeys in [None, Some("*")] {
             let mut cmd = self.gpg.cmd();
             cmd.args(["--faked-system-time", &then, "--quick-set-expire"])
@@ -662,7 +665,7 @@ impl Outcome {
 }
 
 fn process(site: &Site, case: &Case, config: &Path, message: &[u8]) -> Outcome {
-    let mut cmd = common::listcrypt_cmd();
+    let mut cmd = support::listcrypt::listcrypt_cmd();
     cmd.arg("-c")
         .arg(config)
         .args(["process", "inbound", "--list", LIST, "--from", &case.sender]);

@@ -2,9 +2,11 @@
 //! decrypts during the grace period; once the grace period is over, the next rotation destroys
 //! the old secret and such mail can no longer be decrypted (550 5.7.5).
 
-mod common;
+mod support;
 
-use common::{run, run_ok, GpgMember, Site, LIST};
+use support::gpg::GpgMember;
+use support::process::{run, run_ok};
+use support::site::{Site, LIST};
 
 fn inbound(site: &Site, from: &str, post: &[u8]) -> (i32, String) {
     let out = run(

@@ -2,12 +2,15 @@
 //! plaintext Mailman should see, with the author's signature intact (multipart/signed that
 //! GnuPG verifies).
 
-mod common;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{boundary_of, contains, multipart_parts, GpgMember, Site, LIST};
-use indymilter_test::{EomAction, Status};
+use indymilter_test::Status;
 use std::fs;
+use support::gpg::GpgMember;
+use support::milter::{self, Mail};
+use support::mime::{boundary_of, multipart_parts};
+use support::site::{Site, LIST};
+use support::text::contains;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn good_post_is_decrypted_with_the_author_signature_kept() {
@@ -24,16 +27,9 @@ async fn good_post_is_decrypted_with_the_author_signature_kept() {
     let to = format!("<{LIST}>");
     assert_eq!(conn.rcpt([to.as_str()]).await.unwrap(), Status::Continue);
     let (actions, status) = milter::send(&mut conn, &original).await;
+    milter::assert_goes_on(&status, "good post");
     assert!(
-        matches!(status, Status::Continue | Status::Accept),
-        "good post: expected the message to go on, got {}",
-        milter::reply_text(&status)
-    );
-    assert!(
-        actions
-            .actions
-            .iter()
-            .any(|a| matches!(a, EomAction::ReplaceBody { .. })),
+        milter::replaces_body(&actions),
         "the body must be replaced by the plaintext"
     );
     conn.close().await.unwrap();
@@ -72,7 +68,7 @@ async fn good_post_is_decrypted_with_the_author_signature_kept() {
     let sig = site.path("signed-part.asc");
     fs::write(&data, &parts[0]).unwrap();
     fs::write(&sig, &signature[at..]).unwrap();
-    let out = common::run(
+    let out = support::process::run(
         alice
             .gpg
             .cmd()

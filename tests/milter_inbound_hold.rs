@@ -2,12 +2,14 @@
 //! (Mailman's header_matches rule holds it), and an `X-Listcrypt-Hold` that arrives with a
 //! post — forged to release or to hold — never reaches Mailman.
 
-mod common;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{contains, GpgMember, Site, LIST};
 use indymilter_test::{Status, TestConnection};
 use std::fs;
+use support::gpg::GpgMember;
+use support::milter::{self, Mail};
+use support::site::{Site, LIST};
+use support::text::contains;
 
 const FORGED: &str = "X-Listcrypt-Hold: forged-by-sender\n";
 

@@ -3,12 +3,14 @@
 //! `451 4.3.0`, so the MTA keeps the mail (here: a compression bomb allowed a large plaintext
 //! budget, which takes longer than one second to inflate).
 
-mod common;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{to_crlf, GpgMember, Site, LIST};
 use indymilter_test::Status;
 use std::fs;
+use support::gpg::GpgMember;
+use support::milter::{self, Mail};
+use support::site::{Site, LIST};
+use support::text::to_crlf;
 
 fn with_limits(site: &Site, limits: &str) {
     let text = fs::read_to_string(&site.config).unwrap();

@@ -2,11 +2,11 @@
 //! address that is no list's — so decrypted text reaches nobody else. The extra RCPT gets
 //! `452 4.5.3` (the client retries it in a transaction of its own), whichever comes first.
 
-mod common;
+mod support;
 
-use common::milter;
-use common::{Site, LIST};
 use indymilter_test::Status;
+use support::milter;
+use support::site::{Site, LIST};
 
 const OTHER_LIST: &str = "other@lists.example.test";
 

@@ -1,11 +1,11 @@
 //! Inbound: a plaintext post to an encrypted list is refused at end of message with
 //! `550 5.7.1`, and nothing of it is rewritten.
 
-mod common;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{Site, LIST};
-use indymilter_test::{EomAction, Status};
+use indymilter_test::Status;
+use support::milter::{self, Mail};
+use support::site::{Site, LIST};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plaintext_post_is_rejected_with_5_7_1() {
@@ -36,10 +36,7 @@ async fn plaintext_post_is_rejected_with_5_7_1() {
     let (actions, status) = milter::send(&mut conn, &post).await;
     milter::assert_reply(&status, "550", "5.7.1", "plaintext post");
     assert!(
-        !actions
-            .actions
-            .iter()
-            .any(|a| matches!(a, EomAction::ReplaceBody { .. })),
+        !milter::replaces_body(&actions),
         "a refused post is not rewritten"
     );
     let reply = milter::reply_text(&status);

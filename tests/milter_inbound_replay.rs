@@ -2,12 +2,13 @@
 //! captured post) is not distributed twice. By default (`duplicate_action = "discard"`) it is
 //! discarded; with `duplicate_action = "reject"` it is refused with `550 5.7.1`.
 
-mod common;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{GpgMember, Site, LIST};
-use indymilter_test::{EomAction, Status, TestConnection};
+use indymilter_test::{Status, TestConnection};
 use std::fs;
+use support::gpg::GpgMember;
+use support::milter::{self, Mail};
+use support::site::{Site, LIST};
 
 async fn post_once(conn: &mut TestConnection, sender: &str, mail: &Mail) -> Status {
     let from = format!("<{sender}>");
@@ -15,10 +16,7 @@ async fn post_once(conn: &mut TestConnection, sender: &str, mail: &Mail) -> Stat
     let to = format!("<{LIST}>");
     assert_eq!(conn.rcpt([to.as_str()]).await.unwrap(), Status::Continue);
     let (actions, status) = milter::send(conn, mail).await;
-    let replaced = actions
-        .actions
-        .iter()
-        .any(|a| matches!(a, EomAction::ReplaceBody { .. }));
+    let replaced = milter::replaces_body(&actions);
     if matches!(status, Status::Continue | Status::Accept) {
         assert!(replaced, "an accepted post is decrypted");
     }

@@ -3,42 +3,29 @@
 //! signed with that key carrying the token. Replies leave through a real SMTP exchange with the
 //! reinjection listener (here a capture sink); nothing reaches Mailman.
 
-mod common;
-#[path = "support/sink.rs"]
-mod sink;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{run, run_ok, to_crlf, Gpg, GpgMember, Site, LIST};
 use indymilter_test::Status;
 use std::fs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::gpg::{Gpg, GpgMember, GpgOutcome};
+use support::milter::{self, Mail};
+use support::process::{run, run_ok};
+use support::sink;
+use support::site::{Site, LIST};
+use support::text::to_crlf;
 
 const KEY_ADDRESS: &str = "enc-key@lists.example.test";
 
 fn wait_for(sink: &sink::Sink, rcpt: &str, count: usize) -> Vec<sink::Delivery> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = sink.deliveries_to(rcpt);
-        if got.len() >= count || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sink.wait_for_deliveries(rcpt, count, Duration::from_secs(10))
 }
 
 async fn send(daemon: &milter::Running, from: &str, message: &[u8]) -> Status {
-    let mut conn = milter::connect(daemon.inbound).await;
-    assert_eq!(
-        conn.mail([format!("<{from}>")]).await.unwrap(),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.rcpt([format!("<{KEY_ADDRESS}>")]).await.unwrap(),
-        Status::Continue
-    );
-    let (_, status) = milter::send(&mut conn, &Mail::parse(message)).await;
-    conn.close().await.unwrap();
-    status
+    let mail = Mail::parse(message);
+    milter::transact(daemon.inbound, from, KEY_ADDRESS, &mail)
+        .await
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,12 +33,7 @@ async fn list_key_requests_and_proven_binding() {
     let site = Site::new();
     site.create_list(LIST);
     let sink = sink::Sink::start();
-    let text = fs::read_to_string(&site.config).unwrap();
-    fs::write(
-        &site.config,
-        format!("{text}reinject_smtp = \"127.0.0.1:{}\"\n", sink.port),
-    )
-    .unwrap();
+    site.reinject_to(sink.port);
     let daemon = milter::start(&site.config).await;
 
     // 1. Anyone may ask for the list key: a multipart/signed reply from the list with the key.
@@ -73,9 +55,9 @@ async fn list_key_requests_and_proven_binding() {
     assert!(reply.contains("application/pgp-keys"));
     assert!(reply.contains("Auto-Submitted: auto-replied"));
     // The signature verifies with the list key (eve imported it).
-    let parts = common::multipart_parts(
+    let parts = support::mime::multipart_parts(
         reply.split_once("\r\n\r\n").unwrap().1.as_bytes(),
-        &common::boundary_of(
+        &support::mime::boundary_of(
             reply
                 .split("Content-Type: multipart/signed")
                 .nth(1)
@@ -130,7 +112,11 @@ async fn list_key_requests_and_proven_binding() {
         "the token never travels in the clear"
     );
     assert!(challenge.contains("multipart/encrypted"));
-    let (status_lines, plain) = dave.gpg.decrypt(challenge.as_bytes(), site.dir.path());
+    let GpgOutcome {
+        status: status_lines,
+        plaintext: plain,
+        ..
+    } = dave.gpg.decrypt(challenge.as_bytes());
     assert!(status_lines.contains("DECRYPTION_OKAY"), "{status_lines}");
     let plain = String::from_utf8(plain).unwrap();
     let token_line = plain
@@ -181,10 +167,13 @@ async fn list_key_requests_and_proven_binding() {
         "{line}"
     );
     let confirmations = wait_for(&sink, &dave.address, 2);
-    let (status_lines, plain) = dave.gpg.decrypt(
-        confirmations.last().unwrap().data.as_slice(),
-        site.dir.path(),
-    );
+    let GpgOutcome {
+        status: status_lines,
+        plaintext: plain,
+        ..
+    } = dave
+        .gpg
+        .decrypt(confirmations.last().unwrap().data.as_slice());
     assert!(status_lines.contains("DECRYPTION_OKAY"), "{status_lines}");
     assert!(String::from_utf8_lossy(&plain).contains("is now bound"));
 
@@ -251,9 +240,11 @@ async fn list_key_requests_and_proven_binding() {
         Status::Discard
     );
     let refusal = wait_for(&sink, &dave.address, before + 1);
-    let (status_lines, plain) = dave
-        .gpg
-        .decrypt(refusal.last().unwrap().data.as_slice(), site.dir.path());
+    let GpgOutcome {
+        status: status_lines,
+        plaintext: plain,
+        ..
+    } = dave.gpg.decrypt(refusal.last().unwrap().data.as_slice());
     assert!(
         status_lines.contains("DECRYPTION_OKAY"),
         "the refusal is for the bound key: {status_lines}"
@@ -277,8 +268,11 @@ async fn list_key_requests_and_proven_binding() {
         Status::Discard
     );
     let challenge = wait_for(&sink, &dave.address, before + 1);
-    let (status_lines, plain) =
-        new_home.decrypt(challenge.last().unwrap().data.as_slice(), site.dir.path());
+    let GpgOutcome {
+        status: status_lines,
+        plaintext: plain,
+        ..
+    } = new_home.decrypt(challenge.last().unwrap().data.as_slice());
     assert!(
         status_lines.contains("DECRYPTION_OKAY"),
         "challenge for the new key: {status_lines}"

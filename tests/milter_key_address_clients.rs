@@ -8,70 +8,19 @@
 //! outcomes are judged from what the clients print, not only from their exit status (rnp exits
 //! 0 on some failures).
 
-mod common;
+mod support;
 
-/// The sq/rnp helpers and the SMTP capture sink of the end-to-end support, with just the
-/// helpers `clients.rs` takes from its parent module.
-#[path = "support"]
-#[allow(dead_code)]
-mod support {
-    pub mod clients;
-    pub mod sink;
-
-    use std::fs;
-    use std::os::unix::fs::PermissionsExt;
-    use std::path::{Path, PathBuf};
-    use std::process::{Command, Output, Stdio};
-
-    pub fn output(cmd: &mut Command) -> Output {
-        cmd.stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-    }
-
-    fn check(cmd: &Command, out: Output) -> Output {
-        if !out.status.success() {
-            panic!(
-                "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        out
-    }
-
-    pub fn run(cmd: &mut Command) -> Output {
-        let out = output(cmd);
-        check(cmd, out)
-    }
-
-    pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
-        let out = crate::common::run(cmd, Some(input));
-        check(cmd, out)
-    }
-
-    pub fn mkdir(path: &Path, mode: u32) -> PathBuf {
-        fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
-        path.to_path_buf()
-    }
-
-    pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
-        fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    }
-}
-
-use common::milter::{self, Mail};
-use common::{run_ok, to_crlf, Site, LIST};
 use indymilter_test::Status;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::clients::{ClientOutcome, RnpUser, SqUser};
+use support::milter::{self, Mail};
+use support::process::{run, run_ok};
 use support::sink;
+use support::site::{Site, LIST};
+use support::text::to_crlf;
 
 const KEY_ADDRESS: &str = "enc-key@lists.example.test";
 
@@ -321,40 +270,20 @@ async fn start() -> (Site, sink::Sink, milter::Running) {
     let site = Site::new();
     site.create_list(LIST);
     let sink = sink::Sink::start();
-    let text = fs::read_to_string(&site.config).unwrap();
-    fs::write(
-        &site.config,
-        format!("{text}reinject_smtp = \"127.0.0.1:{}\"\n", sink.port),
-    )
-    .unwrap();
+    site.reinject_to(sink.port);
     let daemon = milter::start(&site.config).await;
     (site, sink, daemon)
 }
 
 fn wait_for(sink: &sink::Sink, rcpt: &str, count: usize) -> Vec<sink::Delivery> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = sink.deliveries_to(rcpt);
-        if got.len() >= count || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sink.wait_for_deliveries(rcpt, count, Duration::from_secs(10))
 }
 
 async fn send(daemon: &milter::Running, from: &str, message: &[u8]) -> Status {
-    let mut conn = milter::connect(daemon.inbound).await;
-    assert_eq!(
-        conn.mail([format!("<{from}>")]).await.unwrap(),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.rcpt([format!("<{KEY_ADDRESS}>")]).await.unwrap(),
-        Status::Continue
-    );
-    let (_, status) = milter::send(&mut conn, &Mail::parse(message)).await;
-    conn.close().await.unwrap();
-    status
+    let mail = Mail::parse(message);
+    milter::transact(daemon.inbound, from, KEY_ADDRESS, &mail)
+        .await
+        .1
 }
 
 fn members(site: &Site) -> String {
@@ -505,7 +434,7 @@ fn scratch(site: &Site, name: &str, contents: &[u8]) -> PathBuf {
 /// `sq encrypt --recipient-cert LIST --signer-key KEY` of `entity` (armored).
 fn sq_encrypt_sign(site: &Site, key: &Path, list_cert: &Path, entity: &[u8]) -> String {
     let input = scratch(site, "sq-reply.txt", entity);
-    let out = support::output(
+    let out = run(
         Command::new("sq")
             .arg("encrypt")
             .arg("--recipient-cert")
@@ -513,6 +442,7 @@ fn sq_encrypt_sign(site: &Site, key: &Path, list_cert: &Path, entity: &[u8]) -> 
             .arg("--signer-key")
             .arg(key)
             .arg(&input),
+        None,
     );
     let armored = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -527,11 +457,12 @@ fn sq_encrypt_sign(site: &Site, key: &Path, list_cert: &Path, entity: &[u8]) -> 
 /// `sq sign --detached --signer-key KEY` of `data` (armored).
 fn sq_sign_detached(site: &Site, key: &Path, data: &[u8]) -> String {
     let input = scratch(site, "sq-signed.txt", data);
-    let out = support::output(
+    let out = run(
         Command::new("sq")
             .args(["sign", "--detached", "--signer-key"])
             .arg(key)
             .arg(&input),
+        None,
     );
     let armored = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -611,7 +542,7 @@ fn rnp_sign_detached(user: &RnpUser, address: &str, data: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("signed.txt");
     fs::write(&input, data).unwrap();
-    let out = support::output(
+    let out = run(
         Command::new("rnp")
             .arg("--homedir")
             .arg(&user.home)
@@ -619,6 +550,7 @@ fn rnp_sign_detached(user: &RnpUser, address: &str, data: &[u8]) -> String {
             .args(["--userid", &format!("<{address}>"), "--armor"])
             .arg(&input)
             .args(["--output", "-"]),
+        None,
     );
     let armored = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -637,7 +569,7 @@ fn rnp_encrypt_sign(user: &RnpUser, list_fpr: &str, address: &str, entity: &[u8]
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("reply.txt");
     fs::write(&input, entity).unwrap();
-    let out = support::output(
+    let out = run(
         Command::new("rnp")
             .arg("--homedir")
             .arg(&user.home)
@@ -646,6 +578,7 @@ fn rnp_encrypt_sign(user: &RnpUser, list_fpr: &str, address: &str, entity: &[u8]
             .arg("--armor")
             .arg(&input)
             .args(["--output", "-"]),
+        None,
     );
     let armored = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -3,15 +3,14 @@
 //! envelope sender; each copy decrypts for its own recipients only. The sender's retry of the
 //! same transaction skips the recipients already reinjected (journal): nothing twice.
 
-mod common;
-#[path = "support/sink.rs"]
-#[allow(dead_code)] // the shared sink has more than this test uses
-mod sink;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{GpgMember, Site, LIST, LIST_BOUNCES};
 use indymilter_test::{EomAction, Status};
 use std::fs;
+use support::gpg::{GpgMember, GpgOutcome};
+use support::milter::{self, Mail};
+use support::sink;
+use support::site::{Site, LIST, LIST_BOUNCES};
 
 fn deleted(actions: &[EomAction]) -> Vec<String> {
     actions
@@ -37,12 +36,7 @@ async fn extra_batches_are_reinjected_once() {
         .replace("batch_size = 50", "batch_size = 1");
     fs::write(&policy, text).unwrap();
     let sink = sink::Sink::start();
-    let config = fs::read_to_string(&site.config).unwrap();
-    fs::write(
-        &site.config,
-        format!("{config}reinject_smtp = \"127.0.0.1:{}\"\n", sink.port),
-    )
-    .unwrap();
+    site.reinject_to(sink.port);
 
     let post = Mail::parse(
         format!(
@@ -92,12 +86,16 @@ async fn extra_batches_are_reinjected_once() {
         assert_eq!(d.rcpts.len(), 1);
         assert!(!d.text().contains("secret batch text"), "encrypted");
         let owner = members.iter().find(|m| m.address == d.rcpts[0]).unwrap();
-        let (status, plain) = owner.gpg.decrypt(&d.data, site.dir.path());
+        let GpgOutcome {
+            status,
+            plaintext: plain,
+            ..
+        } = owner.gpg.decrypt(&d.data);
         assert!(status.contains("DECRYPTION_OKAY"), "{status}");
         assert!(String::from_utf8_lossy(&plain).contains("secret batch text"));
         // Nobody else can read another's copy.
         let other = members.iter().find(|m| m.address != d.rcpts[0]).unwrap();
-        let (status, _) = other.gpg.decrypt(&d.data, site.dir.path());
+        let GpgOutcome { status, .. } = other.gpg.decrypt(&d.data);
         assert!(!status.contains("DECRYPTION_OKAY"), "{status}");
     }
     let mut sent: Vec<String> = reinjected

@@ -3,11 +3,14 @@
 //! at end of message the body becomes RFC 3156 multipart/encrypted that the member's GnuPG
 //! decrypts and finds signed by the list key.
 
-mod common;
+mod support;
 
-use common::milter::{self, Mail};
-use common::{boundary_of, contains, multipart_parts, GpgMember, Site, LIST, LIST_BOUNCES};
-use indymilter_test::{EomAction, Status};
+use indymilter_test::Status;
+use support::gpg::{GpgMember, GpgOutcome};
+use support::milter::{self, Mail};
+use support::mime::{boundary_of, multipart_parts};
+use support::site::{Site, LIST, LIST_BOUNCES};
+use support::text::contains;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn member_copy_is_encrypted_and_unbound_recipient_refused() {
@@ -46,16 +49,9 @@ async fn member_copy_is_encrypted_and_unbound_recipient_refused() {
     let status = conn.rcpt(["<stranger@example.test>"]).await.unwrap();
     milter::assert_reply(&status, "550", "5.7.1", "recipient without a bound key");
     let (actions, status) = milter::send(&mut conn, &post).await;
+    milter::assert_goes_on(&status, "member copy");
     assert!(
-        matches!(status, Status::Continue | Status::Accept),
-        "member copy: expected the message to go on, got {}",
-        milter::reply_text(&status)
-    );
-    assert!(
-        actions
-            .actions
-            .iter()
-            .any(|a| matches!(a, EomAction::ReplaceBody { .. })),
+        milter::replaces_body(&actions),
         "the body must be replaced by the encrypted copy"
     );
     assert!(
@@ -94,7 +90,9 @@ async fn member_copy_is_encrypted_and_unbound_recipient_refused() {
         "armored OpenPGP message"
     );
 
-    let (status, plaintext) = alice.gpg.decrypt(&parts[1], site.dir.path());
+    let GpgOutcome {
+        status, plaintext, ..
+    } = alice.gpg.decrypt(&parts[1]);
     assert!(
         status.contains("[GNUPG:] DECRYPTION_OKAY"),
         "alice must decrypt her copy:\n{status}"

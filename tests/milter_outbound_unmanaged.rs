@@ -2,11 +2,11 @@
 //! (Mailman may also serve unencrypted lists), refused at MAIL with
 //! `unmanaged_outbound = "reject"`.
 
-mod common;
+mod support;
 
-use common::milter;
-use common::{Site, LIST};
 use indymilter_test::Status;
+use support::milter;
+use support::site::{Site, LIST};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unmanaged_outbound_mail_follows_the_setting() {

@@ -2,12 +2,13 @@
 //! hear about members without a usable key, each at most once per period; sent over SMTP to
 //! the reinjection listener (here a capture sink).
 
-mod common;
-#[path = "support/sink.rs"]
-mod sink;
+mod support;
 
-use common::{run_ok, Gpg, Site, LIST};
 use std::fs;
+use support::gpg::{Gpg, GpgOutcome};
+use support::process::run_ok;
+use support::sink;
+use support::site::{Site, LIST};
 
 fn member(site: &Site, name: &str, expire: &str, owner: bool) -> Gpg {
     let gpg = Gpg::new(site.path(&format!("gnupg-{name}")));
@@ -40,12 +41,7 @@ fn expiring_keys_are_announced_and_unusable_ones_reported() {
     let site = Site::new();
     site.create_list(LIST);
     let sink = sink::Sink::start();
-    let text = fs::read_to_string(&site.config).unwrap();
-    fs::write(
-        &site.config,
-        format!("{text}reinject_smtp = \"127.0.0.1:{}\"\n", sink.port),
-    )
-    .unwrap();
+    site.reinject_to(sink.port);
 
     let alice = member(&site, "alice", "5d", false);
     let _bob = member(&site, "bob", "60d", false);
@@ -69,7 +65,7 @@ fn expiring_keys_are_announced_and_unusable_ones_reported() {
         ),
     )
     .unwrap();
-    let out = common::run(site.cli().args(["notify-expiry", "--days", "14"]), None);
+    let out = support::process::run(site.cli().args(["notify-expiry", "--days", "14"]), None);
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     fs::write(&site.config, good).unwrap();
 
@@ -97,13 +93,21 @@ fn expiring_keys_are_announced_and_unusable_ones_reported() {
             .contains("can be used for encryption until"),
         "encrypted"
     );
-    let (status, plain) = alice.decrypt(&to_alice[0].data, site.dir.path());
+    let GpgOutcome {
+        status,
+        plaintext: plain,
+        ..
+    } = alice.decrypt(&to_alice[0].data);
     assert!(status.contains("DECRYPTION_OKAY"), "{status}");
     assert!(String::from_utf8_lossy(&plain).contains("can be used for encryption until"));
 
     let to_owner = sink.deliveries_to("owner@example.test");
     assert_eq!(to_owner.len(), 1);
-    let (status, plain) = owner.decrypt(&to_owner[0].data, site.dir.path());
+    let GpgOutcome {
+        status,
+        plaintext: plain,
+        ..
+    } = owner.decrypt(&to_owner[0].data);
     assert!(status.contains("DECRYPTION_OKAY"), "{status}");
     assert!(String::from_utf8_lossy(&plain).contains("carol@example.test"));
     assert!(

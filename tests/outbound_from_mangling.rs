@@ -3,10 +3,13 @@
 //! signature verify again (issue: "Mailman's >From mangling of a signed part is detected and
 //! undone"), and leaves a genuine `>From` alone.
 
-mod common;
+mod support;
 
-use common::{boundary_of, multipart_parts, run, run_ok, GpgMember, Site, LIST, LIST_BOUNCES};
 use std::fs;
+use support::gpg::{GpgMember, GpgOutcome};
+use support::mime::{boundary_of, multipart_parts};
+use support::process::{run, run_ok};
+use support::site::{Site, LIST, LIST_BOUNCES};
 
 fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
     let head = message.split("\r\n\r\n").next()?;
@@ -21,7 +24,11 @@ fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
 
 /// The author's signature in the copy `bob` decrypts: (signed part, GnuPG status of --verify).
 fn author_signature(bob: &GpgMember, site: &Site, copy: &[u8]) -> (Vec<u8>, String) {
-    let (status, plain) = bob.gpg.decrypt(copy, site.dir.path());
+    let GpgOutcome {
+        status,
+        plaintext: plain,
+        ..
+    } = bob.gpg.decrypt(copy);
     assert!(status.contains("DECRYPTION_OKAY"), "{status}");
     let plain = String::from_utf8(plain).unwrap();
     // The inner entity's header is folded: unfold Content-Type to find the boundary.

@@ -3,16 +3,17 @@
 //! (`gpg-wks-client`) names the same URLs, and `gpg --locate-keys` fetches the key over HTTPS
 //! on port 443 through a TLS front-end, in a network and mount namespace of the test's own.
 
-mod common;
+mod support;
 
-use common::{run, run_ok, Gpg, Site, LIST};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+use support::gpg::Gpg;
+use support::process::{run, run_ok};
+use support::site::{Site, LIST};
 
 /// A second list on another domain: a direct-layout request must not find one via the other.
 const OTHER: &str = "news@other.example.test";
@@ -81,73 +82,6 @@ fn request(addr: SocketAddr, raw: &[u8]) -> Reply {
 fn fetch(addr: SocketAddr, method: &str, target: &str, host: &str) -> Reply {
     let raw = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: test\r\n\r\n");
     request(addr, raw.as_bytes())
-}
-
-/// A running `listcrypt serve`, killed if the test fails before stopping it.
-struct Serving(Option<Child>);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `listcrypt serve` with stderr lines forwarded to a channel.
-fn serve(site: &Site) -> (Serving, mpsc::Receiver<String>) {
-    let mut child = site
-        .cli()
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Serving(Some(child)), rx)
-}
-
-fn wait_for(rx: &mpsc::Receiver<String>, needle: &str, log: &mut Vec<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            log.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-    panic!("no log line containing {needle:?}:\n{}", log.join("\n"));
-}
-
-fn stop(mut serving: Serving) {
-    let mut child = serving.0.take().expect("running");
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0));
 }
 
 fn set_config(site: &Site, log_level: &str, http_listen: &str) {
@@ -232,9 +166,8 @@ fn export_writes_both_layouts_and_serve_answers_them() {
 
     // The same bytes from the daemon.
     set_config(&site, "info", "127.0.0.1:0");
-    let (child, rx) = serve(&site);
-    let mut log = Vec::new();
-    let line = wait_for(&rx, "WKD over HTTP on ", &mut log);
+    let mut serving = site.serve();
+    let line = serving.wait_for_line("WKD over HTTP on ");
     let addr: SocketAddr = line
         .split("WKD over HTTP on ")
         .nth(1)
@@ -242,7 +175,7 @@ fn export_writes_both_layouts_and_serve_answers_them() {
         .unwrap()
         .parse()
         .unwrap();
-    wait_for(&rx, "serving 2 list(s)", &mut log);
+    serving.wait_for_line("serving 2 list(s)");
 
     // A peer that sends nothing does not hold up the others.
     let idle = TcpStream::connect(addr).unwrap();
@@ -314,7 +247,7 @@ fn export_writes_both_layouts_and_serve_answers_them() {
         "a".repeat(10_000)
     );
     assert_eq!(request(addr, big.as_bytes()).status, 431);
-    stop(child);
+    assert_eq!(serving.stop().code(), Some(0));
 }
 
 /// Why the HTTPS check cannot run here, if it cannot.
@@ -492,7 +425,7 @@ fn gpg_locates_the_list_key_over_https() {
             .args(["--kill-child", "--propagation", "private", "--mount-proc"])
             .args(["bash", "-c", NAMESPACE_SCRIPT, "wkd-namespace"])
             .arg(site.dir.path())
-            .arg(common::listcrypt_bin())
+            .arg(support::listcrypt::listcrypt_bin())
             .arg(LIST)
             .env("LC_ALL", "C"),
         None,

@@ -3,9 +3,10 @@
 //! success (rnp with an unknown or bad signer; sq with `-n 0`), so their outcome is judged from
 //! what they print.
 
-use super::{mkdir, output, run, run_with_input, write};
+use super::files::{mkdir, write};
+use super::process::{run, run_ok};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// What a client printed when decrypting or verifying one message.
 pub struct ClientOutcome {
@@ -19,6 +20,22 @@ pub struct ClientOutcome {
 }
 
 impl ClientOutcome {
+    /// A client's outcome; `judge` reads its stderr into (good signers, signature problems).
+    fn judged(
+        out: Output,
+        judge: impl FnOnce(&str) -> (Vec<String>, Vec<String>),
+    ) -> ClientOutcome {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let (good_signers, signature_problems) = judge(&stderr);
+        ClientOutcome {
+            exit_code: out.status.code(),
+            plaintext: out.stdout,
+            stderr,
+            good_signers,
+            signature_problems,
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.plaintext).into_owned()
     }
@@ -54,16 +71,22 @@ impl SqUser {
         let home = mkdir(&dir.join(email), 0o700);
         let key = home.join("key.pgp");
         let cert = home.join("cert.pgp");
-        run(Command::new("sq")
-            .args(["key", "generate", "--cipher-suite", "cv25519"])
-            .arg("--userid")
-            .arg(format!("<{email}>"))
-            .arg("--export")
-            .arg(&key));
-        run(Command::new("sq")
-            .args(["key", "extract-cert", "--output"])
-            .arg(&cert)
-            .arg(&key));
+        run_ok(
+            Command::new("sq")
+                .args(["key", "generate", "--cipher-suite", "cv25519"])
+                .arg("--userid")
+                .arg(format!("<{email}>"))
+                .arg("--export")
+                .arg(&key),
+            None,
+        );
+        run_ok(
+            Command::new("sq")
+                .args(["key", "extract-cert", "--output"])
+                .arg(&cert)
+                .arg(&key),
+            None,
+        );
         SqUser {
             email: email.into(),
             key,
@@ -83,7 +106,7 @@ impl SqUser {
             cmd.arg("--signer-cert").arg(s);
         }
         cmd.arg("-n").arg(threshold.to_string()).arg(&input);
-        sq_outcome(output(&mut cmd))
+        sq_outcome(run(&mut cmd, None))
     }
 
     /// `sq verify --signer-cert CERT --detached SIG DATA`.
@@ -92,7 +115,7 @@ impl SqUser {
         let (data_file, sig_file) = (dir.path().join("data"), dir.path().join("data.sig"));
         write(&data_file, data);
         write(&sig_file, signature);
-        sq_outcome(output(
+        sq_outcome(run(
             Command::new("sq")
                 .arg("verify")
                 .arg("--signer-cert")
@@ -100,33 +123,31 @@ impl SqUser {
                 .arg("--detached")
                 .arg(&sig_file)
                 .arg(&data_file),
+            None,
         ))
     }
 }
 
-fn sq_outcome(out: std::process::Output) -> ClientOutcome {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let good_signers = stderr
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Good signature from "))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(|id| id.to_ascii_uppercase())
-        .collect();
-    let signature_problems = stderr
-        .lines()
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            (l.contains("signature") || l.contains("checksum")) && !l.contains("good signature")
-        })
-        .map(str::to_string)
-        .collect();
-    ClientOutcome {
-        exit_code: out.status.code(),
-        plaintext: out.stdout,
-        stderr,
-        good_signers,
-        signature_problems,
-    }
+/// sq reports `Good signature from KEYID …`, and its problems in lines about a signature or
+/// checksum.
+fn sq_outcome(out: Output) -> ClientOutcome {
+    ClientOutcome::judged(out, |stderr| {
+        let good_signers = stderr
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Good signature from "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(|id| id.to_ascii_uppercase())
+            .collect();
+        let signature_problems = stderr
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                (l.contains("signature") || l.contains("checksum")) && !l.contains("good signature")
+            })
+            .map(str::to_string)
+            .collect();
+        (good_signers, signature_problems)
+    })
 }
 
 /// An `rnp` user: its own key ring directory (`--homedir`), key without a passphrase.
@@ -142,24 +163,27 @@ impl RnpUser {
     pub fn create(dir: &Path, email: &str) -> RnpUser {
         let home = mkdir(&dir.join(email), 0o700);
         let uid = format!("<{email}>");
-        run_with_input(
+        run_ok(
             Command::new("rnpkeys")
                 .arg("--homedir")
                 .arg(&home)
                 .args(["--generate-key", "--expert", "--userid", &uid])
                 .args(["--password", "", "--notty"]),
-            b"22\n",
+            Some(b"22\n"),
         );
         let cert = home.join("cert.asc");
-        let out = run(Command::new("rnpkeys")
-            .arg("--homedir")
-            .arg(&home)
-            .args(["--export-key", &uid]));
+        let out = run_ok(
+            Command::new("rnpkeys")
+                .arg("--homedir")
+                .arg(&home)
+                .args(["--export-key", &uid]),
+            None,
+        );
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains("BEGIN PGP PUBLIC KEY BLOCK"),
+            String::from_utf8_lossy(&out).contains("BEGIN PGP PUBLIC KEY BLOCK"),
             "rnpkeys exported no key for {email}"
         );
-        write(&cert, &out.stdout);
+        write(&cert, &out);
         RnpUser {
             email: email.into(),
             home,
@@ -168,11 +192,14 @@ impl RnpUser {
     }
 
     pub fn import(&self, cert: &Path) {
-        run(Command::new("rnpkeys")
-            .arg("--homedir")
-            .arg(&self.home)
-            .arg("--import")
-            .arg(cert));
+        run_ok(
+            Command::new("rnpkeys")
+                .arg("--homedir")
+                .arg(&self.home)
+                .arg("--import")
+                .arg(cert),
+            None,
+        );
     }
 
     /// `rnp --decrypt` (verifies the signatures it finds against the imported keys).
@@ -180,11 +207,12 @@ impl RnpUser {
         let dir = tempfile::tempdir().expect("tempdir");
         let input = dir.path().join("in.asc");
         write(&input, armored);
-        rnp_outcome(output(
+        rnp_outcome(run(
             self.rnp()
                 .args(["--password", "", "--decrypt"])
                 .arg(&input)
                 .args(["--output", "-"]),
+            None,
         ))
     }
 
@@ -194,12 +222,13 @@ impl RnpUser {
         let (data_file, sig_file) = (dir.path().join("data"), dir.path().join("data.sig"));
         write(&data_file, data);
         write(&sig_file, signature);
-        rnp_outcome(output(
+        rnp_outcome(run(
             self.rnp()
                 .arg("--verify")
                 .arg(&sig_file)
                 .arg("--source")
                 .arg(&data_file),
+            None,
         ))
     }
 
@@ -212,36 +241,31 @@ impl RnpUser {
 
 /// rnp reports each signature as `Good signature made …` / `BAD signature made …` /
 /// `NO PUBLIC KEY for signature made …`, then `using ALGO key KEYID`.
-fn rnp_outcome(out: std::process::Output) -> ClientOutcome {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let mut good_signers = Vec::new();
-    let mut signature_problems = Vec::new();
-    let mut pending: Option<(bool, String)> = None;
-    for line in stderr.lines().map(str::trim) {
-        if line.starts_with("Good signature") {
-            pending = Some((true, line.to_string()));
-        } else if line.starts_with("BAD signature") || line.starts_with("NO PUBLIC KEY") {
-            pending = Some((false, line.to_string()));
-        } else if line.starts_with("using ") && line.contains(" key ") {
-            let id = line
-                .rsplit(' ')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_uppercase();
-            match pending.take() {
-                Some((true, _)) => good_signers.push(id),
-                Some((false, what)) => signature_problems.push(format!("{what} ({id})")),
-                None => {}
+fn rnp_outcome(out: Output) -> ClientOutcome {
+    ClientOutcome::judged(out, |stderr| {
+        let mut good_signers = Vec::new();
+        let mut signature_problems = Vec::new();
+        let mut pending: Option<(bool, String)> = None;
+        for line in stderr.lines().map(str::trim) {
+            if line.starts_with("Good signature") {
+                pending = Some((true, line.to_string()));
+            } else if line.starts_with("BAD signature") || line.starts_with("NO PUBLIC KEY") {
+                pending = Some((false, line.to_string()));
+            } else if line.starts_with("using ") && line.contains(" key ") {
+                let id = line
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                match pending.take() {
+                    Some((true, _)) => good_signers.push(id),
+                    Some((false, what)) => signature_problems.push(format!("{what} ({id})")),
+                    None => {}
+                }
+            } else if line.starts_with("Signature verification failure") {
+                signature_problems.push(line.to_string());
             }
-        } else if line.starts_with("Signature verification failure") {
-            signature_problems.push(line.to_string());
         }
-    }
-    ClientOutcome {
-        exit_code: out.status.code(),
-        plaintext: out.stdout,
-        stderr,
-        good_signers,
-        signature_problems,
-    }
+        (good_signers, signature_problems)
+    })
 }

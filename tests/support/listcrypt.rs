@@ -1,14 +1,31 @@
-//! The listcrypt binary under test: its config file, its admin commands, and `serve` as a
-//! child process whose stderr goes to a log file in the tempdir.
+//! The listcrypt binary under test; for the end-to-end tests its config file, its admin
+//! commands, and `serve` as a child process whose stderr goes to a log file in the tempdir.
 
-use super::{mkdir, output, read_lossy, wait_for, write, ChildGuard};
+use super::files::{mkdir, read_lossy, write};
+use super::process::{run, wait_for, ChildGuard};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+/// The listcrypt binary cargo built for this test run.
+pub fn listcrypt_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_listcrypt"))
+}
+
+/// The listcrypt binary with no `LISTCRYPT_*` overrides inherited from the caller's environment
+/// (they override config keys).
+pub fn listcrypt_cmd() -> Command {
+    let mut cmd = Command::new(listcrypt_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LISTCRYPT_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 pub struct Listcrypt {
-    pub bin: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
     pub inbound_socket: PathBuf,
@@ -48,7 +65,6 @@ impl Listcrypt {
             ),
         );
         Listcrypt {
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_listcrypt")),
             config,
             log: base.join("listcrypt.log"),
             inbound_socket,
@@ -90,20 +106,14 @@ impl Listcrypt {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        // LISTCRYPT_* variables override config keys: keep the caller's out of the test.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("LISTCRYPT_") {
-                cmd.env_remove(name);
-            }
-        }
+        let mut cmd = listcrypt_cmd();
         cmd.arg("-c").arg(&self.config).args(args);
         cmd
     }
 
     /// Runs an admin command; panics with its output unless it exits 0.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let out = output(&mut self.command(args));
+        let out = run(&mut self.command(args), None);
         if !out.status.success() {
             panic!(
                 "`listcrypt -c {} {}` failed ({}):\n--- stdout\n{}\n--- stderr\n{}",

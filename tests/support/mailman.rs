@@ -2,10 +2,11 @@
 //! free loopback ports, and the `[mta]` section taken from the admin snippet
 //! `postfix/mailman.cfg`.
 
-use super::{
-    mkdir, output, pids_mentioning, port_open, read_lossy, repo_dir, run, run_with_input, tail,
-    terminate_pid, write,
-};
+use super::environment::repo_dir;
+use super::files::{mkdir, read_lossy, write};
+use super::net::port_open;
+use super::process::{pids_mentioning, run, run_ok, terminate_pid, wait_for_exit};
+use super::text::tail;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -166,20 +167,21 @@ impl Mailman {
     }
 
     pub fn run(&self, args: &[&str]) -> String {
-        let out = run(&mut self.command(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let out = run_ok(&mut self.command(args), None);
+        String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// Starts the master runner; `wait_until_ready` waits for its LMTP runner.
     /// Starts the master runner; `wait_until_ready` waits for its LMTP runner.
     pub fn start(&mut self) {
         // The master runner keeps the stdout and stderr it inherits: give it a file, not a
         // pipe that we would wait on until it exits.
         let log = fs::File::create(self.var.join("start.log")).expect("create start.log");
-        run(self
-            .command(&["start"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log));
+        run_ok(
+            self.command(&["start"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+            None,
+        );
         self.running = true;
     }
 
@@ -213,9 +215,9 @@ impl Mailman {
         }
         self.running = false;
         let master = self.master_pid();
-        let _ = output(&mut self.command(&["stop"]));
+        let _ = run(&mut self.command(&["stop"]), None);
         if let Some(pid) = master {
-            wait_for_exit(pid, Duration::from_secs(15));
+            wait_for_exit(pid, Duration::from_secs(15), Duration::from_millis(100));
             terminate_pid(pid, Duration::from_secs(2));
         }
         // Runners the master left behind carry our config path on their command line.
@@ -231,32 +233,36 @@ impl Mailman {
             return;
         }
         let addresses = members.join("\n") + "\n";
-        run_with_input(
+        run_ok(
             &mut self.command(&["addmembers", "-W", "-", list]),
-            addresses.as_bytes(),
+            Some(addresses.as_bytes()),
         );
     }
 
     /// Applies `postfix/listcrypt_mailman.py`'s `encrypted_list` to the list, as the snippet
     /// tells admins to.
     pub fn apply_encrypted_list_settings(&self, list: &str) {
-        run(self
-            .command(&[
+        run_ok(
+            self.command(&[
                 "shell",
                 "-l",
                 list,
                 "-r",
                 "listcrypt_mailman.encrypted_list",
             ])
-            .env("PYTHONPATH", repo_dir().join("postfix")));
+            .env("PYTHONPATH", repo_dir().join("postfix")),
+            None,
+        );
     }
 
     /// Deletes the list from Mailman's database but not from Postfix's maps (see
     /// `mailman_hooks.py`): Mailman's LMTP then refuses what Postfix still routes to it.
     pub fn forget_list(&self, list: &str) {
-        run(self
-            .command(&["shell", "-l", list, "-r", "mailman_hooks.forget_list"])
-            .env("PYTHONPATH", repo_dir().join("tests/support")));
+        run_ok(
+            self.command(&["shell", "-l", list, "-r", "mailman_hooks.forget_list"])
+                .env("PYTHONPATH", repo_dir().join("tests/support")),
+            None,
+        );
     }
 
     /// Sets `key: value` in `[section]` of the generated mailman.cfg (before `start`):
@@ -303,10 +309,12 @@ impl Mailman {
         let run_name = format!("mailman_hooks.{function}");
         let mut cmd_args = vec!["shell", "-l", list, "-r", run_name.as_str()];
         cmd_args.extend_from_slice(args);
-        let out = run(self
-            .command(&cmd_args)
-            .env("PYTHONPATH", repo_dir().join("tests/support")));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let out = run_ok(
+            self.command(&cmd_args)
+                .env("PYTHONPATH", repo_dir().join("tests/support")),
+            None,
+        );
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// Message files waiting in Mailman's queues (`var/queue/*/`), e.g. `out/…pck`.
@@ -343,13 +351,6 @@ impl Mailman {
             ));
         }
         out
-    }
-}
-
-fn wait_for_exit(pid: u32, timeout: Duration) {
-    let start = std::time::Instant::now();
-    while super::pid_alive(pid) && start.elapsed() < timeout {
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

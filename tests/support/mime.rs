@@ -1,5 +1,7 @@
-//! Just enough MIME for the end-to-end tests: build an RFC 3156 PGP/MIME message and take a
-//! delivered one apart (top-level headers, multipart bodies).
+//! Just enough MIME for the tests: build an RFC 3156 PGP/MIME message and take a delivered one
+//! apart (top-level headers, multipart bodies as text or as bytes).
+
+use super::text::to_crlf;
 
 /// An RFC 3156 `multipart/encrypted` message around `armored` (an OpenPGP message).
 pub fn pgp_mime_encrypted(headers: &[(&str, &str)], armored: &str, boundary: &str) -> Vec<u8> {
@@ -184,4 +186,50 @@ pub fn multipart_signed(entity: &str) -> Option<(String, String)> {
         return Some((signed.to_string(), signature_body.to_string()));
     }
     parts.iter().find_map(|p| multipart_signed(p))
+}
+
+/// The parts of a multipart body (bytes between the delimiter lines, RFC 2046 §5.1.1: the
+/// CRLF before a delimiter belongs to it).
+pub fn multipart_parts(body: &[u8], boundary: &str) -> Vec<Vec<u8>> {
+    let body = to_crlf(body);
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut i = 0;
+    while i < body.len() {
+        let at_line_start = i == 0 || body[i - 1] == b'\n';
+        if at_line_start && body[i..].starts_with(delimiter.as_bytes()) {
+            if let Some(s) = start {
+                let end = i.saturating_sub(2).max(s);
+                parts.push(body[s..end].to_vec());
+            }
+            let rest = &body[i + delimiter.len()..];
+            if rest.starts_with(b"--") {
+                break;
+            }
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map(|p| p + 2)
+                .unwrap_or(rest.len());
+            i += delimiter.len() + eol;
+            start = Some(i);
+            continue;
+        }
+        i += 1;
+    }
+    parts
+}
+
+/// The `boundary` parameter of a Content-Type value.
+pub fn boundary_of(content_type: &str) -> Option<String> {
+    let lower = content_type.to_ascii_lowercase();
+    let at = lower.find("boundary=")? + "boundary=".len();
+    let rest = &content_type[at..];
+    let value = if let Some(r) = rest.strip_prefix('"') {
+        r.split('"').next()?
+    } else {
+        rest.split([';', ' ', '\t', '\n', '\r']).next()?
+    };
+    Some(value.to_string())
 }

@@ -2,7 +2,10 @@
 //! admin-facing snippets `postfix/main.cf` and `postfix/master.cf` plus the settings a test
 //! instance needs (own queue, loopback ports, a log file, chroot off).
 
-use super::{chmod, mkdir, output, read_lossy, repo_dir, run, tail, wait_for, write};
+use super::environment::repo_dir;
+use super::files::{chmod, mkdir, read_lossy, write};
+use super::process::{pid_alive, run, run_ok, terminate_pid, wait_for};
+use super::text::tail;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,7 +60,7 @@ impl Postfix {
         // queue_directory: root-owned, 0755; data_directory: owned by postfix.
         let queue = mkdir(&s.base.join("spool"), 0o755);
         let data = mkdir(&s.base.join("data"), 0o700);
-        run(Command::new("chown").arg("postfix:").arg(&data));
+        run_ok(Command::new("chown").arg("postfix:").arg(&data), None);
         let log = mkdir(&s.base.join("log"), 0o755);
         let maillog = log.join("maillog");
 
@@ -180,15 +183,21 @@ impl Postfix {
     }
 
     pub fn postconf(&self, args: &[&str]) -> String {
-        let out = run(Command::new("postconf").arg("-c").arg(&self.etc).args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let out = run_ok(
+            Command::new("postconf").arg("-c").arg(&self.etc).args(args),
+            None,
+        );
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     pub fn start(&mut self) {
-        run(Command::new("postfix")
-            .arg("-c")
-            .arg(&self.etc)
-            .arg("start"));
+        run_ok(
+            Command::new("postfix")
+                .arg("-c")
+                .arg(&self.etc)
+                .arg("start"),
+            None,
+        );
         self.running = true;
         wait_for(
             "the Postfix master pid file",
@@ -203,7 +212,7 @@ impl Postfix {
             .trim()
             .parse()
             .ok()
-            .filter(|&pid| super::pid_alive(pid))
+            .filter(|&pid| pid_alive(pid))
     }
 
     pub fn stop(&mut self) {
@@ -212,15 +221,21 @@ impl Postfix {
         }
         self.running = false;
         let pid = self.master_pid();
-        let _ = output(Command::new("postfix").arg("-c").arg(&self.etc).arg("stop"));
+        let _ = run(
+            Command::new("postfix").arg("-c").arg(&self.etc).arg("stop"),
+            None,
+        );
         if let Some(pid) = pid {
-            super::terminate_pid(pid, Duration::from_secs(5));
+            terminate_pid(pid, Duration::from_secs(5));
         }
     }
 
     /// `postqueue -p` output.
     pub fn queue_listing(&self) -> String {
-        let out = output(Command::new("postqueue").arg("-c").arg(&self.etc).arg("-p"));
+        let out = run(
+            Command::new("postqueue").arg("-c").arg(&self.etc).arg("-p"),
+            None,
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct Delivery {
@@ -69,6 +69,24 @@ impl Sink {
             .into_iter()
             .filter(|d| d.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
             .collect()
+    }
+
+    /// The deliveries to `rcpt` once there are `count` of them, or those there are after
+    /// `timeout` (the caller asserts on what came).
+    pub fn wait_for_deliveries(
+        &self,
+        rcpt: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<Delivery> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.deliveries_to(rcpt);
+            if got.len() >= count || Instant::now() > deadline {
+                return got;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// One line per transaction, for failure reports.

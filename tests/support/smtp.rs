@@ -1,6 +1,7 @@
 //! A minimal SMTP client that records the server's reply at every stage, so a test can
 //! assert exactly where (connect, MAIL, RCPT, end of DATA) and how a message was refused.
 
+use super::text::to_crlf;
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -180,7 +181,7 @@ fn read_reply(input: &mut impl BufRead) -> std::io::Result<Reply> {
 /// CRLF line ends, leading dots doubled, and the terminating `.` line.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 64);
-    for line in crlf(message).split_inclusive(|&b| b == b'\n') {
+    for line in to_crlf(message).split_inclusive(|&b| b == b'\n') {
         if line.starts_with(b".") {
             out.push(b'.');
         }
@@ -190,19 +191,5 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-    out
-}
-
-/// The same text with every line ending in CRLF.
-pub fn crlf(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + text.len() / 40);
-    let mut prev = 0u8;
-    for &b in text {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        prev = b;
-    }
     out
 }

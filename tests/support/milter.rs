@@ -2,6 +2,7 @@
 //! Postfix (offers the actions and options listcrypt asks for, sends header values with their
 //! leading space, CRLF body chunks).
 
+use super::text::to_crlf;
 use indymilter::EitherListener;
 use indymilter_test::{Actions, EomAction, EomActions, ProtoOpts, Status, TestConnection};
 use listcrypt::config::Config;
@@ -102,7 +103,7 @@ pub struct Mail {
 
 impl Mail {
     pub fn parse(message: &[u8]) -> Mail {
-        let message = super::to_crlf(message);
+        let message = to_crlf(message);
         let split = message
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -136,7 +137,7 @@ impl Mail {
         for (n, v) in &self.headers {
             out.extend_from_slice(n.as_bytes());
             out.push(b':');
-            out.extend_from_slice(&super::to_crlf(v.as_bytes()));
+            out.extend_from_slice(&to_crlf(v.as_bytes()));
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -239,6 +240,28 @@ pub async fn send(conn: &mut TestConnection, mail: &Mail) -> (EomActions, Status
     conn.eom().await.expect("eom")
 }
 
+/// One transaction from `from` to `rcpt` on a connection of its own: MAIL and RCPT must go
+/// on; returns what [`send`] returns.
+pub async fn transact(
+    addr: SocketAddr,
+    from: &str,
+    rcpt: &str,
+    mail: &Mail,
+) -> (EomActions, Status) {
+    let mut conn = connect(addr).await;
+    assert_eq!(
+        conn.mail([format!("<{from}>")]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt([format!("<{rcpt}>")]).await.unwrap(),
+        Status::Continue
+    );
+    let result = send(&mut conn, mail).await;
+    conn.close().await.unwrap();
+    result
+}
+
 /// Continue, or no reply where the milter negotiated none for the stage.
 fn goes_on(status: &Status) -> bool {
     matches!(status, Status::Continue | Status::Noreply)
@@ -252,6 +275,23 @@ pub fn reply_text(status: &Status) -> String {
         }
         other => format!("{other:?}"),
     }
+}
+
+/// Asserts that the message goes on towards its recipients (continue or accept).
+pub fn assert_goes_on(status: &Status, what: &str) {
+    assert!(
+        matches!(status, Status::Continue | Status::Accept),
+        "{what}: expected the message to go on, got {}",
+        reply_text(status)
+    );
+}
+
+/// Whether the end-of-message actions replace the body.
+pub fn replaces_body(actions: &EomActions) -> bool {
+    actions
+        .actions
+        .iter()
+        .any(|a| matches!(a, EomAction::ReplaceBody { .. }))
 }
 
 /// Asserts a reject/tempfail whose reply starts with `code` and `xcode`.
