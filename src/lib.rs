@@ -3,6 +3,7 @@
 //! The pipelines (`inbound`, `outbound`) take bytes and return decisions; the milter adapter,
 //! the `process` CLI verb and the tests all drive the same functions.
 
+pub mod address;
 pub mod admin;
 pub mod commands;
 pub mod config;
