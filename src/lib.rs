@@ -5,6 +5,7 @@
 //! tests all drive the same types. Dependencies point one way:
 //! main -> server (bind, run) -> milter -> state -> {config, keys, store}; http -> state.
 
+pub mod address;
 pub mod admin;
 pub mod atomic_file;
 pub mod commands;

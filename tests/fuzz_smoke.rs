@@ -185,3 +185,64 @@ fn inbound_pipeline_survives_mutated_input() {
         "{verdict:?}"
     );
 }
+
+/// The `address` fuzz target's entry points (fuzz/fuzz_targets/address.rs): RCPT spellings
+/// mutated with the characters that carry meaning in addresses.
+#[test]
+fn address_entry_points_survive_mutated_input() {
+    use listcrypt::address::{self, AddressConfig, ListDirectory};
+    struct OneList;
+    impl ListDirectory for OneList {
+        type List = ();
+        fn find(&self, address: &str) -> Option<()> {
+            (address == "enc@lists.example.test").then_some(())
+        }
+        fn key_suffix<'a>(&'a self, _: &'a ()) -> &'a str {
+            "key"
+        }
+        fn hosts_domain(&self, domain: &str) -> bool {
+            domain == "lists.example.test"
+        }
+    }
+    const SEEDS: &[&str] = &[
+        "<enc@lists.example.test>",
+        "<@relay.test,@b.test:\"enc+x\"@LISTS.example.test.>",
+        "enc-bounces+member=example.org@lists.example.test",
+        "<\"enc@lists.example.test\"@mx.example.test>",
+        "enc-key+x@[192.0.2.1]",
+    ];
+    const BITS: &[&str] = &[
+        "\"", "\\", "@", "<", ">", ":", ",", ".", "+", "-", "%", "!", "[", "]", "(", " ", "\r\n",
+        "\u{212A}", "\u{0}", "\u{a0}",
+    ];
+    let cfg = AddressConfig {
+        recipient_delimiter: "+-".into(),
+        ..AddressConfig::default()
+    };
+    let mut rng = Rng(0x5eed_1234_abcd_0002);
+    for _ in 0..20_000 {
+        let mut s: Vec<char> = SEEDS[rng.below(SEEDS.len())].chars().collect();
+        for _ in 0..=rng.below(4) {
+            let pos = rng.below(s.len() + 1);
+            if rng.below(2) == 0 && pos < s.len() {
+                s.remove(pos);
+            } else {
+                let bit = BITS[rng.below(BITS.len())];
+                s.splice(pos..pos, bit.chars());
+            }
+        }
+        let text: String = s.into_iter().collect();
+        if let Some(n) = address::normalize(&text) {
+            // What the daemon stores and compares must read back as the same address.
+            assert_eq!(
+                address::normalize(&n.to_string()).as_ref(),
+                Some(&n),
+                "{text:?}"
+            );
+            assert!(!n.local.is_empty() && !n.domain.is_empty(), "{text:?}");
+            let _ = address::classify(&n, &OneList, &cfg);
+            let _ = address::classify_sender(&n, &OneList, &AddressConfig::default());
+            let _ = address::is_in_list_domain(&n, &OneList);
+        }
+    }
+}

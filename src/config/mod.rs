@@ -95,6 +95,10 @@ pub struct Config {
     pub socket_group: String,
     /// Outbound mail that belongs to no managed list.
     pub unmanaged_outbound: Unmanaged,
+    /// Postfix's `recipient_delimiter` (any one of its characters starts an extension).
+    pub recipient_delimiter: String,
+    /// Mailman's `[mta] verp_format`, to recognise its VERP envelope senders.
+    pub verp_format: String,
     pub policy_dir: PathBuf,
     pub keyring_dir: PathBuf,
     pub state_dir: PathBuf,
@@ -114,6 +118,8 @@ impl Default for Config {
             socket_mode: "0660".into(),
             socket_group: String::new(),
             unmanaged_outbound: Unmanaged::Accept,
+            recipient_delimiter: crate::address::DEFAULT_RECIPIENT_DELIMITER.into(),
+            verp_format: crate::address::DEFAULT_VERP_FORMAT.into(),
             policy_dir: "var/lists.d".into(),
             keyring_dir: "keyrings".into(),
             state_dir: "var/state".into(),
@@ -209,6 +215,7 @@ impl Config {
                 self.socket_mode
             ));
         }
+        crate::address::AddressConfig::from_config(self).validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("log_level: {e}"))?;
         let l = &self.limits;
