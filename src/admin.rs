@@ -311,9 +311,14 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
                 suffix = list.policy.key_suffix,
                 domain = list.parts().1,
             );
-            let mail =
-                crate::commands::notice(list, &m.address, &m.cert, "Your key expires soon", &body)
-                    .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
+            let mail = crate::key_address::notice(
+                list,
+                &m.address,
+                &m.cert,
+                "Your key expires soon",
+                &body,
+            )
+            .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
             writeln!(
                 out,
                 "{}: {} key expires {date}: notified",
@@ -336,7 +341,7 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
                 list.address,
                 unusable.join("\r\n")
             );
-            let mail = crate::commands::notice(
+            let mail = crate::key_address::notice(
                 list,
                 &owner.address,
                 &owner.cert,
@@ -471,12 +476,14 @@ pub fn process_inbound(
     for r in rcpts {
         match inbound::lookup(&keyring, r) {
             Some((l, inbound::ListAddress::Key)) if l.address == list => {
-                // The daemon answers these itself (replies by SMTP): nothing to dry-run.
+                // The daemon answers these itself (replies by SMTP); the dry run shows the
+                // reply and the writes it would make, and makes none.
                 writeln!(
                     out,
                     "discard mail to the key address is answered by the daemon, not passed on\r"
                 )
                 .ok();
+                key_address_dry_run(config, &keys, from, &message, out)?;
                 return Ok(exit::NOT_PROCESSED);
             }
             Some((l, kind)) if l.address == list => {
@@ -526,6 +533,41 @@ pub fn process_inbound(
             Ok(exit::NOT_PROCESSED)
         }
     }
+}
+
+/// The key-address processor over the store, read only: its summary, the writes it would
+/// make once its reply is sent, and that reply.
+fn key_address_dry_run(
+    config: &Config,
+    list: &keys::ListKeys,
+    from: &str,
+    message: &[u8],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let store = open_store(config)?;
+    let processor = crate::key_address::Processor {
+        list,
+        store: &store,
+        keyring_dir: &config.keyring_dir,
+        limits: &config.limits,
+    };
+    let outcome = processor
+        .process(from, message, std::time::SystemTime::now())
+        .map_err(|e| match e {
+            crate::key_address::KeyAddressError::Store(e) => e.into(),
+            crate::key_address::KeyAddressError::Keys(e) => e.into(),
+            e => CommandError::new(exit::SOFTWARE, "key address", e),
+        })?;
+    writeln!(out, "{}\r", outcome.summary).ok();
+    for effect in &outcome.effects {
+        writeln!(out, "would {effect}\r").ok();
+    }
+    if let Some(reply) = &outcome.reply {
+        writeln!(out, "reply to {}:\r", reply.to).ok();
+        out.write_all(&reply.message)
+            .map_err(|e| CommandError::new(exit::IOERR, "stdout", e))?;
+    }
+    Ok(())
 }
 
 /// `process outbound`: writes `DIR/batch-N.eml` and `.rcpt`; one line per refused recipient.

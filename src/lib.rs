@@ -4,12 +4,12 @@
 //! the `process` CLI verb and the tests all drive the same functions.
 
 pub mod admin;
-pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dsn;
 pub mod http;
 pub mod inbound;
+pub mod key_address;
 pub mod keys;
 pub mod logging;
 pub mod message;

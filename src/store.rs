@@ -5,7 +5,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -119,6 +119,26 @@ pub trait Store: Send + Sync {
         kind: &str,
         interval_secs: u64,
     ) -> Result<bool, StoreError>;
+    /// When `sender` last got an automatic reply of `kind` from `list` (read-only: the key
+    /// address marks a reply only once it was sent).
+    fn rate_last(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+    ) -> Result<Option<SystemTime>, StoreError>;
+    /// Records an automatic reply of `kind` to `sender` at `at`.
+    fn rate_mark(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError>;
+    /// How many key-address replies `list` sent at `since` or later (its hourly budget).
+    fn list_replies_since(&self, list: &str, since: SystemTime) -> Result<u64, StoreError>;
+    /// Records a key-address reply sent by `list` at `at`.
+    fn list_reply_record(&self, list: &str, at: SystemTime) -> Result<(), StoreError>;
     /// Recipients to whom a reinjected batch of this (sender, body digest) already went.
     fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError>;
     /// Records a reinjected batch; entries older than `retain_secs` are dropped on the way.
@@ -130,6 +150,12 @@ pub trait Store: Send + Sync {
         queue_id: &str,
         retain_secs: u64,
     ) -> Result<(), StoreError>;
+}
+
+fn secs(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn now_secs() -> i64 {
@@ -180,6 +206,8 @@ CREATE TABLE IF NOT EXISTS pending (
     expires INTEGER NOT NULL,
     PRIMARY KEY (list, address, fingerprint)
 );
+CREATE TABLE IF NOT EXISTS replies (list TEXT NOT NULL, sent INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS replies_list_sent ON replies (list, sent);
 CREATE TABLE IF NOT EXISTS rate (
     list TEXT NOT NULL,
     sender TEXT NOT NULL,
@@ -429,6 +457,67 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn rate_last(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        let conn = self.conn();
+        let last: Option<i64> = conn
+            .query_row(
+                "SELECT last FROM rate WHERE list = ?1 AND sender = ?2 AND kind = ?3",
+                params![list, sender, kind],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(last.map(|t| std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)))
+    }
+
+    fn rate_mark(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let at = secs(at);
+        tx.execute("DELETE FROM rate WHERE last < ?1", params![at - 86_400 * 7])?;
+        tx.execute(
+            "INSERT INTO rate (list, sender, kind, last) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (list, sender, kind) DO UPDATE SET last = excluded.last",
+            params![list, sender, kind, at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_replies_since(&self, list: &str, since: SystemTime) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM replies WHERE list = ?1 AND sent >= ?2",
+            params![list, secs(since)],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    fn list_reply_record(&self, list: &str, at: SystemTime) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let at = secs(at);
+        // Only the last hour counts; a day's rows are kept for the admin's eyes.
+        tx.execute("DELETE FROM replies WHERE sent < ?1", params![at - 86_400])?;
+        tx.execute(
+            "INSERT INTO replies (list, sent) VALUES (?1, ?2)",
+            params![list, at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn rate_allow(
         &self,
         list: &str,
@@ -516,6 +605,34 @@ mod tests {
         assert!(
             s.rate_allow("l@x", "b@y", "key", 3600).unwrap(),
             "per sender"
+        );
+    }
+
+    #[test]
+    fn rate_marks_are_read_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(s.rate_last("l@x", "a@y", "key").unwrap(), None);
+        assert_eq!(
+            s.rate_last("l@x", "a@y", "key").unwrap(),
+            None,
+            "reading marks nothing"
+        );
+        s.rate_mark("l@x", "a@y", "key", t).unwrap();
+        assert_eq!(s.rate_last("l@x", "a@y", "key").unwrap(), Some(t));
+        assert_eq!(s.rate_last("l@x", "a@y", "challenge").unwrap(), None);
+
+        assert_eq!(s.list_replies_since("l@x", t).unwrap(), 0);
+        s.list_reply_record("l@x", t).unwrap();
+        s.list_reply_record("l@x", t + Duration::from_secs(10))
+            .unwrap();
+        s.list_reply_record("m@x", t).unwrap();
+        assert_eq!(s.list_replies_since("l@x", t).unwrap(), 2);
+        assert_eq!(
+            s.list_replies_since("l@x", t + Duration::from_secs(5))
+                .unwrap(),
+            1
         );
     }
 

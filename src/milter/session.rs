@@ -479,64 +479,16 @@ impl Session {
                 }
             }
             Mode::KeyAddress { list } => {
-                let daemon = self.daemon.clone();
-                let limits = self.config.limits.clone();
-                let keyring_dir = self.config.keyring_dir.clone();
-                let sender = msg.sender.clone();
-                let l = list.clone();
-                let work = tokio::task::spawn_blocking(move || {
-                    crate::commands::handle(
-                        &l,
-                        daemon.store(),
-                        &keyring_dir,
-                        &sender,
-                        &message,
-                        &limits,
-                    )
-                    .map_err(|e| e.to_string())
-                });
-                let outcome = match with_progress(work, actions, self.message_timeout()).await {
-                    Ok(Ok(o)) => o,
-                    Ok(Err(e)) | Err(e) => {
-                        tracing::error!("{queue_id}: {}: key address: {e}", list.address);
-                        return set_reply(
-                            reply,
-                            &Reply::internal("temporary failure, please retry"),
-                        );
-                    }
-                };
-                if let Some(out) = &outcome.reply {
-                    let to = [out.to.clone()];
-                    match crate::reinject::send_batch(
-                        &self.config.reinject_smtp,
-                        "",
-                        &to,
-                        &out.message,
-                    )
+                match self
+                    .key_address_eom(queue_id, &list, &msg.sender, message, actions)
                     .await
-                    {
-                        Ok(qid) => tracing::info!(
-                            "{queue_id}: {}: {}; reply queued as {qid}",
-                            list.address,
-                            outcome.summary
-                        ),
-                        Err(e) => {
-                            tracing::error!(
-                                "{queue_id}: {}: {}; reply not sent: {e}",
-                                list.address,
-                                outcome.summary
-                            );
-                            return set_reply(
-                                reply,
-                                &Reply::internal("temporary failure, please retry"),
-                            );
-                        }
+                {
+                    Ok(()) => Status::Discard, // consumed: Mailman never sees it
+                    Err(e) => {
+                        tracing::error!("{queue_id}: {}: key address: {e}", list.address);
+                        set_reply(reply, &Reply::internal("temporary failure, please retry"))
                     }
-                } else {
-                    tracing::info!("{queue_id}: {}: {}", list.address, outcome.summary);
                 }
-                // Consumed: Mailman never sees mail to the key address.
-                Status::Discard
             }
             Mode::Notification => {
                 let Some(rewrite) = crate::dsn::reduce(&message, &msg.keyring) else {
@@ -551,6 +503,55 @@ impl Session {
             }
             _ => Status::Accept,
         }
+    }
+
+    /// Key address end of message: process (reading the store), hand the reply to the MTA,
+    /// and only then commit the outcome's writes. An `Err` is a 451: before the reply is out
+    /// nothing is recorded, so the sender's retry is answered again.
+    async fn key_address_eom(
+        &self,
+        queue_id: &str,
+        list: &Arc<ListKeys>,
+        sender: &str,
+        message: Vec<u8>,
+        actions: &EomActions,
+    ) -> Result<(), String> {
+        let daemon = self.daemon.clone();
+        let config = self.config.clone();
+        let (l, sender) = (list.clone(), sender.to_string());
+        let work = tokio::task::spawn_blocking(move || {
+            let processor = crate::key_address::Processor {
+                list: &l,
+                store: daemon.store(),
+                keyring_dir: &config.keyring_dir,
+                limits: &config.limits,
+            };
+            processor.process(&sender, &message, std::time::SystemTime::now())
+        });
+        let outcome = with_progress(work, actions, self.message_timeout())
+            .await?
+            .map_err(|e| e.to_string())?;
+        let queued = match &outcome.reply {
+            Some(out) => {
+                let to = [out.to.clone()];
+                let qid =
+                    crate::reinject::send_batch(&self.config.reinject_smtp, "", &to, &out.message)
+                        .await
+                        .map_err(|e| format!("{}; reply not sent: {e}", outcome.summary))?;
+                format!("; reply queued as {qid}")
+            }
+            None => String::new(),
+        };
+        let (daemon, config) = (self.daemon.clone(), self.config.clone());
+        let summary = outcome.summary.clone();
+        let commit = tokio::task::spawn_blocking(move || {
+            outcome.commit(daemon.store(), &config.keyring_dir)
+        });
+        with_progress(commit, actions, self.message_timeout())
+            .await?
+            .map_err(|e| format!("{summary}{queued}; not recorded: {e}"))?;
+        tracing::info!("{queue_id}: {}: {summary}{queued}", list.address);
+        Ok(())
     }
 
     /// Outbound end of message: skip recipients an earlier attempt already reinjected, batch
