@@ -221,13 +221,13 @@ impl Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyAddressError {
-    #[error("key address: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("key address: {0}")]
+    #[error(transparent)]
     Keys(#[from] KeyError),
-    #[error("key address: cannot make the reply: {0}")]
+    #[error("cannot make the reply: {0}")]
     Reply(#[from] EncryptError),
-    #[error("key address: cannot export the list key: {0}")]
+    #[error("cannot export the list key: {0}")]
     Export(String),
 }
 
@@ -371,10 +371,9 @@ impl Processor<'_> {
             self.list.secret.clone(),
             known.map(|cert| as_member(&sender, cert)).collect(),
         );
-        let Some((content, signatures)) = self.open(entity, message, &verifier) else {
-            return answered(
-                self.quiet("undecryptable or malformed mail to the key address ignored"),
-            );
+        let (content, signatures) = match self.open(entity, message, &verifier) {
+            Ok(opened) => opened,
+            Err(why) => return answered(self.quiet(why)),
         };
         let window = Duration::from_secs(self.limits.signature_time_window);
         let mut good = Vec::new();
@@ -405,36 +404,35 @@ impl Processor<'_> {
     }
 
     /// What the sender wrote (decrypted if it was encrypted to the list) and the checks of
-    /// its signatures; `None` if it cannot be read.
+    /// its signatures; otherwise why it cannot be read.
     fn open(
         &self,
         entity: &Entity<'_>,
         message: &[u8],
         verifier: &ListKeys,
-    ) -> Option<(Vec<u8>, Vec<SigCheck>)> {
+    ) -> Result<(Vec<u8>, Vec<SigCheck>), &'static str> {
         let limits = self.limits;
-        match mime::classify(message, limits.max_mime_depth, limits.max_mime_parts).ok()? {
-            Shape::PgpMime { ciphertext } => {
-                let d = pgp::decrypt_verify(
-                    &ciphertext,
-                    verifier,
-                    limits.max_packets,
-                    limits.max_plaintext_bytes,
-                )
-                .ok()?;
-                Some((d.plaintext, d.signatures))
-            }
-            _ => {
-                // In a multipart/signed, only what the signature covers counts (the token, an
-                // announced key): nothing from the unsigned rest of the message.
-                let ct = entity.content_type();
-                Some(match (ct.mimetype.as_str(), ct.params.get("boundary")) {
-                    ("multipart/signed", Some(b)) => signed_part_checks(entity.body, b, verifier)
-                        .unwrap_or((Vec::new(), Vec::new())),
-                    _ => (message.to_vec(), Vec::new()),
-                })
-            }
+        let shape = mime::classify(message, limits.max_mime_depth, limits.max_mime_parts)
+            .map_err(|_| "malformed mail to the key address ignored")?;
+        if let Shape::PgpMime { ciphertext } = shape {
+            let d = pgp::decrypt_verify(
+                &ciphertext,
+                verifier,
+                limits.max_packets,
+                limits.max_plaintext_bytes,
+            )
+            .map_err(|_| "undecryptable mail to the key address ignored")?;
+            return Ok((d.plaintext, d.signatures));
         }
+        // In a multipart/signed, only what the signature covers counts (the token, an
+        // announced key): nothing from the unsigned rest of the message.
+        let ct = entity.content_type();
+        Ok(match (ct.mimetype.as_str(), ct.params.get("boundary")) {
+            ("multipart/signed", Some(b)) => {
+                signed_part_checks(entity.body, b, verifier).unwrap_or_default()
+            }
+            _ => (message.to_vec(), Vec::new()),
+        })
     }
 
     /// A signed confirmation carrying the token of a pending binding activates it.
@@ -1030,4 +1028,249 @@ fn signed_reply(
         to: to.to_string(),
         message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policy;
+    use crate::store::SqliteStore;
+    use openpgp::cert::CertBuilder;
+    use openpgp::packet::signature::subpacket::{Subpacket, SubpacketTag, SubpacketValue};
+    use openpgp::packet::signature::SignatureBuilder;
+    use openpgp::types::SignatureType;
+    use std::time::UNIX_EPOCH;
+
+    const T0: u64 = 1_700_000_000;
+    const LIST: &str = "l@example.org";
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_time_window_includes_its_edges_on_both_sides() {
+        let w = Duration::from_secs(600);
+        assert!(fresh(Some(at(T0)), at(T0), w));
+        assert!(fresh(Some(at(T0 - 600)), at(T0), w));
+        assert!(!fresh(Some(at(T0 - 601)), at(T0), w));
+        assert!(fresh(Some(at(T0 + 600)), at(T0), w), "clock skew");
+        assert!(!fresh(Some(at(T0 + 601)), at(T0), w));
+        assert!(!fresh(None, at(T0), w), "no creation time, no command");
+    }
+
+    #[test]
+    fn an_interval_ends_at_its_length_and_a_clock_going_back_does_not_end_it() {
+        let i = Duration::from_secs(3600);
+        assert!(elapsed(at(T0), at(T0 + 3600), i));
+        assert!(!elapsed(at(T0), at(T0 + 3599), i));
+        assert!(!elapsed(at(T0), at(T0 - 10), i));
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        store: SqliteStore,
+        list: ListKeys,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = crate::keys::create_list_key(&dir.path().join("keyrings"), LIST).unwrap();
+        let store = SqliteStore::open(&dir.path().join("state")).unwrap();
+        let list = ListKeys::new(LIST.into(), Policy::default(), secret, Vec::new());
+        Fixture { dir, store, list }
+    }
+
+    impl Fixture {
+        fn process(&self, sender: &str, now: SystemTime) -> Outcome {
+            let keyring_dir = self.dir.path().join("keyrings");
+            let processor = Processor {
+                list: &self.list,
+                store: &self.store,
+                keyring_dir: &keyring_dir,
+                limits: &Limits::default(),
+            };
+            let message = format!("From: {sender}\r\nSubject: key?\r\n\r\nhi\r\n");
+            processor.process(sender, message.as_bytes(), now).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_request_writes_nothing_until_its_outcome_is_committed() {
+        let f = fixture();
+        let sender = "a@example.org";
+        let first = f.process(sender, at(T0));
+        assert!(first.reply.is_some(), "{}", first.summary);
+        assert_eq!(f.store.rate_last(LIST, sender, "key").unwrap(), None);
+        assert_eq!(f.store.list_replies_since(LIST, at(0)).unwrap(), 0);
+        let again = f.process(sender, at(T0 + 1));
+        assert!(again.reply.is_some(), "nothing recorded: {}", again.summary);
+
+        first
+            .commit(&f.store, &f.dir.path().join("keyrings"))
+            .unwrap();
+        assert_eq!(
+            f.store.rate_last(LIST, sender, "key").unwrap(),
+            Some(at(T0))
+        );
+        assert_eq!(f.store.list_replies_since(LIST, at(T0)).unwrap(), 1);
+        let limited = f.process(sender, at(T0 + 3599));
+        assert!(limited.reply.is_none() && limited.effects.is_empty());
+        assert!(f.process(sender, at(T0 + 3600)).reply.is_some());
+    }
+
+    #[test]
+    fn the_list_budget_counts_replies_to_every_sender_within_the_hour() {
+        let f = fixture();
+        for i in 0..LIST_REPLIES_PER_HOUR {
+            f.store.list_reply_record(LIST, at(T0 + i)).unwrap();
+        }
+        let spent = f.process("new@example.org", at(T0 + 3600));
+        assert!(spent.reply.is_none(), "{}", spent.summary);
+        assert!(
+            spent.effects.is_empty(),
+            "a refused request records nothing"
+        );
+        // The oldest reply leaves the hour one second later.
+        assert!(f.process("new@example.org", at(T0 + 3601)).reply.is_some());
+    }
+
+    fn keypair(cert: &Cert) -> openpgp::crypto::KeyPair {
+        cert.primary_key()
+            .key()
+            .clone()
+            .parts_into_secret()
+            .unwrap()
+            .into_keypair()
+            .unwrap()
+    }
+
+    /// `signer`'s certification of `cert`'s first user ID; with `issuer` false it carries no
+    /// Issuer or Issuer Fingerprint subpacket.
+    fn certification(signer: &Cert, cert: &Cert, issuer: bool) -> Signature {
+        let uid = cert.userids().next().unwrap().userid().clone();
+        let mut builder = SignatureBuilder::new(SignatureType::GenericCertification);
+        if !issuer {
+            // An unhashed Issuer keeps the builder from adding hashed ones; then it goes.
+            let keyid = SubpacketValue::Issuer(signer.keyid());
+            let area = builder.unhashed_area_mut();
+            area.add(Subpacket::new(keyid, false).unwrap()).unwrap();
+        }
+        let mut sig = builder
+            .sign_userid_binding(&mut keypair(signer), cert.primary_key().key(), &uid)
+            .unwrap();
+        sig.unhashed_area_mut().remove_all(SubpacketTag::Issuer);
+        sig
+    }
+
+    fn foreign(cert: &Cert) -> usize {
+        let own = KeyHandle::from(cert.fingerprint());
+        cert.clone()
+            .into_packets()
+            .filter(|p| match p {
+                Packet::Signature(s) => !s.get_issuers().iter().any(|h| h.aliases(&own)),
+                _ => false,
+            })
+            .count()
+    }
+
+    #[test]
+    fn an_offered_key_keeps_only_its_owners_signatures() {
+        let (alice, _) = CertBuilder::general_purpose(Some("alice@example.org"))
+            .generate()
+            .unwrap();
+        let (mallory, _) = CertBuilder::general_purpose(Some("mallory@example.org"))
+            .generate()
+            .unwrap();
+        let flooded = alice
+            .clone()
+            .insert_packets([
+                certification(&mallory, &alice, true),
+                certification(&mallory, &alice, false),
+            ])
+            .unwrap()
+            .0;
+        assert_eq!(foreign(&flooded), 2, "the flooded key carries both");
+        let kept = own_signatures_only(&flooded).unwrap();
+        assert_eq!(foreign(&kept), 0);
+        assert_eq!(kept.userids().count(), 1);
+        assert_eq!(
+            kept.keys().subkeys().count(),
+            alice.keys().subkeys().count()
+        );
+        assert!(check_member_cert(&kept, "alice@example.org").is_ok());
+    }
+
+    #[test]
+    fn only_a_changed_bound_key_makes_the_daemon_reload() {
+        let f = fixture();
+        let keyring_dir = f.dir.path().join("keyrings");
+        let (carol, _) = CertBuilder::general_purpose(Some("carol@example.org"))
+            .generate()
+            .unwrap();
+        let commit = |effect: Effect| {
+            let mut outcome = Outcome::quiet(&f.list, "test");
+            outcome.effects.push(effect);
+            outcome.commit(&f.store, &keyring_dir).unwrap();
+            f.store.generation().unwrap()
+        };
+        let public = carol.clone().strip_secret_key_material();
+        let g0 = f.store.generation().unwrap();
+        assert_eq!(
+            commit(Effect::StoreOfferedCert(public.clone())),
+            g0,
+            "offer"
+        );
+        assert_eq!(commit(Effect::RefreshBoundCert(public)), g0, "same key");
+        // Carol's own new user ID: new self-signed material for the bound key.
+        let uid = openpgp::packet::UserID::from("Carol <carol@example.org>");
+        let binding = uid
+            .bind(
+                &mut keypair(&carol),
+                &carol,
+                SignatureBuilder::new(SignatureType::PositiveCertification),
+            )
+            .unwrap();
+        let extended = carol
+            .insert_packets([Packet::from(uid), binding.into()])
+            .unwrap()
+            .0
+            .strip_secret_key_material();
+        let g1 = commit(Effect::RefreshBoundCert(extended.clone()));
+        assert!(g1 > g0, "new material");
+        assert_eq!(
+            commit(Effect::RefreshBoundCert(extended)),
+            g1,
+            "then unchanged"
+        );
+    }
+
+    #[test]
+    fn a_member_publishes_one_certification_of_the_list_key() {
+        let f = fixture();
+        let (bob, _) = CertBuilder::general_purpose(Some("bob@example.org"))
+            .generate()
+            .unwrap();
+        let keyring_dir = f.dir.path().join("keyrings");
+        let processor = Processor {
+            list: &f.list,
+            store: &f.store,
+            keyring_dir: &keyring_dir,
+            limits: &Limits::default(),
+        };
+        let first = certification(&bob, &f.list.secret, true);
+        let offered = vec![first.clone()];
+        assert_eq!(
+            processor.certification_to_publish(offered.clone(), &bob),
+            Some(first.clone())
+        );
+        let certified = f.list.secret.clone().insert_packets([first]).unwrap().0;
+        let list = ListKeys::new(LIST.into(), Policy::default(), certified, Vec::new());
+        let processor = Processor {
+            list: &list,
+            ..processor
+        };
+        let second = certification(&bob, &f.list.secret, true);
+        assert_eq!(processor.certification_to_publish(vec![second], &bob), None);
+    }
 }
