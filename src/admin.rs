@@ -325,9 +325,14 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
                 suffix = list.policy.key_suffix,
                 domain = list.parts().1,
             );
-            let mail =
-                crate::commands::notice(list, &m.address, &m.cert, "Your key expires soon", &body)
-                    .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
+            let mail = crate::key_address::notice(
+                list,
+                &m.address,
+                &m.cert,
+                "Your key expires soon",
+                &body,
+            )
+            .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
             writeln!(
                 out,
                 "{}: {} key expires {date}: notified",
@@ -350,7 +355,7 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
                 list.address,
                 unusable.join("\r\n")
             );
-            let mail = crate::commands::notice(
+            let mail = crate::key_address::notice(
                 list,
                 &owner.address,
                 &owner.cert,
@@ -507,6 +512,8 @@ pub fn process_inbound(
                 "discard mail to the key address is answered by the daemon, not passed on\r"
             )
             .ok();
+            // The dry run shows the reply and the writes it would make, and makes none.
+            key_address_dry_run(config, l, from, &message, out)?;
             return Ok(exit::NOT_PROCESSED);
         }
         _ => {
@@ -536,6 +543,40 @@ pub fn process_inbound(
             Ok(exit::NOT_PROCESSED)
         }
     }
+}
+
+/// What the key address would answer and write, without writing.
+fn key_address_dry_run(
+    config: &Config,
+    list: &keys::ListKeys,
+    from: &str,
+    message: &[u8],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let store = open_store(config)?;
+    let processor = crate::key_address::Processor {
+        list,
+        store: &store,
+        keyring_dir: &config.keyring_dir,
+        limits: &config.limits,
+    };
+    let outcome = processor
+        .process(from, message, std::time::SystemTime::now())
+        .map_err(|e| match e {
+            crate::key_address::KeyAddressError::Store(e) => e.into(),
+            crate::key_address::KeyAddressError::Keys(e) => e.into(),
+            e => CommandError::new(exit::SOFTWARE, "key address", e),
+        })?;
+    writeln!(out, "{}\r", outcome.summary).ok();
+    for effect in &outcome.effects {
+        writeln!(out, "would {effect}\r").ok();
+    }
+    if let Some(reply) = &outcome.reply {
+        writeln!(out, "reply to {}:\r", reply.to).ok();
+        out.write_all(&reply.message)
+            .map_err(|e| CommandError::new(exit::IOERR, "stdout", e))?;
+    }
+    Ok(())
 }
 
 /// `process outbound`: the same `outbound::Transaction` the milter drives; writes

@@ -8,11 +8,11 @@
 pub mod address;
 pub mod admin;
 pub mod atomic_file;
-pub mod commands;
 pub mod config;
 pub mod dsn;
 pub mod http;
 pub mod inbound;
+pub mod key_address;
 pub mod keys;
 pub mod logging;
 pub mod message;

@@ -1,13 +1,16 @@
 //! End of message at a list's key address: listcrypt answers (through the reinjection
-//! listener) and consumes the mail; Mailman never sees it.
+//! listener) and consumes the mail; Mailman never sees it. The processor only plans its
+//! writes; they are made once the reply is with the MTA, so a retry after a failed reply is
+//! answered again rather than taken for a replay.
 
 use super::actions::with_progress;
 use super::session::{Context, Message};
 use super::SessionError;
+use crate::key_address::Processor;
 use crate::keys::ListKeys;
 use indymilter::{EomActions, Status};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub(super) async fn finish(
     cx: &Context,
@@ -15,31 +18,34 @@ pub(super) async fn finish(
     message: Message,
     actions: &EomActions,
 ) -> Result<Status, SessionError> {
-    let daemon = cx.daemon.clone();
-    let limits = cx.config.limits.clone();
-    let keyring_dir = cx.config.keyring_dir.clone();
-    let sender = message.sender.clone();
-    let l = list.clone();
-    let bytes = message.bytes;
-    let work = tokio::task::spawn_blocking(move || {
-        crate::commands::handle(&l, daemon.store(), &keyring_dir, &sender, &bytes, &limits)
-    });
     let timeout = Duration::from_secs(cx.config.limits.message_timeout);
+    let (daemon, config) = (cx.daemon.clone(), cx.config.clone());
+    let (l, sender, bytes) = (list.clone(), message.sender.clone(), message.bytes);
+    let work = tokio::task::spawn_blocking(move || {
+        let processor = Processor {
+            list: &l,
+            store: daemon.store(),
+            keyring_dir: &config.keyring_dir,
+            limits: &config.limits,
+        };
+        processor.process(&sender, &bytes, SystemTime::now())
+    });
     let outcome = with_progress(work, actions, timeout).await??;
-    let qid = &message.queue_id;
-    match &outcome.reply {
+    let queued = match &outcome.reply {
         Some(out) => {
             let to = [out.to.clone()];
-            let sent = crate::reinject::send_batch(&cx.config.reinject_smtp, "", &to, &out.message)
+            let qid = crate::reinject::send_batch(&cx.config.reinject_smtp, "", &to, &out.message)
                 .await?;
-            tracing::info!(
-                "{qid}: {}: {}; reply queued as {sent}",
-                list.address,
-                outcome.summary
-            );
+            format!("; reply queued as {qid}")
         }
-        None => tracing::info!("{qid}: {}: {}", list.address, outcome.summary),
-    }
+        None => String::new(),
+    };
+    let (daemon, config) = (cx.daemon.clone(), cx.config.clone());
+    let summary = outcome.summary.clone();
+    let commit =
+        tokio::task::spawn_blocking(move || outcome.commit(daemon.store(), &config.keyring_dir));
+    with_progress(commit, actions, timeout).await??;
+    tracing::info!("{}: {}: {summary}{queued}", message.queue_id, list.address);
     // Consumed: Mailman never sees mail to the key address.
     Ok(Status::Discard)
 }

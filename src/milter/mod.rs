@@ -39,7 +39,7 @@ pub enum SessionError {
     #[error("reinjection: {0}")]
     Reinject(#[from] crate::reinject::ReinjectError),
     #[error("key address: {0}")]
-    KeyAddress(#[from] crate::commands::CommandError),
+    KeyAddress(#[from] crate::key_address::KeyAddressError),
 }
 
 impl SessionError {

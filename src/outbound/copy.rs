@@ -361,12 +361,23 @@ fn pad_header(inner: &mut Vec<u8>, n: usize) {
 /// `addr=LIST; prefer-encrypt=mutual; keydata=…` with the list's public key.
 fn autocrypt_value(list: &ListKeys) -> Option<String> {
     use sequoia_openpgp::serialize::Serialize;
-    let mut bytes = Vec::new();
-    list.secret
+    use sequoia_openpgp::{KeyHandle, Packet};
+    // A minimal key: only the list key's own signatures. Members' certifications are
+    // published in WKD and key replies, never in every outbound copy.
+    let own = KeyHandle::from(list.secret.fingerprint());
+    let packets = list
+        .secret
         .clone()
         .strip_secret_key_material()
-        .serialize(&mut bytes)
-        .ok()?;
+        .into_packets()
+        .filter(|p| match p {
+            Packet::Signature(sig) => sig.get_issuers().iter().any(|h| h.aliases(&own)),
+            _ => true,
+        });
+    let mut bytes = Vec::new();
+    for packet in packets {
+        packet.serialize(&mut bytes).ok()?;
+    }
     let b64 = data_encoding::BASE64.encode(&bytes);
     let mut folded = String::with_capacity(b64.len() + b64.len() / 72 * 3);
     for (i, chunk) in b64.as_bytes().chunks(72).enumerate() {

@@ -18,7 +18,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -189,6 +189,26 @@ pub trait Store: Send + Sync {
         address: &str,
         fingerprint: &str,
     ) -> Result<(), StoreError>;
+    /// When `sender` last got an automatic reply of `kind` from `list` (read-only: the key
+    /// address marks a reply only once it was sent).
+    fn rate_last(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+    ) -> Result<Option<SystemTime>, StoreError>;
+    /// Records an automatic reply of `kind` to `sender` at `at`.
+    fn rate_mark(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError>;
+    /// How many key-address replies `list` sent at `since` or later (its hourly budget).
+    fn list_replies_since(&self, list: &str, since: SystemTime) -> Result<u64, StoreError>;
+    /// Records a key-address reply sent by `list` at `at`.
+    fn list_reply_record(&self, list: &str, at: SystemTime) -> Result<(), StoreError>;
     /// Forgets a recorded automatic reply (it could not be sent after all).
     fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError>;
     /// Whether `sender` may get another automatic reply of `kind` from `list` now; records
@@ -291,6 +311,13 @@ impl SqliteStore {
     }
 }
 
+/// Seconds since the epoch (0 before it).
+fn epoch_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Sets `path`'s permission bits to `mode` unless they already are.
 fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
     let meta = std::fs::metadata(path)?;
@@ -383,6 +410,34 @@ impl Store for SqliteStore {
 
     fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError> {
         self.write(|tx| rate::forget(tx, list, sender, kind))
+    }
+
+    fn rate_last(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        let last = self.read(|c| rate::last(c, list, sender, kind))?;
+        Ok(last.map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)))
+    }
+
+    fn rate_mark(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| rate::mark(tx, list, sender, kind, epoch_secs(at)))
+    }
+
+    fn list_replies_since(&self, list: &str, since: SystemTime) -> Result<u64, StoreError> {
+        self.read(|c| rate::list_replies_since(c, list, epoch_secs(since)))
+    }
+
+    fn list_reply_record(&self, list: &str, at: SystemTime) -> Result<(), StoreError> {
+        self.write(|tx| rate::list_reply_record(tx, list, epoch_secs(at)))
     }
 
     fn rate_allow(

@@ -76,6 +76,15 @@ CREATE TABLE IF NOT EXISTS rate (
         sql: "ALTER TABLE pending RENAME COLUMN token TO token_sha256;",
         then: Some(hash_pending_tokens),
     },
+    Migration {
+        version: 3,
+        name: "key-address replies per list (the list-wide hourly budget)",
+        sql: "
+CREATE TABLE IF NOT EXISTS replies (list TEXT NOT NULL, sent BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS replies_list_sent ON replies (list, sent);
+",
+        then: None,
+    },
 ];
 
 /// The newest schema version this code knows.
