@@ -40,31 +40,27 @@ impl Daemon {
     }
 
     pub fn lists(&self) -> usize {
+        self.current_keyring().lists.len()
+    }
+
+    fn current_keyring(&self) -> Arc<Keyring> {
         self.keyring
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .lists
-            .len()
+            .clone()
     }
 
     /// The current keyring, rebuilt first if the store changed (a CLI `member add`, say).
     /// An error means mail waits (tempfail) rather than going out under stale bindings.
     pub fn keyring(&self) -> Result<Arc<Keyring>, KeyError> {
         let generation = self.store.generation()?;
-        let current = self
-            .keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let current = self.current_keyring();
         if current.generation == generation {
             return Ok(current);
         }
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self
-            .keyring
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // Another session may have reloaded while we waited for the lock.
+        let current = self.current_keyring();
         if current.generation == generation {
             return Ok(current);
         }
