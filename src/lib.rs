@@ -8,6 +8,7 @@
 pub mod address;
 pub mod admin;
 pub mod atomic_file;
+pub mod bounce;
 pub mod config;
 pub mod dsn;
 pub mod http;

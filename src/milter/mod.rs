@@ -38,6 +38,8 @@ pub enum SessionError {
     Plan(#[from] crate::outbound::PlanError),
     #[error("reinjection: {0}")]
     Reinject(#[from] crate::reinject::ReinjectError),
+    #[error("journal: {0}")]
+    Journal(String),
     #[error("key address: {0}")]
     KeyAddress(#[from] crate::key_address::KeyAddressError),
 }

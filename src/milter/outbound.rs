@@ -5,6 +5,7 @@ use super::actions::{apply, delete_recipients, with_progress};
 use super::session::{Context, Message};
 use super::SessionError;
 use crate::outbound::{Plan, Transaction};
+use crate::reinject::{self, Delivery, OnRefusedRcpt, ReinjectError};
 use crate::store::Store;
 use indymilter::{ContextActions, EomActions, Status};
 use std::sync::Arc;
@@ -39,7 +40,7 @@ pub(super) async fn finish(
         );
         return Ok(Status::Discard);
     };
-    let reinjected = reinject(cx, store, &tx, &digest, &plan, &bytes, actions).await?;
+    let reinjected = reinject(qid, cx, store, &tx, &digest, &plan, &bytes, actions).await?;
     for batch in plan.batches.iter().skip(1) {
         delete_recipients(actions, &batch.recipients).await?;
     }
@@ -48,8 +49,12 @@ pub(super) async fn finish(
     Ok(Status::Continue)
 }
 
-/// Reinjects batches 2..n, journaling each right after the listener's 250.
+/// Reinjects batches 2..n, journaling each right after the listener's 250. A recipient the
+/// listener refuses gets a content-free bounce to the list's bounces address (Mailman counts
+/// it against that member) instead of failing the whole post.
+#[allow(clippy::too_many_arguments)] // the transaction's parts, each used
 async fn reinject(
+    qid: &str,
     cx: &Context,
     store: &dyn Store,
     tx: &Transaction,
@@ -58,27 +63,125 @@ async fn reinject(
     message: &[u8],
     actions: &EomActions,
 ) -> Result<Vec<String>, SessionError> {
-    let addr = &cx.config.reinject_smtp;
-    let sender = tx.sender();
     let mut reinjected = Vec::new();
     for batch in plan.batches.iter().skip(1) {
         let _ = actions.progress().await;
         let copy = batch.rewrite.render(message);
-        let normalized: Vec<String> = batch
-            .recipients
-            .iter()
-            .map(|r| crate::keys::normalize_address(r))
-            .collect();
-        let journal = |qid: &str| {
-            store
-                .journal_record(sender, digest, &normalized, qid, JOURNAL_RETENTION_SECS)
-                .map_err(|e| e.to_string())
-        };
-        let qid = crate::reinject::send_batch_then(addr, sender, &batch.recipients, &copy, journal)
-            .await?;
-        reinjected.push(format!("{qid} ({} recipient(s))", batch.recipients.len()));
+        let delivery = send_once(qid, cx, store, tx, digest, &batch.recipients, &copy).await?;
+        for (rcpt, reply) in &delivery.refused {
+            bounce(qid, cx, store, tx, digest, rcpt, reply).await?;
+        }
+        if let Some(id) = delivery.queue_id {
+            let n = batch.recipients.len() - delivery.refused.len();
+            reinjected.push(format!("{id} ({n} recipient(s))"));
+        }
     }
     Ok(reinjected)
+}
+
+/// Sends one batch. When its fate is unknown (the connection broke after the whole message
+/// went out) it is sent once more: at least once, like Postfix itself, and logged as in doubt.
+/// A journal that cannot be written after the listener's 250 is logged, never a second copy.
+async fn send_once(
+    qid: &str,
+    cx: &Context,
+    store: &dyn Store,
+    tx: &Transaction,
+    digest: &[u8; 32],
+    recipients: &[String],
+    copy: &[u8],
+) -> Result<Delivery, SessionError> {
+    let addr = &cx.config.reinject_smtp;
+    let sender = tx.sender();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let journal =
+            |qid: &str, accepted: &[String]| journal(store, sender, digest, accepted, qid);
+        let sent = reinject::deliver(
+            addr,
+            sender,
+            recipients,
+            copy,
+            OnRefusedRcpt::Report,
+            journal,
+        );
+        match sent.await {
+            Ok(delivery) => return Ok(delivery),
+            Err(ReinjectError::Journal {
+                queue_id, reason, ..
+            }) => {
+                tracing::error!(
+                    "{}: {}: batch queued as {queue_id} but not journaled ({reason}); a retry of this post could repeat it",
+                    qid,
+                    tx.list().address
+                );
+                return Ok(Delivery {
+                    queue_id: Some(queue_id),
+                    refused: Vec::new(),
+                });
+            }
+            Err(e) if e.in_doubt() && attempt == 1 => tracing::warn!(
+                "{}: {}: batch in doubt ({e}); sending it again",
+                qid,
+                tx.list().address
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn journal(
+    store: &dyn Store,
+    sender: &str,
+    digest: &[u8; 32],
+    recipients: &[String],
+    qid: &str,
+) -> Result<(), String> {
+    let normalized: Vec<String> = recipients
+        .iter()
+        .map(|r| crate::keys::normalize_address(r))
+        .collect();
+    store
+        .journal_record(sender, digest, &normalized, qid, JOURNAL_RETENTION_SECS)
+        .map_err(|e| e.to_string())
+}
+
+/// A content-free DSN for a refused recipient, to the list's bounces address; journaled, so a
+/// retry of the post neither sends it nor bounces it again.
+async fn bounce(
+    qid: &str,
+    cx: &Context,
+    store: &dyn Store,
+    tx: &Transaction,
+    digest: &[u8; 32],
+    rcpt: &str,
+    reply: &reinject::SmtpReply,
+) -> Result<(), SessionError> {
+    let host = tx.list().parts().1.to_string();
+    let dsn = crate::bounce::refused_recipient(
+        tx.sender(),
+        rcpt,
+        reply.code,
+        &reply.text,
+        &host,
+        chrono::DateTime::from(std::time::SystemTime::now()),
+    );
+    let to = [tx.sender().to_string()];
+    let id = reinject::send_batch(&cx.config.reinject_smtp, "", &to, &dsn).await?;
+    journal(store, tx.sender(), digest, &[rcpt.to_string()], &id).map_err(|e| {
+        tracing::error!(
+            "{qid}: {}: bounce for {rcpt} not journaled: {e}",
+            tx.list().address
+        );
+        SessionError::Journal(e)
+    })?;
+    tracing::info!(
+        "{qid}: {}: recipient {rcpt} refused by the reinjection listener ({}); bounce queued as {id}",
+        tx.list().address,
+        reply.code
+    );
+    Ok(())
 }
 
 /// The decision's log line, after the queue id and list.

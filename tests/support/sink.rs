@@ -31,6 +31,12 @@ pub struct Sink {
 
 impl Sink {
     pub fn start() -> Sink {
+        Sink::start_refusing(&[])
+    }
+
+    /// A sink that answers `550 5.1.1` to RCPT for each of `refused` (lower-case addresses).
+    pub fn start_refusing(refused: &[&str]) -> Sink {
+        let refused: Arc<Vec<String>> = Arc::new(refused.iter().map(|r| r.to_string()).collect());
         let listener = TcpListener::bind("127.0.0.1:0").expect("sink: bind");
         let port = listener.local_addr().unwrap().port();
         let deliveries = Arc::new(Mutex::new(Vec::new()));
@@ -45,8 +51,9 @@ impl Sink {
                     }
                     let Ok(conn) = conn else { continue };
                     let deliveries = deliveries.clone();
+                    let refused = refused.clone();
                     thread::spawn(move || {
-                        let _ = serve(conn, &deliveries);
+                        let _ = serve(conn, &deliveries, &refused);
                     });
                 }
             })
@@ -117,7 +124,11 @@ impl Drop for Sink {
     }
 }
 
-fn serve(conn: TcpStream, deliveries: &Mutex<Vec<Delivery>>) -> std::io::Result<()> {
+fn serve(
+    conn: TcpStream,
+    deliveries: &Mutex<Vec<Delivery>>,
+    refused: &[String],
+) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(300)))?;
     let mut out = conn.try_clone()?;
     let mut input = BufReader::new(conn);
@@ -144,6 +155,9 @@ fn serve(conn: TcpStream, deliveries: &Mutex<Vec<Delivery>>) -> std::io::Result<
                 mail_from = Some(path_of(command));
                 rcpts.clear();
                 b"250 2.1.0 ok\r\n"
+            }
+            "RCPT" if mail_from.is_some() && refused.contains(&path_of(command)) => {
+                b"550 5.1.1 recipient refused by the test sink\r\n"
             }
             "RCPT" if mail_from.is_some() => {
                 rcpts.push(path_of(command));
