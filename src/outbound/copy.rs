@@ -9,22 +9,39 @@ use crate::mime::{self, Entity, CONTENT_HEADERS, PROTECTED};
 use crate::pgp;
 
 /// Fields that only ever travel inside the encryption: listcrypt's statement of the verified
-/// author (when the author's signature could not be carried as multipart/signed).
-const INSIDE_ONLY: &[&str] = &["X-Listcrypt-Signer"];
+/// author (when the author's signature could not be carried as multipart/signed), and the
+/// informational fields that RFC 9788 §3.2 hcp_baseline removes from the outside.
+const INSIDE_ONLY: &[&str] = &["X-Listcrypt-Signer", "Keywords", "Comments"];
 
-/// Fields removed from the outer header: Mailman's rule bookkeeping and envelope copies, the
-/// poster's client, members' own Autocrypt keys (RFC 9788 §4, reference/openpgp.md).
-const LEAKING: &[&str] = &[
-    "X-Mailman-Rule-Hits",
-    "X-Mailman-Rule-Misses",
-    "X-Mailman-Approved-At",
-    "X-MailFrom",
-    "Message-ID-Hash",
-    "X-Message-ID-Hash",
-    "User-Agent",
-    "X-Mailer",
-    "Autocrypt",
-    "Autocrypt-Gossip",
+/// The only fields of the original header that travel in clear (issue 9 §3, RFC 9788 §4);
+/// every other field is removed from the outer header, whatever its name. Kept: what MTAs
+/// and legacy clients need to route, thread and show a message (RFC 5322 originator,
+/// destination and threading fields, the Subject as the policy obscures it), the list fields
+/// clients offer as commands (RFC 2369, RFC 2919, RFC 8058 one-click unsubscribe), and
+/// Mailman's loop guards (`Precedence`, RFC 3834 `Auto-Submitted`). The MIME fields and the
+/// list's Autocrypt field are replaced, not kept. Removed, among others: the poster's
+/// `Received` trace, client and Mailman bookkeeping, `Sender`, listcrypt's hold marker.
+const OUTER_ALLOWED: &[&str] = &[
+    "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Followup-To",
+    "List-Id",
+    "List-Post",
+    "List-Help",
+    "List-Subscribe",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Owner",
+    "List-Archive",
+    "Precedence",
+    "Auto-Submitted",
 ];
 
 /// Builds the encrypted copy of `message` for `recipients` (all accepted at RCPT): the inner
@@ -46,7 +63,8 @@ pub fn encrypt_message(
     let signer = policy.sign_outgoing.then_some(&list.secret);
     let armored = pgp::encrypt_sign_keys(&inner, &keyed, signer).map_err(PlanError::Encrypt)?;
     let (content_type, body) = mime::multipart_encrypted(&armored);
-    Ok(outer_rewrite(list, content_type, body, obscured))
+    let remove = outer_removals(&entity, policy.header_protection);
+    Ok(outer_rewrite(list, content_type, body, remove, obscured))
 }
 
 /// The entity that gets encrypted: MIME fields of the original (or the RFC 2045 default), the
@@ -132,28 +150,42 @@ fn keyed_recipients<'a>(
     Ok(batch)
 }
 
-/// The outer header edits: MIME fields for the multipart/encrypted body, fields that must not
-/// travel in clear removed, the obscured replacements and the list's Autocrypt key added.
+/// The names of every present field outside the allow-list, each once. Taken from the header
+/// itself, because the milter removes by name and an allow-list has no names of its own.
+/// `hcp_no_confidentiality` keeps the informational fields in clear too (RFC 9788 §3.2).
+fn outer_removals(entity: &Entity<'_>, hcp: HeaderProtection) -> Vec<String> {
+    let allowed = |name: &str| {
+        OUTER_ALLOWED.iter().any(|a| a.eq_ignore_ascii_case(name))
+            || (hcp == HeaderProtection::HcpNoConfidentiality
+                && ["Keywords", "Comments"]
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(name)))
+    };
+    let mut remove: Vec<String> = Vec::new();
+    for h in &entity.headers {
+        if !allowed(&h.name) && !remove.iter().any(|r| r.eq_ignore_ascii_case(&h.name)) {
+            remove.push(h.name.clone());
+        }
+    }
+    remove
+}
+
+/// The outer header edits: every field outside the allow-list removed, MIME fields for the
+/// multipart/encrypted body, the obscured replacements and the list's Autocrypt key added.
 fn outer_rewrite(
     list: &ListKeys,
     content_type: String,
     body: Vec<u8>,
+    mut remove: Vec<String>,
     obscured: Vec<(&'static str, String)>,
 ) -> Rewrite {
-    let mut remove: Vec<String> = CONTENT_HEADERS
-        .iter()
-        .chain(INSIDE_ONLY)
-        .chain(LEAKING)
-        .map(|s| s.to_string())
-        .collect();
-    remove.push("MIME-Version".into());
     let mut add = vec![
         ("MIME-Version".to_string(), "1.0".to_string()),
         ("Content-Type".to_string(), content_type),
     ];
     if list.policy.autocrypt {
         // Autocrypt Level 1: the list's own key, so replies can be encrypted to the list.
-        // Members' Autocrypt fields were removed above (LEAKING).
+        // Members' Autocrypt fields are outside the allow-list, so they were removed.
         if let Some(value) = autocrypt_value(list) {
             add.push(("Autocrypt".into(), value));
         }
