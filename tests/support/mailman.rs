@@ -94,6 +94,12 @@ impl Mailman {
             mta.push_str(&format!("{key}: {value}\n"));
         }
 
+        // Who counts as the poster, from the admin snippet too (`sender_headers`).
+        let sender_headers = snippet_section(&repo_dir().join("postfix/mailman.cfg"), "mailman")
+            .into_iter()
+            .find(|(k, _)| k == "sender_headers")
+            .map(|(_, v)| v)
+            .expect("postfix/mailman.cfg: [mailman] has sender_headers");
         let config = etc.join("mailman.cfg");
         write(
             &config,
@@ -102,6 +108,7 @@ impl Mailman {
                  [mailman]\n\
                  site_owner: postmaster@example.test\n\
                  layout: e2e\n\
+                 sender_headers: {sender_headers}\n\
                  \n\
                  [paths.e2e]\n\
                  var_dir: {var}\n\
