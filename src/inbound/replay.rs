@@ -128,6 +128,45 @@ mod tests {
         }
     }
 
+    /// A signature without Intended Recipient accepted on one list of the host is a replay on
+    /// another, through the real ledger.
+    #[test]
+    fn a_digest_accepted_on_one_list_is_a_replay_on_another() {
+        use super::{apply, Recording};
+        use crate::config::{Limits, Policy};
+        use crate::inbound::Verdict;
+        use crate::keys::ListKeys;
+        use crate::store::SqliteStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let list = |a: &str| {
+            let (cert, _) = sequoia_openpgp::cert::CertBuilder::new()
+                .add_userid(a)
+                .generate()
+                .unwrap();
+            ListKeys::new(a.into(), Policy::default(), cert, Vec::new())
+        };
+        let (one, two) = (list("one@x.test"), list("two@x.test"));
+        let d = digest(&sig(Vec::new()), &one.address);
+        let post = || Verdict::Deliver {
+            rewrite: Default::default(),
+            hold: None,
+            summary: String::new(),
+            replay: Some(d),
+        };
+        let limits = Limits::default();
+        let ledger = Recording(&store);
+        assert!(matches!(
+            apply(post(), &one, &limits, &ledger),
+            Verdict::Deliver { .. }
+        ));
+        // duplicate_action defaults to discard.
+        assert!(matches!(
+            apply(post(), &two, &limits, &ledger),
+            Verdict::Discard(_)
+        ));
+    }
+
     #[test]
     fn digest_ignores_the_packet_and_the_list_without_intended_recipient() {
         let a = sig(Vec::new());
