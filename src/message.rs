@@ -79,6 +79,19 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// The bare address of the first mailbox in an address header (`From`), lower-cased.
+pub fn first_address(h: &Header) -> Option<String> {
+    let text = crate::mime::header_text(h);
+    let list = mailparse::addrparse(&text).ok()?;
+    list.iter().find_map(|a| match a {
+        mailparse::MailAddr::Single(s) => Some(crate::keys::normalize_address(&s.addr)),
+        mailparse::MailAddr::Group(g) => g
+            .addrs
+            .first()
+            .map(|s| crate::keys::normalize_address(&s.addr)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rewrite;
@@ -100,17 +113,4 @@ mod tests {
         );
         assert_eq!(fields.len(), 3, "{fields:?}");
     }
-}
-
-/// The bare address of the first mailbox in an address header (`From`), lower-cased.
-pub fn first_address(h: &Header) -> Option<String> {
-    let text = crate::mime::header_text(h);
-    let list = mailparse::addrparse(&text).ok()?;
-    list.iter().find_map(|a| match a {
-        mailparse::MailAddr::Single(s) => Some(crate::keys::normalize_address(&s.addr)),
-        mailparse::MailAddr::Group(g) => g
-            .addrs
-            .first()
-            .map(|s| crate::keys::normalize_address(&s.addr)),
-    })
 }
