@@ -29,13 +29,13 @@ impl Rewrite {
         for h in headers.iter().filter(|h| !self.removes(&h.name)) {
             out.extend_from_slice(h.name.as_bytes());
             out.push(b':');
-            out.extend_from_slice(&crate::mime::to_crlf(&h.value));
+            out.extend_from_slice(&crate::mime::header_crlf(&h.value));
             out.extend_from_slice(b"\r\n");
         }
         for (name, value) in &self.add {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(&crate::mime::to_crlf(value.as_bytes()));
+            out.extend_from_slice(&crate::mime::header_crlf(value.as_bytes()));
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -90,4 +90,27 @@ pub fn first_address(h: &Header) -> Option<String> {
             .first()
             .map(|s| crate::keys::normalize_address(&s.addr)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rewrite;
+
+    /// A lone CR in a value (kept or added) must not become a line break: it would start a
+    /// forged field such as `X-Listcrypt-Signer:` in what Mailman reads.
+    #[test]
+    fn render_never_turns_a_lone_cr_into_a_field() {
+        let rewrite = Rewrite {
+            add: vec![("Subject".into(), "hi\rX-Listcrypt-Signer: forged".into())],
+            ..Rewrite::default()
+        };
+        let out = rewrite.render(b"Reply-To: a\rX-Listcrypt-Hold: no\r\nTo: b\r\n\r\nbody");
+        let text = String::from_utf8(out).unwrap();
+        let fields: Vec<&str> = text.split("\r\n").take_while(|l| !l.is_empty()).collect();
+        assert!(
+            fields.iter().all(|l| !l.starts_with("X-Listcrypt")),
+            "{fields:?}"
+        );
+        assert_eq!(fields.len(), 3, "{fields:?}");
+    }
 }

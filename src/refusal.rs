@@ -23,6 +23,12 @@ pub enum Refusal {
     UnknownSigner,
     SignerNotBound,
     NotIntendedForList,
+    /// The signature carries no Intended Recipient, with `require_intended_recipient`.
+    NoIntendedRecipient,
+    /// The post wraps a multipart/signed whose signature is not the poster's.
+    WrapsOtherSignature,
+    /// The null envelope sender cannot be bound to a signer.
+    NullSender,
     Duplicate,
     /// Outbound mail of no managed list, with `unmanaged_outbound = reject`.
     NotListMail,
@@ -42,6 +48,8 @@ pub enum Refusal {
     MalformedMime(&'static str),
     MalformedDecryptedMime(&'static str),
     DecryptedNotMime,
+    /// A header field with NUL, a bare CR or LF, or another control character.
+    MalformedHeader,
     MalformedInlinePgp,
     MalformedOpenPgp,
     // Over a limit: 552 5.3.4.
@@ -96,6 +104,17 @@ impl Refusal {
                 "signer key is not bound to the sender address on this list",
             ),
             NotIntendedForList => r("550", "5.7.1", "signature is intended for other recipients"),
+            NoIntendedRecipient => r(
+                "550",
+                "5.7.1",
+                "signature does not name its intended recipient",
+            ),
+            WrapsOtherSignature => r("550", "5.7.1", "post wraps a signature by someone else"),
+            NullSender => r(
+                "550",
+                "5.7.1",
+                "posts need a sender address bound to the signer",
+            ),
             Duplicate => r(
                 "550",
                 "5.7.1",
@@ -130,6 +149,11 @@ impl Refusal {
                 format!("malformed MIME in the decrypted post: {why}"),
             ),
             DecryptedNotMime => r("554", "5.6.0", "decrypted content is not a MIME entity"),
+            MalformedHeader => r(
+                "554",
+                "5.6.0",
+                "header field holds a control character or a bare CR or LF",
+            ),
             MalformedInlinePgp => r("554", "5.6.0", "malformed inline PGP message"),
             MalformedOpenPgp => r("554", "5.6.0", "malformed OpenPGP message"),
             MessageTooLarge => r("552", "5.3.4", "message exceeds the size limit"),
@@ -214,6 +238,10 @@ mod tests {
             (Refusal::BadSignature, "550", "5.7.7"),
             (Refusal::MalformedOpenPgp, "554", "5.6.0"),
             (Refusal::MalformedMime("x"), "554", "5.6.0"),
+            (Refusal::MalformedHeader, "554", "5.6.0"),
+            (Refusal::WrapsOtherSignature, "550", "5.7.1"),
+            (Refusal::NullSender, "550", "5.7.1"),
+            (Refusal::NoIntendedRecipient, "550", "5.7.1"),
             (Refusal::MessageTooLarge, "552", "5.3.4"),
             (Refusal::TooManyPackets, "552", "5.3.4"),
             (Refusal::PlaintextTooLarge, "552", "5.3.4"),

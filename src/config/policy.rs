@@ -72,6 +72,9 @@ pub struct Policy {
     pub duplicate_action: Action,
     /// Unencrypted mail to `-request`, `-join`, `-leave`, `-confirm`.
     pub command_nonencrypted_action: Action,
+    /// A signature without an Intended Recipient subpacket (GnuPG 2.2 writes none) gets
+    /// `invalid_signature_action`.
+    pub require_intended_recipient: bool,
     /// Header fields removed from what Mailman receives (they would leak on the way out).
     pub strip_headers: Vec<String>,
     pub sign_outgoing: bool,
@@ -99,6 +102,9 @@ impl Default for Policy {
             duplicate_action: Action::Discard,
             // Subscription requests come from people without a bound key yet.
             command_nonencrypted_action: Action::Accept,
+            // GnuPG 2.2 writes no Intended Recipient; such signatures are replay-checked
+            // across all lists of the host instead.
+            require_intended_recipient: false,
             strip_headers: DEFAULT_STRIP.iter().map(|s| s.to_string()).collect(),
             sign_outgoing: true,
             hide_recipient_key_ids: true,
@@ -175,6 +181,10 @@ inline_pgp_action = "reject"
 duplicate_action = "discard"
 # Unencrypted mail to LIST-request/-join/-leave/-confirm (encrypted commands are decrypted).
 command_nonencrypted_action = "accept"
+# true: a signature without an Intended Recipient subpacket (GnuPG 2.2 writes none) gets
+# invalid_signature_action. Such a signature, once accepted on any list of this host, is a
+# replay on every list.
+require_intended_recipient = false
 # Header fields removed before Mailman sees a post.
 strip_headers = ["User-Agent", "X-Mailer", "X-Originating-IP", "X-Enigmail-Version", "Autocrypt", "Autocrypt-Gossip"]
 

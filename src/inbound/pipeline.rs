@@ -57,16 +57,49 @@ fn decide(
     rules: Rules,
     now: SystemTime,
 ) -> Step<Verdict> {
+    if rules == Rules::Post && env.sender.is_empty() {
+        // Posts need a sender that can be bound to the signer; `<>` is for notifications.
+        return Err(reject(Refusal::NullSender));
+    }
     let (ciphertext, carrier) = find_ciphertext(message, list, limits, rules)?;
     let opened = open(&ciphertext, carrier, list, limits)?;
     let inner = Entity::parse(&opened.plaintext).map_err(|_| reject(Refusal::DecryptedNotMime))?;
+    check_fields(&inner.headers)?;
     let outer = Entity::parse(message).map_err(|e| reject(Refusal::mime(&e)))?;
-    let lifted = lift_headers(&inner);
+    let lifted = lift_headers(&inner)?;
+    let lifted: Vec<&Header> = lifted.iter().collect();
     let judgement = judge(
         env, list, limits, rules, now, &opened, &inner, &outer, &lifted,
     );
-    let (rewrite, note) = rewrite_for_mailman(list, &opened, &inner, &lifted, &judgement);
+    let (mut rewrite, note) = rewrite_for_mailman(list, &opened, &inner, &lifted, &judgement);
+    if !sender_field_is_signer(list, &outer, &judgement) {
+        rewrite.remove.push("Sender".into());
+    }
     Ok(verdict(list, rules, carrier, judgement, rewrite, note))
+}
+
+/// RFC 5322 §2.2 field bodies: a NUL, a bare CR or LF, or another control character would
+/// let one field turn into several on the way to Mailman and the members.
+fn check_fields(headers: &[Header]) -> Step<()> {
+    if headers.iter().all(|h| mime::header_value_ok(&h.value)) {
+        Ok(())
+    } else {
+        Err(reject(Refusal::MalformedHeader))
+    }
+}
+
+/// Whether the outer `Sender:` may reach Mailman (which counts it for membership): only when
+/// it names an address bound to the verified signer's key. No `Sender:` at all is fine too.
+fn sender_field_is_signer(list: &ListKeys, outer: &Entity<'_>, judgement: &Judgement) -> bool {
+    let Some(field) = outer.get("Sender") else {
+        return true;
+    };
+    let Judgement::Good { signer, .. } = judgement else {
+        return false;
+    };
+    first_address(field)
+        .and_then(|a| list.member(&a))
+        .is_some_and(|m| &m.cert.fingerprint() == signer)
 }
 
 fn reject(refusal: Refusal) -> Box<Verdict> {
@@ -83,6 +116,9 @@ fn find_ciphertext(
     let policy = &list.policy;
     if message.len() as u64 > limits.max_message_bytes {
         return Err(reject(Refusal::MessageTooLarge));
+    }
+    if let Ok(outer) = Entity::parse(message) {
+        check_fields(&outer.headers)?;
     }
     let shape = mime::classify(message, limits.max_mime_depth, limits.max_mime_parts)
         .map_err(|e| reject(Refusal::mime(&e)))?;
@@ -148,9 +184,29 @@ fn open(ciphertext: &[u8], carrier: Carrier, list: &ListKeys, limits: &Limits) -
     })
 }
 
-/// Phase 3: protected headers (RFC 9788 `hp=`, or the older `protected-headers="v1"`).
-fn lift_headers<'a>(inner: &'a Entity<'_>) -> Vec<&'a Header> {
+/// Phase 3: protected headers (RFC 9788 `hp=`, or the older `protected-headers="v1"`), only
+/// from signed data: for an inner multipart/signed (sign then encrypt) its first part, since
+/// the detached signature does not cover the wrapper's header.
+fn lift_headers(inner: &Entity<'_>) -> Step<Vec<Header>> {
     let ct = inner.content_type();
+    if ct.mimetype == "multipart/signed" {
+        let Some(first) = ct
+            .params
+            .get("boundary")
+            .and_then(|b| mime::split_multipart(inner.body, b).ok())
+            .and_then(|parts| parts.first().copied())
+        else {
+            return Ok(Vec::new());
+        };
+        let signed = Entity::parse(first).map_err(|e| reject(Refusal::decrypted_mime(&e)))?;
+        check_fields(&signed.headers)?;
+        return Ok(protected_fields(&signed));
+    }
+    Ok(protected_fields(inner))
+}
+
+fn protected_fields(entity: &Entity<'_>) -> Vec<Header> {
+    let ct = entity.content_type();
     let lifts = ct.params.contains_key("hp")
         || ct
             .params
@@ -159,10 +215,11 @@ fn lift_headers<'a>(inner: &'a Entity<'_>) -> Vec<&'a Header> {
     if !lifts {
         return Vec::new();
     }
-    inner
+    entity
         .headers
         .iter()
         .filter(|h| PROTECTED.iter().any(|p| h.is(p)))
+        .cloned()
         .collect()
 }
 
@@ -182,8 +239,16 @@ fn judge(
 ) -> Judgement {
     let ct = inner.content_type();
     let mut signatures = opened.signatures.clone();
-    if signatures.is_empty() && ct.mimetype == "multipart/signed" {
-        signatures = verify_inner_signed(inner, &ct, list);
+    // A signed and encrypted post whose content is a multipart/signed: members would see only
+    // the inner signature, so it must be the poster's own (Bob must not pass on Alice's).
+    let mut wrapped = None;
+    if ct.mimetype == "multipart/signed" {
+        let inner_sigs = verify_inner_signed(inner, &ct, list);
+        if signatures.is_empty() {
+            signatures = inner_sigs;
+        } else {
+            wrapped = Some(inner_sigs);
+        }
     }
     // Who the post claims to be from: the protected From if present, else the outer one.
     let from = lifted
@@ -194,6 +259,19 @@ fn judge(
         .and_then(first_address);
     let sender = crate::keys::normalize_address(env.sender);
     let judgement = judge_signatures(list, limits, &signatures, from.as_deref(), &sender, now);
+    if let Some(inner_sigs) = &wrapped {
+        let own = |s: &SigCheck| match (&judgement, s) {
+            (Judgement::Good { signer, .. }, SigCheck::Good(g)) => &g.signer == signer,
+            _ => false,
+        };
+        if inner_sigs.is_empty() || !inner_sigs.iter().all(own) {
+            return Judgement::Act {
+                action: Action::Reject,
+                refusal: Refusal::WrapsOtherSignature,
+                summary: String::new(),
+            };
+        }
+    }
     match (rules, judgement) {
         (Rules::Command, Judgement::Act { .. }) => Judgement::Command,
         (_, j) => j,
@@ -309,8 +387,7 @@ fn verdict(
                     "{what} from {address} accepted, signed by 0x{signer}, decrypted{note}"
                 ),
                 // Commands are not replay-checked: Mailman's confirmations are one-shot already.
-                replay: (rules == Rules::Post)
-                    .then(|| super::replay::digest(&list.address, &sig.packet)),
+                replay: (rules == Rules::Post).then(|| super::replay::digest(&sig, &list.address)),
             }
         }
         Judgement::Command => deliver(rewrite, None, "command decrypted".into()),

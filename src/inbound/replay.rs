@@ -37,13 +37,25 @@ pub fn replay_retention(limits: &Limits) -> u64 {
     limits.signature_time_window.saturating_mul(2)
 }
 
-/// SHA-256 over the list and the author's signature packet: the replay record.
-pub(super) fn digest(list: &str, packet: &[u8]) -> [u8; 32] {
+/// The ledger scope every digest is recorded under: one scope for the host, so that a signature
+/// without an Intended Recipient is a replay on any of its lists (the list, when the signature
+/// names one, is inside the digest instead).
+pub const HOST_SCOPE: &str = "*";
+
+/// SHA-256 over what the author's signature binds (`GoodSignature::bound`, so re-wrapping it
+/// with other unhashed subpackets changes nothing) and, for a signature with an Intended
+/// Recipient, the list it was accepted on.
+pub(super) fn digest(sig: &crate::pgp::GoodSignature, list: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(list.as_bytes());
-    h.update([0]);
-    h.update(packet);
+    if sig.intended_recipients.is_empty() {
+        h.update(b"any list\0");
+    } else {
+        h.update(b"list\0");
+        h.update(list.as_bytes());
+        h.update([0]);
+    }
+    h.update(&sig.bound);
     h.finalize().into()
 }
 
@@ -60,7 +72,7 @@ pub(super) fn apply(
     else {
         return verdict;
     };
-    match ledger.seen(&list.address, d, replay_retention(limits)) {
+    match ledger.seen(HOST_SCOPE, d, replay_retention(limits)) {
         Ok(true) => duplicate(verdict, list),
         Ok(false) => verdict,
         Err(e) => {
@@ -95,4 +107,78 @@ fn duplicate(verdict: Verdict, list: &ListKeys) -> Verdict {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest;
+    use crate::pgp::GoodSignature;
+    use sequoia_openpgp::Fingerprint;
+
+    fn sig(intended: Vec<Fingerprint>) -> GoodSignature {
+        GoodSignature {
+            signer: Fingerprint::from_bytes(4, &[1; 20]).unwrap(),
+            created: None,
+            hash_name: "SHA256".into(),
+            intended_recipients: intended,
+            text: false,
+            packet: b"packet one".to_vec(),
+            bound: b"bound".to_vec(),
+            armored: Vec::new(),
+        }
+    }
+
+    /// A signature without Intended Recipient accepted on one list of the host is a replay on
+    /// another, through the real ledger.
+    #[test]
+    fn a_digest_accepted_on_one_list_is_a_replay_on_another() {
+        use super::{apply, Recording};
+        use crate::config::{Limits, Policy};
+        use crate::inbound::Verdict;
+        use crate::keys::ListKeys;
+        use crate::store::SqliteStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let list = |a: &str| {
+            let (cert, _) = sequoia_openpgp::cert::CertBuilder::new()
+                .add_userid(a)
+                .generate()
+                .unwrap();
+            ListKeys::new(a.into(), Policy::default(), cert, Vec::new())
+        };
+        let (one, two) = (list("one@x.test"), list("two@x.test"));
+        let d = digest(&sig(Vec::new()), &one.address);
+        let post = || Verdict::Deliver {
+            rewrite: Default::default(),
+            hold: None,
+            summary: String::new(),
+            replay: Some(d),
+        };
+        let limits = Limits::default();
+        let ledger = Recording(&store);
+        assert!(matches!(
+            apply(post(), &one, &limits, &ledger),
+            Verdict::Deliver { .. }
+        ));
+        // duplicate_action defaults to discard.
+        assert!(matches!(
+            apply(post(), &two, &limits, &ledger),
+            Verdict::Discard(_)
+        ));
+    }
+
+    #[test]
+    fn digest_ignores_the_packet_and_the_list_without_intended_recipient() {
+        let a = sig(Vec::new());
+        let mut b = a.clone();
+        b.packet = b"packet two, extra unhashed subpacket".to_vec();
+        assert_eq!(digest(&a, "one@x"), digest(&b, "one@x"));
+        // GnuPG 2.2: no Intended Recipient, so accepted on one list is a replay on any other.
+        assert_eq!(digest(&a, "one@x"), digest(&a, "two@x"));
+        let named = sig(vec![Fingerprint::from_bytes(4, &[2; 20]).unwrap()]);
+        assert_ne!(digest(&named, "one@x"), digest(&named, "two@x"));
+        let mut other = a.clone();
+        other.bound = b"other data".to_vec();
+        assert_ne!(digest(&a, "one@x"), digest(&other, "one@x"));
+    }
 }

@@ -72,8 +72,7 @@ pub(super) fn judge_signatures(
     };
     let good = sigs.iter().find_map(|s| match s {
         SigCheck::Good(g)
-            if from.is_some_and(|f| bound(&g.signer, f))
-                && (sender.is_empty() || bound(&g.signer, sender)) =>
+            if from.is_some_and(|f| bound(&g.signer, f)) && bound(&g.signer, sender) =>
         {
             Some(g)
         }
@@ -83,6 +82,12 @@ pub(super) fn judge_signatures(
         let list_fpr = list.secret.fingerprint();
         if !g.intended_recipients.is_empty() && !g.intended_recipients.contains(&list_fpr) {
             return act(policy.invalid_signature_action, Refusal::NotIntendedForList);
+        }
+        if g.intended_recipients.is_empty() && policy.require_intended_recipient {
+            return act(
+                policy.invalid_signature_action,
+                Refusal::NoIntendedRecipient,
+            );
         }
         let window = Duration::from_secs(limits.signature_time_window);
         if !in_window(g.created, now, window) {

@@ -6,8 +6,8 @@ mod parse;
 
 pub use build::{multipart_encrypted, new_boundary};
 pub use parse::{
-    classify, content_type, header_text, split_multipart, to_crlf, walk_entity, Entity, Header,
-    MimeError, Shape,
+    classify, content_type, header_crlf, header_text, header_value_ok, split_multipart, to_crlf,
+    walk_entity, Entity, Header, MimeError, Shape,
 };
 
 /// MIME header fields that belong to the body (RFC 2045, 2183, 3282, 2557, 1864): they move

@@ -129,6 +129,39 @@ pub fn to_crlf(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether a raw header value (folds kept as `\n` or `\r\n`) is clean: no NUL, no CR without
+/// LF, no LF without a following space or tab, no other C0 control but TAB (RFC 5322 §2.2).
+pub fn header_value_ok(value: &[u8]) -> bool {
+    value.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => value.get(i + 1) == Some(&b'\n'),
+        b'\n' => matches!(value.get(i + 1), Some(b' ' | b'\t')),
+        b'\t' => true,
+        b => b >= 0x20,
+    })
+}
+
+/// A header value in CRLF form: only a fold (LF, or CRLF, before a space or tab) becomes a line
+/// break; any other CR or LF becomes a space, so a value can never start a new field.
+pub fn header_crlf(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 8);
+    let mut i = 0;
+    while i < value.len() {
+        let crlf = value[i] == b'\r' && value.get(i + 1) == Some(&b'\n');
+        let lf_at = if crlf { i + 1 } else { i };
+        if value[lf_at] == b'\n' && matches!(value.get(lf_at + 1), Some(b' ' | b'\t')) {
+            out.extend_from_slice(b"\r\n");
+            i = lf_at + 1;
+            continue;
+        }
+        match value[i] {
+            b'\r' | b'\n' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Splits a multipart body into its parts (RFC 2046 §5.1.1). Errors if the closing delimiter
 /// is missing, which Python's email package (Mailman) flags as a defect.
 pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8]>, MimeError> {
@@ -294,6 +327,29 @@ mod tests {
         assert_eq!(header_text(&e.headers[0]), "a \tb");
         assert_eq!(e.headers[1].value, b"  y");
         assert_eq!(e.body, b"body");
+    }
+
+    #[test]
+    fn header_values_with_controls_are_refused() {
+        assert!(header_value_ok(b" plain\tvalue"));
+        assert!(header_value_ok(b" folded\n\tline\r\n more"));
+        assert!(!header_value_ok(b" a\rX-Listcrypt-Signer: forged"));
+        assert!(!header_value_ok(b" a\r"));
+        assert!(!header_value_ok(b" a\nX-Forged: 1"));
+        assert!(!header_value_ok(b" a\0b"));
+        assert!(!header_value_ok(b" a\x1bb"));
+        assert!(!header_value_ok(b" a\n"));
+    }
+
+    #[test]
+    fn header_crlf_never_breaks_a_line_at_a_lone_cr() {
+        assert_eq!(header_crlf(b" a\n\tb"), b" a\r\n\tb");
+        assert_eq!(header_crlf(b" a\r\n b"), b" a\r\n b");
+        assert_eq!(
+            header_crlf(b" a\rX-Listcrypt-Signer: x"),
+            b" a X-Listcrypt-Signer: x"
+        );
+        assert_eq!(header_crlf(b" a\nX: y\r"), b" a X: y ");
     }
 
     #[test]

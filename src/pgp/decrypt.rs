@@ -46,6 +46,9 @@ pub struct GoodSignature {
     pub text: bool,
     /// The signature packet, serialized.
     pub packet: Vec<u8>,
+    /// What the signature binds, independent of its unhashed area: the signer, the hash
+    /// algorithm and the digest computed over the signed data and the hashed area.
+    pub bound: Vec<u8>,
     /// The same, armored as a detached signature.
     pub armored: Vec<u8>,
 }
@@ -154,16 +157,26 @@ fn classify(
 ) -> SigCheck {
     match r {
         Ok(good) => {
+            // Set by sequoia during verification; without it nothing ties the replay record to
+            // the signed data, so the signature is not taken as good.
+            let Some(computed) = good.sig.computed_digest() else {
+                return SigCheck::Bad("no computed digest".into());
+            };
+            let signer = good.ka.cert().fingerprint();
+            let mut bound = signer.as_bytes().to_vec();
+            bound.push(u8::from(good.sig.hash_algo()));
+            bound.extend_from_slice(computed);
             let packet = Packet::from(good.sig.clone());
             let bytes = packet.to_vec().unwrap_or_default();
             let armored = armor_signature(&bytes);
             SigCheck::Good(GoodSignature {
-                signer: good.ka.cert().fingerprint(),
+                signer,
                 created: good.sig.signature_creation_time(),
                 hash_name: micalg_name(good.sig.hash_algo()),
                 intended_recipients: good.sig.intended_recipients().cloned().collect(),
                 text: good.sig.typ() == SignatureType::Text,
                 packet: bytes,
+                bound,
                 armored,
             })
         }
@@ -453,4 +466,74 @@ fn armor_signature(packet: &[u8]) -> Vec<u8> {
         return Vec::new();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policy;
+    use crate::keys::Member;
+    use crate::store::Role;
+    use openpgp::cert::CertBuilder;
+    use openpgp::packet::signature::subpacket::{NotationData, Subpacket, SubpacketValue};
+    use openpgp::packet::signature::SignatureBuilder;
+
+    /// The replay attack: the same signature with one extra unhashed subpacket is a
+    /// different packet but binds the same thing, so its replay record must be the same.
+    #[test]
+    fn an_extra_unhashed_subpacket_does_not_change_what_is_bound() {
+        let (list_cert, _) = CertBuilder::general_purpose(Some("l@x.test"))
+            .generate()
+            .unwrap();
+        let (alice, _) = CertBuilder::general_purpose(Some("a@x.test"))
+            .generate()
+            .unwrap();
+        let list = ListKeys::new(
+            "l@x.test".into(),
+            Policy::default(),
+            list_cert,
+            vec![Member {
+                address: "a@x.test".into(),
+                cert: alice.clone(),
+                role: Role::Member,
+                show_key_id: false,
+            }],
+        );
+        let data = b"Content-Type: text/plain\r\n\r\nhello\r\n";
+        let mut signer = alice
+            .keys()
+            .with_policy(&POLICY, None)
+            .secret()
+            .for_signing()
+            .next()
+            .unwrap()
+            .key()
+            .clone()
+            .into_keypair()
+            .unwrap();
+        let sig = SignatureBuilder::new(SignatureType::Binary)
+            .sign_message(&mut signer, data)
+            .unwrap();
+        let mut rewrapped = sig.clone();
+        rewrapped
+            .unhashed_area_mut()
+            .add(
+                Subpacket::new(
+                    SubpacketValue::NotationData(NotationData::new("x@attacker.test", b"y", None)),
+                    false,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let good = |s: &openpgp::packet::Signature| {
+            let bytes = Packet::from(s.clone()).to_vec().unwrap();
+            match verify_detached(data, &bytes, &list).pop() {
+                Some(SigCheck::Good(g)) => g,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (a, b) = (good(&sig), good(&rewrapped));
+        assert_ne!(a.packet, b.packet, "the packets differ");
+        assert_eq!(a.bound, b.bound, "what the signature binds does not");
+    }
 }
