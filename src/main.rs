@@ -260,6 +260,8 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         .build()
         .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
     runtime.block_on(async move {
+        // Handlers first: a SIGHUP sent once the "serving" line is out must reload, not kill.
+        let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         let inbound_spec = SocketSpec::parse(&config.inbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "inbound_socket", e))?;
         let outbound_spec = SocketSpec::parse(&config.outbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "outbound_socket", e))?;
         let mode = u32::from_str_radix(&config.socket_mode, 8).unwrap_or(0o660);
@@ -284,7 +286,6 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
             env!("CARGO_PKG_VERSION"),
             daemon.lists()
         );
-        let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         listcrypt::run(inbound, outbound, daemon, signals)
             .await
             .map_err(|e| CommandError::new(exit::SOFTWARE, "milter", e))?;
