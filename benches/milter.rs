@@ -9,7 +9,7 @@
 
 use indymilter_test::{Actions, ProtoOpts, Status, TestConnection};
 use listcrypt::config::{Config, SocketSpec};
-use listcrypt::keys::{add_member, create_list_key};
+use listcrypt::keys::{add_member, create_list_key, RecipientKeyId};
 use listcrypt::store::{Role, SqliteStore};
 use sequoia_openpgp::cert::prelude::*;
 use std::io::{BufRead, BufReader, Write};
@@ -175,7 +175,16 @@ fn main() {
             listcrypt::config::Policy::default_file_text(LIST),
         )
         .unwrap();
-        add_member(&config, &store, LIST, &address, &cert, Role::Member, false).unwrap();
+        add_member(
+            &config,
+            &store,
+            LIST,
+            &address,
+            &cert,
+            Role::Member,
+            RecipientKeyId::Hidden,
+        )
+        .unwrap();
         members.push(address);
     }
     println!("listcrypt milter bench: outbound end of message, 100 KiB post, X25519 members, unix socket, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

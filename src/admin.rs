@@ -162,13 +162,13 @@ pub fn list_rotate_subkey(
     config: &Config,
     address: &str,
     grace_days: u32,
-    prune_only: bool,
+    mode: keys::RotateMode,
     out: &mut dyn Write,
 ) -> Result<()> {
     let list = list_address(address)?;
     existing_list(config, &list)?;
     let grace = std::time::Duration::from_secs(u64::from(grace_days) * 86_400);
-    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace, prune_only)?;
+    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace, mode)?;
     // Running daemons pick the new key up with the next message.
     open_store(config)?.touch()?;
     if let Some(f) = &r.new_subkey {
@@ -199,8 +199,8 @@ pub fn member_add(
     list: &str,
     address: &str,
     cert_file: &Path,
-    owner: bool,
-    show_key_id: bool,
+    role: Role,
+    key_id: keys::RecipientKeyId,
     out: &mut dyn Write,
 ) -> Result<()> {
     let list = list_address(list)?;
@@ -208,8 +208,7 @@ pub fn member_add(
     existing_list(config, &list)?;
     let cert = keys::read_cert_file(cert_file)?;
     let store = open_store(config)?;
-    let role = if owner { Role::Owner } else { Role::Member };
-    let b = keys::add_member(config, &store, &list, &address, &cert, role, show_key_id).map_err(
+    let b = keys::add_member(config, &store, &list, &address, &cert, role, key_id).map_err(
         |e| match e {
             KeyError::Unusable(why) => CommandError::new(exit::DATA, address.clone(), why),
             other => other.into(),
@@ -289,118 +288,157 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
     let keyring = Keyring::load(config, &store)?;
     let now = std::time::SystemTime::now();
     let horizon = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
-    let mut mails = Vec::new();
+    let mut notices = Vec::new();
     let mut lists: Vec<_> = keyring.lists.values().cloned().collect();
     lists.sort_by(|a, b| a.address.cmp(&b.address));
     for list in &lists {
-        let mut unusable = Vec::new();
-        for m in &list.members {
-            if let Err(why) = keys::check_member_cert(&m.cert, &m.address) {
-                unusable.push(format!("  {} ({}): {why}", m.address, m.cert.fingerprint()));
-                continue;
-            }
-            let Some(Some(until)) = keys::usable_until(&m.cert) else {
-                continue;
-            };
-            if until > horizon
-                || !store.rate_allow(&list.address, &m.address, "expiry", 6 * 86_400)?
-            {
-                continue;
-            }
-            let date = keys::format_date(
-                until
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            );
-            let body = format!(
-                "Your key {fpr}, bound to {addr} on the encrypted list {list},\r\n\
-                 can be used for encryption until {date}. After that you will receive no\r\n\
-                 more mail from the list. Extend its expiry and send the updated public key\r\n\
-                 to {list_local}-{suffix}@{domain}, or bind a new key there.\r\n",
-                fpr = m.cert.fingerprint(),
-                addr = m.address,
-                list = list.address,
-                list_local = list.parts().0,
-                suffix = list.policy.key_suffix,
-                domain = list.parts().1,
-            );
-            let mail = crate::key_address::notice(
-                list,
-                &m.address,
-                &m.cert,
-                "Your key expires soon",
-                &body,
-            )
-            .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
-            writeln!(
-                out,
-                "{}: {} key expires {date}: notified",
-                list.address, m.address
-            )
-            .ok();
-            mails.push((list.address.clone(), "expiry", mail));
-        }
-        if unusable.is_empty() {
+        let unusable = member_notices(&store, list, horizon, &mut notices, out)?;
+        owner_notices(&store, list, &unusable, &mut notices, out)?;
+    }
+    send_notices(config, &store, &notices)?;
+    Ok(exit::OK)
+}
+
+/// One `notify-expiry` mail: the list it speaks for, its rate kind, and the encrypted message.
+struct Notice {
+    list: String,
+    kind: &'static str,
+    mail: crate::key_address::OutMail,
+}
+
+/// Tells each member whose key expires before `horizon` (at most weekly); returns one line per
+/// member whose key is unusable already, for the owners.
+fn member_notices(
+    store: &SqliteStore,
+    list: &keys::ListKeys,
+    horizon: std::time::SystemTime,
+    notices: &mut Vec<Notice>,
+    out: &mut dyn Write,
+) -> Result<Vec<String>> {
+    let mut unusable = Vec::new();
+    for m in &list.members {
+        if let Err(why) = keys::check_member_cert(&m.cert, &m.address) {
+            unusable.push(format!("  {} ({}): {why}", m.address, m.cert.fingerprint()));
             continue;
         }
-        for owner in list.members.iter().filter(|m| m.role == Role::Owner) {
-            if keys::check_member_cert(&owner.cert, &owner.address).is_err()
-                || !store.rate_allow(&list.address, &owner.address, "unusable", 86_400)?
-            {
-                continue;
-            }
-            let body = format!(
-                "These members of {} have no usable key; they receive no list mail:\r\n{}\r\n",
-                list.address,
-                unusable.join("\r\n")
-            );
-            let mail = crate::key_address::notice(
-                list,
-                &owner.address,
-                &owner.cert,
-                "Members without a usable key",
-                &body,
-            )
-            .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
-            writeln!(
-                out,
-                "{}: owner {} told about {} unusable key(s)",
-                list.address,
-                owner.address,
-                unusable.len()
-            )
-            .ok();
-            mails.push((list.address.clone(), "unusable", mail));
+        let Some(Some(until)) = keys::usable_until(&m.cert) else {
+            continue;
+        };
+        if until > horizon || !store.rate_allow(&list.address, &m.address, "expiry", 6 * 86_400)? {
+            continue;
         }
+        let date = keys::format_date(
+            until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        let body = format!(
+            "Your key {fpr}, bound to {addr} on the encrypted list {list},\r\n\
+             can be used for encryption until {date}. After that you will receive no\r\n\
+             more mail from the list. Extend its expiry and send the updated public key\r\n\
+             to {list_local}-{suffix}@{domain}, or bind a new key there.\r\n",
+            fpr = m.cert.fingerprint(),
+            addr = m.address,
+            list = list.address,
+            list_local = list.parts().0,
+            suffix = list.policy.key_suffix,
+            domain = list.parts().1,
+        );
+        let mail =
+            crate::key_address::notice(list, &m.address, &m.cert, "Your key expires soon", &body)
+                .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
+        writeln!(
+            out,
+            "{}: {} key expires {date}: notified",
+            list.address, m.address
+        )
+        .ok();
+        notices.push(Notice {
+            list: list.address.clone(),
+            kind: "expiry",
+            mail,
+        });
     }
-    if mails.is_empty() {
-        return Ok(exit::OK);
+    Ok(unusable)
+}
+
+/// Tells each owner with a usable key which members have none (at most daily).
+fn owner_notices(
+    store: &SqliteStore,
+    list: &keys::ListKeys,
+    unusable: &[String],
+    notices: &mut Vec<Notice>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if unusable.is_empty() {
+        return Ok(());
+    }
+    for owner in list.members.iter().filter(|m| m.role == Role::Owner) {
+        if keys::check_member_cert(&owner.cert, &owner.address).is_err()
+            || !store.rate_allow(&list.address, &owner.address, "unusable", 86_400)?
+        {
+            continue;
+        }
+        let body = format!(
+            "These members of {} have no usable key; they receive no list mail:\r\n{}\r\n",
+            list.address,
+            unusable.join("\r\n")
+        );
+        let mail = crate::key_address::notice(
+            list,
+            &owner.address,
+            &owner.cert,
+            "Members without a usable key",
+            &body,
+        )
+        .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
+        writeln!(
+            out,
+            "{}: owner {} told about {} unusable key(s)",
+            list.address,
+            owner.address,
+            unusable.len()
+        )
+        .ok();
+        notices.push(Notice {
+            list: list.address.clone(),
+            kind: "unusable",
+            mail,
+        });
+    }
+    Ok(())
+}
+
+/// Sends the notices in order through the reinjection listener; on the first failure the
+/// rest are forgotten by the rate limiter, so the next run tries them again.
+fn send_notices(config: &Config, store: &SqliteStore, notices: &[Notice]) -> Result<()> {
+    if notices.is_empty() {
+        return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
     runtime.block_on(async {
-        for (i, (_, _, m)) in mails.iter().enumerate() {
+        for (i, notice) in notices.iter().enumerate() {
             let sent = crate::reinject::send_batch(
                 &config.reinject_smtp,
                 "",
-                std::slice::from_ref(&m.to),
-                &m.message,
+                std::slice::from_ref(&notice.mail.to),
+                &notice.mail.message,
             )
             .await;
             if let Err(e) = sent {
                 // Not sent: the next run tries these again instead of waiting a period.
-                for (list, kind, m) in &mails[i..] {
-                    let _ = store.rate_forget(list, &m.to, kind);
+                for n in &notices[i..] {
+                    let _ = store.rate_forget(&n.list, &n.mail.to, n.kind);
                 }
                 return Err(CommandError::new(exit::TEMPFAIL, "send", e));
             }
         }
         Ok::<(), CommandError>(())
-    })?;
-    Ok(exit::OK)
+    })
 }
 
 /// `check-config`: the daemon config, every policy file, every key and every binding.

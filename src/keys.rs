@@ -471,6 +471,14 @@ impl Keyring {
     }
 }
 
+/// Whether a member's copies name the recipient key in the clear (`member add
+/// --show-key-id`), for clients that cannot try their keys on hidden recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientKeyId {
+    Hidden,
+    Shown,
+}
+
 /// Binds `address` on `list` to the certificate in `cert_path` (CLI `member add`).
 pub fn add_member(
     config: &Config,
@@ -479,7 +487,7 @@ pub fn add_member(
     address: &str,
     cert: &Cert,
     role: Role,
-    show_key_id: bool,
+    key_id: RecipientKeyId,
 ) -> Result<Binding, KeyError> {
     if !config.policy_path(list).exists() {
         return Err(KeyError::NoSuchList(list.to_string()));
@@ -495,7 +503,7 @@ pub fn add_member(
         fingerprint: cert.fingerprint().to_hex(),
         role,
         state: BindingState::Active,
-        show_key_id,
+        show_key_id: key_id == RecipientKeyId::Shown,
     };
     store.bind(&binding)?;
     Ok(binding)
@@ -601,6 +609,15 @@ pub struct Rotation {
     pub destroyed: Vec<Fingerprint>,
 }
 
+/// What `rotate_subkey` does beyond destroying the secrets whose grace period has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateMode {
+    /// Retire the current encryption subkeys and add a fresh one.
+    NewSubkey,
+    /// Only destroy retired secrets (a daily cron job), no new subkey.
+    PruneOnly,
+}
+
 /// Adds a fresh Cv25519 encryption subkey to the list key; the current encryption subkeys
 /// expire after `grace` (their secrets are kept, so mail already encrypted to them still
 /// decrypts); secrets of encryption subkeys that expired before now are destroyed.
@@ -608,31 +625,59 @@ pub fn rotate_subkey(
     keyring_dir: &Path,
     list: &str,
     grace: std::time::Duration,
-    prune_only: bool,
+    mode: RotateMode,
 ) -> Result<Rotation, KeyError> {
-    use openpgp::types::KeyFlags;
-    let crypto = |e: anyhow::Error| KeyError::Crypto(e.to_string());
     let cert = load_list_key(keyring_dir, list)?;
     let now = std::time::SystemTime::now();
-    let enc_flags = KeyFlags::empty()
-        .set_transport_encryption()
-        .set_storage_encryption();
+    let (cert, destroyed) = destroy_expired_secrets(cert, now)?;
+    if mode == RotateMode::PruneOnly {
+        save_list_secret(keyring_dir, list, &cert)?;
+        return Ok(Rotation {
+            new_subkey: None,
+            retiring: Vec::new(),
+            destroyed,
+        });
+    }
+    let mut primary = primary_signer(&cert, list)?;
+    let (cert, retiring) = retire_encryption_subkeys(cert, &mut primary, now + grace)?;
+    let (cert, new_subkey) = add_encryption_subkey(cert, primary)?;
+    save_list_secret(keyring_dir, list, &cert)?;
+    Ok(Rotation {
+        new_subkey: Some(new_subkey),
+        retiring,
+        destroyed,
+    })
+}
 
-    // Secrets of encryption subkeys past their (grace) expiry are destroyed first.
-    let mut destroyed = Vec::new();
+fn crypto_error(e: anyhow::Error) -> KeyError {
+    KeyError::Crypto(e.to_string())
+}
+
+fn encryption_flags() -> openpgp::types::KeyFlags {
+    openpgp::types::KeyFlags::empty()
+        .set_transport_encryption()
+        .set_storage_encryption()
+}
+
+/// Strips the secrets of encryption subkeys past their (grace) expiry, keeping the public
+/// halves; returns the stripped key and the subkeys whose secrets went.
+fn destroy_expired_secrets(
+    cert: Cert,
+    now: std::time::SystemTime,
+) -> Result<(Cert, Vec<Fingerprint>), KeyError> {
     // Judged as of now under the policy, so the binding signature in force decides.
-    let expired: Vec<Fingerprint> = match cert.with_policy(&POLICY, now) {
-        Ok(vc) => vc
-            .keys()
-            .subkeys()
-            .key_flags(enc_flags.clone())
-            .filter(|ka| ka.key().has_secret() && ka.alive().is_err())
-            .map(|ka| ka.key().fingerprint())
-            .collect(),
-        Err(e) => return Err(crypto(e)),
-    };
+    let expired: Vec<Fingerprint> = cert
+        .with_policy(&POLICY, now)
+        .map_err(crypto_error)?
+        .keys()
+        .subkeys()
+        .key_flags(encryption_flags())
+        .filter(|ka| ka.key().has_secret() && ka.alive().is_err())
+        .map(|ka| ka.key().fingerprint())
+        .collect();
+    let mut destroyed = Vec::new();
     let mut packets: Vec<openpgp::Packet> = Vec::new();
-    for p in cert.clone().into_tsk().into_packets() {
+    for p in cert.into_tsk().into_packets() {
         match p {
             openpgp::Packet::SecretSubkey(k) if expired.contains(&k.fingerprint()) => {
                 destroyed.push(k.fingerprint());
@@ -642,87 +687,90 @@ pub fn rotate_subkey(
             other => packets.push(other),
         }
     }
-    let cert = Cert::from_packets(packets.into_iter()).map_err(crypto)?;
-    if prune_only {
-        // Only the destruction of retired secrets (a daily cron job), no new subkey.
-        let bytes = cert.as_tsk().armored().to_vec().map_err(crypto)?;
-        write_atomic(
-            &list_dir(keyring_dir, list).join("secret.pgp"),
-            &bytes,
-            0o600,
-        )?;
-        return Ok(Rotation {
-            new_subkey: None,
-            retiring: Vec::new(),
-            destroyed,
-        });
-    }
+    let cert = Cert::from_packets(packets.into_iter()).map_err(crypto_error)?;
+    Ok((cert, destroyed))
+}
 
+/// The list key's primary secret, which signs the subkey bindings.
+fn primary_signer(cert: &Cert, list: &str) -> Result<openpgp::crypto::KeyPair, KeyError> {
     let primary_fpr = cert.fingerprint();
-    let mut primary = cert
-        .keys()
+    cert.keys()
         .secret()
         .find(|ka| ka.key().fingerprint() == primary_fpr)
         .ok_or_else(|| KeyError::Unusable(format!("{list}: the list key has no primary secret")))?
         .key()
         .clone()
         .into_keypair()
-        .map_err(crypto)?;
-    let vc = cert.with_policy(&POLICY, None).map_err(crypto)?;
+        .map_err(crypto_error)
+}
+
+/// Makes every live encryption subkey expire at `until` (unless it expires sooner already);
+/// returns the updated key and the subkeys now retiring.
+fn retire_encryption_subkeys(
+    cert: Cert,
+    primary: &mut openpgp::crypto::KeyPair,
+    until: std::time::SystemTime,
+) -> Result<(Cert, Vec<Fingerprint>), KeyError> {
+    let vc = cert.with_policy(&POLICY, None).map_err(crypto_error)?;
     let mut retiring = Vec::new();
     let mut sigs = Vec::new();
     for ka in vc
         .keys()
         .subkeys()
-        .key_flags(enc_flags.clone())
+        .key_flags(encryption_flags())
         .alive()
         .revoked(false)
     {
-        let until = now + grace;
-        let current = ka.key_expiration_time();
-        if current.is_none_or(|t| t > until) {
+        if ka.key_expiration_time().is_none_or(|t| t > until) {
             sigs.extend(
-                ka.set_expiration_time(&mut primary, None, Some(until))
-                    .map_err(crypto)?,
+                ka.set_expiration_time(primary, None, Some(until))
+                    .map_err(crypto_error)?,
             );
             retiring.push(ka.key().fingerprint());
         }
     }
-    let cert = cert.insert_packets(sigs).map_err(crypto)?.0;
-    let vc = cert.with_policy(&POLICY, None).map_err(crypto)?;
+    let cert = cert.insert_packets(sigs).map_err(crypto_error)?.0;
+    Ok((cert, retiring))
+}
+
+/// Binds a fresh Cv25519 encryption subkey without expiry; returns the key and its
+/// fingerprint.
+fn add_encryption_subkey(
+    cert: Cert,
+    primary: openpgp::crypto::KeyPair,
+) -> Result<(Cert, Fingerprint), KeyError> {
+    let vc = cert.with_policy(&POLICY, None).map_err(crypto_error)?;
     let before: Vec<Fingerprint> = cert
         .keys()
         .subkeys()
         .map(|ka| ka.key().fingerprint())
         .collect();
-    let cert = openpgp::cert::prelude::KeyBuilder::new(enc_flags)
+    let cert = openpgp::cert::prelude::KeyBuilder::new(encryption_flags())
         .set_cipher_suite(CipherSuite::Cv25519)
         .subkey(vc)
-        .map_err(crypto)?
+        .map_err(crypto_error)?
         .set_primary_key_signer(primary)
         // The new subkey does not inherit the retiring subkeys' expiry.
         .set_key_validity_period(None)
-        .map_err(crypto)?
+        .map_err(crypto_error)?
         .attach_cert()
-        .map_err(crypto)?;
+        .map_err(crypto_error)?;
     let new_subkey = cert
         .keys()
         .subkeys()
         .map(|ka| ka.key().fingerprint())
         .find(|f| !before.contains(f))
         .ok_or_else(|| KeyError::Crypto("no subkey after rotation".into()))?;
-    let new_subkey = Some(new_subkey);
-    let bytes = cert.as_tsk().armored().to_vec().map_err(crypto)?;
+    Ok((cert, new_subkey))
+}
+
+fn save_list_secret(keyring_dir: &Path, list: &str, cert: &Cert) -> Result<(), KeyError> {
+    let bytes = cert.as_tsk().armored().to_vec().map_err(crypto_error)?;
     write_atomic(
         &list_dir(keyring_dir, list).join("secret.pgp"),
         &bytes,
         0o600,
-    )?;
-    Ok(Rotation {
-        new_subkey,
-        retiring,
-        destroyed,
-    })
+    )
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ fn needed_actions() -> Actions {
     Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY | Actions::DELETE_RCPT
 }
 
+#[allow(clippy::too_many_lines)] // TODO(lead): split
 pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
     Callbacks::new()
         .on_negotiate(move |cx, actions, opts| {

@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod clients;
+pub mod corpus;
 pub mod environment;
 pub mod files;
 pub mod gpg;
