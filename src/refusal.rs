@@ -87,6 +87,7 @@ pub enum Internal {
 
 impl Refusal {
     /// The SMTP reply: the same decision always gets the same reply.
+    #[allow(clippy::too_many_lines)] // the decision table, one arm per refusal, reads best whole
     pub fn reply(self) -> Reply {
         use Refusal::*;
         fn r(code: &'static str, xcode: &'static str, reason: impl Into<String>) -> Reply {

@@ -79,9 +79,10 @@ fn needed_actions() -> Actions {
     Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY | Actions::DELETE_RCPT
 }
 
-#[allow(clippy::too_many_lines)] // TODO(lead): split
+/// The milter callbacks of one listener: negotiation and connection here, the transaction's
+/// callbacks in `transaction_callbacks`.
 pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
-    Callbacks::new()
+    let cb = Callbacks::new()
         .on_negotiate(move |cx, actions, opts| {
             Box::pin(async move {
                 let needed = needed_actions();
@@ -109,10 +110,19 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 cx.data = Some(Session::new(daemon, side));
                 Status::Continue
             })
-        })
+        });
+    transaction_callbacks(cb)
+}
+
+/// MAIL to end of message: each fetches the session, calls one method and settles.
+fn transaction_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
+    let cb = cb
         .on_mail(|cx, args| {
             Box::pin(async move {
-                let internal = cx.macros.get(c"{daemon_port}").is_some_and(|p| p.to_bytes() == b"0");
+                let internal = cx
+                    .macros
+                    .get(c"{daemon_port}")
+                    .is_some_and(|p| p.to_bytes() == b"0");
                 match cx.data.as_mut() {
                     Some(s) => {
                         let r = s.mail(args, internal, &mut cx.reply);
@@ -136,7 +146,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
         .on_data(|cx| {
             Box::pin(async move {
                 // Postfix knows the queue id from DATA on: the refusals that follow name it.
-                let queue_id = cx.macros.get(c"i").map(|v| v.to_string_lossy().into_owned());
+                let queue_id = cx
+                    .macros
+                    .get(c"i")
+                    .map(|v| v.to_string_lossy().into_owned());
                 match cx.data.as_mut() {
                     Some(s) => {
                         let r = s.data(queue_id);
@@ -145,53 +158,58 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                     None => missing_session(&mut cx.reply),
                 }
             })
-        })
-        .on_header(|cx, name, value| {
-            Box::pin(async move {
-                match cx.data.as_mut() {
-                    Some(s) => {
-                        let r = s.header(name, value, &mut cx.reply);
-                        settle(r, s, &mut cx.reply)
-                    }
-                    None => missing_session(&mut cx.reply),
+        });
+    content_callbacks(cb)
+}
+
+/// The message itself: header, body, end of message, abort.
+fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
+    cb.on_header(|cx, name, value| {
+        Box::pin(async move {
+            match cx.data.as_mut() {
+                Some(s) => {
+                    let r = s.header(name, value, &mut cx.reply);
+                    settle(r, s, &mut cx.reply)
                 }
-            })
+                None => missing_session(&mut cx.reply),
+            }
         })
-        .on_body(|cx, chunk| {
-            Box::pin(async move {
-                match cx.data.as_mut() {
-                    Some(s) => {
-                        let r = s.body(&chunk, &mut cx.reply);
-                        settle(r, s, &mut cx.reply)
-                    }
-                    None => missing_session(&mut cx.reply),
+    })
+    .on_body(|cx, chunk| {
+        Box::pin(async move {
+            match cx.data.as_mut() {
+                Some(s) => {
+                    let r = s.body(&chunk, &mut cx.reply);
+                    settle(r, s, &mut cx.reply)
                 }
-            })
+                None => missing_session(&mut cx.reply),
+            }
         })
-        .on_eom(|cx| {
-            Box::pin(async move {
-                let queue_id = cx
-                    .macros
-                    .get(c"i")
-                    .map(|v| v.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "NONE".into());
-                match cx.data.as_mut() {
-                    Some(s) => {
-                        let r = s.eom(&queue_id, &cx.actions, &mut cx.reply).await;
-                        settle(r, s, &mut cx.reply)
-                    }
-                    None => missing_session(&mut cx.reply),
+    })
+    .on_eom(|cx| {
+        Box::pin(async move {
+            let queue_id = cx
+                .macros
+                .get(c"i")
+                .map(|v| v.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "NONE".into());
+            match cx.data.as_mut() {
+                Some(s) => {
+                    let r = s.eom(&queue_id, &cx.actions, &mut cx.reply).await;
+                    settle(r, s, &mut cx.reply)
                 }
-            })
+                None => missing_session(&mut cx.reply),
+            }
         })
-        .on_abort(|cx| {
-            Box::pin(async move {
-                if let Some(s) = cx.data.as_mut() {
-                    s.abort();
-                }
-                Status::Continue
-            })
+    })
+    .on_abort(|cx| {
+        Box::pin(async move {
+            if let Some(s) = cx.data.as_mut() {
+                s.abort();
+            }
+            Status::Continue
         })
+    })
 }
 
 /// Our own failure: never a silent pass, always `451 4.3.0` with a log line.
