@@ -74,7 +74,7 @@ impl Msg {
         for (name, value) in &self.headers {
             bytes.extend_from_slice(name.as_bytes());
             bytes.push(b':');
-            bytes.extend_from_slice(&crate::mime::to_crlf(value));
+            bytes.extend_from_slice(&crate::mime::header_crlf(value));
             bytes.extend_from_slice(b"\r\n");
         }
         bytes.extend_from_slice(b"\r\n");
@@ -243,6 +243,14 @@ impl Session {
         msg.header_bytes += name.as_bytes().len() + value.as_bytes().len() + 4;
         if msg.size() > limit {
             return Ok(self.too_large(reply));
+        }
+        // A header field with a bare CR or LF or a control character is refused here, as the
+        // inbound pipeline refuses it for `process`: rebuilt as CRLF it would forge a field.
+        if matches!(msg.mode, Mode::Inbound(_)) && !crate::mime::header_value_ok(value.as_bytes()) {
+            let r = Refusal::MalformedHeader;
+            tracing::info!("{}: {}: message refused: {r}", self.queue_id, self.side);
+            self.msg = None;
+            return Ok(refuse(reply, r));
         }
         msg.headers
             .push((name.to_string_lossy().into_owned(), value.into_bytes()));
