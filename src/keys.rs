@@ -404,6 +404,11 @@ impl ListKeys {
 pub struct Keyring {
     pub generation: i64,
     pub lists: HashMap<String, Arc<ListKeys>>,
+    /// How addresses are read (Postfix's and Mailman's settings), with the same snapshot as
+    /// the lists, so "is this list mail?" never mixes two configurations.
+    pub address: crate::address::AddressConfig,
+    /// Inbound recipients in a list domain that are no list's address.
+    pub other_recipients: crate::config::OtherRecipients,
 }
 
 /// Names of the lists configured in `policy_dir` (one `<address>.toml` each).
@@ -467,7 +472,12 @@ impl Keyring {
                 Arc::new(ListKeys::new(name, policy, secret, members)),
             );
         }
-        Ok(Keyring { generation, lists })
+        Ok(Keyring {
+            generation,
+            lists,
+            address: crate::address::AddressConfig::from_config(config),
+            other_recipients: config.list_domain_other_recipients,
+        })
     }
 }
 

@@ -74,6 +74,18 @@ pub enum Unmanaged {
     Reject,
 }
 
+/// What the inbound listener does with a recipient in a domain that hosts an encrypted list
+/// but that is no address of a list.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherRecipients {
+    /// 550 5.1.1 at RCPT: Postfix might still route it to Mailman as a post.
+    #[default]
+    Reject,
+    /// Pass it as non-list mail: only safe where such addresses never route to Mailman.
+    Accept,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogTarget {
@@ -95,6 +107,8 @@ pub struct Config {
     pub socket_group: String,
     /// Outbound mail that belongs to no managed list.
     pub unmanaged_outbound: Unmanaged,
+    /// Inbound recipients in a list domain that are no list's address.
+    pub list_domain_other_recipients: OtherRecipients,
     /// Postfix's `recipient_delimiter` (any one of its characters starts an extension).
     pub recipient_delimiter: String,
     /// Mailman's `[mta] verp_format`, to recognise its VERP envelope senders.
@@ -117,7 +131,8 @@ impl Default for Config {
             reinject_smtp: "127.0.0.1:10026".into(),
             socket_mode: "0660".into(),
             socket_group: String::new(),
-            unmanaged_outbound: Unmanaged::Accept,
+            unmanaged_outbound: Unmanaged::Reject,
+            list_domain_other_recipients: OtherRecipients::Reject,
             recipient_delimiter: crate::address::DEFAULT_RECIPIENT_DELIMITER.into(),
             verp_format: crate::address::DEFAULT_VERP_FORMAT.into(),
             policy_dir: "var/lists.d".into(),
