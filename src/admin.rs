@@ -439,6 +439,12 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
             }
         }
     }
+    if names.is_empty() {
+        eprintln!(
+            "listcrypt: warning: no lists in {}",
+            config.policy_dir.display()
+        );
+    }
     if problems.is_empty() {
         writeln!(out, "configuration ok: {} list(s)", names.len()).ok();
         Ok(())
