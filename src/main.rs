@@ -264,9 +264,12 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
     let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), path)?);
     if daemon.lists() == 0 {
         tracing::warn!(
-            "no lists in {}: every message to a list domain and all outbound mail is refused \
-             until `listcrypt list create` adds one",
-            config.policy_dir.display()
+            "no lists in {}: nothing is encrypted until `listcrypt list create` adds one{}",
+            config.policy_dir.display(),
+            match config.unmanaged_outbound {
+                listcrypt::config::Unmanaged::Reject => "; all outbound mail is refused",
+                listcrypt::config::Unmanaged::Accept => "",
+            }
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
