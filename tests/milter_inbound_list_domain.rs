@@ -20,6 +20,8 @@ async fn other_recipients_in_a_list_domain_follow_the_setting() {
         // Postfix's percent hack delivers this to enc@lists.example.test.
         "<enc%lists.example.test@mx.example.test>",
         "<lists.example.test!enc@mx.example.test>",
+        // Unqualified: Postfix appends $myorigin, which may be the list domain.
+        "<enc>",
     ] {
         assert_eq!(
             conn.mail(["<mallory@example.test>"]).await.unwrap(),
@@ -29,15 +31,16 @@ async fn other_recipients_in_a_list_domain_follow_the_setting() {
         milter::assert_reply(&status, "550", "5.1.1", rcpt);
         conn.abort().await.unwrap();
     }
-    // Mail for other domains is none of listcrypt's business.
-    assert_eq!(
-        conn.mail(["<mallory@example.test>"]).await.unwrap(),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.rcpt(["<bob@example.org>"]).await.unwrap(),
-        Status::Continue
-    );
+    // Mail for other domains is none of listcrypt's business, nor is the unqualified
+    // postmaster that RFC 5321 section 4.5.1 requires every host to accept.
+    for rcpt in ["<bob@example.org>", "<postmaster>"] {
+        assert_eq!(
+            conn.mail(["<mallory@example.test>"]).await.unwrap(),
+            Status::Continue
+        );
+        assert_eq!(conn.rcpt([rcpt]).await.unwrap(), Status::Continue, "{rcpt}");
+        conn.abort().await.unwrap();
+    }
     conn.close().await.unwrap();
     daemon.stop().await;
 
@@ -58,6 +61,17 @@ async fn other_recipients_in_a_list_domain_follow_the_setting() {
         Status::Continue,
         "accepted as non-list mail"
     );
+    conn.abort().await.unwrap();
+    // A routed form of the list's own address still reaches Mailman: refused either way.
+    assert_eq!(
+        conn.mail(["<mallory@example.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    let status = conn
+        .rcpt(["<enc%lists.example.test@mx.example.test>"])
+        .await
+        .unwrap();
+    milter::assert_reply(&status, "550", "5.1.1", "routed list address with accept");
     conn.close().await.unwrap();
     daemon.stop().await;
 }
