@@ -462,6 +462,19 @@ pub fn is_in_list_domain<D: ListDirectory + ?Sized>(addr: &Normalized, lists: &D
             .any(|t| lists.hosts_domain(&t.domain))
 }
 
+/// Whether Postfix could deliver this address to an address of a managed list: the address
+/// itself, or where its routing operators send it. For decisions that must not miss list mail.
+pub fn reaches_list<D: ListDirectory + ?Sized>(
+    addr: &Normalized,
+    lists: &D,
+    cfg: &AddressConfig,
+) -> bool {
+    classify(addr, lists, cfg).is_some()
+        || routed_targets(addr)
+            .iter()
+            .any(|t| classify(t, lists, cfg).is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,5 +777,17 @@ mod tests {
         assert!(is_in_list_domain(&n("x@lists.example.test"), &l));
         assert!(!is_in_list_domain(&n("enc@example.org"), &l));
         assert!(!is_in_list_domain(&n("a%b@example.org"), &l));
+        assert!(reaches_list(
+            &n("enc%lists.example.test@mx.example.test"),
+            &l,
+            &c
+        ));
+        assert!(reaches_list(&n("enc+x@lists.example.test"), &l, &c));
+        assert!(!reaches_list(
+            &n("bob%lists.example.test@mx.example.test"),
+            &l,
+            &c
+        ));
+        assert!(!reaches_list(&n("x@lists.example.test"), &l, &c));
     }
 }

@@ -477,6 +477,12 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
             }
         }
     }
+    if names.is_empty() {
+        eprintln!(
+            "listcrypt: warning: no lists in {}",
+            config.policy_dir.display()
+        );
+    }
     if problems.is_empty() {
         writeln!(out, "configuration ok: {} list(s)", names.len()).ok();
         Ok(())
@@ -537,7 +543,11 @@ pub fn process_inbound(
     let mut tx = inbound::Transaction::new(std::sync::Arc::new(keyring), from);
     for r in &rcpts {
         if let RcptOutcome::Refuse(refusal) = tx.rcpt(r) {
-            writeln!(out, "tempfail {refusal}\r").ok();
+            let word = match refusal.reply().code.starts_with('4') {
+                true => "tempfail",
+                false => "reject",
+            };
+            writeln!(out, "{word} {refusal}\r").ok();
             return Ok(exit::NOT_PROCESSED);
         }
     }
@@ -630,7 +640,7 @@ pub fn process_outbound(
     let (keyring, list) = process_list(config, list)?;
     let keyring = std::sync::Arc::new(keyring);
     if outbound::list_for_sender(&keyring, from).is_none_or(|l| l.address != list) {
-        tracing::warn!("{from} is not {list}'s bounces address; Mailman always sends from it");
+        tracing::warn!("{from} is no address of {list}; Mailman sends list mail from LIST-bounces");
     }
     let keys = keyring.lists[&list].clone();
     let mut tx = outbound::Transaction::for_list(keyring.clone(), keys, from);

@@ -4,7 +4,7 @@
 //! content-free notice. Rejecting it would leave the original deferred ("bounce failed") until
 //! the queue lifetime ends, so we reduce instead (reference/postfix-milter.md).
 
-use crate::inbound::lookup;
+use crate::address;
 use crate::keys::Keyring;
 use crate::message::Rewrite;
 use crate::mime::{self, Entity};
@@ -14,6 +14,18 @@ const NOTICE: &str = "This is the mail system at the list host.\r\n\
 Your message to an encrypted mailing list could not be delivered, or is delayed.\r\n\
 The delivery status report is attached; the message itself and its headers were\r\n\
 removed by listcrypt, because they had already been decrypted on the list host.\r\n";
+
+/// Whether a DSN recipient is, or Postfix could route it to, an address of a managed list; an
+/// address that does not parse counts, so a quoted post is never let through on a doubt.
+fn names_list_address(keyring: &Keyring, addr: &str) -> bool {
+    match address::normalize(addr) {
+        Some(a) => {
+            address::reaches_list(&a, keyring, &keyring.address)
+                || address::is_in_list_domain(&a, keyring)
+        }
+        None => !keyring.lists.is_empty(),
+    }
+}
 
 /// If `message` is a multipart/report whose delivery status names a managed list address,
 /// the rewrite that keeps only a notice and the machine-readable status.
@@ -38,7 +50,7 @@ pub fn reduce(message: &[u8], keyring: &Keyring) -> Option<Rewrite> {
                 .or_else(|| lower.strip_prefix("original-recipient:"));
             value
                 .and_then(|v| v.split(';').nth(1))
-                .is_some_and(|addr| lookup(keyring, addr.trim()).is_some())
+                .is_some_and(|addr| names_list_address(keyring, addr.trim()))
         });
     if !names_list {
         return None;
@@ -91,6 +103,8 @@ mod tests {
         Keyring {
             generation: 0,
             lists,
+            address: crate::address::AddressConfig::default(),
+            other_recipients: crate::config::OtherRecipients::Reject,
         }
     }
 
@@ -115,6 +129,32 @@ mod tests {
         assert!(text.contains("Final-Recipient: rfc822; enc@l.test"));
         assert!(text.contains("multipart/report"));
         assert!(crate::mime::walk_entity(&out, 5, 10).is_ok());
+    }
+
+    #[test]
+    fn dsn_for_any_spelling_of_a_list_address_is_reduced() {
+        // Spellings Postfix delivers to enc@l.test (recipient_delimiter = +) and Mailman files
+        // under it; success and delay reports (RET=FULL) quote the post the same way.
+        let k = keyring();
+        for rcpt in [
+            "enc+x@l.test",
+            "ENC@L.TEST.",
+            "\"enc\"@l.test",
+            "enc-owner@l.test",
+            "enc%l.test@mx.test",
+        ] {
+            let m = dsn(rcpt);
+            let rewrite = reduce(&m, &k).unwrap_or_else(|| panic!("{rcpt} reduced"));
+            let text = String::from_utf8_lossy(&rewrite.render(&m)).into_owned();
+            assert!(!text.contains("SECRET"), "{rcpt}: {text}");
+        }
+        for action in ["delivered", "delayed"] {
+            let m = String::from_utf8(dsn("enc+x@l.test"))
+                .unwrap()
+                .replace("Action: failed", &format!("Action: {action}"))
+                .into_bytes();
+            assert!(reduce(&m, &k).is_some(), "{action}");
+        }
     }
 
     #[test]

@@ -404,28 +404,40 @@ impl ListKeys {
 pub struct Keyring {
     pub generation: i64,
     pub lists: HashMap<String, Arc<ListKeys>>,
+    /// How addresses are read (Postfix's and Mailman's settings), with the same snapshot as
+    /// the lists, so "is this list mail?" never mixes two configurations.
+    pub address: crate::address::AddressConfig,
+    /// Inbound recipients in a list domain that are no list's address.
+    pub other_recipients: crate::config::OtherRecipients,
 }
 
-/// Names of the lists configured in `policy_dir` (one `<address>.toml` each).
+/// Names of the lists configured in `policy_dir` (one `<address>.toml` each). A missing or
+/// unreadable directory, or anything in it that is not a list policy, is a configuration
+/// error: a typo must not silently leave a list unmanaged, its mail passing in clear.
 pub fn list_names(config: &Config) -> Result<Vec<String>, KeyError> {
     let dir = &config.policy_dir;
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(KeyError::Io {
-                path: dir.display().to_string(),
-                source,
-            })
-        }
+    let invalid = |message: String| {
+        KeyError::Config(ConfigError::Invalid {
+            path: dir.display().to_string(),
+            message,
+        })
     };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| invalid(format!("policy_dir cannot be read: {e}")))?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io_err(dir))?;
+        let entry = entry.map_err(|e| invalid(format!("policy_dir cannot be read: {e}")))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(list) = name.strip_suffix(".toml") {
-            if valid_address(list) {
-                names.push(list.to_ascii_lowercase());
+        let list = name
+            .strip_suffix(".toml")
+            .filter(|l| valid_address(l))
+            .filter(|_| entry.path().is_file());
+        match list {
+            Some(list) => names.push(list.to_ascii_lowercase()),
+            None => {
+                return Err(invalid(format!(
+                    "{name:?} is not a list policy (only <list address>.toml files belong here)"
+                )))
             }
         }
     }
@@ -467,7 +479,12 @@ impl Keyring {
                 Arc::new(ListKeys::new(name, policy, secret, members)),
             );
         }
-        Ok(Keyring { generation, lists })
+        Ok(Keyring {
+            generation,
+            lists,
+            address: crate::address::AddressConfig::from_config(config),
+            other_recipients: config.list_domain_other_recipients,
+        })
     }
 }
 

@@ -270,11 +270,28 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         ),
         Source::File(p) => tracing::info!("configuration from {}", p.display()),
     }
+    // On the built-in defaults the daemon makes its working directories, as it does for the
+    // sockets and the state; a configured policy_dir must exist.
+    if matches!(source, Source::BuiltIn) {
+        std::fs::create_dir_all(&config.policy_dir).map_err(|e| {
+            CommandError::new(exit::CONFIG, config.policy_dir.display().to_string(), e)
+        })?;
+    }
     let path = match source {
         Source::File(p) => Some(p),
         Source::BuiltIn => path,
     };
     let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), path)?);
+    if daemon.lists() == 0 {
+        tracing::warn!(
+            "no lists in {}: nothing is encrypted until `listcrypt list create` adds one{}",
+            config.policy_dir.display(),
+            match config.unmanaged_outbound {
+                listcrypt::config::Unmanaged::Reject => "; all outbound mail is refused",
+                listcrypt::config::Unmanaged::Accept => "",
+            }
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

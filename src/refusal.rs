@@ -60,6 +60,8 @@ pub enum Refusal {
     PlaintextTooLarge,
     // At RCPT.
     MixedTransaction,
+    /// In a domain of an encrypted list, but no address of a list: 550 5.1.1.
+    NotAListAddress,
     RecipientKey(KeyRefusal, MissingKeyAction),
     // Ours: 451 4.3.0, one text per cause.
     Internal(Internal),
@@ -163,6 +165,7 @@ impl Refusal {
             TooManyPackets => r("552", "5.3.4", "too many OpenPGP packets"),
             PlaintextTooLarge => r("552", "5.3.4", "decrypted message exceeds the size limit"),
             MixedTransaction => r("452", "4.5.3", "one list per transaction, please retry"),
+            NotAListAddress => r("550", "5.1.1", "no such address of an encrypted list"),
             RecipientKey(why, action) => {
                 let reason = match why {
                     KeyRefusal::NotBound => "recipient has no key bound on this encrypted list",
@@ -247,6 +250,7 @@ mod tests {
             (Refusal::TooManyPackets, "552", "5.3.4"),
             (Refusal::PlaintextTooLarge, "552", "5.3.4"),
             (Refusal::MixedTransaction, "452", "4.5.3"),
+            (Refusal::NotAListAddress, "550", "5.1.1"),
             (
                 Refusal::RecipientKey(KeyRefusal::NotBound, MissingKeyAction::Reject),
                 "550",

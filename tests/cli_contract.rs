@@ -189,3 +189,58 @@ fn sighup_keeps_a_good_configuration_and_sigterm_stops() {
     assert_eq!(status.code(), Some(0));
     assert!(!inbound.exists(), "the socket is removed on exit");
 }
+
+/// A missing `policy_dir` or a stray file in it is a configuration error (78): a typo must not
+/// leave a list unmanaged. No list at all only warns. Relative paths in the file are read
+/// against the file's directory, whatever the working directory.
+#[test]
+fn policy_dir_problems_are_configuration_errors() {
+    let site = Site::new();
+    let out = run(site.cli().arg("check-config"), None);
+    assert_eq!(out.status.code(), Some(78), "missing policy_dir: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lists.d"));
+
+    let dir = site.path("lists.d");
+    fs::create_dir_all(&dir).unwrap();
+    let out = run(site.cli().arg("check-config"), None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: no lists"),
+        "{out:?}"
+    );
+
+    for stray in ["README", "enc@lists.example.test.toml~", "notes.toml"] {
+        fs::write(dir.join(stray), "x").unwrap();
+        let out = run(site.cli().arg("check-config"), None);
+        assert_eq!(out.status.code(), Some(78), "{stray}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(stray),
+            "{out:?}"
+        );
+        fs::remove_file(dir.join(stray)).unwrap();
+    }
+
+    // The same site with relative paths, checked from another working directory.
+    let run_ok = run(site.cli().args(["list", "create", LIST]), None);
+    assert_eq!(run_ok.status.code(), Some(0), "{run_ok:?}");
+    let relative = site.path("relative.toml");
+    fs::write(
+        &relative,
+        "policy_dir = \"lists.d\"\nkeyring_dir = \"keyrings\"\nstate_dir = \"state\"\n\
+         log = \"stderr\"\n",
+    )
+    .unwrap();
+    let out = run(
+        listcrypt_cmd()
+            .arg("-c")
+            .arg(&relative)
+            .arg("check-config")
+            .current_dir("/"),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 list(s)"),
+        "{out:?}"
+    );
+}

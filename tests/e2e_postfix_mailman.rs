@@ -460,6 +460,61 @@ fn plaintext_post_is_refused(w: &World) {
     assert_refused_5xx(&d, 550, "5.7.1", "a plaintext post");
 }
 
+/// F: a plaintext post to `LIST+x@`, which Postfix (recipient_delimiter = +) and Mailman's
+/// LMTP runner both take as a post to LIST, is refused in the SMTP dialogue, and no member
+/// receives anything (every copy would be encrypted, so copies are counted, not searched).
+fn plaintext_post_to_extension_is_refused(w: &World) {
+    let list_mail_count = || -> Vec<usize> {
+        MEMBERS
+            .iter()
+            .map(|(_, addr)| {
+                w.sink
+                    .deliveries_to(addr)
+                    .iter()
+                    .filter(|d| d.mail_from.starts_with("enc-bounces"))
+                    .count()
+            })
+            .collect()
+    };
+    let before = list_mail_count();
+    let marker = unique_marker("plus");
+    let subject = "E2E plaintext post to LIST+x";
+    let id = message_id(subject);
+    let post = mime::plain_text(
+        &[
+            ("From", "Alice <alice@example.net>"),
+            ("To", LIST),
+            ("Subject", subject),
+            ("Message-ID", &id),
+        ],
+        &format!("This should never reach the list: {marker}\n"),
+    );
+    let rcpt = "enc+x@lists.example.test";
+    let d = smtp::send(w.inbound_port, &w.alice.email, &[rcpt], &post);
+    assert!(
+        !d.accepted(),
+        "a plaintext post to {rcpt} was accepted:\n{d}"
+    );
+    let (_, reply) = d
+        .first_refusal()
+        .unwrap_or_else(|| panic!("nothing refused the post to {rcpt}:\n{d}"));
+    assert!(
+        (500..600).contains(&reply.code),
+        "the post to {rcpt} got {reply}, not a permanent refusal:\n{d}"
+    );
+    // Give a wrongly accepted post the time Mailman would need to distribute it.
+    let settle = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < settle && !w.postfix.queue_is_empty() {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        list_mail_count(),
+        before,
+        "members received list mail after a refused plaintext post to {rcpt}"
+    );
+}
+
 /// C: a signed and encrypted post by someone whose key is not bound to the list is refused.
 fn non_member_post_is_refused(w: &World) {
     let marker = unique_marker("dave");
@@ -570,6 +625,8 @@ fn encrypted_list_through_postfix_and_mailman() {
     eprintln!("e2e: B (plaintext post refused) ok");
     non_member_post_is_refused(&w);
     eprintln!("e2e: C (non-member post refused) ok");
+    plaintext_post_to_extension_is_refused(&w);
+    eprintln!("e2e: F (plaintext post to LIST+x refused, nothing distributed) ok");
     dsn_for_refused_post_does_not_quote_it(&w);
     eprintln!("e2e: E (DSN without the decrypted post) ok");
     stopped_daemon_fails_closed(&mut w);

@@ -74,6 +74,18 @@ pub enum Unmanaged {
     Reject,
 }
 
+/// What the inbound listener does with a recipient in a domain that hosts an encrypted list
+/// but that is no address of a list.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherRecipients {
+    /// 550 5.1.1 at RCPT: Postfix might still route it to Mailman as a post.
+    #[default]
+    Reject,
+    /// Pass it as non-list mail: only safe where such addresses never route to Mailman.
+    Accept,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogTarget {
@@ -95,6 +107,8 @@ pub struct Config {
     pub socket_group: String,
     /// Outbound mail that belongs to no managed list.
     pub unmanaged_outbound: Unmanaged,
+    /// Inbound recipients in a list domain that are no list's address.
+    pub list_domain_other_recipients: OtherRecipients,
     /// Postfix's `recipient_delimiter` (any one of its characters starts an extension).
     pub recipient_delimiter: String,
     /// Mailman's `[mta] verp_format`, to recognise its VERP envelope senders.
@@ -117,7 +131,8 @@ impl Default for Config {
             reinject_smtp: "127.0.0.1:10026".into(),
             socket_mode: "0660".into(),
             socket_group: String::new(),
-            unmanaged_outbound: Unmanaged::Accept,
+            unmanaged_outbound: Unmanaged::Reject,
+            list_domain_other_recipients: OtherRecipients::Reject,
             recipient_delimiter: crate::address::DEFAULT_RECIPIENT_DELIMITER.into(),
             verp_format: crate::address::DEFAULT_VERP_FORMAT.into(),
             policy_dir: "var/lists.d".into(),
@@ -178,14 +193,16 @@ impl Config {
             })?;
             // Parse once on our own for precise diagnostics (figment drops positions).
             toml::from_str::<Config>(&text).map_err(|e| syntax_error(&shown, &text, &e))?;
-            figment = figment.merge(Toml::string(&text));
+            // From the file by name, so each value's metadata says which file it came from.
+            figment = figment.merge(Toml::file_exact(path));
         }
         // LISTCRYPT_LIMITS__MAX_PACKETS=… reaches limits.max_packets.
         figment = figment.merge(Env::prefixed("LISTCRYPT_").ignore(&["CONFIG"]).split("__"));
-        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid {
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Invalid {
             path: shown.clone(),
             message: e.to_string(),
         })?;
+        config.resolve_relative_paths(&figment);
         config.validate().map_err(|message| ConfigError::Invalid {
             path: shown,
             message,
@@ -226,6 +243,40 @@ impl Config {
             return Err("limits must be positive".into());
         }
         Ok(())
+    }
+
+    /// Relative paths written in a config file are relative to that file's directory, so the
+    /// daemon reads the same files whatever its working directory; built-in defaults and
+    /// environment overrides stay relative to the working directory.
+    fn resolve_relative_paths(&mut self, figment: &Figment) {
+        let base = |key: &str| {
+            let meta = figment.find_metadata(key)?;
+            let file = meta.source.as_ref()?.file_path()?;
+            Some(file.parent().unwrap_or(Path::new("")).to_path_buf())
+        };
+        for (key, path) in [
+            ("policy_dir", &mut self.policy_dir),
+            ("keyring_dir", &mut self.keyring_dir),
+            ("state_dir", &mut self.state_dir),
+        ] {
+            if let (true, Some(dir)) = (path.is_relative(), base(key)) {
+                *path = dir.join(&*path);
+            }
+        }
+        for (key, socket) in [
+            ("inbound_socket", &mut self.inbound_socket),
+            ("outbound_socket", &mut self.outbound_socket),
+        ] {
+            let Some(dir) = base(key) else { continue };
+            for prefix in ["unix:", "local:"] {
+                if let Some(p) = socket.strip_prefix(prefix) {
+                    if Path::new(p).is_relative() {
+                        *socket = format!("{prefix}{}", dir.join(p).display());
+                    }
+                    break;
+                }
+            }
+        }
     }
 
     /// Path of the policy file for `list`.
@@ -277,13 +328,48 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_documented_sample_parses() {
         Config::load(None).unwrap();
-        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/listcrypt.toml");
-        let c = Config::load(Some(Path::new(sample))).unwrap();
+        let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+        let c = Config::load(Some(&contrib.join("listcrypt.toml"))).unwrap();
+        // The sample's relative paths are read against its own directory.
+        let d = contrib.display();
+        let want = Config {
+            inbound_socket: format!("unix:{d}/var/run/inbound.sock"),
+            outbound_socket: format!("unix:{d}/var/run/outbound.sock"),
+            policy_dir: contrib.join("var/lists.d"),
+            keyring_dir: contrib.join("keyrings"),
+            state_dir: contrib.join("var/state"),
+            ..Config::default()
+        };
+        assert_eq!(c, want, "the sample file must state the built-in defaults");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "policy_dir = \"lists.d\"\nstate_dir = \"/abs/state\"\n\
+             inbound_socket = \"unix:run/in.sock\"\noutbound_socket = \"inet:127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.policy_dir, dir.path().join("lists.d"));
+        assert_eq!(c.state_dir, Path::new("/abs/state"));
         assert_eq!(
-            c,
-            Config::default(),
-            "the sample file must state the built-in defaults"
+            c.inbound_socket,
+            format!("unix:{}/run/in.sock", dir.path().display())
         );
+        assert_eq!(c.outbound_socket, "inet:127.0.0.1:9");
+        // Not written in the file: relative to the working directory, as without a file.
+        assert_eq!(c.keyring_dir, Path::new("keyrings"));
+    }
+
+    #[test]
+    fn secure_defaults() {
+        let c = Config::default();
+        assert_eq!(c.unmanaged_outbound, Unmanaged::Reject);
+        assert_eq!(c.list_domain_other_recipients, OtherRecipients::Reject);
     }
 
     #[test]

@@ -6,7 +6,8 @@ mod pipeline;
 mod replay;
 mod signature;
 
-use crate::config::{Action, Limits};
+use crate::address::{self, ListAddress};
+use crate::config::{Action, Limits, OtherRecipients};
 use crate::keys::{Keyring, ListKeys};
 use crate::message::Rewrite;
 use crate::refusal::{Internal, RcptOutcome, Refusal};
@@ -20,66 +21,43 @@ pub use replay::{replay_retention, Peeking, Recording, ReplayLedger};
 /// poster cannot forge a verification result.
 pub const OWN_HEADERS: &[&str] = &["X-Listcrypt-Hold", "X-Listcrypt-Signer"];
 
-/// Which of a list's addresses a recipient is (Mailman's LMTP accepts these).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListAddress {
-    Post,
-    Request,
-    Join,
-    Leave,
-    Confirm,
-    Owner,
-    Bounces,
-    /// listcrypt's own key address (`LIST-key@` by default): key requests and bindings,
-    /// answered by listcrypt, never passed to Mailman.
-    Key,
+/// What an inbound recipient is, read as Postfix routes it and Mailman files it.
+pub enum Recipient {
+    /// One of a managed list's addresses.
+    List(Arc<ListKeys>, ListAddress),
+    /// No list's address, and safe to pass as non-list mail.
+    Other,
+    /// In a list's domain (or routed there) but no list address: refused, since Postfix might
+    /// still hand it to Mailman.
+    Refused,
 }
 
-impl ListAddress {
-    /// Whether posts to this address must be encrypted and signed.
-    pub fn enforced(self) -> bool {
-        matches!(self, ListAddress::Post)
-    }
-
-    /// Command addresses: decrypted when encrypted; plaintext per `command_nonencrypted_action`.
-    /// Owner mail and bounces (remote DSNs) pass to Mailman as they are; whatever Mailman
-    /// sends on leaves encrypted.
-    pub fn is_command(self) -> bool {
-        matches!(
-            self,
-            ListAddress::Request | ListAddress::Join | ListAddress::Leave | ListAddress::Confirm
-        )
-    }
-}
-
-/// Maps a recipient to one of a managed list's addresses.
-pub fn lookup(keyring: &Keyring, rcpt: &str) -> Option<(Arc<ListKeys>, ListAddress)> {
-    let rcpt = crate::keys::normalize_address(rcpt);
-    if let Some(l) = keyring.lists.get(&rcpt) {
-        return Some((l.clone(), ListAddress::Post));
-    }
-    let (local, domain) = rcpt.split_once('@')?;
-    // `LIST-SUFFIX` or `LIST-SUFFIX+DETAIL` (VERP, confirmation tokens); the detail may
-    // contain anything, the list name may contain '-', the suffix contains neither.
-    let (pre, plus) = match local.split_once('+') {
-        Some((p, _)) => (p, true),
-        None => (local, false),
+/// Maps a recipient, as the MTA gave it, to what it is for listcrypt (the fail-closed rule of
+/// `list_domain_other_recipients`).
+pub fn lookup(keyring: &Keyring, rcpt: &str) -> Recipient {
+    let reject = keyring.other_recipients == OtherRecipients::Reject;
+    let Some(addr) = address::normalize(rcpt) else {
+        // RFC 5321 4.5.1: `<postmaster>` without a domain must be accepted. Anything else that
+        // does not parse could still be qualified into a list domain by Postfix.
+        let bare = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
+        return match bare.eq_ignore_ascii_case("postmaster") || !reject || keyring.lists.is_empty()
+        {
+            true => Recipient::Other,
+            false => Recipient::Refused,
+        };
     };
-    let (base, suffix) = pre.rsplit_once('-')?;
-    let list = keyring.lists.get(&format!("{base}@{domain}"))?;
-    if !plus && suffix == list.policy.key_suffix {
-        return Some((list.clone(), ListAddress::Key));
+    if let Some((list, kind)) = address::classify(&addr, keyring, &keyring.address) {
+        return Recipient::List(list, kind);
     }
-    let kind = match (suffix, plus) {
-        ("request", false) => ListAddress::Request,
-        ("join" | "subscribe", false) => ListAddress::Join,
-        ("leave" | "unsubscribe", false) => ListAddress::Leave,
-        ("confirm", _) => ListAddress::Confirm,
-        ("owner", false) => ListAddress::Owner,
-        ("bounces", _) => ListAddress::Bounces,
-        _ => return None,
+    let refused = match reject {
+        true => address::is_in_list_domain(&addr, keyring),
+        // Ordinary mailboxes may share the list domain; a routed form of a list address may not.
+        false => address::reaches_list(&addr, keyring, &keyring.address),
     };
-    Some((list.clone(), kind))
+    match refused {
+        true => Recipient::Refused,
+        false => Recipient::Other,
+    }
 }
 
 /// What the recipients of a transaction add up to.
@@ -127,7 +105,11 @@ impl Transaction {
     /// Decides one recipient. Decrypted text must reach nobody but one list, and the key
     /// address is answered by listcrypt alone: anything else is split off with `452 4.5.3`.
     pub fn rcpt(&mut self, rcpt: &str) -> RcptOutcome {
-        let found = lookup(&self.keyring, rcpt);
+        let found = match lookup(&self.keyring, rcpt) {
+            Recipient::List(list, kind) => Some((list, kind)),
+            Recipient::Other => None,
+            Recipient::Refused => return RcptOutcome::Refuse(Refusal::NotAListAddress),
+        };
         let next = match (&self.target, found) {
             (Target::Nobody, Some((list, ListAddress::Key))) => Target::KeyAddress(list),
             (_, Some((_, ListAddress::Key))) | (Target::KeyAddress(_), _) => {

@@ -2,7 +2,7 @@
 //! at MAIL and dropped on abort. The session only collects the transaction and the message;
 //! its mode's processor decides at end of message.
 
-use super::actions::refuse;
+use super::actions::{apply, refuse};
 use super::{inbound, key_address, notification, outbound, SessionError};
 use crate::config::{Config, Unmanaged};
 use crate::inbound::Target;
@@ -38,10 +38,12 @@ enum Mode {
     Outbound(crate::outbound::Transaction),
     /// Mail to a list's key address: answered by listcrypt, never passed on.
     KeyAddress(Arc<ListKeys>),
-    /// A notification Postfix generated itself (null sender, daemon port 0): checked at end of
-    /// message for quoted list posts.
-    Notification,
-    /// Mailman talking to its own addresses: passed untouched.
+    /// A notification Postfix generated itself (null sender, daemon port 0): its recipients
+    /// are decided as inbound ones; one to a list's posting or command address gets those
+    /// rules, any other is checked at end of message for quoted list mail.
+    Notification(crate::inbound::Transaction),
+    /// Mailman talking to its own addresses: passed as it is, minus forged copies of
+    /// listcrypt's own header fields (removed at end of message).
     Loopback,
     /// Mail of no managed list.
     PassThrough,
@@ -149,7 +151,9 @@ impl Session {
         let sender = bare_address(&raw_arg(&args));
         let keyring = self.cx.daemon.keyring()?;
         let mode = match self.side {
-            Side::Inbound if internal && sender.is_empty() => Mode::Notification,
+            Side::Inbound if internal && sender.is_empty() => {
+                Mode::Notification(crate::inbound::Transaction::new(keyring, &sender))
+            }
             Side::Inbound => Mode::Inbound(crate::inbound::Transaction::new(keyring, &sender)),
             Side::Outbound => match crate::outbound::Transaction::new(keyring, &sender) {
                 Some(tx) => Mode::Outbound(tx),
@@ -189,7 +193,7 @@ impl Session {
         let msg = self.msg.as_mut().ok_or(SessionError::OutOfOrder("RCPT"))?;
         let raw = raw_arg(&args);
         let (outcome, who) = match &mut msg.mode {
-            Mode::Inbound(tx) => (tx.rcpt(&raw), self.side.to_string()),
+            Mode::Inbound(tx) | Mode::Notification(tx) => (tx.rcpt(&raw), self.side.to_string()),
             Mode::Outbound(tx) => (tx.rcpt(&raw), tx.list().address.clone()),
             _ => (RcptOutcome::Accept, String::new()),
         };
@@ -216,14 +220,21 @@ impl Session {
                 Target::KeyAddress(list) => Mode::KeyAddress(list.clone()),
                 Target::List { .. } => Mode::Inbound(tx),
             },
+            // Nothing that quotes a message reaches a list's posting or command address
+            // without that address's rules.
+            Mode::Notification(tx) => match tx.target() {
+                Target::List { post, command, .. } if *post || *command => Mode::Inbound(tx),
+                Target::KeyAddress(list) => Mode::KeyAddress(list.clone()),
+                _ => Mode::Notification(tx),
+            },
             Mode::Outbound(tx) if tx.route() == Some(crate::outbound::Route::Loopback) => {
                 Mode::Loopback
             }
             other => other,
         };
         Ok(match msg.mode {
-            // Nothing to do for mail that is no list's, nor for Mailman's loopback.
-            Mode::PassThrough | Mode::Loopback => Status::Accept,
+            // Nothing to do for mail that is no list's.
+            Mode::PassThrough => Status::Accept,
             _ => Status::Continue,
         })
     }
@@ -263,11 +274,12 @@ impl Session {
         if msg.size() + chunk.len() as u64 > limit {
             return Ok(self.too_large(reply));
         }
-        // Owner and bounce mail is passed as it is: only its header matters to us.
-        if let Mode::Inbound(tx) = &msg.mode {
-            if !tx.needs_body() {
-                return Ok(Status::Continue);
-            }
+        // Owner and bounce mail, and Mailman's loopback, pass as they are: only the header
+        // matters to us.
+        match &msg.mode {
+            Mode::Inbound(tx) if !tx.needs_body() => return Ok(Status::Continue),
+            Mode::Loopback => return Ok(Status::Continue),
+            _ => {}
         }
         msg.body.extend_from_slice(chunk);
         Ok(Status::Continue)
@@ -302,8 +314,13 @@ impl Session {
             Mode::Inbound(tx) => inbound::finish(cx, tx, message, actions, reply).await,
             Mode::Outbound(tx) => outbound::finish(cx, tx, message, actions).await,
             Mode::KeyAddress(list) => key_address::finish(cx, list, message, actions).await,
-            Mode::Notification => notification::finish(cx, message, actions).await,
-            Mode::Loopback | Mode::PassThrough => Ok(Status::Accept),
+            Mode::Notification(_) => notification::finish(cx, message, actions).await,
+            Mode::Loopback => {
+                let rewrite = crate::inbound::strip_own_headers();
+                apply(actions, &message.header_names, &rewrite).await?;
+                Ok(Status::Continue)
+            }
+            Mode::PassThrough => Ok(Status::Accept),
         }
     }
 }

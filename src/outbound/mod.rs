@@ -5,7 +5,7 @@
 mod batch;
 mod copy;
 
-use crate::inbound::{lookup, ListAddress};
+use crate::address;
 use crate::keys::{normalize_address, KeyProblem, Keyring, ListKeys};
 use crate::message::Rewrite;
 use crate::pgp;
@@ -15,13 +15,12 @@ use std::sync::Arc;
 pub use batch::{encrypt_batches, plan_batches};
 pub use copy::{encrypt_message, padme, rfc5322_date_utc};
 
-/// Identifies the list from the envelope sender alone (`LIST-bounces@D`, VERP
-/// `LIST-bounces+…@D`): headers such as List-Id can be written by anyone.
+/// Identifies the list from the envelope sender alone (`LIST-bounces@D`, its VERP forms per
+/// `verp_format`, or another address of the list): headers such as List-Id can be written by
+/// anyone.
 pub fn list_for_sender(keyring: &Keyring, sender: &str) -> Option<Arc<ListKeys>> {
-    match lookup(keyring, sender) {
-        Some((list, ListAddress::Bounces)) => Some(list),
-        _ => None,
-    }
+    let sender = address::normalize(sender)?;
+    address::classify_sender(&sender, keyring, &keyring.address).map(|(list, _)| list)
 }
 
 /// Which kind of recipients a transaction carries (they are never mixed).
@@ -80,12 +79,15 @@ impl Transaction {
     /// Decides one recipient, `raw` as the MTA gave it (angle brackets included).
     pub fn rcpt(&mut self, raw: &str) -> RcptOutcome {
         let addr = normalize_address(raw);
-        let route =
-            if lookup(&self.keyring, &addr).is_some_and(|(l, _)| l.address == self.list.address) {
-                Route::Loopback
-            } else {
-                Route::Encrypt
-            };
+        // Only an address Mailman files under this very list loops back in clear; any other
+        // spelling, routed form or list goes the encrypted way (and needs a bound key).
+        let own = address::normalize(raw)
+            .and_then(|a| address::classify(&a, &*self.keyring, &self.keyring.address))
+            .is_some_and(|(l, _)| l.address == self.list.address);
+        let route = match own {
+            true => Route::Loopback,
+            false => Route::Encrypt,
+        };
         if self.route.is_some_and(|r| r != route) {
             return RcptOutcome::Refuse(Refusal::MixedTransaction);
         }
