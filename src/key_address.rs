@@ -43,6 +43,13 @@ const LIST_REPLY_WINDOW: Duration = Duration::from_secs(3600);
 pub const MAX_CERTIFICATIONS_PER_MEMBER: usize = 1;
 pub const MAX_LIST_CERTIFICATIONS: usize = 200;
 pub const MAX_CERTIFICATION_BYTES: usize = 2048;
+/// Unproven key offers leave bounded state: at most this many unexpired pending challenges per
+/// list (senders choose their addresses, so only this bounds the total) and per sender, and
+/// no stored certificate larger than this (a key with a few user IDs and subkeys is under
+/// 10 KiB). Over a cap, nothing is recorded and the log line says which.
+pub const MAX_PENDING_PER_LIST: usize = 1000;
+pub const MAX_PENDING_PER_SENDER: usize = 3;
+pub const MAX_OFFERED_CERT_BYTES: usize = 64 * 1024;
 
 /// A reply to send: recipient and the whole message.
 #[derive(Debug, Clone)]
@@ -560,6 +567,13 @@ impl Processor<'_> {
         let cert = own_signatures_only(&cert)
             .ok_or_else(|| KeyError::Crypto("offered certificate cannot be rebuilt".into()))?;
         let sender = &req.sender;
+        let size = openpgp::serialize::MarshalInto::serialized_len(&cert);
+        if size > MAX_OFFERED_CERT_BYTES {
+            return answered(self.quiet(format!(
+                "key offered by {sender} not stored: {size} bytes, \
+                 over {MAX_OFFERED_CERT_BYTES}"
+            )));
+        }
         if let Err(why) = check_member_cert(&cert, sender) {
             let body = format!(
                 "The key you sent cannot be bound to {sender} on {}:\r\n  {why}\r\n\
@@ -633,8 +647,13 @@ impl Processor<'_> {
             None => ReplyKind::Challenge,
         };
         let sender = &req.sender;
-        let token = new_token();
         let fingerprint = cert.fingerprint().to_hex();
+        if let Some(full) = self.pending_full(sender, &fingerprint)? {
+            return answered(self.quiet(format!(
+                "key 0x{fingerprint} offered by {sender} not recorded: {full}"
+            )));
+        }
+        let token = new_token();
         let body = format!(
             "Someone asked to bind this key ({fingerprint}) to {sender} on the encrypted\r\n\
              list {list}. If it was you, reply to this message, signed with this key (and\r\n\
@@ -666,6 +685,27 @@ impl Processor<'_> {
                 encrypted_reply(self.list, sender, &cert, subject, &body, now)
             },
         )?)
+    }
+
+    /// Which cap a new pending challenge of `sender` for `fingerprint` would exceed, if any.
+    /// Renewing one already pending adds no row.
+    fn pending_full(&self, sender: &str, fingerprint: &str) -> Result<Option<String>, StoreError> {
+        let list = &self.list.address;
+        let own = self.store.pending_for(list, sender)?;
+        if own.iter().any(|f| f.eq_ignore_ascii_case(fingerprint)) {
+            return Ok(None);
+        }
+        if own.len() >= MAX_PENDING_PER_SENDER {
+            return Ok(Some(format!(
+                "{MAX_PENDING_PER_SENDER} pending challenges for this sender"
+            )));
+        }
+        if self.store.pending_list(list)?.len() >= MAX_PENDING_PER_LIST {
+            return Ok(Some(format!(
+                "{MAX_PENDING_PER_LIST} pending challenges on the list"
+            )));
+        }
+        Ok(None)
     }
 
     /// Anything else: the list's public key.
@@ -1119,6 +1159,161 @@ mod tests {
             let message = format!("From: {sender}\r\nSubject: key?\r\n\r\nhi\r\n");
             processor.process(sender, message.as_bytes(), now).unwrap()
         }
+    }
+
+    impl Fixture {
+        /// `sender` offers `cert` in an unsigned message, as an armored block in the body.
+        fn offer(&self, sender: &str, cert: &Cert) -> Outcome {
+            let keyring_dir = self.dir.path().join("keyrings");
+            let processor = Processor {
+                list: &self.list,
+                store: &self.store,
+                keyring_dir: &keyring_dir,
+                limits: &Limits::default(),
+            };
+            let armored = cert.armored().to_vec().unwrap();
+            let mut message = format!("From: {sender}\r\nSubject: my key\r\n\r\n").into_bytes();
+            message.extend_from_slice(&armored);
+            processor.process(sender, &message, at(T0)).unwrap()
+        }
+
+        fn is_challenge(outcome: &Outcome) -> bool {
+            outcome.reply.is_some()
+                && outcome
+                    .effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::PendingChallenge { .. }))
+        }
+    }
+
+    fn key_of(address: &str) -> Cert {
+        CertBuilder::general_purpose(Some(address))
+            .generate()
+            .unwrap()
+            .0
+            .strip_secret_key_material()
+    }
+
+    /// A fingerprint-shaped string for filler pending rows.
+    fn filler(i: usize) -> String {
+        format!("{i:040X}")
+    }
+
+    #[test]
+    fn a_sender_has_at_most_three_pending_offers_and_expired_ones_do_not_count() {
+        let f = fixture();
+        let sender = "a@example.org";
+        let cert = key_of(sender);
+        assert!(
+            Fixture::is_challenge(&f.offer(sender, &cert)),
+            "none pending"
+        );
+        for i in 0..MAX_PENDING_PER_SENDER {
+            f.store
+                .pending_put(LIST, sender, &filler(i), "t", if i == 0 { 0 } else { 3600 })
+                .unwrap();
+        }
+        let full = f.offer(sender, &cert);
+        assert!(
+            full.reply.is_none() && full.effects.is_empty(),
+            "{}",
+            full.summary
+        );
+        assert!(
+            full.summary.contains("pending challenges for this sender"),
+            "{}",
+            full.summary
+        );
+        // Another sender is not held up by this one.
+        let other = "b@example.org";
+        assert!(Fixture::is_challenge(&f.offer(other, &key_of(other))));
+        // Renewing an offer already pending adds no row.
+        f.store.pending_remove(LIST, sender, &filler(2)).unwrap();
+        f.store
+            .pending_put(LIST, sender, &cert.fingerprint().to_hex(), "t", 3600)
+            .unwrap();
+        assert!(Fixture::is_challenge(&f.offer(sender, &cert)), "renewal");
+        f.store
+            .pending_remove(LIST, sender, &cert.fingerprint().to_hex())
+            .unwrap();
+        f.store
+            .pending_put(LIST, sender, &filler(2), "t", 3600)
+            .unwrap();
+        assert!(f.offer(sender, &cert).reply.is_none(), "full again");
+        // The row put with no time to live expires within a second; then it no longer counts.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(
+            Fixture::is_challenge(&f.offer(sender, &cert)),
+            "one expired"
+        );
+    }
+
+    #[test]
+    fn a_list_has_at_most_a_thousand_pending_offers() {
+        let f = fixture();
+        for i in 0..MAX_PENDING_PER_LIST {
+            let sender = format!("s{i}@example.org");
+            f.store
+                .pending_put(LIST, &sender, &filler(i), "t", 3600)
+                .unwrap();
+        }
+        let sender = "new@example.org";
+        let full = f.offer(sender, &key_of(sender));
+        assert!(
+            full.reply.is_none() && full.effects.is_empty(),
+            "{}",
+            full.summary
+        );
+        assert!(
+            full.summary.contains("pending challenges on the list"),
+            "{}",
+            full.summary
+        );
+        f.store
+            .pending_remove(LIST, "s0@example.org", &filler(0))
+            .unwrap();
+        assert!(Fixture::is_challenge(&f.offer(sender, &key_of(sender))));
+    }
+
+    #[test]
+    fn an_oversized_offered_key_is_not_stored() {
+        let f = fixture();
+        let sender = "a@example.org";
+        let (cert, _) = CertBuilder::general_purpose(Some(sender))
+            .generate()
+            .unwrap();
+        // 500 more self-signed user IDs: the owner's own, so they are all kept.
+        let mut packets = Vec::new();
+        for i in 0..500 {
+            let uid = openpgp::packet::UserID::from(format!("Alias {i} <{sender}>"));
+            let binding = uid
+                .bind(
+                    &mut keypair(&cert),
+                    &cert,
+                    SignatureBuilder::new(SignatureType::PositiveCertification),
+                )
+                .unwrap();
+            packets.push(Packet::from(uid));
+            packets.push(binding.into());
+        }
+        let big = cert
+            .insert_packets(packets)
+            .unwrap()
+            .0
+            .strip_secret_key_material();
+        let kept = own_signatures_only(&big).unwrap();
+        assert!(openpgp::serialize::MarshalInto::serialized_len(&kept) > MAX_OFFERED_CERT_BYTES);
+        let out = f.offer(sender, &big);
+        assert!(
+            out.reply.is_none() && out.effects.is_empty(),
+            "{}",
+            out.summary
+        );
+        assert!(out.summary.contains("not stored"), "{}", out.summary);
+        assert!(
+            Fixture::is_challenge(&f.offer(sender, &key_of(sender))),
+            "a normal key is"
+        );
     }
 
     #[test]

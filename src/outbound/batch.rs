@@ -1,6 +1,6 @@
 //! Batches: which recipients share one encrypted copy, and encrypting them on all cores.
 
-use super::copy::encrypt_message;
+use super::copy::{prepare, Budget};
 use super::PlanError;
 use crate::keys::{normalize_address, ListKeys};
 use crate::message::Rewrite;
@@ -44,14 +44,26 @@ pub fn encrypt_batches(
     list: &ListKeys,
     batches: &[Vec<String>],
 ) -> Result<Vec<Rewrite>, PlanError> {
+    encrypt_batches_within(message, list, batches, &mut Budget::new())
+}
+
+/// [`encrypt_batches`] with the message's `>From` verification budget given: the inner
+/// entity is prepared once, whatever the number of batches.
+pub(crate) fn encrypt_batches_within(
+    message: &[u8],
+    list: &ListKeys,
+    batches: &[Vec<String>],
+    budget: &mut Budget,
+) -> Result<Vec<Rewrite>, PlanError> {
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let prepared = prepare(message, list, budget)?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     if batches.len() <= 1 || threads <= 1 {
-        return batches
-            .iter()
-            .map(|b| encrypt_message(message, list, b))
-            .collect();
+        return batches.iter().map(|b| prepared.encrypt(list, b)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<Result<Rewrite, PlanError>>> =
@@ -65,7 +77,7 @@ pub fn encrypt_batches(
                 if i >= batches.len() {
                     break;
                 }
-                let r = encrypt_message(message, list, &batches[i]);
+                let r = prepared.encrypt(list, &batches[i]);
                 **slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             });
         }
@@ -75,4 +87,22 @@ pub fn encrypt_batches(
         .into_iter()
         .map(|r| r.unwrap_or(Err(PlanError::Malformed("batch not encrypted"))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::copy::tests::{list_with, mangled_post};
+    use super::*;
+
+    #[test]
+    fn five_batches_restore_from_lines_once() {
+        let (list, alice) = list_with(5);
+        let batches: Vec<Vec<String>> = (0..5).map(|i| vec![format!("m{i}@x.test")]).collect();
+        let mut budget = Budget::new();
+        let rewrites =
+            encrypt_batches_within(&mangled_post(&alice), &list, &batches, &mut budget).unwrap();
+        assert_eq!(rewrites.len(), 5);
+        // One message's restoration (as sent, all undone, first undone), not one per batch.
+        assert_eq!(budget.used(), 3);
+    }
 }

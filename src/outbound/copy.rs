@@ -55,21 +55,104 @@ pub fn encrypt_message(
     if recipients.is_empty() {
         return Err(PlanError::NoRecipients);
     }
+    prepare(message, list, &mut Budget::new())?.encrypt(list, recipients)
+}
+
+/// A message made ready for encryption: the inner entity (`>From` restored) and the outer
+/// header edits. None of it depends on the recipients, so it is made once per message and
+/// every batch is encrypted from it.
+pub struct Prepared {
+    inner: Vec<u8>,
+    remove: Vec<String>,
+    obscured: Vec<(&'static str, String)>,
+}
+
+/// Prepares `message` for every batch; `>From` restoration draws on `budget`.
+pub fn prepare(
+    message: &[u8],
+    list: &ListKeys,
+    budget: &mut Budget,
+) -> Result<Prepared, PlanError> {
     let entity = Entity::parse(message).map_err(|_| PlanError::Malformed("unparseable header"))?;
-    let policy = &list.policy;
-    let obscured = obscure_outer(&entity, policy.header_protection);
-    let inner = inner_entity(&entity, list, &obscured);
-    let keyed = keyed_recipients(list, recipients)?;
-    let signer = policy.sign_outgoing.then_some(&list.secret);
-    let armored = pgp::encrypt_sign_keys(&inner, &keyed, signer).map_err(PlanError::Encrypt)?;
-    let (content_type, body) = mime::multipart_encrypted(&armored);
-    let remove = outer_removals(&entity, policy.header_protection);
-    Ok(outer_rewrite(list, content_type, body, remove, obscured))
+    let hcp = list.policy.header_protection;
+    let obscured = obscure_outer(&entity, hcp);
+    let inner = inner_entity(&entity, list, &obscured, budget);
+    let remove = outer_removals(&entity, hcp);
+    Ok(Prepared {
+        inner,
+        remove,
+        obscured,
+    })
+}
+
+impl Prepared {
+    /// The encrypted copy for one batch of `recipients`.
+    pub fn encrypt(&self, list: &ListKeys, recipients: &[String]) -> Result<Rewrite, PlanError> {
+        if recipients.is_empty() {
+            return Err(PlanError::NoRecipients);
+        }
+        let keyed = keyed_recipients(list, recipients)?;
+        let signer = list.policy.sign_outgoing.then_some(&list.secret);
+        let armored =
+            pgp::encrypt_sign_keys(&self.inner, &keyed, signer).map_err(PlanError::Encrypt)?;
+        let (content_type, body) = mime::multipart_encrypted(&armored);
+        Ok(outer_rewrite(
+            list,
+            content_type,
+            body,
+            self.remove.clone(),
+            self.obscured.clone(),
+        ))
+    }
+}
+
+/// Signature verifications `>From` restoration may make for one message, over all its
+/// author-signed parts (the check as sent included). Outsiders can send such a message (via
+/// LIST-owner@), so the work stays bounded whatever it holds; a mangled post needs two or three.
+pub const MAX_FROM_VERIFICATIONS: u32 = 16;
+
+/// What is left of one message's verification budget for `>From` restoration.
+#[derive(Debug)]
+pub struct Budget {
+    pub attempts_left: u32,
+}
+
+impl Budget {
+    pub fn new() -> Budget {
+        Budget {
+            attempts_left: MAX_FROM_VERIFICATIONS,
+        }
+    }
+
+    /// Verifications made so far.
+    pub fn used(&self) -> u32 {
+        MAX_FROM_VERIFICATIONS - self.attempts_left
+    }
+
+    /// Takes one attempt; false once the budget is spent.
+    fn take(&mut self) -> bool {
+        if self.attempts_left == 0 {
+            return false;
+        }
+        self.attempts_left -= 1;
+        true
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget::new()
+    }
 }
 
 /// The entity that gets encrypted: MIME fields of the original (or the RFC 2045 default), the
 /// protected header fields, their HP-Outer record, padding, then the body, all CRLF.
-fn inner_entity(entity: &Entity<'_>, list: &ListKeys, obscured: &[(&str, String)]) -> Vec<u8> {
+fn inner_entity(
+    entity: &Entity<'_>,
+    list: &ListKeys,
+    obscured: &[(&str, String)],
+    budget: &mut Budget,
+) -> Vec<u8> {
     let mut inner = Vec::with_capacity(entity.body.len() + 1024);
     let mut had_ct = false;
     for h in entity
@@ -114,7 +197,7 @@ fn inner_entity(entity: &Entity<'_>, list: &ListKeys, obscured: &[(&str, String)
         inner.extend_from_slice(format!("HP-Outer: {}: {}\r\n", h.name, outer).as_bytes());
     }
     let body = mime::to_crlf(entity.body);
-    let body = unmangle_from_lines(entity, body, list);
+    let body = unmangle_from_lines(entity, body, list, budget);
     if list.policy.padding == Padding::Padme {
         // Padmé bucket for the whole entity, filled by a header field of the inner entity
         // (invisible to readers, unlike an extra MIME part).
@@ -204,14 +287,20 @@ fn outer_rewrite(
 /// Python's smtplib (Mailman) writes a signed body line `From …` as `>From …`, which breaks
 /// the author's signature. For each author-signed part (the message itself, or the first level
 /// of a wrapper Mailman added for a footer), if the signature fails as sent but verifies with
-/// `>From` undone, the part is restored. Parts whose signature verifies are left alone.
-fn unmangle_from_lines(entity: &Entity<'_>, body: Vec<u8>, list: &ListKeys) -> Vec<u8> {
+/// `>From` undone, the part is restored. Parts whose signature verifies are left alone, and so
+/// is every part once `budget` is spent.
+fn unmangle_from_lines(
+    entity: &Entity<'_>,
+    body: Vec<u8>,
+    list: &ListKeys,
+    budget: &mut Budget,
+) -> Vec<u8> {
     let ct = entity.content_type();
     let Some(boundary) = ct.params.get("boundary") else {
         return body;
     };
     match ct.mimetype.as_str() {
-        "multipart/signed" => restore_signed(&body, boundary, list).unwrap_or(body),
+        "multipart/signed" => restore_signed(&body, boundary, list, budget).unwrap_or(body),
         "multipart/mixed" => {
             let Ok(parts) = mime::split_multipart(&body, boundary) else {
                 return body;
@@ -219,6 +308,10 @@ fn unmangle_from_lines(entity: &Entity<'_>, body: Vec<u8>, list: &ListKeys) -> V
             let mut out = body.clone();
             // Replace from the last part backwards so earlier offsets stay valid.
             for part in parts.iter().rev() {
+                if budget.attempts_left == 0 {
+                    tracing::debug!("verification budget spent: remaining signed parts as sent");
+                    break;
+                }
                 let Ok(sub) = Entity::parse(part) else {
                     continue;
                 };
@@ -230,7 +323,7 @@ fn unmangle_from_lines(entity: &Entity<'_>, body: Vec<u8>, list: &ListKeys) -> V
                     continue;
                 };
                 let header_len = part.len() - sub.body.len();
-                if let Some(fixed) = restore_signed(sub.body, b, list) {
+                if let Some(fixed) = restore_signed(sub.body, b, list, budget) {
                     let start = part.as_ptr() as usize - body.as_ptr() as usize + header_len;
                     out.splice(start..start + sub.body.len(), fixed);
                 }
@@ -242,25 +335,34 @@ fn unmangle_from_lines(entity: &Entity<'_>, body: Vec<u8>, list: &ListKeys) -> V
 }
 
 /// The body of a multipart/signed with `>From` undone in its signed part, if that is what
-/// makes the signature verify.
-fn restore_signed(body: &[u8], boundary: &str, list: &ListKeys) -> Option<Vec<u8>> {
+/// makes the signature verify within `budget`.
+fn restore_signed(
+    body: &[u8],
+    boundary: &str,
+    list: &ListKeys,
+    budget: &mut Budget,
+) -> Option<Vec<u8>> {
     let parts = mime::split_multipart(body, boundary).ok()?;
     tracing::debug!("author-signed part: {} parts", parts.len());
     if parts.len() != 2 || !(parts[0].starts_with(b">From ") || contains(parts[0], b"\n>From ")) {
         return None;
     }
     let sig = mailparse::parse_mail(parts[1]).ok()?.get_body_raw().ok()?;
-    let good = |signed: &[u8]| {
+    // `None` once the budget is spent.
+    let mut good = |signed: &[u8]| {
+        if !budget.take() {
+            return None;
+        }
         let checks = pgp::verify_detached(signed, &sig, list);
         tracing::trace!("detached verification: {checks:?}");
-        checks.iter().any(|s| matches!(s, pgp::SigCheck::Good(_)))
+        Some(checks.iter().any(|s| matches!(s, pgp::SigCheck::Good(_))))
     };
-    if good(parts[0]) {
+    if good(parts[0]) != Some(false) {
         return None;
     }
     tracing::debug!("author signature fails as sent; trying to undo >From mangling");
     // Which `>From` lines were `From` before? A genuine `>From` (a quote) is possible too, so
-    // try the combinations, bounded: 2^8 verifications at most, only on this rare path.
+    // try the combinations, most undone first: smtplib mangles every `From` line, quotes are rare.
     let signed = parts[0];
     let mut starts: Vec<usize> = Vec::new();
     if signed.starts_with(b">From ") {
@@ -276,7 +378,10 @@ fn restore_signed(body: &[u8], boundary: &str, list: &ListKeys) -> Option<Vec<u8
     if starts.len() > MAX_FROM_CANDIDATES {
         return None;
     }
-    let fixed = (1u32..1 << starts.len()).find_map(|mask| {
+    let mut masks: Vec<u32> = (1u32..1 << starts.len()).collect();
+    masks.sort_by_key(|m| (std::cmp::Reverse(m.count_ones()), *m));
+    let mut fixed = None;
+    for mask in masks {
         let mut v = Vec::with_capacity(signed.len());
         let mut last = 0;
         for (bit, &at) in starts.iter().enumerate() {
@@ -286,8 +391,16 @@ fn restore_signed(body: &[u8], boundary: &str, list: &ListKeys) -> Option<Vec<u8
             }
         }
         v.extend_from_slice(&signed[last..]);
-        good(&v).then_some(v)
-    })?;
+        match good(&v) {
+            Some(true) => {
+                fixed = Some(v);
+                break;
+            }
+            Some(false) => continue,
+            None => return None,
+        }
+    }
+    let fixed = fixed?;
     let start = parts[0].as_ptr() as usize - body.as_ptr() as usize;
     let mut out = body[..start].to_vec();
     out.extend_from_slice(&fixed);
@@ -295,7 +408,7 @@ fn restore_signed(body: &[u8], boundary: &str, list: &ListKeys) -> Option<Vec<u8
     Some(out)
 }
 
-/// `>From` lines beyond which restoring is not attempted.
+/// `>From` lines beyond which restoring is not attempted (the combinations to choose from).
 const MAX_FROM_CANDIDATES: usize = 8;
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -425,8 +538,143 @@ fn autocrypt_value(list: &ListKeys) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::config::Policy;
+    use crate::keys::Member;
+    use crate::store::Role;
+    use sequoia_openpgp::cert::CertBuilder;
+    use sequoia_openpgp::packet::signature::SignatureBuilder;
+    use sequoia_openpgp::serialize::Serialize;
+    use sequoia_openpgp::types::SignatureType;
+    use sequoia_openpgp::{Cert, Packet};
+
+    /// A list whose members are `alice` (the author) and `m0@x.test` … `m{n-1}@x.test`.
+    pub(in crate::outbound) fn list_with(n: usize) -> (ListKeys, Cert) {
+        let gen = |a: &str| CertBuilder::general_purpose(Some(a)).generate().unwrap().0;
+        let alice = gen("alice@x.test");
+        let mut members = vec![member("alice@x.test", &alice)];
+        for i in 0..n {
+            let a = format!("m{i}@x.test");
+            members.push(member(&a, &gen(&a)));
+        }
+        let list = ListKeys::new(
+            "l@x.test".into(),
+            Policy::default(),
+            gen("l@x.test"),
+            members,
+        );
+        (list, alice)
+    }
+
+    fn member(address: &str, cert: &Cert) -> Member {
+        Member {
+            address: address.into(),
+            cert: cert.clone(),
+            role: Role::Member,
+            show_key_id: false,
+        }
+    }
+
+    /// `signer`'s armored detached signature of `data` (RFC 3156 §5).
+    fn detached(signer: &Cert, data: &[u8]) -> Vec<u8> {
+        let mut keypair = signer
+            .keys()
+            .with_policy(&crate::keys::POLICY, None)
+            .secret()
+            .for_signing()
+            .next()
+            .unwrap()
+            .key()
+            .clone()
+            .into_keypair()
+            .unwrap();
+        let sig = SignatureBuilder::new(SignatureType::Binary)
+            .sign_message(&mut keypair, data)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut w =
+            sequoia_openpgp::armor::Writer::new(&mut out, sequoia_openpgp::armor::Kind::Signature)
+                .unwrap();
+        Packet::from(sig).serialize(&mut w).unwrap();
+        w.finalize().unwrap();
+        out
+    }
+
+    /// A multipart/signed entity (header and body) of `signed` with a signature made over
+    /// `signed_as` (what the author wrote, before any mangling).
+    fn signed_entity(signer: &Cert, signed_as: &[u8], signed: &[u8], b: &str) -> Vec<u8> {
+        let mut e = format!(
+            "Content-Type: multipart/signed; boundary=\"{b}\"; micalg=pgp-sha512;\r\n \
+             protocol=\"application/pgp-signature\"\r\n\r\n--{b}\r\n"
+        )
+        .into_bytes();
+        e.extend_from_slice(signed);
+        e.extend_from_slice(
+            format!("\r\n--{b}\r\nContent-Type: application/pgp-signature\r\n\r\n").as_bytes(),
+        );
+        e.extend_from_slice(&detached(signer, signed_as));
+        e.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+        e
+    }
+
+    /// What the author signed, and what smtplib made of it: the `From` line is mangled, the
+    /// quote was `>From` already.
+    const WRITTEN: &[u8] =
+        b"Content-Type: text/plain\r\n\r\nhi\r\nFrom the start\r\n>From a quote\r\n";
+    const MANGLED: &[u8] =
+        b"Content-Type: text/plain\r\n\r\nhi\r\n>From the start\r\n>From a quote\r\n";
+
+    /// A post by `alice` whose signed part smtplib mangled.
+    pub(in crate::outbound) fn mangled_post(alice: &Cert) -> Vec<u8> {
+        let mut m = b"From: alice@x.test\r\nTo: l@x.test\r\nSubject: s\r\n".to_vec();
+        m.extend_from_slice(&signed_entity(alice, WRITTEN, MANGLED, "sig"));
+        m
+    }
+
+    #[test]
+    fn a_mangled_part_is_restored_and_a_quote_kept() {
+        let (list, alice) = list_with(0);
+        let message = mangled_post(&alice);
+        let entity = Entity::parse(&message).unwrap();
+        let mut budget = Budget::new();
+        let body = unmangle_from_lines(&entity, entity.body.to_vec(), &list, &mut budget);
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("\r\nhi\r\nFrom the start\r\n>From a quote"),
+            "{text}"
+        );
+        // As sent, both lines undone, then the first alone: most undone first.
+        assert_eq!(budget.used(), 3);
+    }
+
+    #[test]
+    fn many_mangled_parts_cost_at_most_the_message_budget() {
+        let (list, alice) = list_with(0);
+        // 160 signed parts, each with 8 `>From` lines its signature never matches: 2^8
+        // verifications per part without a budget.
+        let junk = b"Content-Type: text/plain\r\n\r\n>From 1\r\n>From 2\r\n>From 3\r\n>From 4\r\n\
+                     >From 5\r\n>From 6\r\n>From 7\r\n>From 8\r\n";
+        let part = signed_entity(&alice, b"something else", junk, "s");
+        let mut m =
+            b"From: alice@x.test\r\nContent-Type: multipart/mixed; boundary=\"mix\"\r\n\r\n"
+                .to_vec();
+        for _ in 0..160 {
+            m.extend_from_slice(b"--mix\r\n");
+            m.extend_from_slice(&part);
+        }
+        m.extend_from_slice(b"--mix--\r\n");
+        let mut budget = Budget::new();
+        let prepared = prepare(&m, &list, &mut budget).unwrap();
+        assert_eq!(budget.used(), MAX_FROM_VERIFICATIONS);
+        assert!(
+            contains(&prepared.inner, b"\r\n>From 1\r\n"),
+            "left as sent"
+        );
+        // A spent budget makes no further attempt.
+        prepare(&m, &list, &mut budget).unwrap();
+        assert_eq!(budget.used(), MAX_FROM_VERIFICATIONS);
+    }
 
     #[test]
     fn utc_dates() {

@@ -13,7 +13,9 @@ use crate::refusal::{KeyRefusal, RcptOutcome, Refusal};
 use std::sync::Arc;
 
 pub use batch::{encrypt_batches, plan_batches};
-pub use copy::{encrypt_message, padme, rfc5322_date_utc};
+pub use copy::{
+    encrypt_message, padme, prepare, rfc5322_date_utc, Budget, Prepared, MAX_FROM_VERIFICATIONS,
+};
 
 /// Identifies the list from the envelope sender alone (`LIST-bounces@D`, its VERP forms per
 /// `verp_format`, or another address of the list): headers such as List-Id can be written by
