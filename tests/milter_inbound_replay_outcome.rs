@@ -85,6 +85,8 @@ async fn a_hold_notice_carrying_the_post_makes_its_record_final() {
     let mut conn = milter::connect(daemon.inbound).await;
     let (actions, first) = post_once(&mut conn, &alice.address, &post).await;
     milter::assert_goes_on(&first, "first copy");
+    let (_, early) = post_once(&mut conn, &alice.address, &post).await;
+    milter::assert_reply(&early, "451", "4.7.1", "duplicate before the hold notice");
     let held = post.apply(&actions).render();
     let notice = format!(
         "From: {LIST_BOUNCES}\r\n\
