@@ -30,6 +30,9 @@ pub enum Refusal {
     /// The null envelope sender cannot be bound to a signer.
     NullSender,
     Duplicate,
+    /// A duplicate of a post not yet seen with Mailman: maybe the sender's retry of a copy
+    /// lost after listcrypt's yes, so 451 4.7.1 until the record is final or dropped.
+    DuplicatePending,
     /// Outbound mail of no managed list, with `unmanaged_outbound = reject`.
     NotListMail,
     // Cannot decrypt to the list key; signer key expired or revoked: 550 5.7.5.
@@ -122,6 +125,11 @@ impl Refusal {
                 "550",
                 "5.7.1",
                 "duplicate post (this signature was already accepted)",
+            ),
+            DuplicatePending => r(
+                "451",
+                "4.7.1",
+                "duplicate of a post not yet distributed, please retry later",
             ),
             NotListMail => r(
                 "550",
@@ -232,6 +240,7 @@ mod tests {
             (Refusal::Unsigned, "550", "5.7.1"),
             (Refusal::UnknownSigner, "550", "5.7.1"),
             (Refusal::Duplicate, "550", "5.7.1"),
+            (Refusal::DuplicatePending, "451", "4.7.1"),
             (Refusal::NotForListKey, "550", "5.7.5"),
             (Refusal::SignerExpired, "550", "5.7.5"),
             (Refusal::SignerRevoked, "550", "5.7.5"),

@@ -1,6 +1,7 @@
 //! Inbound: the same signed post arriving again (an SMTP retry, or an attacker replaying a
-//! captured post) is not distributed twice. By default (`duplicate_action = "discard"`) it is
-//! discarded; with `duplicate_action = "reject"` it is refused with `550 5.7.1`.
+//! captured post) is not distributed twice. Once Mailman has emitted the post, by default
+//! (`duplicate_action = "discard"`) it is discarded; with `duplicate_action = "reject"` it is
+//! refused with `550 5.7.1`. (Before that: tests/milter_inbound_replay_outcome.rs.)
 
 mod support;
 
@@ -8,9 +9,9 @@ use indymilter_test::{Status, TestConnection};
 use std::fs;
 use support::gpg::GpgMember;
 use support::milter::{self, Mail};
-use support::site::{Site, LIST};
+use support::site::{Site, LIST, LIST_BOUNCES};
 
-async fn post_once(conn: &mut TestConnection, sender: &str, mail: &Mail) -> Status {
+async fn post_once(conn: &mut TestConnection, sender: &str, mail: &Mail) -> (Mail, Status) {
     let from = format!("<{sender}>");
     assert_eq!(conn.mail([from.as_str()]).await.unwrap(), Status::Continue);
     let to = format!("<{LIST}>");
@@ -20,7 +21,7 @@ async fn post_once(conn: &mut TestConnection, sender: &str, mail: &Mail) -> Stat
     if matches!(status, Status::Continue | Status::Accept) {
         assert!(replaced, "an accepted post is decrypted");
     }
-    status
+    (mail.apply(&actions), status)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,13 +33,17 @@ async fn replayed_post_is_discarded_or_rejected_per_policy() {
 
     let daemon = milter::start(&site.config).await;
     let mut conn = milter::connect(daemon.inbound).await;
-    let first = post_once(&mut conn, &alice.address, &post).await;
+    let (for_mailman, first) = post_once(&mut conn, &alice.address, &post).await;
     assert!(
         matches!(first, Status::Continue | Status::Accept),
         "first delivery: {}",
         milter::reply_text(&first)
     );
-    let again = post_once(&mut conn, &alice.address, &post).await;
+    // Mailman distributes it: its copy leaves through the outbound listener.
+    let (_, out) =
+        milter::transact(daemon.outbound, LIST_BOUNCES, &alice.address, &for_mailman).await;
+    milter::assert_goes_on(&out, "Mailman's copy");
+    let (_, again) = post_once(&mut conn, &alice.address, &post).await;
     assert_eq!(
         again,
         Status::Discard,
@@ -56,7 +61,7 @@ async fn replayed_post_is_discarded_or_rejected_per_policy() {
     .unwrap();
     let daemon = milter::start(&site.config).await;
     let mut conn = milter::connect(daemon.inbound).await;
-    let third = post_once(&mut conn, &alice.address, &post).await;
+    let (_, third) = post_once(&mut conn, &alice.address, &post).await;
     milter::assert_reply(
         &third,
         "550",

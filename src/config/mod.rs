@@ -48,6 +48,9 @@ pub struct Limits {
     pub signature_time_window: u64,
     /// Seconds of work per message before listcrypt gives up with 451 4.3.0.
     pub message_timeout: u64,
+    /// Seconds an accepted post's replay record waits for Mailman to be seen with the post
+    /// before it is dropped, so that the sender's next retry counts as new.
+    pub replay_confirm_window: u64,
 }
 
 impl Default for Limits {
@@ -60,6 +63,7 @@ impl Default for Limits {
             max_packets: 10_000,
             signature_time_window: 7 * 24 * 3600,
             message_timeout: 300,
+            replay_confirm_window: 3600,
         }
     }
 }

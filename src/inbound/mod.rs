@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use pipeline::Rules;
-pub use replay::{replay_retention, Peeking, Recording, ReplayLedger};
+pub use replay::{
+    emitted_message_ids, message_id_key, replay_retention, Peeking, Recording, ReplayLedger,
+};
 
 /// Headers listcrypt itself sets toward Mailman: incoming copies are always removed, so a
 /// poster cannot forge a verification result.
@@ -169,7 +171,7 @@ impl Transaction {
             sender: &self.sender,
         };
         let verdict = pipeline::run(&env, message, list, limits, rules, now);
-        replay::apply(verdict, list, limits, replay)
+        replay::apply(verdict, list, limits, replay, message, now)
     }
 }
 

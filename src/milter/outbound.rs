@@ -23,6 +23,7 @@ pub(super) async fn finish(
     let store = cx.daemon.store();
     let qid = &message.queue_id;
     let list = tx.list().address.clone();
+    confirm_replay(qid, store, &list, &message.bytes)?;
     let digest = body_digest(&message.bytes);
     let already = store.journal_sent(tx.sender(), &digest)?;
     let bytes = Arc::new(message.bytes);
@@ -47,6 +48,22 @@ pub(super) async fn finish(
     apply(actions, &message.header_names, &first.rewrite).await?;
     tracing::info!("{qid}: {list}: {}", summary(&tx, &plan, &reinjected));
     Ok(Status::Continue)
+}
+
+/// Mailman emitting a post, or a hold or rejection notice carrying it, shows that Mailman has
+/// it: the post's tentative replay record becomes final (see `inbound::replay`).
+fn confirm_replay(
+    qid: &str,
+    store: &dyn Store,
+    list: &str,
+    message: &[u8],
+) -> Result<(), SessionError> {
+    let ids = crate::inbound::emitted_message_ids(message);
+    let n = store.replay_confirm(list, &ids, std::time::SystemTime::now())?;
+    if n > 0 {
+        tracing::debug!("{qid}: {list}: {n} replay record(s) now final");
+    }
+    Ok(())
 }
 
 /// Reinjects batches 2..n, journaling each right after the listener's 250. A recipient the

@@ -13,6 +13,8 @@ mod rate;
 mod replay;
 mod schema;
 
+pub use replay::{ReplayClaim, ReplayState};
+
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -160,6 +162,24 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Whether a digest is recorded (read-only, for dry runs).
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
+    /// A post's replay check: the state of an existing record for its digest, or `None` after
+    /// recording it as tentative. Expired records (retention, and tentative ones past their
+    /// confirmation window) are dropped first.
+    fn replay_claim(
+        &self,
+        claim: &ReplayClaim<'_>,
+        now: SystemTime,
+    ) -> Result<Option<ReplayState>, StoreError>;
+    /// The state of a digest's record (read-only, for dry runs).
+    fn replay_state(&self, list: &str, digest: &[u8]) -> Result<Option<ReplayState>, StoreError>;
+    /// Makes final the tentative records of posts to `list` with one of `message_ids` (Mailman
+    /// was seen emitting them); returns how many changed.
+    fn replay_confirm(
+        &self,
+        list: &str,
+        message_ids: &[String],
+        now: SystemTime,
+    ) -> Result<usize, StoreError>;
     /// Records a pending binding: `address` on `list` to `fingerprint`, proven by `token`
     /// (only its hash is stored).
     fn pending_put(
@@ -368,6 +388,30 @@ impl Store for SqliteStore {
 
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
         self.read(|c| replay::seen(c, list, digest))
+    }
+
+    fn replay_claim(
+        &self,
+        claim: &ReplayClaim<'_>,
+        now: SystemTime,
+    ) -> Result<Option<ReplayState>, StoreError> {
+        self.write(|tx| replay::claim(tx, claim, epoch_secs(now)))
+    }
+
+    fn replay_state(&self, list: &str, digest: &[u8]) -> Result<Option<ReplayState>, StoreError> {
+        self.read(|c| replay::state(c, list, digest))
+    }
+
+    fn replay_confirm(
+        &self,
+        list: &str,
+        message_ids: &[String],
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
+        if message_ids.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| replay::confirm(tx, list, message_ids, epoch_secs(now)))
     }
 
     fn pending_put(

@@ -1,9 +1,48 @@
 //! Digests of accepted signatures per list, so a replayed post or command is recognised.
+//!
+//! A post's record starts tentative (listcrypt said yes, but the message may still be lost
+//! behind it) and becomes final once Mailman is seen to have it; key-address commands are
+//! final at once.
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-/// Records `digest` for `list`; returns `true` if it was already there (a replay). Records
-/// older than `retain_secs` are dropped first.
+/// How sure the ledger is that the recorded message reached Mailman.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayState {
+    /// Accepted by listcrypt, not yet seen leaving Mailman: a duplicate may be the sender's
+    /// retry of a message lost after listcrypt's yes.
+    Tentative,
+    /// Known to be with Mailman (or a key-address command): a duplicate is a replay.
+    Final,
+}
+
+impl ReplayState {
+    fn parse(s: &str) -> ReplayState {
+        // Anything but the tentative marker is final: an unknown state never weakens a record.
+        if s == "tentative" {
+            ReplayState::Tentative
+        } else {
+            ReplayState::Final
+        }
+    }
+}
+
+/// A post's claim on the ledger: its digest under `scope`, and how to find it again when
+/// Mailman emits it (`list` and the `message_id` Mailman keeps).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayClaim<'a> {
+    pub scope: &'a str,
+    pub digest: &'a [u8],
+    pub list: &'a str,
+    pub message_id: Option<&'a str>,
+    /// Seconds any record is kept after it was last confirmed.
+    pub retain_secs: u64,
+    /// Seconds a tentative record waits for evidence before it is dropped.
+    pub confirm_secs: u64,
+}
+
+/// Records `digest` for `list` as final; returns `true` if it was already there (a replay).
+/// Records older than `retain_secs` are dropped first.
 pub(super) fn record(
     tx: &Transaction<'_>,
     list: &str,
@@ -11,29 +50,98 @@ pub(super) fn record(
     retain_secs: u64,
     now: i64,
 ) -> rusqlite::Result<bool> {
-    tx.execute(
-        "DELETE FROM replay WHERE seen < ?1",
-        params![now - retain_secs as i64],
-    )?;
+    expire(tx, retain_secs, None, now)?;
     let n = tx.execute(
-        "INSERT INTO replay (list, digest, seen) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        "INSERT INTO replay (list, digest, seen, state, created) VALUES (?1, ?2, ?3, 'final', ?3)
+         ON CONFLICT DO NOTHING",
         params![list, digest, now],
     )?;
     Ok(n == 0)
 }
 
-pub(super) fn seen(conn: &Connection, list: &str, digest: &[u8]) -> rusqlite::Result<bool> {
-    let n: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM replay WHERE list = ?1 AND digest = ?2",
-        params![list, digest],
-        |r| r.get(0),
+/// The state of an existing record, or `None` after recording the claim as tentative.
+pub(super) fn claim(
+    tx: &Transaction<'_>,
+    c: &ReplayClaim<'_>,
+    now: i64,
+) -> rusqlite::Result<Option<ReplayState>> {
+    expire(tx, c.retain_secs, Some(c.confirm_secs), now)?;
+    if let Some(state) = state(tx, c.scope, c.digest)? {
+        return Ok(Some(state));
+    }
+    tx.execute(
+        "INSERT INTO replay (list, digest, seen, state, message_id, post_list, created)
+         VALUES (?1, ?2, ?3, 'tentative', ?4, ?5, ?3)",
+        params![c.scope, c.digest, now, c.message_id, c.list],
     )?;
-    Ok(n > 0)
+    Ok(None)
+}
+
+/// Makes final every tentative record of a post to `list` with one of `message_ids`; its
+/// retention starts again now. Returns how many records changed.
+pub(super) fn confirm(
+    tx: &Transaction<'_>,
+    list: &str,
+    message_ids: &[String],
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let mut n = 0;
+    for id in message_ids {
+        n += tx.execute(
+            "UPDATE replay SET state = 'final', seen = ?1
+             WHERE state = 'tentative' AND post_list = ?2 AND message_id = ?3",
+            params![now, list, id],
+        )?;
+    }
+    Ok(n)
+}
+
+/// Drops records past their retention and, with `confirm_secs`, tentative records that saw
+/// no evidence in time (so the sender's next retry counts as new).
+fn expire(
+    tx: &Transaction<'_>,
+    retain_secs: u64,
+    confirm_secs: Option<u64>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM replay WHERE seen < ?1",
+        params![now.saturating_sub(retain_secs as i64)],
+    )?;
+    if let Some(window) = confirm_secs {
+        tx.execute(
+            "DELETE FROM replay WHERE state = 'tentative' AND created < ?1",
+            params![now.saturating_sub(window as i64)],
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn seen(conn: &Connection, list: &str, digest: &[u8]) -> rusqlite::Result<bool> {
+    Ok(state(conn, list, digest)?.is_some())
+}
+
+/// The record's state, whatever its age (a dry run does not expire anything).
+pub(super) fn state(
+    conn: &Connection,
+    list: &str,
+    digest: &[u8],
+) -> rusqlite::Result<Option<ReplayState>> {
+    let s: Option<String> = conn
+        .query_row(
+            "SELECT state FROM replay WHERE list = ?1 AND digest = ?2",
+            params![list, digest],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(s.as_deref().map(ReplayState::parse))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::{SqliteStore, Store};
+    use super::{ReplayClaim, ReplayState};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     #[test]
     fn replay_records_once_and_expires() {
@@ -49,5 +157,86 @@ mod tests {
             .unwrap();
         assert!(!s.replay_record("l@x", b"d2", 0).unwrap());
         assert!(!s.replay_seen("l@x", b"d1").unwrap());
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn post<'a>(digest: &'a [u8], id: &'a str) -> ReplayClaim<'a> {
+        ReplayClaim {
+            scope: "*",
+            digest,
+            list: "l@x",
+            message_id: Some(id),
+            retain_secs: 14 * 86_400,
+            confirm_secs: 3600,
+        }
+    }
+
+    #[test]
+    fn a_post_is_tentative_until_its_message_id_leaves_for_its_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let t0 = 1_800_000_000;
+        assert_eq!(s.replay_claim(&post(b"d1", "<a@y>"), at(t0)).unwrap(), None);
+        assert_eq!(
+            s.replay_claim(&post(b"d1", "<a@y>"), at(t0 + 60)).unwrap(),
+            Some(ReplayState::Tentative)
+        );
+        // Another list emitting the same Message-ID is no evidence for this one.
+        let ids = ["<a@y>".to_string()];
+        assert_eq!(s.replay_confirm("m@x", &ids, at(t0 + 70)).unwrap(), 0);
+        assert_eq!(s.replay_confirm("l@x", &ids, at(t0 + 80)).unwrap(), 1);
+        // Final outlives the confirmation window.
+        assert_eq!(
+            s.replay_claim(&post(b"d1", "<a@y>"), at(t0 + 7200))
+                .unwrap(),
+            Some(ReplayState::Final)
+        );
+        assert_eq!(
+            s.replay_state("*", b"d1").unwrap(),
+            Some(ReplayState::Final)
+        );
+    }
+
+    #[test]
+    fn a_tentative_post_without_evidence_is_dropped_after_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let t0 = 1_800_000_000;
+        assert_eq!(s.replay_claim(&post(b"d1", "<a@y>"), at(t0)).unwrap(), None);
+        assert_eq!(
+            s.replay_claim(&post(b"d1", "<a@y>"), at(t0 + 3600))
+                .unwrap(),
+            Some(ReplayState::Tentative),
+            "still inside the window"
+        );
+        assert_eq!(
+            s.replay_claim(&post(b"d1", "<a@y>"), at(t0 + 3601))
+                .unwrap(),
+            None,
+            "past the window the retry is new, and recorded afresh"
+        );
+        assert_eq!(
+            s.replay_state("*", b"d1").unwrap(),
+            Some(ReplayState::Tentative)
+        );
+        // Evidence after the record was dropped finds nothing to confirm.
+        s.conn().execute("DELETE FROM replay", []).unwrap();
+        let ids = ["<a@y>".to_string()];
+        assert_eq!(s.replay_confirm("l@x", &ids, at(t0 + 9000)).unwrap(), 0);
+    }
+
+    #[test]
+    fn key_address_records_are_final_and_a_dry_run_sees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert!(!s.replay_record("l@x", b"k1", 3600).unwrap());
+        assert_eq!(
+            s.replay_state("l@x", b"k1").unwrap(),
+            Some(ReplayState::Final)
+        );
+        assert_eq!(s.replay_state("l@x", b"k2").unwrap(), None);
     }
 }

@@ -85,6 +85,21 @@ CREATE INDEX IF NOT EXISTS replies_list_sent ON replies (list, sent);
 ",
         then: None,
     },
+    Migration {
+        version: 4,
+        name: "replay records tentative until Mailman is seen to have the post",
+        // Records made before this were taken as final when made: they stay final. `seen`
+        // now counts retention from the last confirmation, `created` the confirmation window.
+        sql: "
+ALTER TABLE replay ADD COLUMN state TEXT NOT NULL DEFAULT 'final';
+ALTER TABLE replay ADD COLUMN message_id TEXT;
+ALTER TABLE replay ADD COLUMN post_list TEXT;
+ALTER TABLE replay ADD COLUMN created BIGINT NOT NULL DEFAULT 0;
+UPDATE replay SET created = seen;
+CREATE INDEX IF NOT EXISTS replay_post ON replay (post_list, message_id);
+",
+        then: None,
+    },
 ];
 
 /// The newest schema version this code knows.
@@ -274,7 +289,8 @@ CREATE TABLE IF NOT EXISTS rate (
                 "UPDATE meta SET value = 7 WHERE key = 'generation';
                  INSERT INTO bindings VALUES ('l@x', 'a@y', 'AB', 'owner', 'active', 1, 0);
                  INSERT INTO pending VALUES ('l@x', 'b@y', 'CD',
-                     'mfrggzdfmztwq2lknnwg23tpobyxe43u', 4102444800);",
+                     'mfrggzdfmztwq2lknnwg23tpobyxe43u', 4102444800);
+                 INSERT INTO replay VALUES ('*', x'd1', 1700000000);",
             )
             .unwrap();
         }
@@ -296,6 +312,16 @@ CREATE TABLE IF NOT EXISTS rate (
         assert!(s
             .pending_token_matches("l@x", "b@y", "CD", "mfrggzdfmztwq2lknnwg23tpobyxe43u")
             .unwrap());
+        // A replay record from before tentative records existed was final when made.
+        assert_eq!(
+            s.replay_state("*", &[0xd1]).unwrap(),
+            Some(super::super::ReplayState::Final)
+        );
+        let created: i64 = s
+            .conn()
+            .query_row("SELECT created FROM replay", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(created, 1_700_000_000);
     }
 
     #[test]
