@@ -336,8 +336,12 @@ fn signals(
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    if let Err(e) = daemon.reload() {
-                        tracing::error!("reload failed, keeping the running configuration: {e}");
+                    // Built on the blocking pool; sessions keep the old snapshot meanwhile.
+                    let d = daemon.clone();
+                    match tokio::task::spawn_blocking(move || d.reload()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
                     }
                 }
             }

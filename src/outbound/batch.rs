@@ -4,6 +4,7 @@ use super::copy::encrypt_message;
 use super::PlanError;
 use crate::keys::{normalize_address, ListKeys};
 use crate::message::Rewrite;
+use crate::state::Deadline;
 
 /// Splits the accepted recipients into batches: members who need their key id shown get a
 /// copy of their own (never revealing anyone else's); SEIPDv2 only for batches whose members
@@ -44,13 +45,30 @@ pub fn encrypt_batches(
     list: &ListKeys,
     batches: &[Vec<String>],
 ) -> Result<Vec<Rewrite>, PlanError> {
+    encrypt_batches_until(message, list, batches, &Deadline::none())
+}
+
+/// [`encrypt_batches`], stopping with [`PlanError::Timeout`] once `deadline` passed: checked
+/// before each batch, since the blocking thread cannot be cancelled from outside.
+pub fn encrypt_batches_until(
+    message: &[u8],
+    list: &ListKeys,
+    batches: &[Vec<String>],
+    deadline: &Deadline,
+) -> Result<Vec<Rewrite>, PlanError> {
+    let encrypt = |batch: &[String]| {
+        if deadline.expired() {
+            return Err(PlanError::Timeout);
+        }
+        encrypt_message(message, list, batch)
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     if batches.len() <= 1 || threads <= 1 {
         return batches
             .iter()
-            .map(|b| encrypt_message(message, list, b))
+            .map(|b| encrypt(b))
             .collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -65,7 +83,7 @@ pub fn encrypt_batches(
                 if i >= batches.len() {
                     break;
                 }
-                let r = encrypt_message(message, list, &batches[i]);
+                let r = encrypt(&batches[i]);
                 **slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             });
         }
