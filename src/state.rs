@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::keys::{KeyError, Keyring};
 use crate::store::{SqliteStore, Store};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -186,6 +186,8 @@ pub fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
 pub struct Deadline {
     at: Option<Instant>,
     cancelled: Arc<AtomicBool>,
+    /// Steps admitted so far, shared between clones.
+    admitted: Arc<AtomicUsize>,
 }
 
 impl Deadline {
@@ -194,6 +196,7 @@ impl Deadline {
         Deadline {
             at: None,
             cancelled: Arc::new(AtomicBool::new(false)),
+            admitted: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -201,6 +204,7 @@ impl Deadline {
         Deadline {
             at: Instant::now().checked_add(limit),
             cancelled: Arc::new(AtomicBool::new(false)),
+            admitted: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -210,6 +214,20 @@ impl Deadline {
 
     pub fn expired(&self) -> bool {
         self.cancelled.load(Ordering::Acquire) || self.at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Whether the next step may run; counts the steps that did.
+    pub fn admit(&self) -> bool {
+        if self.expired() {
+            return false;
+        }
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// How many steps were admitted (batches encrypted, phases run).
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
     }
 
     /// Cancels this deadline when dropped: the waiter went away (the MTA hung up).

@@ -65,7 +65,7 @@ pub(super) fn run_until(
 }
 
 fn in_time(deadline: &Deadline) -> Step<()> {
-    if deadline.expired() {
+    if !deadline.admit() {
         return Err(Box::new(Verdict::Tempfail(Internal::Timeout.into())));
     }
     Ok(())

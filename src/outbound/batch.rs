@@ -57,7 +57,7 @@ pub fn encrypt_batches_until(
     deadline: &Deadline,
 ) -> Result<Vec<Rewrite>, PlanError> {
     let encrypt = |batch: &[String]| {
-        if deadline.expired() {
+        if !deadline.admit() {
             return Err(PlanError::Timeout);
         }
         encrypt_message(message, list, batch)
@@ -93,4 +93,68 @@ pub fn encrypt_batches_until(
         .into_iter()
         .map(|r| r.unwrap_or(Err(PlanError::Malformed("batch not encrypted"))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policy;
+    use crate::keys::Member;
+    use crate::store::Role;
+    use sequoia_openpgp::cert::prelude::*;
+
+    fn list() -> ListKeys {
+        let cert = |uid: &str| CertBuilder::general_purpose(Some(uid)).generate().unwrap().0;
+        ListKeys::new(
+            "enc@lists.example.test".into(),
+            Policy::default(),
+            cert("<enc@lists.example.test>"),
+            vec![Member {
+                address: "bob@example.test".into(),
+                cert: cert("<bob@example.test>"),
+                role: Role::Member,
+                show_key_id: false,
+            }],
+        )
+    }
+
+    fn post() -> Vec<u8> {
+        let mut m = b"From: a@example.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/plain\r\n\r\n"
+            .to_vec();
+        m.extend(b"the plans, at length\r\n".repeat(16 * 1024));
+        m
+    }
+
+    #[test]
+    fn expired_deadline_encrypts_nothing() {
+        let batches = vec![vec!["<bob@example.test>".to_string()]; 4];
+        let deadline = Deadline::after(std::time::Duration::ZERO);
+        let r = encrypt_batches_until(&post(), &list(), &batches, &deadline);
+        assert!(matches!(r, Err(PlanError::Timeout)));
+        assert_eq!(deadline.admitted(), 0);
+    }
+
+    /// A waiter that gives up mid-way stops the remaining batches (the blocking thread itself
+    /// checks; nothing outside can stop it).
+    #[test]
+    fn cancelled_deadline_stops_before_all_batches() {
+        const N: usize = 64;
+        let batches = vec![vec!["<bob@example.test>".to_string()]; N];
+        let deadline = Deadline::none();
+        let (list, post) = (list(), post());
+        let watcher = {
+            let deadline = deadline.clone();
+            std::thread::spawn(move || {
+                while deadline.admitted() < 2 {
+                    std::thread::yield_now();
+                }
+                deadline.cancel();
+            })
+        };
+        let r = encrypt_batches_until(&post, &list, &batches, &deadline);
+        watcher.join().unwrap();
+        assert!(matches!(r, Err(PlanError::Timeout)));
+        assert!(deadline.admitted() < N, "{} of {N} batches", deadline.admitted());
+    }
 }
