@@ -180,6 +180,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, CommandError> {
     let (config, source) = Config::locate(cli.config.as_deref())?;
+    if !matches!(cli.command, Command::Serve) {
+        // Files the CLI writes as root keep the daemon's ownership; serve drops after binding.
+        if let Some(user) = privileges::target(&config)? {
+            privileges::become_user(&user, &config)?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Serve => {
@@ -274,25 +280,30 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         Source::File(p) => Some(p),
         Source::BuiltIn => path,
     };
-    let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), path)?);
+    let user = privileges::target(&config)?;
+    if user.is_none() && nix::unistd::Uid::effective().is_root() {
+        tracing::warn!(
+            "running as root while parsing mail from the Internet: set `user` in the configuration"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
     runtime.block_on(async move {
-        // Handlers first: a SIGHUP sent once the "serving" line is out must reload, not kill.
-        let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         let inbound_spec = SocketSpec::parse(&config.inbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "inbound_socket", e))?;
         let outbound_spec = SocketSpec::parse(&config.outbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "outbound_socket", e))?;
-        let mode = u32::from_str_radix(&config.socket_mode, 8).unwrap_or(0o660);
-        let group = listcrypt::server::resolve_group(&config.socket_group)
-            .map_err(|e| CommandError::new(exit::CONFIG, "socket_group", e))?;
-        let inbound = listcrypt::bind(&inbound_spec, mode, group)
-            .await
-            .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {inbound_spec}"), e))?;
-        let outbound = listcrypt::bind(&outbound_spec, mode, group)
-            .await
-            .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {outbound_spec}"), e))?;
+        // Bound as whoever started us (root may be needed), then root is given up for good
+        // before any key, state or mail is touched.
+        let inbound = bind_as_started(&config, &inbound_spec, user.as_ref()).await?;
+        let outbound = bind_as_started(&config, &outbound_spec, user.as_ref()).await?;
+        if let Some(user) = &user {
+            privileges::become_user(user, &config)?;
+            tracing::info!("running as user {}", user.name);
+        }
+        let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), path)?);
+        // Handlers first: a SIGHUP sent once the "serving" line is out must reload, not kill.
+        let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         let http = match config.http_listen.as_str() {
             "" => None,
             listen => Some(
@@ -320,6 +331,97 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         tracing::info!("listcrypt stopped");
         Ok(exit::OK)
     })
+}
+
+/// Binds one milter socket; a unix socket, and a directory created for it, then belong to
+/// `user` so the daemon can remove them at exit.
+async fn bind_as_started(
+    config: &Config,
+    spec: &SocketSpec,
+    user: Option<&nix::unistd::User>,
+) -> Result<listcrypt::AnyListener, CommandError> {
+    let mode = u32::from_str_radix(&config.socket_mode, 8).unwrap_or(0o660);
+    let group = listcrypt::server::resolve_group(&config.socket_group)
+        .map_err(|e| CommandError::new(exit::CONFIG, "socket_group", e))?;
+    let dir = match spec {
+        SocketSpec::Unix(p) => p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists()),
+        _ => None,
+    };
+    let listener = listcrypt::bind(spec, mode, group)
+        .await
+        .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {spec}"), e))?;
+    if let (Some(user), SocketSpec::Unix(p)) = (user, spec) {
+        // An existing directory (e.g. /run) is left alone: only what we created changes owner.
+        for path in dir.into_iter().chain([p.as_path()]) {
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), None).map_err(|e| {
+                CommandError::new(exit::IOERR, format!("chown {}", path.display()), e)
+            })?;
+        }
+    }
+    Ok(listener)
+}
+
+/// Giving up root for the configured `user`.
+mod privileges {
+    use listcrypt::admin::{exit, CommandError};
+    use listcrypt::config::Config;
+    use nix::unistd::{self, AccessFlags, Uid, User};
+
+    /// The configured `user` when running as root and not that user already; `None` when
+    /// there is nothing to drop.
+    pub fn target(config: &Config) -> Result<Option<User>, CommandError> {
+        let name = config.user.as_str();
+        if name.is_empty() || !Uid::effective().is_root() {
+            return Ok(None);
+        }
+        let found = match name.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(name),
+        };
+        let user = found
+            .map_err(|e| CommandError::new(exit::CONFIG, "user", e))?
+            .ok_or_else(|| CommandError::new(exit::CONFIG, "user", format!("no user {name:?}")))?;
+        Ok((!user.uid.is_root()).then_some(user))
+    }
+
+    /// Supplementary groups, group, then user, all from `user`'s entry; afterwards root
+    /// cannot be regained. `keyring_dir` and `state_dir` must then be writable.
+    pub fn become_user(user: &User, config: &Config) -> Result<(), CommandError> {
+        let fail = |what: &str, e: nix::Error| {
+            CommandError::new(
+                exit::SOFTWARE,
+                format!("switch to user {}", user.name),
+                format!("{what}: {e}"),
+            )
+        };
+        let name = std::ffi::CString::new(user.name.as_str())
+            .map_err(|e| CommandError::new(exit::CONFIG, "user", e))?;
+        unistd::initgroups(&name, user.gid).map_err(|e| fail("initgroups", e))?;
+        unistd::setgid(user.gid).map_err(|e| fail("setgid", e))?;
+        unistd::setuid(user.uid).map_err(|e| fail("setuid", e))?;
+        if unistd::setuid(Uid::from_raw(0)).is_ok() || Uid::effective() != user.uid {
+            return Err(fail("setuid", nix::Error::EPERM));
+        }
+        for (key, dir) in [
+            ("keyring_dir", &config.keyring_dir),
+            ("state_dir", &config.state_dir),
+        ] {
+            if dir.exists() && unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+                return Err(CommandError::new(
+                    exit::CONFIG,
+                    format!("{key} {}", dir.display()),
+                    format!(
+                        "not writable by user {0}: chown -R {0} {1}",
+                        user.name,
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A future that completes on SIGTERM or SIGINT; SIGHUP reloads in between.

@@ -93,6 +93,8 @@ pub struct Config {
     pub socket_mode: String,
     /// Group of unix milter sockets (name or number); empty keeps the daemon's group.
     pub socket_group: String,
+    /// The user `serve` drops to after binding (name or number); empty: no drop.
+    pub user: String,
     /// Outbound mail that belongs to no managed list.
     pub unmanaged_outbound: Unmanaged,
     /// Postfix's `recipient_delimiter` (any one of its characters starts an extension).
@@ -117,6 +119,7 @@ impl Default for Config {
             reinject_smtp: "127.0.0.1:10026".into(),
             socket_mode: "0660".into(),
             socket_group: String::new(),
+            user: String::new(),
             unmanaged_outbound: Unmanaged::Accept,
             recipient_delimiter: crate::address::DEFAULT_RECIPIENT_DELIMITER.into(),
             verp_format: crate::address::DEFAULT_VERP_FORMAT.into(),

@@ -170,7 +170,13 @@ impl Transaction {
         replay: &dyn ReplayLedger,
         now: SystemTime,
     ) -> Verdict {
-        self.finish_until(message, limits, replay, now, &crate::state::Deadline::none())
+        self.finish_until(
+            message,
+            limits,
+            replay,
+            now,
+            &crate::state::Deadline::none(),
+        )
     }
 
     /// [`Transaction::finish`] that tempfails (timeout) once `deadline` passed, checked

@@ -179,13 +179,15 @@ async fn bounce(
     );
     let to = [tx.sender().to_string()];
     let id = reinject::send_batch(&cx.config.reinject_smtp, "", &to, &dsn).await?;
-    block_in_place(|| journal(store, tx.sender(), digest, &[rcpt.to_string()], &id)).map_err(|e| {
-        tracing::error!(
-            "{qid}: {}: bounce for {rcpt} not journaled: {e}",
-            tx.list().address
-        );
-        SessionError::Journal(e)
-    })?;
+    block_in_place(|| journal(store, tx.sender(), digest, &[rcpt.to_string()], &id)).map_err(
+        |e| {
+            tracing::error!(
+                "{qid}: {}: bounce for {rcpt} not journaled: {e}",
+                tx.list().address
+            );
+            SessionError::Journal(e)
+        },
+    )?;
     tracing::info!(
         "{qid}: {}: recipient {rcpt} refused by the reinjection listener ({}); bounce queued as {id}",
         tx.list().address,

@@ -66,10 +66,7 @@ pub fn encrypt_batches_until(
         .map(|n| n.get())
         .unwrap_or(1);
     if batches.len() <= 1 || threads <= 1 {
-        return batches
-            .iter()
-            .map(|b| encrypt(b))
-            .collect();
+        return batches.iter().map(|b| encrypt(b)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<Result<Rewrite, PlanError>>> =
@@ -104,7 +101,12 @@ mod tests {
     use sequoia_openpgp::cert::prelude::*;
 
     fn list() -> ListKeys {
-        let cert = |uid: &str| CertBuilder::general_purpose(Some(uid)).generate().unwrap().0;
+        let cert = |uid: &str| {
+            CertBuilder::general_purpose(Some(uid))
+                .generate()
+                .unwrap()
+                .0
+        };
         ListKeys::new(
             "enc@lists.example.test".into(),
             Policy::default(),
@@ -155,6 +157,10 @@ Content-Type: text/plain\r\n\r\n"
         let r = encrypt_batches_until(&post, &list, &batches, &deadline);
         watcher.join().unwrap();
         assert!(matches!(r, Err(PlanError::Timeout)));
-        assert!(deadline.admitted() < N, "{} of {N} batches", deadline.admitted());
+        assert!(
+            deadline.admitted() < N,
+            "{} of {N} batches",
+            deadline.admitted()
+        );
     }
 }
