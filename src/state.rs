@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// How often the daemon looks for a changed generation on its own, so a CLI change is
+/// usually loaded before the next message asks.
+pub const GENERATION_POLL: Duration = Duration::from_millis(250);
+
 /// How long sessions may answer from a snapshot after the store was seen to change. Past it
 /// mail waits (tempfail) rather than going out under bindings that stale, e.g. when every
 /// rebuild fails.
@@ -29,6 +33,8 @@ pub struct Daemon {
     stale_since: Mutex<Option<Instant>>,
     /// Keyrings built since start (for tests that count reloads).
     rebuilds: AtomicU64,
+    /// The generation poller runs (started with the first session).
+    watching: std::sync::Once,
 }
 
 impl Daemon {
@@ -44,6 +50,7 @@ impl Daemon {
             refreshing: AtomicBool::new(false),
             stale_since: Mutex::new(None),
             rebuilds: AtomicU64::new(0),
+            watching: std::sync::Once::new(),
         })
     }
 
@@ -94,7 +101,26 @@ impl Daemon {
             }
         }
         self.start_refresh(&runtime);
+        self.watching.call_once(|| self.watch(&runtime));
         Ok(current)
+    }
+
+    /// Polls the generation every [`GENERATION_POLL`] while the daemon lives.
+    fn watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let daemon = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(GENERATION_POLL).await;
+                let Some(d) = daemon.upgrade() else { break };
+                d.start_refresh(&tokio::runtime::Handle::current());
+            }
+        });
+    }
+
+    /// Rebuilds the keyring now if the store's generation moved: for the daemon's own
+    /// binding changes, before its reply goes out. Blocking: call it on the blocking pool.
+    pub fn refresh_now(&self) -> Result<(), KeyError> {
+        self.refresh()
     }
 
     /// Starts a background refresh unless one is running.
