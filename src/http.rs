@@ -223,7 +223,7 @@ fn route(method: &Method, uri: &Uri, host: Result<Option<String>, ()>) -> Result
 
 /// Answers a resolved WKD request from the current keyring (the daemon rebuilds it when the
 /// store changes or on SIGHUP).
-fn lookup(daemon: &Daemon, resource: &Resource) -> Reply {
+fn lookup(daemon: &Arc<Daemon>, resource: &Resource) -> Reply {
     let keyring = match daemon.keyring() {
         Ok(k) => k,
         Err(e) => {

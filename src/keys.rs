@@ -77,9 +77,43 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
     crate::atomic_file::write(path, bytes, mode).map_err(io_err(path))
 }
 
+/// An exclusive lock on the list's `secret.pgp.lock`, held for a whole read-modify-write of
+/// `secret.pgp` so the daemon and the CLI never overwrite each other's change.
+pub fn lock_list_secret(
+    keyring_dir: &Path,
+    list: &str,
+) -> Result<nix::fcntl::Flock<std::fs::File>, KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = list_dir(keyring_dir, list);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let path = dir.join("secret.pgp.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io_err(&path)(std::io::Error::from(errno)))
+}
+
+/// Loads the list key, lets `change` modify it and saves the result, all under the lock.
+fn update_list_secret<R>(
+    keyring_dir: &Path,
+    list: &str,
+    change: impl FnOnce(Cert) -> Result<(Cert, R), KeyError>,
+) -> Result<R, KeyError> {
+    let _lock = lock_list_secret(keyring_dir, list)?;
+    let (cert, result) = change(load_list_key(keyring_dir, list)?)?;
+    save_list_secret(keyring_dir, list, &cert)?;
+    Ok(result)
+}
+
 /// Creates the list key (v4, Cv25519: GnuPG 2.2 reads it; reference/openpgp.md) and returns it.
 pub fn create_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
     let path = list_dir(keyring_dir, list).join("secret.pgp");
+    let _lock = lock_list_secret(keyring_dir, list)?;
     if path.exists() {
         return Err(KeyError::ListExists(list.to_string()));
     }
@@ -590,30 +624,21 @@ pub fn add_list_certifications(
     list: &str,
     sigs: Vec<openpgp::packet::Signature>,
 ) -> Result<usize, KeyError> {
-    let cert = load_list_key(keyring_dir, list)?;
-    let before = cert
-        .userids()
-        .map(|u| u.certifications().count())
-        .sum::<usize>();
-    let cert = cert
-        .insert_packets(sigs)
-        .map_err(|e| KeyError::Crypto(e.to_string()))?
-        .0;
-    let after = cert
-        .userids()
-        .map(|u| u.certifications().count())
-        .sum::<usize>();
-    let bytes = cert
-        .as_tsk()
-        .armored()
-        .to_vec()
-        .map_err(|e| KeyError::Crypto(e.to_string()))?;
-    write_atomic(
-        &list_dir(keyring_dir, list).join("secret.pgp"),
-        &bytes,
-        0o600,
-    )?;
-    Ok(after.saturating_sub(before))
+    update_list_secret(keyring_dir, list, |cert| {
+        let before = cert
+            .userids()
+            .map(|u| u.certifications().count())
+            .sum::<usize>();
+        let cert = cert
+            .insert_packets(sigs)
+            .map_err(|e| KeyError::Crypto(e.to_string()))?
+            .0;
+        let after = cert
+            .userids()
+            .map(|u| u.certifications().count())
+            .sum::<usize>();
+        Ok((cert, after.saturating_sub(before)))
+    })
 }
 
 /// What `list rotate-subkey` did.
@@ -644,25 +669,26 @@ pub fn rotate_subkey(
     grace: std::time::Duration,
     mode: RotateMode,
 ) -> Result<Rotation, KeyError> {
-    let cert = load_list_key(keyring_dir, list)?;
-    let now = std::time::SystemTime::now();
-    let (cert, destroyed) = destroy_expired_secrets(cert, now)?;
-    if mode == RotateMode::PruneOnly {
-        save_list_secret(keyring_dir, list, &cert)?;
-        return Ok(Rotation {
-            new_subkey: None,
-            retiring: Vec::new(),
+    update_list_secret(keyring_dir, list, |cert| {
+        let now = std::time::SystemTime::now();
+        let (cert, destroyed) = destroy_expired_secrets(cert, now)?;
+        if mode == RotateMode::PruneOnly {
+            let rotation = Rotation {
+                new_subkey: None,
+                retiring: Vec::new(),
+                destroyed,
+            };
+            return Ok((cert, rotation));
+        }
+        let mut primary = primary_signer(&cert, list)?;
+        let (cert, retiring) = retire_encryption_subkeys(cert, &mut primary, now + grace)?;
+        let (cert, new_subkey) = add_encryption_subkey(cert, primary)?;
+        let rotation = Rotation {
+            new_subkey: Some(new_subkey),
+            retiring,
             destroyed,
-        });
-    }
-    let mut primary = primary_signer(&cert, list)?;
-    let (cert, retiring) = retire_encryption_subkeys(cert, &mut primary, now + grace)?;
-    let (cert, new_subkey) = add_encryption_subkey(cert, primary)?;
-    save_list_secret(keyring_dir, list, &cert)?;
-    Ok(Rotation {
-        new_subkey: Some(new_subkey),
-        retiring,
-        destroyed,
+        };
+        Ok((cert, rotation))
     })
 }
 
@@ -799,6 +825,34 @@ mod tests {
         assert_eq!(format_date(0), "1970-01-01");
         assert_eq!(format_date(951_782_400), "2000-02-29");
         assert_eq!(format_date(1_798_675_200), "2026-12-31");
+    }
+
+    /// The daemon (a member's certification) and the CLI (a rotation) changing the list key
+    /// at once: each read-modify-write sees the other's result, so both changes stay.
+    #[test]
+    fn concurrent_list_key_updates_both_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path().to_path_buf();
+        let list = "enc@lists.example.test";
+        let before = create_list_key(&keyring, list).unwrap();
+        let subkeys = |c: &Cert| c.keys().subkeys().count();
+        let rounds = 4;
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let keyring = keyring.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..rounds {
+                        let grace = std::time::Duration::from_secs(3600);
+                        rotate_subkey(&keyring, list, grace, RotateMode::NewSubkey).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let after = load_list_key(&keyring, list).unwrap();
+        assert_eq!(subkeys(&after), subkeys(&before) + 2 * rounds);
     }
 
     #[test]

@@ -180,6 +180,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, CommandError> {
     let (config, source) = Config::locate(cli.config.as_deref())?;
+    if !matches!(cli.command, Command::Serve) {
+        // Files the CLI writes as root keep the daemon's ownership; serve drops after binding.
+        if let Some(user) = privileges::target(&config)? {
+            privileges::become_user(&user, &config)?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Serve => {
@@ -253,12 +259,14 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
     }
 }
 
-fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, CommandError> {
-    listcrypt::logging::init(config.log, &config.log_level);
+/// Says where the configuration came from; on the built-in defaults the daemon makes its
+/// working directories, as it does for the sockets and the state (a configured policy_dir
+/// must exist).
+fn announce_config(config: &Config, source: &Source) -> Result<(), CommandError> {
     let cwd = std::env::current_dir()
         .map(|d| d.display().to_string())
         .unwrap_or_default();
-    match &source {
+    match source {
         Source::BuiltIn => tracing::info!(
             "no configuration file; using built-in defaults relative to {cwd}: sockets {} and {}, \
              policies in {}, keys in {}, state in {}",
@@ -270,26 +278,25 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         ),
         Source::File(p) => tracing::info!("configuration from {}", p.display()),
     }
-    // On the built-in defaults the daemon makes its working directories, as it does for the
-    // sockets and the state; a configured policy_dir must exist.
     if matches!(source, Source::BuiltIn) {
         std::fs::create_dir_all(&config.policy_dir).map_err(|e| {
             CommandError::new(exit::CONFIG, config.policy_dir.display().to_string(), e)
         })?;
     }
+    Ok(())
+}
+
+fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, CommandError> {
+    listcrypt::logging::init(config.log, &config.log_level);
+    announce_config(&config, &source)?;
     let path = match source {
         Source::File(p) => Some(p),
         Source::BuiltIn => path,
     };
-    let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), path)?);
-    if daemon.lists() == 0 {
+    let user = privileges::target(&config)?;
+    if user.is_none() && nix::unistd::Uid::effective().is_root() {
         tracing::warn!(
-            "no lists in {}: nothing is encrypted until `listcrypt list create` adds one{}",
-            config.policy_dir.display(),
-            match config.unmanaged_outbound {
-                listcrypt::config::Unmanaged::Reject => "; all outbound mail is refused",
-                listcrypt::config::Unmanaged::Accept => "",
-            }
+            "running as root while parsing mail from the Internet: set `user` in the configuration"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -297,19 +304,29 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         .build()
         .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
     runtime.block_on(async move {
-        // Handlers first: a SIGHUP sent once the "serving" line is out must reload, not kill.
-        let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         let inbound_spec = SocketSpec::parse(&config.inbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "inbound_socket", e))?;
         let outbound_spec = SocketSpec::parse(&config.outbound_socket).map_err(|e| CommandError::new(exit::CONFIG, "outbound_socket", e))?;
-        let mode = u32::from_str_radix(&config.socket_mode, 8).unwrap_or(0o660);
-        let group = listcrypt::server::resolve_group(&config.socket_group)
-            .map_err(|e| CommandError::new(exit::CONFIG, "socket_group", e))?;
-        let inbound = listcrypt::bind(&inbound_spec, mode, group)
-            .await
-            .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {inbound_spec}"), e))?;
-        let outbound = listcrypt::bind(&outbound_spec, mode, group)
-            .await
-            .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {outbound_spec}"), e))?;
+        // Bound as whoever started us (root may be needed), then root is given up for good
+        // before any key, state or mail is touched.
+        let inbound = bind_as_started(&config, &inbound_spec, user.as_ref()).await?;
+        let outbound = bind_as_started(&config, &outbound_spec, user.as_ref()).await?;
+        if let Some(user) = &user {
+            privileges::become_user(user, &config)?;
+            tracing::info!("running as user {}", user.name);
+        }
+        let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), path)?);
+        if daemon.lists() == 0 {
+            tracing::warn!(
+                "no lists in {}: nothing is encrypted until `listcrypt list create` adds one{}",
+                config.policy_dir.display(),
+                match config.unmanaged_outbound {
+                    listcrypt::config::Unmanaged::Reject => "; all outbound mail is refused",
+                    listcrypt::config::Unmanaged::Accept => "",
+                }
+            );
+        }
+        // Handlers first: a SIGHUP sent once the "serving" line is out must reload, not kill.
+        let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
         let http = match config.http_listen.as_str() {
             "" => None,
             listen => Some(
@@ -339,6 +356,97 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
     })
 }
 
+/// Binds one milter socket; a unix socket, and a directory created for it, then belong to
+/// `user` so the daemon can remove them at exit.
+async fn bind_as_started(
+    config: &Config,
+    spec: &SocketSpec,
+    user: Option<&nix::unistd::User>,
+) -> Result<listcrypt::AnyListener, CommandError> {
+    let mode = u32::from_str_radix(&config.socket_mode, 8).unwrap_or(0o660);
+    let group = listcrypt::server::resolve_group(&config.socket_group)
+        .map_err(|e| CommandError::new(exit::CONFIG, "socket_group", e))?;
+    let dir = match spec {
+        SocketSpec::Unix(p) => p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists()),
+        _ => None,
+    };
+    let listener = listcrypt::bind(spec, mode, group)
+        .await
+        .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind {spec}"), e))?;
+    if let (Some(user), SocketSpec::Unix(p)) = (user, spec) {
+        // An existing directory (e.g. /run) is left alone: only what we created changes owner.
+        for path in dir.into_iter().chain([p.as_path()]) {
+            std::os::unix::fs::chown(path, Some(user.uid.as_raw()), None).map_err(|e| {
+                CommandError::new(exit::IOERR, format!("chown {}", path.display()), e)
+            })?;
+        }
+    }
+    Ok(listener)
+}
+
+/// Giving up root for the configured `user`.
+mod privileges {
+    use listcrypt::admin::{exit, CommandError};
+    use listcrypt::config::Config;
+    use nix::unistd::{self, AccessFlags, Uid, User};
+
+    /// The configured `user` when running as root and not that user already; `None` when
+    /// there is nothing to drop.
+    pub fn target(config: &Config) -> Result<Option<User>, CommandError> {
+        let name = config.user.as_str();
+        if name.is_empty() || !Uid::effective().is_root() {
+            return Ok(None);
+        }
+        let found = match name.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(name),
+        };
+        let user = found
+            .map_err(|e| CommandError::new(exit::CONFIG, "user", e))?
+            .ok_or_else(|| CommandError::new(exit::CONFIG, "user", format!("no user {name:?}")))?;
+        Ok((!user.uid.is_root()).then_some(user))
+    }
+
+    /// Supplementary groups, group, then user, all from `user`'s entry; afterwards root
+    /// cannot be regained. `keyring_dir` and `state_dir` must then be writable.
+    pub fn become_user(user: &User, config: &Config) -> Result<(), CommandError> {
+        let fail = |what: &str, e: nix::Error| {
+            CommandError::new(
+                exit::SOFTWARE,
+                format!("switch to user {}", user.name),
+                format!("{what}: {e}"),
+            )
+        };
+        let name = std::ffi::CString::new(user.name.as_str())
+            .map_err(|e| CommandError::new(exit::CONFIG, "user", e))?;
+        unistd::initgroups(&name, user.gid).map_err(|e| fail("initgroups", e))?;
+        unistd::setgid(user.gid).map_err(|e| fail("setgid", e))?;
+        unistd::setuid(user.uid).map_err(|e| fail("setuid", e))?;
+        if unistd::setuid(Uid::from_raw(0)).is_ok() || Uid::effective() != user.uid {
+            return Err(fail("setuid", nix::Error::EPERM));
+        }
+        for (key, dir) in [
+            ("keyring_dir", &config.keyring_dir),
+            ("state_dir", &config.state_dir),
+        ] {
+            if dir.exists() && unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+                return Err(CommandError::new(
+                    exit::CONFIG,
+                    format!("{key} {}", dir.display()),
+                    format!(
+                        "not writable by user {0}: chown -R {0} {1}",
+                        user.name,
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A future that completes on SIGTERM or SIGINT; SIGHUP reloads in between.
 fn signals(
     daemon: Arc<listcrypt::Daemon>,
@@ -353,8 +461,12 @@ fn signals(
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    if let Err(e) = daemon.reload() {
-                        tracing::error!("reload failed, keeping the running configuration: {e}");
+                    // Built on the blocking pool; sessions keep the old snapshot meanwhile.
+                    let d = daemon.clone();
+                    match tokio::task::spawn_blocking(move || d.reload()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
                     }
                 }
             }

@@ -1,18 +1,40 @@
 //! What the running daemon shares between sessions: the configuration snapshot, the keyring
-//! snapshot (rebuilt when the store's generation changes) and the store.
+//! snapshot (rebuilt in the background when the store's generation changes) and the store.
+//! Nothing here blocks an async worker: generation checks and rebuilds run on the blocking
+//! pool while sessions keep answering from the snapshot they have.
 
 use crate::config::Config;
 use crate::keys::{KeyError, Keyring};
 use crate::store::{SqliteStore, Store};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How often the daemon looks for a changed generation on its own, so a CLI change is
+/// usually loaded before the next message asks.
+pub const GENERATION_POLL: Duration = Duration::from_millis(250);
+
+/// How long sessions may answer from a snapshot after the store was seen to change. Past it
+/// mail waits (tempfail) rather than going out under bindings that stale, e.g. when every
+/// rebuild fails.
+pub const STALE_SNAPSHOT_BOUND: Duration = Duration::from_secs(30);
 
 pub struct Daemon {
     config_path: Option<PathBuf>,
     config: RwLock<Arc<Config>>,
     store: Arc<SqliteStore>,
     keyring: RwLock<Arc<Keyring>>,
+    /// Serialises rebuilds (background and SIGHUP), so two never race to install.
     reload_lock: Mutex<()>,
+    /// A background generation check or rebuild is running: at most one at a time.
+    refreshing: AtomicBool,
+    /// When a changed generation was first seen and not yet loaded.
+    stale_since: Mutex<Option<Instant>>,
+    /// Keyrings built since start (for tests that count reloads).
+    rebuilds: AtomicU64,
+    /// The generation poller runs (started with the first session).
+    watching: std::sync::Once,
 }
 
 impl Daemon {
@@ -25,6 +47,10 @@ impl Daemon {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
             reload_lock: Mutex::new(()),
+            refreshing: AtomicBool::new(false),
+            stale_since: Mutex::new(None),
+            rebuilds: AtomicU64::new(0),
+            watching: std::sync::Once::new(),
         })
     }
 
@@ -43,6 +69,11 @@ impl Daemon {
         self.current_keyring().lists.len()
     }
 
+    /// How many keyrings were rebuilt since start (background and SIGHUP).
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
     fn current_keyring(&self) -> Arc<Keyring> {
         self.keyring
             .read()
@@ -50,28 +81,94 @@ impl Daemon {
             .clone()
     }
 
-    /// The current keyring, rebuilt first if the store changed (a CLI `member add`, say).
-    /// An error means mail waits (tempfail) rather than going out under stale bindings.
-    pub fn keyring(&self) -> Result<Arc<Keyring>, KeyError> {
-        let generation = self.store.generation()?;
+    /// The current keyring snapshot, at once. Inside the runtime it also starts one
+    /// background check of the store's generation (a CLI `member add`, say) that rebuilds
+    /// the snapshot if it changed; sessions meanwhile use this one. An error means the
+    /// change was seen more than [`STALE_SNAPSHOT_BOUND`] ago and is still not loaded.
+    pub fn keyring(self: &Arc<Self>) -> Result<Arc<Keyring>, KeyError> {
         let current = self.current_keyring();
-        if current.generation == generation {
-            return Ok(current);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside the runtime (the CLI, plain tests) nothing else is waiting: load here.
+            return self.refresh().map(|_| self.current_keyring());
+        };
+        if let Some(since) = *self.stale_since.lock().unwrap_or_else(|e| e.into_inner()) {
+            if since.elapsed() > STALE_SNAPSHOT_BOUND {
+                self.start_refresh(&runtime);
+                return Err(KeyError::Unusable(format!(
+                    "bindings changed {} s ago and the keyring is not reloaded yet",
+                    since.elapsed().as_secs()
+                )));
+            }
         }
+        self.start_refresh(&runtime);
+        self.watching.call_once(|| self.watch(&runtime));
+        Ok(current)
+    }
+
+    /// Polls the generation every [`GENERATION_POLL`] while the daemon lives.
+    fn watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let daemon = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(GENERATION_POLL).await;
+                let Some(d) = daemon.upgrade() else { break };
+                d.start_refresh(&tokio::runtime::Handle::current());
+            }
+        });
+    }
+
+    /// Rebuilds the keyring now if the store's generation moved: for the daemon's own
+    /// binding changes, before its reply goes out. Blocking: call it on the blocking pool.
+    pub fn refresh_now(&self) -> Result<(), KeyError> {
+        self.refresh()
+    }
+
+    /// Starts a background refresh unless one is running.
+    fn start_refresh(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let daemon = self.clone();
+        runtime.spawn_blocking(move || {
+            if let Err(e) = daemon.refresh() {
+                tracing::error!("keyring reload failed, still using the previous one: {e}");
+            }
+            daemon.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Rebuilds the keyring if the store's generation moved; blocking.
+    fn refresh(&self) -> Result<(), KeyError> {
+        let generation = self.store.generation()?;
+        if self.current_keyring().generation == generation {
+            return Ok(());
+        }
+        self.stale_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        // Another session may have reloaded while we waited for the lock.
-        let current = self.current_keyring();
-        if current.generation == generation {
-            return Ok(current);
+        // A SIGHUP reload may have installed it while we waited for the lock.
+        if self.current_keyring().generation == generation {
+            return Ok(());
         }
         let fresh = Arc::new(Keyring::load(&self.config(), &*self.store)?);
         tracing::info!("bindings changed; reloaded {} list(s)", fresh.lists.len());
-        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
-        Ok(fresh)
+        self.install(fresh);
+        Ok(())
+    }
+
+    fn install(&self, keyring: Arc<Keyring>) {
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = keyring;
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        // A change made meanwhile starts a new stale period at the next check: constant
+        // changes that do load never trip the bound, failing rebuilds do.
+        *self.stale_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// SIGHUP: re-read the configuration, policies and keys; keep the old ones on any error.
-    /// Socket addresses are bound once and need a restart to change.
+    /// Blocking: the signal task runs it on the blocking pool, sessions meanwhile keep
+    /// the old snapshot. Socket addresses are bound once and need a restart to change.
     pub fn reload(&self) -> Result<(), String> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let config = match &self.config_path {
@@ -81,8 +178,163 @@ impl Daemon {
         let keyring = Keyring::load(&config, &*self.store).map_err(|e| e.to_string())?;
         let n = keyring.lists.len();
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keyring);
+        self.install(Arc::new(keyring));
         tracing::info!("configuration reloaded: {n} list(s)");
         Ok(())
+    }
+
+    /// Runs store work on the blocking pool, so a busy database never stalls a worker.
+    pub async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T, tokio::task::JoinError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Daemon) -> T + Send + 'static,
+    {
+        let daemon = self.clone();
+        tokio::task::spawn_blocking(move || work(&daemon)).await
+    }
+}
+
+/// Blocking work called from inside async code that cannot await it (a synchronous
+/// callback): on the multi-thread runtime the worker hands its other tasks off first.
+pub fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// When long blocking work must stop: at an instant, or when cancelled (its waiter gave up).
+/// `spawn_blocking` cannot be cancelled, so the work checks this between its steps.
+#[derive(Clone, Debug)]
+pub struct Deadline {
+    at: Option<Instant>,
+    cancelled: Arc<AtomicBool>,
+    /// Steps admitted so far, shared between clones.
+    admitted: Arc<AtomicUsize>,
+}
+
+impl Deadline {
+    /// No deadline (the CLI, benchmarks).
+    pub fn none() -> Deadline {
+        Deadline {
+            at: None,
+            cancelled: Arc::new(AtomicBool::new(false)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn after(limit: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now().checked_add(limit),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    pub fn expired(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire) || self.at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Whether the next step may run; counts the steps that did.
+    pub fn admit(&self) -> bool {
+        if self.expired() {
+            return false;
+        }
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// How many steps were admitted (batches encrypted, phases run).
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+
+    /// Cancels this deadline when dropped: the waiter went away (the MTA hung up).
+    pub fn cancel_on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+pub struct CancelOnDrop(Deadline);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon(dir: &std::path::Path) -> Arc<Daemon> {
+        let config = Config {
+            policy_dir: dir.join("lists.d"),
+            keyring_dir: dir.join("keyrings"),
+            state_dir: dir.join("state"),
+            ..Config::default()
+        };
+        std::fs::create_dir_all(&config.policy_dir).unwrap();
+        Arc::new(Daemon::open(config, None).unwrap())
+    }
+
+    /// Many sessions after a change answer at once from the old snapshot while one rebuild
+    /// runs; the rebuild is held here by taking its lock, as a slow reload would.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock)] // holding the rebuild back is the point
+    async fn concurrent_sessions_share_one_background_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        let old = d.keyring().unwrap().generation;
+        d.store().touch().unwrap();
+        let held = d.reload_lock.lock().unwrap();
+        let sessions: Vec<_> = (0..16)
+            .map(|_| {
+                let d = d.clone();
+                tokio::spawn(async move { d.keyring().unwrap().generation })
+            })
+            .collect();
+        for s in sessions {
+            assert_eq!(s.await.unwrap(), old, "answered from the old snapshot");
+        }
+        assert_eq!(d.rebuilds(), 0);
+        drop(held);
+        let until = Instant::now() + Duration::from_secs(20);
+        while d.keyring().unwrap().generation == old {
+            assert!(Instant::now() < until, "the rebuild never landed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Let any further check finish: none may rebuild again.
+        while d.refreshing.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(d.rebuilds(), 1, "one rebuild for every session");
+    }
+
+    /// Past the bound a snapshot of an older generation is not used: mail waits instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_stale_past_the_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        d.store().touch().unwrap();
+        let _held = d.reload_lock.lock().unwrap();
+        let seen = Instant::now() - STALE_SNAPSHOT_BOUND - Duration::from_secs(1);
+        *d.stale_since.lock().unwrap() = Some(seen);
+        assert!(d.keyring().is_err());
+    }
+
+    #[test]
+    fn deadline_expires_when_cancelled_or_past() {
+        let d = Deadline::after(Duration::from_secs(3600));
+        assert!(!d.expired());
+        drop(d.cancel_on_drop());
+        assert!(d.expired());
+        assert!(Deadline::after(Duration::ZERO).expired());
+        assert!(!Deadline::none().expired());
     }
 }

@@ -244,3 +244,117 @@ fn policy_dir_problems_are_configuration_errors() {
         "{out:?}"
     );
 }
+
+/// The test's throwaway system user, created once; `None` (with the reason printed) when the
+/// test does not run as root and so cannot create it nor start serve as root.
+fn throwaway_user() -> Option<(String, u32)> {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root, and this test runs as a normal user");
+        return None;
+    }
+    let name = "listcrypt-drop-test";
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        // A parallel run may create it meanwhile: the lookup below decides, not this status.
+        let _ = run(
+            std::process::Command::new("useradd").args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]),
+            None,
+        );
+    }
+    let user = nix::unistd::User::from_name(name)
+        .unwrap()
+        .expect("useradd");
+    Some((name.to_string(), user.uid.as_raw()))
+}
+
+/// The real, effective, saved and filesystem uids of a running process.
+fn uids(pid: u32) -> Vec<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace()
+        .skip(1)
+        .map(|u| u.parse().unwrap())
+        .collect()
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), None).unwrap();
+    if path.is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
+        }
+    }
+}
+
+/// Started as root with `user` set, serve binds, then runs as that user (all four uids, so
+/// root cannot come back); the CLI run as root writes the list key as that user too.
+#[test]
+fn serve_and_cli_started_as_root_run_as_the_configured_user() {
+    let Some((name, uid)) = throwaway_user() else {
+        return;
+    };
+    let site = Site::new();
+    chown_tree(site.dir.path(), uid);
+    let config = fs::read_to_string(&site.config)
+        .unwrap()
+        .replace("log_level = \"warn\"", "log_level = \"info\"");
+    fs::write(&site.config, format!("user = \"{name}\"\n{config}")).unwrap();
+
+    let out = run(site.cli().args(["list", "create", LIST]), None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let key = site.path("keyrings/lists").join(LIST).join("secret.pgp");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(&key).unwrap().uid(),
+        uid,
+        "written as the user"
+    );
+
+    let mut serving = site.serve();
+    serving.wait_for_line("serving 1 list(s)");
+    assert_eq!(uids(serving.pid()), vec![uid; 4]);
+    assert!(!serving.log.iter().any(|l| l.contains("running as root")));
+    let inbound = site.dir.path().join("run/inbound.sock");
+    assert_eq!(fs::metadata(&inbound).unwrap().uid(), uid);
+    assert_eq!(serving.stop().code(), Some(0));
+    assert!(!inbound.exists(), "the user removes its socket on exit");
+}
+
+/// Without `user`, serve started as root says so at every start.
+#[test]
+fn serve_as_root_without_user_warns() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: the warning is for root, and this test runs as a normal user");
+        return;
+    }
+    let site = Site::new();
+    let mut serving = site.serve();
+    let line = serving.wait_for_line("running as root");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("`user`"), "{line}");
+}
+
+/// A state directory the user cannot write stops serve with a message naming it.
+#[test]
+fn serve_refuses_a_state_dir_the_user_cannot_write() {
+    let Some((name, _)) = throwaway_user() else {
+        return;
+    };
+    let site = Site::new();
+    fs::create_dir_all(site.path("state")).unwrap();
+    let config = fs::read_to_string(&site.config).unwrap();
+    fs::write(&site.config, format!("user = \"{name}\"\n{config}")).unwrap();
+    let out = run(site.cli().arg("serve"), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("state_dir") || stderr.contains("keyring_dir"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not writable by user"), "{stderr}");
+}

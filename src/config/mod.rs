@@ -109,6 +109,8 @@ pub struct Config {
     pub socket_mode: String,
     /// Group of unix milter sockets (name or number); empty keeps the daemon's group.
     pub socket_group: String,
+    /// The user `serve` drops to after binding (name or number); empty: no drop.
+    pub user: String,
     /// Outbound mail that belongs to no managed list.
     pub unmanaged_outbound: Unmanaged,
     /// Inbound recipients in a list domain that are no list's address.
@@ -135,6 +137,7 @@ impl Default for Config {
             reinject_smtp: "127.0.0.1:10026".into(),
             socket_mode: "0660".into(),
             socket_group: String::new(),
+            user: String::new(),
             unmanaged_outbound: Unmanaged::Reject,
             list_domain_other_recipients: OtherRecipients::Reject,
             recipient_delimiter: crate::address::DEFAULT_RECIPIENT_DELIMITER.into(),

@@ -154,6 +154,25 @@ impl Transaction {
         replay: &dyn ReplayLedger,
         now: SystemTime,
     ) -> Verdict {
+        self.finish_until(
+            message,
+            limits,
+            replay,
+            now,
+            &crate::state::Deadline::none(),
+        )
+    }
+
+    /// [`Transaction::finish`] that tempfails (timeout) once `deadline` passed, checked
+    /// between the pipeline's phases; a timed-out message records no replay.
+    pub fn finish_until(
+        &self,
+        message: &[u8],
+        limits: &Limits,
+        replay: &dyn ReplayLedger,
+        now: SystemTime,
+        deadline: &crate::state::Deadline,
+    ) -> Verdict {
         let Target::List {
             list,
             post,
@@ -170,7 +189,11 @@ impl Transaction {
         let env = Envelope {
             sender: &self.sender,
         };
-        let verdict = pipeline::run(&env, message, list, limits, rules, now);
+        let verdict = pipeline::run_until(&env, message, list, limits, rules, now, deadline);
+        if deadline.expired() {
+            // Our waiter answered 451 already: the sender retries, so record nothing.
+            return Verdict::Tempfail(Internal::Timeout.into());
+        }
         replay::apply(verdict, list, limits, replay, message, now)
     }
 }

@@ -9,7 +9,8 @@ use crate::keys::ListKeys;
 use crate::message::{first_address, Rewrite};
 use crate::mime::{self, Entity, Header, Shape, CONTENT_HEADERS, PROTECTED};
 use crate::pgp::{self, Failure, SigCheck};
-use crate::refusal::Refusal;
+use crate::refusal::{Internal, Refusal};
+use crate::state::Deadline;
 use std::time::SystemTime;
 
 /// Which rules apply: the posting address was among the recipients, or only a command address.
@@ -46,9 +47,31 @@ pub(super) fn run(
     rules: Rules,
     now: SystemTime,
 ) -> Verdict {
-    decide(env, message, list, limits, rules, now).unwrap_or_else(|settled| *settled)
+    run_until(env, message, list, limits, rules, now, &Deadline::none())
 }
 
+/// [`run`] that settles with `451 4.3.0` (timeout) once `deadline` passed, checked between
+/// the costly phases: the blocking thread it runs on cannot be cancelled from outside.
+pub(super) fn run_until(
+    env: &Envelope<'_>,
+    message: &[u8],
+    list: &ListKeys,
+    limits: &Limits,
+    rules: Rules,
+    now: SystemTime,
+    deadline: &Deadline,
+) -> Verdict {
+    decide(env, message, list, limits, rules, now, deadline).unwrap_or_else(|settled| *settled)
+}
+
+fn in_time(deadline: &Deadline) -> Step<()> {
+    if !deadline.admit() {
+        return Err(Box::new(Verdict::Tempfail(Internal::Timeout.into())));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)] // run_until's inputs, passed through
 fn decide(
     env: &Envelope<'_>,
     message: &[u8],
@@ -56,13 +79,16 @@ fn decide(
     limits: &Limits,
     rules: Rules,
     now: SystemTime,
+    deadline: &Deadline,
 ) -> Step<Verdict> {
     if rules == Rules::Post && env.sender.is_empty() {
         // Posts need a sender that can be bound to the signer; `<>` is for notifications.
         return Err(reject(Refusal::NullSender));
     }
     let (ciphertext, carrier) = find_ciphertext(message, list, limits, rules)?;
+    in_time(deadline)?;
     let opened = open(&ciphertext, carrier, list, limits)?;
+    in_time(deadline)?;
     let inner = Entity::parse(&opened.plaintext).map_err(|_| reject(Refusal::DecryptedNotMime))?;
     check_fields(&inner.headers)?;
     let outer = Entity::parse(message).map_err(|e| reject(Refusal::mime(&e)))?;
@@ -71,6 +97,7 @@ fn decide(
     let judgement = judge(
         env, list, limits, rules, now, &opened, &inner, &outer, &lifted,
     );
+    in_time(deadline)?;
     let (mut rewrite, note) = rewrite_for_mailman(list, &opened, &inner, &lifted, &judgement);
     if !sender_field_is_signer(list, &outer, &judgement) {
         rewrite.remove.push("Sender".into());

@@ -4,6 +4,7 @@ use super::actions::{apply, refuse, with_progress};
 use super::session::{Context, Message};
 use super::SessionError;
 use crate::inbound::{Recording, Transaction, Verdict};
+use crate::state::Deadline;
 use indymilter::{EomActions, SmtpReply, Status};
 use std::time::{Duration, SystemTime};
 
@@ -17,15 +18,19 @@ pub(super) async fn finish(
     let daemon = cx.daemon.clone();
     let limits = cx.config.limits.clone();
     let bytes = message.bytes;
+    let timeout = Duration::from_secs(cx.config.limits.message_timeout);
+    // The pipeline checks it between phases: a timed-out or abandoned message stops.
+    let deadline = Deadline::after(timeout);
+    let _cancel = deadline.cancel_on_drop();
     let work = tokio::task::spawn_blocking(move || {
-        tx.finish(
+        tx.finish_until(
             &bytes,
             &limits,
             &Recording(daemon.store()),
             SystemTime::now(),
+            &deadline,
         )
     });
-    let timeout = Duration::from_secs(cx.config.limits.message_timeout);
     let verdict = with_progress(work, actions, timeout).await?;
     let qid = &message.queue_id;
     let sender = &message.sender;

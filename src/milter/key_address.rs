@@ -42,8 +42,14 @@ pub(super) async fn finish(
     };
     let (daemon, config) = (cx.daemon.clone(), cx.config.clone());
     let summary = outcome.summary.clone();
-    let commit =
-        tokio::task::spawn_blocking(move || outcome.commit(daemon.store(), &config.keyring_dir));
+    let commit = tokio::task::spawn_blocking(move || {
+        outcome.commit(daemon.store(), &config.keyring_dir)?;
+        // A binding made here counts from the sender's next message on.
+        if let Err(e) = daemon.refresh_now() {
+            tracing::error!("keyring reload failed, still using the previous one: {e}");
+        }
+        Ok::<_, crate::key_address::KeyAddressError>(())
+    });
     with_progress(commit, actions, timeout).await??;
     tracing::info!("{}: {}: {summary}{queued}", message.queue_id, list.address);
     // Consumed: Mailman never sees mail to the key address.

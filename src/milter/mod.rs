@@ -49,6 +49,7 @@ impl SessionError {
         match self {
             SessionError::Keys(_) | SessionError::Store(_) => Internal::State,
             SessionError::Timeout(_) => Internal::Timeout,
+            SessionError::Plan(crate::outbound::PlanError::Timeout) => Internal::Timeout,
             _ => Internal::Failure,
         }
     }

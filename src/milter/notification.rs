@@ -12,7 +12,10 @@ pub(super) async fn finish(
     actions: &EomActions,
 ) -> Result<Status, SessionError> {
     let keyring = cx.daemon.keyring()?;
-    let Some(rewrite) = crate::dsn::reduce(&message.bytes, &keyring) else {
+    let bytes = message.bytes;
+    // Parsing a whole notification is CPU work: off the async workers.
+    let reduced = tokio::task::spawn_blocking(move || crate::dsn::reduce(&bytes, &keyring));
+    let Some(rewrite) = reduced.await? else {
         return Ok(Status::Accept);
     };
     apply(actions, &message.header_names, &rewrite).await?;

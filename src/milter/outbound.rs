@@ -6,6 +6,7 @@ use super::session::{Context, Message};
 use super::SessionError;
 use crate::outbound::{Plan, Transaction};
 use crate::reinject::{self, Delivery, OnRefusedRcpt, ReinjectError};
+use crate::state::{block_in_place, Deadline};
 use crate::store::Store;
 use indymilter::{ContextActions, EomActions, Status};
 use std::sync::Arc;
@@ -25,14 +26,21 @@ pub(super) async fn finish(
     let list = tx.list().address.clone();
     confirm_replay(qid, store, &list, &message.bytes)?;
     let digest = body_digest(&message.bytes);
-    let already = store.journal_sent(tx.sender(), &digest)?;
+    let sender = tx.sender().to_string();
+    let already = cx
+        .daemon
+        .blocking(move |d| d.store().journal_sent(&sender, &digest))
+        .await??;
     let bytes = Arc::new(message.bytes);
     let tx = Arc::new(tx);
+    let timeout = Duration::from_secs(cx.config.limits.message_timeout);
+    // The encryption checks it between batches: a timed-out or abandoned plan stops.
+    let deadline = Deadline::after(timeout);
+    let _cancel = deadline.cancel_on_drop();
     let work = {
         let (bytes, tx) = (bytes.clone(), tx.clone());
-        tokio::task::spawn_blocking(move || tx.finish(&bytes, &already))
+        tokio::task::spawn_blocking(move || tx.finish_until(&bytes, &already, &deadline))
     };
-    let timeout = Duration::from_secs(cx.config.limits.message_timeout);
     let plan = with_progress(work, actions, timeout).await??;
     delete_recipients(actions, &plan.done).await?;
     let Some(first) = plan.batches.first() else {
@@ -113,8 +121,10 @@ async fn send_once(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let journal =
-            |qid: &str, accepted: &[String]| journal(store, sender, digest, accepted, qid);
+        // Called right after the listener's 250, inside the SMTP exchange.
+        let journal = |qid: &str, accepted: &[String]| {
+            block_in_place(|| journal(store, sender, digest, accepted, qid))
+        };
         let sent = reinject::deliver(
             addr,
             sender,
@@ -186,13 +196,15 @@ async fn bounce(
     );
     let to = [tx.sender().to_string()];
     let id = reinject::send_batch(&cx.config.reinject_smtp, "", &to, &dsn).await?;
-    journal(store, tx.sender(), digest, &[rcpt.to_string()], &id).map_err(|e| {
-        tracing::error!(
-            "{qid}: {}: bounce for {rcpt} not journaled: {e}",
-            tx.list().address
-        );
-        SessionError::Journal(e)
-    })?;
+    block_in_place(|| journal(store, tx.sender(), digest, &[rcpt.to_string()], &id)).map_err(
+        |e| {
+            tracing::error!(
+                "{qid}: {}: bounce for {rcpt} not journaled: {e}",
+                tx.list().address
+            );
+            SessionError::Journal(e)
+        },
+    )?;
     tracing::info!(
         "{qid}: {}: recipient {rcpt} refused by the reinjection listener ({}); bounce queued as {id}",
         tx.list().address,

@@ -4,6 +4,7 @@ use super::copy::{prepare, Budget};
 use super::PlanError;
 use crate::keys::{normalize_address, ListKeys};
 use crate::message::Rewrite;
+use crate::state::Deadline;
 
 /// Splits the accepted recipients into batches: members who need their key id shown get a
 /// copy of their own (never revealing anyone else's); SEIPDv2 only for batches whose members
@@ -44,26 +45,47 @@ pub fn encrypt_batches(
     list: &ListKeys,
     batches: &[Vec<String>],
 ) -> Result<Vec<Rewrite>, PlanError> {
-    encrypt_batches_within(message, list, batches, &mut Budget::new())
+    encrypt_batches_until(message, list, batches, &Deadline::none())
 }
 
-/// [`encrypt_batches`] with the message's `>From` verification budget given: the inner
+/// [`encrypt_batches`], stopping with [`PlanError::Timeout`] once `deadline` passed: checked
+/// before each batch, since the blocking thread cannot be cancelled from outside.
+pub fn encrypt_batches_until(
+    message: &[u8],
+    list: &ListKeys,
+    batches: &[Vec<String>],
+    deadline: &Deadline,
+) -> Result<Vec<Rewrite>, PlanError> {
+    encrypt_batches_within(message, list, batches, &mut Budget::new(), deadline)
+}
+
+/// [`encrypt_batches_until`] with the message's `>From` verification budget given: the inner
 /// entity is prepared once, whatever the number of batches.
 pub(crate) fn encrypt_batches_within(
     message: &[u8],
     list: &ListKeys,
     batches: &[Vec<String>],
     budget: &mut Budget,
+    deadline: &Deadline,
 ) -> Result<Vec<Rewrite>, PlanError> {
     if batches.is_empty() {
         return Ok(Vec::new());
     }
+    if !deadline.admit() {
+        return Err(PlanError::Timeout);
+    }
     let prepared = prepare(message, list, budget)?;
+    let encrypt = |batch: &[String]| {
+        if !deadline.admit() {
+            return Err(PlanError::Timeout);
+        }
+        prepared.encrypt(list, batch)
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     if batches.len() <= 1 || threads <= 1 {
-        return batches.iter().map(|b| prepared.encrypt(list, b)).collect();
+        return batches.iter().map(|b| encrypt(b)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<Result<Rewrite, PlanError>>> =
@@ -77,7 +99,7 @@ pub(crate) fn encrypt_batches_within(
                 if i >= batches.len() {
                     break;
                 }
-                let r = prepared.encrypt(list, &batches[i]);
+                let r = encrypt(&batches[i]);
                 **slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             });
         }
@@ -99,10 +121,85 @@ mod tests {
         let (list, alice) = list_with(5);
         let batches: Vec<Vec<String>> = (0..5).map(|i| vec![format!("m{i}@x.test")]).collect();
         let mut budget = Budget::new();
-        let rewrites =
-            encrypt_batches_within(&mangled_post(&alice), &list, &batches, &mut budget).unwrap();
+        let rewrites = encrypt_batches_within(
+            &mangled_post(&alice),
+            &list,
+            &batches,
+            &mut budget,
+            &Deadline::none(),
+        )
+        .unwrap();
         assert_eq!(rewrites.len(), 5);
         // One message's restoration (as sent, all undone, first undone), not one per batch.
         assert_eq!(budget.used(), 3);
+    }
+
+    use crate::config::Policy;
+    use crate::keys::Member;
+    use crate::store::Role;
+    use sequoia_openpgp::cert::prelude::*;
+
+    fn list() -> ListKeys {
+        let cert = |uid: &str| {
+            CertBuilder::general_purpose(Some(uid))
+                .generate()
+                .unwrap()
+                .0
+        };
+        ListKeys::new(
+            "enc@lists.example.test".into(),
+            Policy::default(),
+            cert("<enc@lists.example.test>"),
+            vec![Member {
+                address: "bob@example.test".into(),
+                cert: cert("<bob@example.test>"),
+                role: Role::Member,
+                show_key_id: false,
+            }],
+        )
+    }
+
+    fn post() -> Vec<u8> {
+        let mut m = b"From: a@example.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/plain\r\n\r\n"
+            .to_vec();
+        m.extend(b"the plans, at length\r\n".repeat(16 * 1024));
+        m
+    }
+
+    #[test]
+    fn expired_deadline_encrypts_nothing() {
+        let batches = vec![vec!["<bob@example.test>".to_string()]; 4];
+        let deadline = Deadline::after(std::time::Duration::ZERO);
+        let r = encrypt_batches_until(&post(), &list(), &batches, &deadline);
+        assert!(matches!(r, Err(PlanError::Timeout)));
+        assert_eq!(deadline.admitted(), 0);
+    }
+
+    /// A waiter that gives up mid-way stops the remaining batches (the blocking thread itself
+    /// checks; nothing outside can stop it).
+    #[test]
+    fn cancelled_deadline_stops_before_all_batches() {
+        const N: usize = 64;
+        let batches = vec![vec!["<bob@example.test>".to_string()]; N];
+        let deadline = Deadline::none();
+        let (list, post) = (list(), post());
+        let watcher = {
+            let deadline = deadline.clone();
+            std::thread::spawn(move || {
+                while deadline.admitted() < 2 {
+                    std::thread::yield_now();
+                }
+                deadline.cancel();
+            })
+        };
+        let r = encrypt_batches_until(&post, &list, &batches, &deadline);
+        watcher.join().unwrap();
+        assert!(matches!(r, Err(PlanError::Timeout)));
+        assert!(
+            deadline.admitted() < N,
+            "{} of {N} batches",
+            deadline.admitted()
+        );
     }
 }

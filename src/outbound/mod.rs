@@ -12,7 +12,7 @@ use crate::pgp;
 use crate::refusal::{KeyRefusal, RcptOutcome, Refusal};
 use std::sync::Arc;
 
-pub use batch::{encrypt_batches, plan_batches};
+pub use batch::{encrypt_batches, encrypt_batches_until, plan_batches};
 pub use copy::{
     encrypt_message, padme, prepare, rfc5322_date_utc, Budget, Prepared, MAX_FROM_VERIFICATIONS,
 };
@@ -106,6 +106,16 @@ impl Transaction {
     /// The plan for the recipients not `already` served by an earlier attempt (normalised
     /// addresses from the journal): batches and their encrypted copies.
     pub fn finish(&self, message: &[u8], already: &[String]) -> Result<Plan, PlanError> {
+        self.finish_until(message, already, &crate::state::Deadline::none())
+    }
+
+    /// [`Transaction::finish`] that stops with [`PlanError::Timeout`] once `deadline` passed.
+    pub fn finish_until(
+        &self,
+        message: &[u8],
+        already: &[String],
+        deadline: &crate::state::Deadline,
+    ) -> Result<Plan, PlanError> {
         let (done, todo): (Vec<String>, Vec<String>) = self
             .recipients
             .iter()
@@ -118,7 +128,7 @@ impl Transaction {
             });
         }
         let recipients = plan_batches(&self.list, &todo);
-        let rewrites = encrypt_batches(message, &self.list, &recipients)?;
+        let rewrites = encrypt_batches_until(message, &self.list, &recipients, deadline)?;
         let batches = recipients
             .into_iter()
             .zip(rewrites)
@@ -167,4 +177,6 @@ pub enum PlanError {
     Malformed(&'static str),
     #[error("no recipients")]
     NoRecipients,
+    #[error("processing timed out")]
+    Timeout,
 }

@@ -153,6 +153,10 @@ impl Serving {
         );
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `kill SIGNAL PID`, e.g. `-HUP`.
     pub fn signal(&self, signal: &str) {
         let ok = Command::new("kill")
