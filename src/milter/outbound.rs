@@ -24,7 +24,8 @@ pub(super) async fn finish(
     let store = cx.daemon.store();
     let qid = &message.queue_id;
     let list = tx.list().address.clone();
-    confirm_replay(qid, store, &list, &message.bytes)?;
+    let ids = crate::inbound::emitted_message_ids(&message.bytes);
+    confirm_replay(cx, qid, &list, ids).await?;
     let digest = body_digest(&message.bytes);
     let sender = tx.sender().to_string();
     let already = cx
@@ -60,14 +61,23 @@ pub(super) async fn finish(
 
 /// Mailman emitting a post, or a hold or rejection notice carrying it, shows that Mailman has
 /// it: the post's tentative replay record becomes final (see `inbound::replay`).
-fn confirm_replay(
+async fn confirm_replay(
+    cx: &Context,
     qid: &str,
-    store: &dyn Store,
     list: &str,
-    message: &[u8],
+    ids: Vec<String>,
 ) -> Result<(), SessionError> {
-    let ids = crate::inbound::emitted_message_ids(message);
-    let n = store.replay_confirm(list, &ids, std::time::SystemTime::now())?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let l = list.to_string();
+    let n = cx
+        .daemon
+        .blocking(move |d| {
+            d.store()
+                .replay_confirm(&l, &ids, std::time::SystemTime::now())
+        })
+        .await??;
     if n > 0 {
         tracing::debug!("{qid}: {list}: {n} replay record(s) now final");
     }
