@@ -17,13 +17,16 @@ pub(super) async fn finish(
     let daemon = cx.daemon.clone();
     let limits = cx.config.limits.clone();
     let bytes = message.bytes;
+    // Decryption and verification share the cores with every other message's crypto.
     let work = tokio::task::spawn_blocking(move || {
-        tx.finish(
-            &bytes,
-            &limits,
-            &Recording(daemon.store()),
-            SystemTime::now(),
-        )
+        crate::crypto_pool::global().run(|| {
+            tx.finish(
+                &bytes,
+                &limits,
+                &Recording(daemon.store()),
+                SystemTime::now(),
+            )
+        })
     });
     let timeout = Duration::from_secs(cx.config.limits.message_timeout);
     let verdict = with_progress(work, actions, timeout).await?;

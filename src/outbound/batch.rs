@@ -1,4 +1,4 @@
-//! Batches: which recipients share one encrypted copy, and encrypting them on all cores.
+//! Batches: which recipients share one encrypted copy, and encrypting them on the cores.
 
 use super::copy::encrypt_message;
 use super::PlanError;
@@ -38,20 +38,18 @@ pub fn plan_batches(list: &ListKeys, recipients: &[String]) -> Vec<Vec<String>> 
     batches
 }
 
-/// Encrypts every batch, spreading the batches over the available cores.
+/// Encrypts every batch, spreading the batches over the cores. Each encryption holds a permit
+/// of the process's crypto pool, so concurrent messages together use no more threads than cores.
 pub fn encrypt_batches(
     message: &[u8],
     list: &ListKeys,
     batches: &[Vec<String>],
 ) -> Result<Vec<Rewrite>, PlanError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let pool = crate::crypto_pool::global();
+    let encrypt = |batch: &[String]| pool.run(|| encrypt_message(message, list, batch));
+    let threads = pool.size();
     if batches.len() <= 1 || threads <= 1 {
-        return batches
-            .iter()
-            .map(|b| encrypt_message(message, list, b))
-            .collect();
+        return batches.iter().map(|b| encrypt(b)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<Result<Rewrite, PlanError>>> =
@@ -65,7 +63,7 @@ pub fn encrypt_batches(
                 if i >= batches.len() {
                     break;
                 }
-                let r = encrypt_message(message, list, &batches[i]);
+                let r = encrypt(&batches[i]);
                 **slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             });
         }
