@@ -58,6 +58,8 @@ pub enum Refusal {
     TooManyParts,
     TooManyPackets,
     PlaintextTooLarge,
+    /// The messages held by all sessions at once would pass `limits.max_inflight_bytes`.
+    OverMemoryBudget,
     // At RCPT.
     MixedTransaction,
     RecipientKey(KeyRefusal, MissingKeyAction),
@@ -162,6 +164,11 @@ impl Refusal {
             TooManyParts => r("552", "5.3.4", "too many MIME parts"),
             TooManyPackets => r("552", "5.3.4", "too many OpenPGP packets"),
             PlaintextTooLarge => r("552", "5.3.4", "decrypted message exceeds the size limit"),
+            OverMemoryBudget => r(
+                "452",
+                "4.3.1",
+                "too much mail in progress, please retry later",
+            ),
             MixedTransaction => r("452", "4.5.3", "one list per transaction, please retry"),
             RecipientKey(why, action) => {
                 let reason = match why {
@@ -247,6 +254,7 @@ mod tests {
             (Refusal::TooManyPackets, "552", "5.3.4"),
             (Refusal::PlaintextTooLarge, "552", "5.3.4"),
             (Refusal::MixedTransaction, "452", "4.5.3"),
+            (Refusal::OverMemoryBudget, "452", "4.3.1"),
             (
                 Refusal::RecipientKey(KeyRefusal::NotBound, MissingKeyAction::Reject),
                 "550",
