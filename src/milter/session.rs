@@ -75,16 +75,31 @@ impl Msg {
         (self.header_bytes + self.body_bytes) as u64
     }
 
-    fn end_header(&mut self) {
-        if !self.in_body {
-            self.bytes.extend_from_slice(b"\r\n");
-            self.in_body = true;
+    /// Appends `parts`, counting what the buffer allocates (not only what it uses) against the
+    /// budget of messages in flight; `false` appends nothing.
+    fn append(&mut self, parts: &[&[u8]], limit: u64) -> bool {
+        let needed = self.bytes.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let had = self.bytes.capacity();
+        if needed > had {
+            // Doubling, as Vec would, keeps the copies on growth amortised.
+            let capacity = needed.max(had * 2);
+            if !self.reservation.grow((capacity - had) as u64, limit) {
+                return false;
+            }
+            self.bytes.reserve_exact(capacity - self.bytes.len());
         }
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        true
     }
 
     /// The whole message, and its share of the budget, held until the processor is done.
     fn into_message(mut self, queue_id: &str) -> (Mode, Message, Reservation) {
-        self.end_header();
+        if !self.in_body {
+            // A message without body: two octets, not worth a refusal at end of message.
+            self.bytes.extend_from_slice(b"\r\n");
+        }
         let message = Message {
             queue_id: queue_id.to_string(),
             sender: self.sender,
@@ -261,18 +276,10 @@ impl Session {
             return Ok(refuse(reply, r));
         }
         let value = crate::mime::header_crlf(value.as_bytes());
-        let n = name.as_bytes().len() + 1 + value.len() + 2;
-        if !msg
-            .reservation
-            .grow(n as u64, self.cx.config.limits.max_inflight_bytes)
-        {
+        let field: [&[u8]; 4] = [name.as_bytes(), b":", &value, b"\r\n"];
+        if !msg.append(&field, self.cx.config.limits.max_inflight_bytes) {
             return Ok(self.over_budget(reply));
         }
-        msg.bytes.reserve(n);
-        msg.bytes.extend_from_slice(name.as_bytes());
-        msg.bytes.push(b':');
-        msg.bytes.extend_from_slice(&value);
-        msg.bytes.extend_from_slice(b"\r\n");
         msg.header_names.push(name.to_string_lossy().into_owned());
         Ok(Status::Continue)
     }
@@ -298,15 +305,15 @@ impl Session {
                 return Ok(Status::Continue);
             }
         }
-        let n = chunk.len() + if msg.in_body { 0 } else { 2 };
-        if !msg
-            .reservation
-            .grow(n as u64, self.cx.config.limits.max_inflight_bytes)
-        {
+        // The blank line that ends the header goes in before the first chunk.
+        let separator: &[u8] = if msg.in_body { b"" } else { b"\r\n" };
+        if !msg.append(
+            &[separator, chunk],
+            self.cx.config.limits.max_inflight_bytes,
+        ) {
             return Ok(self.over_budget(reply));
         }
-        msg.end_header();
-        msg.bytes.extend_from_slice(chunk);
+        msg.in_body = true;
         msg.body_bytes += chunk.len();
         Ok(Status::Continue)
     }
