@@ -3,9 +3,10 @@
 //!
 //! A permit is taken around the crypto itself, never around work that starts threads which
 //! take permits of their own: with every permit held by such callers, their threads would
-//! wait for ever.
+//! wait for ever. Work that fans out under a permit takes [`Pool::spare`] ones, never waiting.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::{Condvar, Mutex, OnceLock};
 
 pub struct Pool {
@@ -18,6 +19,29 @@ pub struct Pool {
 pub struct Permit<'a> {
     /// `None` when this thread already held a permit: the inner one is free.
     pool: Option<&'a Pool>,
+    /// Dropped on the thread that took it, which [`HOLDING`] is about.
+    _thread: PhantomData<*const ()>,
+}
+
+/// Permits that were free at once, for threads a permit holder starts for one piece of work.
+pub struct Spare<'a> {
+    pool: &'a Pool,
+    count: usize,
+}
+
+impl Spare<'_> {
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+impl Drop for Spare<'_> {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            *self.pool.busy.lock().unwrap_or_else(|e| e.into_inner()) -= self.count;
+            self.pool.freed.notify_all();
+        }
+    }
 }
 
 thread_local! {
@@ -42,7 +66,10 @@ impl Pool {
     /// Waits for a free permit (the calling thread blocks: call it off the async workers).
     pub fn acquire(&self) -> Permit<'_> {
         if HOLDING.with(Cell::get) {
-            return Permit { pool: None };
+            return Permit {
+                pool: None,
+                _thread: PhantomData,
+            };
         }
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         while *busy >= self.size {
@@ -50,7 +77,18 @@ impl Pool {
         }
         *busy += 1;
         HOLDING.with(|h| h.set(true));
-        Permit { pool: Some(self) }
+        Permit {
+            pool: Some(self),
+            _thread: PhantomData,
+        }
+    }
+
+    /// Up to `want` permits that are free right now, without waiting.
+    pub fn spare(&self, want: usize) -> Spare<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let count = want.min(self.size.saturating_sub(*busy));
+        *busy += count;
+        Spare { pool: self, count }
     }
 
     /// Runs `work` holding a permit.
@@ -128,6 +166,17 @@ mod tests {
                 s.spawn(|| pool.run(|| met.wait()));
             }
         });
+    }
+
+    #[test]
+    fn spare_permits_are_only_the_free_ones_and_come_back() {
+        let pool = Pool::new(4);
+        pool.run(|| {
+            let spare = pool.spare(8);
+            assert_eq!(spare.count(), 3, "one of four is this thread's");
+            assert_eq!(pool.spare(1).count(), 0, "none left to spare");
+        });
+        assert_eq!(pool.spare(8).count(), 4);
     }
 
     #[test]
