@@ -483,6 +483,10 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
             config.policy_dir.display()
         );
     }
+    // Limits that do not fit in each other still run (the derived ones apply): a warning.
+    for w in config.limits.misfits() {
+        eprintln!("warning: {w}");
+    }
     if problems.is_empty() {
         writeln!(out, "configuration ok: {} list(s)", names.len()).ok();
         Ok(())

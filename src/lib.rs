@@ -13,6 +13,7 @@ pub mod admin;
 pub mod atomic_file;
 pub mod bounce;
 pub mod config;
+pub mod crypto_pool;
 pub mod dsn;
 pub mod http;
 pub mod inbound;

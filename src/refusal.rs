@@ -61,6 +61,8 @@ pub enum Refusal {
     TooManyParts,
     TooManyPackets,
     PlaintextTooLarge,
+    /// The messages held by all sessions at once would pass `limits.max_inflight_bytes`.
+    OverMemoryBudget,
     // At RCPT.
     MixedTransaction,
     /// In a domain of an encrypted list, but no address of a list: 550 5.1.1.
@@ -172,6 +174,11 @@ impl Refusal {
             TooManyParts => r("552", "5.3.4", "too many MIME parts"),
             TooManyPackets => r("552", "5.3.4", "too many OpenPGP packets"),
             PlaintextTooLarge => r("552", "5.3.4", "decrypted message exceeds the size limit"),
+            OverMemoryBudget => r(
+                "452",
+                "4.3.1",
+                "too much mail in progress, please retry later",
+            ),
             MixedTransaction => r("452", "4.5.3", "one list per transaction, please retry"),
             NotAListAddress => r("550", "5.1.1", "no such address of an encrypted list"),
             RecipientKey(why, action) => {
@@ -260,6 +267,7 @@ mod tests {
             (Refusal::PlaintextTooLarge, "552", "5.3.4"),
             (Refusal::MixedTransaction, "452", "4.5.3"),
             (Refusal::NotAListAddress, "550", "5.1.1"),
+            (Refusal::OverMemoryBudget, "452", "4.3.1"),
             (
                 Refusal::RecipientKey(KeyRefusal::NotBound, MissingKeyAction::Reject),
                 "550",

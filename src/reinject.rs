@@ -110,6 +110,19 @@ impl ReinjectError {
             _ => false,
         }
     }
+
+    /// The listener's permanent refusal of the message itself (e.g. `552` over its size
+    /// limit): every recipient of the batch is refused with it.
+    pub fn refused_message(&self) -> Option<&SmtpReply> {
+        match self {
+            ReinjectError::Refused { stage, reply, .. }
+                if *stage == END_OF_DATA && reply.is_permanent() =>
+            {
+                Some(reply)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a refused recipient does to its batch.

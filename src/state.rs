@@ -1,7 +1,8 @@
 //! What the running daemon shares between sessions: the configuration snapshot, the keyring
-//! snapshot (rebuilt in the background when the store's generation changes) and the store.
-//! Nothing here blocks an async worker: generation checks and rebuilds run on the blocking
-//! pool while sessions keep answering from the snapshot they have.
+//! snapshot (rebuilt in the background when the store's generation changes), the store, and
+//! the memory budget of messages in flight. Nothing here blocks an async worker: generation
+//! checks and rebuilds run on the blocking pool while sessions keep answering from the
+//! snapshot they have.
 
 use crate::config::Config;
 use crate::keys::{KeyError, Keyring};
@@ -35,6 +36,54 @@ pub struct Daemon {
     rebuilds: AtomicU64,
     /// The generation poller runs (started with the first session).
     watching: std::sync::Once,
+    budget: Arc<Budget>,
+}
+
+/// Bytes of messages held by all milter sessions at once, against `limits.max_inflight_bytes`.
+#[derive(Debug, Default)]
+pub struct Budget {
+    held: AtomicU64,
+}
+
+impl Budget {
+    /// Bytes held right now by every open [`Reservation`].
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// One message's share of the [`Budget`], given back when the message is dropped: at its end,
+/// on abort, on a refusal, or when the connection goes away.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn new(budget: Arc<Budget>) -> Reservation {
+        Reservation { budget, bytes: 0 }
+    }
+
+    /// Takes `n` more bytes if all messages together stay within `limit`; `false` takes none.
+    pub fn grow(&mut self, n: u64, limit: u64) -> bool {
+        let taken = self
+            .budget
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|total| *total <= limit)
+            });
+        if taken.is_ok() {
+            self.bytes += n;
+        }
+        taken.is_ok()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl Daemon {
@@ -51,6 +100,7 @@ impl Daemon {
             stale_since: Mutex::new(None),
             rebuilds: AtomicU64::new(0),
             watching: std::sync::Once::new(),
+            budget: Arc::default(),
         })
     }
 
@@ -59,6 +109,11 @@ impl Daemon {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The memory budget every session's message counts against.
+    pub fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -336,5 +391,21 @@ mod tests {
         assert!(d.expired());
         assert!(Deadline::after(Duration::ZERO).expired());
         assert!(!Deadline::none().expired());
+    }
+
+    #[test]
+    fn reservations_share_one_budget_and_give_it_back_when_dropped() {
+        let budget = Arc::new(Budget::default());
+        let mut a = Reservation::new(budget.clone());
+        let mut b = Reservation::new(budget.clone());
+        assert!(a.grow(600, 1000));
+        assert!(!b.grow(500, 1000), "600 + 500 is over 1000");
+        assert!(b.grow(400, 1000));
+        assert_eq!(budget.held(), 1000);
+        drop(a);
+        assert_eq!(budget.held(), 400);
+        assert!(b.grow(600, 1000));
+        drop(b);
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -67,7 +67,9 @@ async fn work_past_the_message_timeout_is_a_temporary_failure() {
     );
     with_limits(
         &site,
-        "max_plaintext_bytes = 536870912\nmessage_timeout = 1",
+        // The plaintext budget only reaches 512 MiB with room for the outbound copy.
+        "max_plaintext_bytes = 536870912\nmax_message_bytes = 536870912\n\
+         max_outbound_copy_bytes = 1073741824\nmessage_timeout = 1",
     );
     let post = format!(
         "From: alice <{addr}>\nTo: {LIST}\nSubject: slow\nMIME-Version: 1.0\n\

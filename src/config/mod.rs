@@ -39,8 +39,16 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// The largest message taken from the MTA, on either listener.
     pub max_message_bytes: u64,
+    /// Plaintext one inbound post may decrypt and decompress to, across nested compression;
+    /// inbound uses at most [`Limits::inbound_plaintext_bytes`], what an outbound copy can carry.
     pub max_plaintext_bytes: u64,
+    /// The largest encrypted copy listcrypt hands back to the MTA (Postfix's
+    /// `message_size_limit` must allow it). Every other size limit is derived to fit in it.
+    pub max_outbound_copy_bytes: u64,
+    /// Bytes of messages all milter sessions hold at once; above it, `452 4.3.1`.
+    pub max_inflight_bytes: u64,
     pub max_mime_depth: u32,
     pub max_mime_parts: u32,
     pub max_packets: u32,
@@ -56,8 +64,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_message_bytes: 25 * 1024 * 1024,
-            max_plaintext_bytes: 50 * 1024 * 1024,
+            max_message_bytes: 25 * MIB,
+            // What fits the default outbound copy (see `inbound_plaintext_bytes`).
+            max_plaintext_bytes: 24 * MIB,
+            max_outbound_copy_bytes: 40 * MIB,
+            max_inflight_bytes: 256 * MIB,
             max_mime_depth: 20,
             max_mime_parts: 500,
             max_packets: 10_000,
@@ -65,6 +76,77 @@ impl Default for Limits {
             message_timeout: 300,
             replay_confirm_window: 3600,
         }
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// How much an outbound copy grows over the message Mailman sent, as a fraction over 100:
+/// ASCII armour 4/3 with a CRLF every 64 characters (RFC 4880 §6.3: 1.375), times Padmé's
+/// at most 12 % padding (1.54).
+const COPY_GROWTH_PERCENT: u64 = 154;
+/// Fixed additions to a copy: the list's signature, one PKESK per recipient of a batch of up to
+/// 1000 (RSA-4096: 0.5 KiB each), the outer and Autocrypt headers.
+pub const COPY_OVERHEAD_BYTES: u64 = MIB;
+/// What Mailman adds to a post on its way from the inbound to the outbound listener (footer,
+/// List-* and Received fields).
+pub const MAILMAN_HEADROOM_BYTES: u64 = MIB;
+
+impl Limits {
+    /// The largest message the outbound listener takes from Mailman: within
+    /// `max_message_bytes`, and small enough that its encrypted copy fits
+    /// `max_outbound_copy_bytes`.
+    pub fn outbound_message_bytes(&self) -> u64 {
+        let room = self
+            .max_outbound_copy_bytes
+            .saturating_sub(COPY_OVERHEAD_BYTES);
+        let carried = room.saturating_mul(100) / COPY_GROWTH_PERCENT;
+        self.max_message_bytes.min(carried)
+    }
+
+    /// The plaintext budget of an inbound post: `max_plaintext_bytes`, but never more than the
+    /// outbound listener can take back from Mailman, so an accepted post can always be sent.
+    pub fn inbound_plaintext_bytes(&self) -> u64 {
+        let carried = self
+            .outbound_message_bytes()
+            .saturating_sub(MAILMAN_HEADROOM_BYTES);
+        self.max_plaintext_bytes.min(carried)
+    }
+
+    /// Where listcrypt's own limits do not fit in each other, one sentence each (for
+    /// `check-config`; the daemon still runs, with the derived limits).
+    pub fn misfits(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let outbound = self.outbound_message_bytes();
+        let plaintext = self.inbound_plaintext_bytes();
+        if outbound < self.max_message_bytes {
+            out.push(format!(
+                "limits.max_outbound_copy_bytes ({}) cannot carry a message of max_message_bytes \
+                 ({}) once encrypted; the outbound listener refuses mail above {outbound} bytes",
+                self.max_outbound_copy_bytes, self.max_message_bytes
+            ));
+        }
+        if plaintext == 0 {
+            out.push(format!(
+                "limits.max_outbound_copy_bytes ({}) leaves no room for any post; every \
+                 encrypted post is refused",
+                self.max_outbound_copy_bytes
+            ));
+        } else if plaintext < self.max_plaintext_bytes {
+            out.push(format!(
+                "limits.max_plaintext_bytes ({}) is more than an outbound copy can carry; \
+                 inbound posts are limited to {plaintext} bytes of plaintext",
+                self.max_plaintext_bytes
+            ));
+        }
+        if self.max_inflight_bytes < self.max_message_bytes {
+            out.push(format!(
+                "limits.max_inflight_bytes ({}) is below max_message_bytes ({}); a message \
+                 that large is always deferred with 452 4.3.1",
+                self.max_inflight_bytes, self.max_message_bytes
+            ));
+        }
+        out
     }
 }
 
@@ -246,6 +328,9 @@ impl Config {
         if l.max_message_bytes == 0 || l.max_plaintext_bytes == 0 || l.max_packets == 0 {
             return Err("limits must be positive".into());
         }
+        if l.max_outbound_copy_bytes == 0 || l.max_inflight_bytes == 0 {
+            return Err("limits must be positive".into());
+        }
         if l.max_mime_depth == 0 || l.max_mime_parts == 0 || l.message_timeout == 0 {
             return Err("limits must be positive".into());
         }
@@ -377,6 +462,51 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.unmanaged_outbound, Unmanaged::Reject);
         assert_eq!(c.list_domain_other_recipients, OtherRecipients::Reject);
+    }
+
+    /// Armour alone (RFC 4880 §6.3: 4 characters per 3 octets, a line break every 64) makes a
+    /// copy of N octets at least 4/3·N·66/64 long; an accepted post must still fit the copy.
+    #[test]
+    fn inbound_plaintext_leaves_room_for_the_outbound_copy() {
+        let armoured = |n: u64| n * 4 / 3 * 66 / 64;
+        let l = Limits::default();
+        assert!(l.misfits().is_empty(), "{:?}", l.misfits());
+        let post = l.inbound_plaintext_bytes() + MAILMAN_HEADROOM_BYTES;
+        assert!(post <= l.outbound_message_bytes());
+        assert!(armoured(l.outbound_message_bytes()) < l.max_outbound_copy_bytes);
+        // 50 MiB of plaintext (the old default) could never be sent out again.
+        let old = Limits {
+            max_plaintext_bytes: 50 * MIB,
+            ..Limits::default()
+        };
+        assert!(armoured(old.max_plaintext_bytes) > old.max_outbound_copy_bytes);
+        assert!(old.inbound_plaintext_bytes() < 25 * MIB);
+        let w = old.misfits();
+        assert!(
+            w.len() == 1 && w[0].contains("max_plaintext_bytes"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_small_copy_limit_bounds_both_listeners() {
+        let l = Limits {
+            max_outbound_copy_bytes: 11 * MIB,
+            ..Limits::default()
+        };
+        // (11 - 1) MiB / 1.54 is below the 25 MiB max_message_bytes.
+        assert!(l.outbound_message_bytes() < 7 * MIB);
+        assert!(l.inbound_plaintext_bytes() < l.outbound_message_bytes());
+        let w = l.misfits();
+        assert!(
+            w.iter().any(|w| w.contains("max_outbound_copy_bytes")),
+            "{w:?}"
+        );
+        let tight = Limits {
+            max_inflight_bytes: MIB,
+            ..Limits::default()
+        };
+        assert!(tight.misfits()[0].contains("max_inflight_bytes"));
     }
 
     #[test]

@@ -190,7 +190,7 @@ fn open(ciphertext: &[u8], carrier: Carrier, list: &ListKeys, limits: &Limits) -
         ciphertext,
         list,
         limits.max_packets,
-        limits.max_plaintext_bytes,
+        limits.inbound_plaintext_bytes(),
     )
     .map_err(|f| reject(failure_refusal(&f)))?;
     let mut plaintext = decrypted.plaintext;

@@ -22,14 +22,17 @@ pub(super) async fn finish(
     // The pipeline checks it between phases: a timed-out or abandoned message stops.
     let deadline = Deadline::after(timeout);
     let _cancel = deadline.cancel_on_drop();
+    // Decryption and verification share the cores with every other message's crypto.
     let work = tokio::task::spawn_blocking(move || {
-        tx.finish_until(
-            &bytes,
-            &limits,
-            &Recording(daemon.store()),
-            SystemTime::now(),
-            &deadline,
-        )
+        crate::crypto_pool::global().run(|| {
+            tx.finish_until(
+                &bytes,
+                &limits,
+                &Recording(daemon.store()),
+                SystemTime::now(),
+                &deadline,
+            )
+        })
     });
     let verdict = with_progress(work, actions, timeout).await?;
     let qid = &message.queue_id;

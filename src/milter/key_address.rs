@@ -28,7 +28,7 @@ pub(super) async fn finish(
             keyring_dir: &config.keyring_dir,
             limits: &config.limits,
         };
-        processor.process(&sender, &bytes, SystemTime::now())
+        crate::crypto_pool::global().run(|| processor.process(&sender, &bytes, SystemTime::now()))
     });
     let outcome = with_progress(work, actions, timeout).await??;
     let queued = match &outcome.reply {

@@ -158,12 +158,30 @@ async fn send_once(
                     refused: Vec::new(),
                 });
             }
-            Err(e) if e.in_doubt() && attempt == 1 => tracing::warn!(
-                "{}: {}: batch in doubt ({e}); sending it again",
-                qid,
-                tx.list().address
-            ),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if let Some(reply) = e.refused_message() {
+                    // Too large for the listener, say: each recipient gets its bounce.
+                    tracing::warn!(
+                        "{}: {}: batch refused at end of DATA ({}); its recipients are bounced",
+                        qid,
+                        tx.list().address,
+                        reply.code
+                    );
+                    let refused = recipients.iter().map(|r| (r.clone(), reply.clone()));
+                    return Ok(Delivery {
+                        queue_id: None,
+                        refused: refused.collect(),
+                    });
+                }
+                if !(e.in_doubt() && attempt == 1) {
+                    return Err(e.into());
+                }
+                tracing::warn!(
+                    "{}: {}: batch in doubt ({e}); sending it again",
+                    qid,
+                    tx.list().address
+                );
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::config::{Config, Unmanaged};
 use crate::inbound::Target;
 use crate::keys::ListKeys;
 use crate::refusal::{RcptOutcome, Refusal};
-use crate::state::Daemon;
+use crate::state::{Daemon, Reservation};
 use bytes::Bytes;
 use indymilter::{EomActions, SmtpReply, Status};
 use std::ffi::CString;
@@ -57,38 +57,58 @@ pub(super) struct Message {
     pub header_names: Vec<String>,
 }
 
+/// The message being received, held once: each header field and body chunk is written into
+/// `bytes` (CRLF, as the MTA would deliver it) as it arrives, and counted against the budget.
 struct Msg {
     sender: String,
     mode: Mode,
-    headers: Vec<(String, Vec<u8>)>,
+    bytes: Vec<u8>,
+    header_names: Vec<String>,
+    /// Header size as the size limit counts it (name, value and separators).
     header_bytes: usize,
-    body: Vec<u8>,
+    body_bytes: usize,
+    /// Whether the blank line ending the header is written.
+    in_body: bool,
+    reservation: Reservation,
 }
 
 impl Msg {
     fn size(&self) -> u64 {
-        (self.header_bytes + self.body.len()) as u64
+        (self.header_bytes + self.body_bytes) as u64
     }
 
-    /// The whole message, CRLF, as the MTA would deliver it.
-    fn into_message(self, queue_id: &str) -> (Mode, Message) {
-        let mut bytes = Vec::with_capacity(self.header_bytes + self.body.len() + 2);
-        for (name, value) in &self.headers {
-            bytes.extend_from_slice(name.as_bytes());
-            bytes.push(b':');
-            bytes.extend_from_slice(&crate::mime::header_crlf(value));
-            bytes.extend_from_slice(b"\r\n");
+    /// Appends `parts`, counting what the buffer allocates (not only what it uses) against the
+    /// budget of messages in flight; `false` appends nothing.
+    fn append(&mut self, parts: &[&[u8]], limit: u64) -> bool {
+        let needed = self.bytes.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let had = self.bytes.capacity();
+        if needed > had {
+            // Doubling, as Vec would, keeps the copies on growth amortised.
+            let capacity = needed.max(had * 2);
+            if !self.reservation.grow((capacity - had) as u64, limit) {
+                return false;
+            }
+            self.bytes.reserve_exact(capacity - self.bytes.len());
         }
-        bytes.extend_from_slice(b"\r\n");
-        bytes.extend_from_slice(&self.body);
-        let header_names = self.headers.into_iter().map(|(n, _)| n).collect();
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        true
+    }
+
+    /// The whole message, and its share of the budget, held until the processor is done.
+    fn into_message(mut self, queue_id: &str) -> (Mode, Message, Reservation) {
+        if !self.in_body {
+            // A message without body: two octets, not worth a refusal at end of message.
+            self.bytes.extend_from_slice(b"\r\n");
+        }
         let message = Message {
             queue_id: queue_id.to_string(),
             sender: self.sender,
-            bytes,
-            header_names,
+            bytes: self.bytes,
+            header_names: self.header_names,
         };
-        (self.mode, message)
+        (self.mode, message, self.reservation)
     }
 }
 
@@ -163,9 +183,12 @@ impl Session {
         self.msg = Some(Msg {
             sender,
             mode,
-            headers: Vec::new(),
+            bytes: Vec::new(),
+            header_names: Vec::new(),
             header_bytes: 0,
-            body: Vec::new(),
+            body_bytes: 0,
+            in_body: false,
+            reservation: Reservation::new(self.cx.daemon.budget()),
         });
         Ok(Status::Continue)
     }
@@ -245,7 +268,7 @@ impl Session {
         value: CString,
         reply: &mut SmtpReply,
     ) -> Result<Status, SessionError> {
-        let limit = self.cx.config.limits.max_message_bytes;
+        let limit = self.size_limit();
         let msg = self
             .msg
             .as_mut()
@@ -263,13 +286,26 @@ impl Session {
             self.msg = None;
             return Ok(refuse(reply, r));
         }
-        msg.headers
-            .push((name.to_string_lossy().into_owned(), value.into_bytes()));
+        let value = crate::mime::header_crlf(value.as_bytes());
+        let field: [&[u8]; 4] = [name.as_bytes(), b":", &value, b"\r\n"];
+        if !msg.append(&field, self.cx.config.limits.max_inflight_bytes) {
+            return Ok(self.over_budget(reply));
+        }
+        msg.header_names.push(name.to_string_lossy().into_owned());
         Ok(Status::Continue)
     }
 
+    /// Outbound mail must fit its encrypted copy in `max_outbound_copy_bytes` too.
+    fn size_limit(&self) -> u64 {
+        let limits = &self.cx.config.limits;
+        match self.side {
+            Side::Inbound => limits.max_message_bytes,
+            Side::Outbound => limits.outbound_message_bytes(),
+        }
+    }
+
     pub fn body(&mut self, chunk: &Bytes, reply: &mut SmtpReply) -> Result<Status, SessionError> {
-        let limit = self.cx.config.limits.max_message_bytes;
+        let limit = self.size_limit();
         let msg = self.msg.as_mut().ok_or(SessionError::OutOfOrder("body"))?;
         if msg.size() + chunk.len() as u64 > limit {
             return Ok(self.too_large(reply));
@@ -281,8 +317,25 @@ impl Session {
             Mode::Loopback => return Ok(Status::Continue),
             _ => {}
         }
-        msg.body.extend_from_slice(chunk);
+        // The blank line that ends the header goes in before the first chunk.
+        let separator: &[u8] = if msg.in_body { b"" } else { b"\r\n" };
+        if !msg.append(
+            &[separator, chunk],
+            self.cx.config.limits.max_inflight_bytes,
+        ) {
+            return Ok(self.over_budget(reply));
+        }
+        msg.in_body = true;
+        msg.body_bytes += chunk.len();
         Ok(Status::Continue)
+    }
+
+    /// All sessions together hold as much as `max_inflight_bytes` allows: the client retries.
+    fn over_budget(&mut self, reply: &mut SmtpReply) -> Status {
+        let r = Refusal::OverMemoryBudget;
+        tracing::info!("{}: {}: message deferred: {r}", self.queue_id(), self.side);
+        self.msg = None;
+        refuse(reply, r)
     }
 
     fn too_large(&mut self, reply: &mut SmtpReply) -> Status {
@@ -308,7 +361,7 @@ impl Session {
             .msg
             .take()
             .ok_or(SessionError::OutOfOrder("end of message"))?;
-        let (mode, message) = msg.into_message(queue_id);
+        let (mode, message, _held) = msg.into_message(queue_id);
         let cx = &self.cx;
         match mode {
             Mode::Inbound(tx) => inbound::finish(cx, tx, message, actions, reply).await,

@@ -1,4 +1,4 @@
-//! Batches: which recipients share one encrypted copy, and encrypting them on all cores.
+//! Batches: which recipients share one encrypted copy, and encrypting them on the cores.
 
 use super::copy::{prepare, Budget};
 use super::PlanError;
@@ -39,7 +39,8 @@ pub fn plan_batches(list: &ListKeys, recipients: &[String]) -> Vec<Vec<String>> 
     batches
 }
 
-/// Encrypts every batch, spreading the batches over the available cores.
+/// Encrypts every batch, spreading the batches over the cores. Each encryption holds a permit
+/// of the process's crypto pool, so concurrent messages together use no more threads than cores.
 pub fn encrypt_batches(
     message: &[u8],
     list: &ListKeys,
@@ -75,15 +76,14 @@ pub(crate) fn encrypt_batches_within(
         return Err(PlanError::Timeout);
     }
     let prepared = prepare(message, list, budget)?;
+    let pool = crate::crypto_pool::global();
     let encrypt = |batch: &[String]| {
         if !deadline.admit() {
             return Err(PlanError::Timeout);
         }
-        prepared.encrypt(list, batch)
+        pool.run(|| prepared.encrypt(list, batch))
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = pool.size();
     if batches.len() <= 1 || threads <= 1 {
         return batches.iter().map(|b| encrypt(b)).collect();
     }

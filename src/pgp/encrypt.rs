@@ -101,7 +101,7 @@ pub fn encrypt_sign_keys(
     let v2 = !recipients.is_empty() && recipients.iter().all(|r| r.features.supports_seipdv2());
     let sym = SymmetricAlgorithm::AES256;
     let session_key = SessionKey::new(sym.key_size().map_err(crypto)?).map_err(crypto)?;
-    // One PKESK per key: independent of each other, so they are made on all cores. Each is
+    // One PKESK per key: independent of each other, so they are made on the free cores. Each is
     // sequoia's own PKESK3/PKESK6::for_recipient; we only choose the threads.
     let pkesks = make_pkesks(&jobs, sym, &session_key, v2)?;
     let keypair = signer.map(signing_keypair).transpose()?;
@@ -208,10 +208,13 @@ fn make_pkesks(
         };
         packet.to_vec().map_err(crypto)
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if threads < 2 || jobs.len() < PARALLEL_PKESKS {
+    if jobs.len() < PARALLEL_PKESKS {
+        return jobs.iter().map(one).collect();
+    }
+    // This thread's own permit plus the ones free now: other messages' crypto keeps its cores.
+    let spare = crate::crypto_pool::global().spare(jobs.len() - 1);
+    let threads = 1 + spare.count();
+    if threads < 2 {
         return jobs.iter().map(one).collect();
     }
     let chunk = jobs.len().div_ceil(threads);

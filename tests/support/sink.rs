@@ -36,6 +36,16 @@ impl Sink {
 
     /// A sink that answers `550 5.1.1` to RCPT for each of `refused` (lower-case addresses).
     pub fn start_refusing(refused: &[&str]) -> Sink {
+        Sink::start_with(refused, usize::MAX)
+    }
+
+    /// A sink that answers `552 5.3.4` at the end of DATA to a message over `max_data` octets,
+    /// as Postfix does over its `message_size_limit`.
+    pub fn start_limited(max_data: usize) -> Sink {
+        Sink::start_with(&[], max_data)
+    }
+
+    fn start_with(refused: &[&str], max_data: usize) -> Sink {
         let refused: Arc<Vec<String>> = Arc::new(refused.iter().map(|r| r.to_string()).collect());
         let listener = TcpListener::bind("127.0.0.1:0").expect("sink: bind");
         let port = listener.local_addr().unwrap().port();
@@ -53,7 +63,7 @@ impl Sink {
                     let deliveries = deliveries.clone();
                     let refused = refused.clone();
                     thread::spawn(move || {
-                        let _ = serve(conn, &deliveries, &refused);
+                        let _ = serve(conn, &deliveries, &refused, max_data);
                     });
                 }
             })
@@ -128,6 +138,7 @@ fn serve(
     conn: TcpStream,
     deliveries: &Mutex<Vec<Delivery>>,
     refused: &[String],
+    max_data: usize,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(300)))?;
     let mut out = conn.try_clone()?;
@@ -166,6 +177,12 @@ fn serve(
             "DATA" if !rcpts.is_empty() => {
                 out.write_all(b"354 go ahead\r\n")?;
                 let data = read_data(&mut input)?;
+                if data.len() > max_data {
+                    mail_from = None;
+                    rcpts.clear();
+                    out.write_all(b"552 5.3.4 message too big for the test sink\r\n")?;
+                    continue;
+                }
                 deliveries.lock().unwrap().push(Delivery {
                     mail_from: mail_from.take().unwrap_or_default(),
                     rcpts: std::mem::take(&mut rcpts),

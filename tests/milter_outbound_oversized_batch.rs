@@ -1,0 +1,82 @@
+//! A batch the reinjection listener refuses at the end of DATA (`552 5.3.4`, over Postfix's
+//! `message_size_limit`) becomes one content-free bounce per recipient of that batch, sent to
+//! the list's bounces address; the post still goes on for the first batch: no `451` for the
+//! whole post, which Mailman would retry for days and then drop.
+
+mod support;
+
+use indymilter_test::Status;
+use std::fs;
+use support::gpg::GpgMember;
+use support::milter::{self, Mail};
+use support::sink;
+use support::site::{Site, LIST, LIST_BOUNCES};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_refused_for_its_size_bounces_each_recipient() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let members: Vec<GpgMember> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|n| GpgMember::new(&site, n, true))
+        .collect();
+    let policy = site.path("lists.d").join(format!("{LIST}.toml"));
+    let text = fs::read_to_string(&policy)
+        .unwrap()
+        .replace("batch_size = 50", "batch_size = 1");
+    fs::write(&policy, text).unwrap();
+    // A 20 kB post armours to more than 26 kB: every copy is over the listener's 12 kB, while
+    // a content-free DSN is well under it.
+    let sink = sink::Sink::start_limited(12_000);
+    site.reinject_to(sink.port);
+    let body = "secret text for the list, long enough to be too large\n".repeat(380);
+    let post = Mail::parse(
+        format!(
+            "From: m1 <m1@example.test>\nTo: {LIST}\nSubject: large\nMessage-ID: <large-1@example.test>\n\
+             MIME-Version: 1.0\nContent-Type: text/plain\n\n{body}"
+        )
+        .as_bytes(),
+    );
+    let daemon = milter::start(&site.config).await;
+    let mut conn = milter::connect(daemon.outbound).await;
+    assert_eq!(
+        conn.mail([format!("<{LIST_BOUNCES}>")]).await.unwrap(),
+        Status::Continue
+    );
+    for m in &members {
+        assert_eq!(
+            conn.rcpt([format!("<{}>", m.address)]).await.unwrap(),
+            Status::Continue
+        );
+    }
+    let (_, status) = milter::send(&mut conn, &post).await;
+    assert!(
+        matches!(status, Status::Continue | Status::Accept),
+        "the post goes on for the first batch: {}",
+        milter::reply_text(&status)
+    );
+    conn.close().await.unwrap();
+    let bounces = sink.deliveries_to(LIST_BOUNCES);
+    assert_eq!(
+        bounces.len(),
+        2,
+        "one bounce per refused recipient: {}",
+        sink.summary()
+    );
+    for (bounce, m) in bounces.iter().zip(&members[1..]) {
+        let dsn = bounce.text();
+        assert_eq!(
+            bounce.mail_from, "",
+            "a DSN has the null sender (RFC 3464 §2)"
+        );
+        let rcpt = m.address.to_ascii_lowercase();
+        assert!(
+            dsn.to_ascii_lowercase()
+                .contains(&format!("final-recipient: rfc822; {rcpt}")),
+            "{dsn}"
+        );
+        assert!(dsn.contains("Status: 5.3.4"), "{dsn}");
+        assert!(!dsn.contains("secret text"), "the bounce quotes nothing");
+    }
+    daemon.stop().await;
+}
