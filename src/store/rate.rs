@@ -25,15 +25,7 @@ pub(super) fn allow(
     if last.is_some_and(|t| now - t < interval_secs as i64) {
         return Ok(false);
     }
-    tx.execute(
-        "DELETE FROM rate WHERE last < ?1",
-        params![now - RETAIN_SECS],
-    )?;
-    tx.execute(
-        "INSERT INTO rate (list, sender, kind, last) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (list, sender, kind) DO UPDATE SET last = excluded.last",
-        params![list, sender, kind, now],
-    )?;
+    mark(tx, list, sender, kind, now)?;
     Ok(true)
 }
 
