@@ -211,8 +211,10 @@ fn make_pkesks(
     if jobs.len() < PARALLEL_PKESKS {
         return jobs.iter().map(one).collect();
     }
-    // This thread's own permit plus the ones free now: other messages' crypto keeps its cores.
-    let spare = crate::crypto_pool::global().spare(jobs.len() - 1);
+    // This thread's core (its own permit, or the caller's) plus the permits free now, never
+    // more threads than cores: other messages' crypto keeps its cores.
+    let pool = crate::crypto_pool::global();
+    let spare = pool.spare((jobs.len() - 1).min(pool.size().saturating_sub(1)));
     let threads = 1 + spare.count();
     if threads < 2 {
         return jobs.iter().map(one).collect();
