@@ -155,8 +155,8 @@ impl ListKeys {
         let mut by_keyid: HashMap<KeyID, Vec<usize>> = HashMap::new();
         for (i, m) in members.iter().enumerate() {
             by_address.insert(m.address.clone(), i);
-            for k in m.cert.keys() {
-                by_keyid.entry(k.key().keyid()).or_default().push(i);
+            for keyid in pgp::key_ids(&m.cert) {
+                by_keyid.entry(keyid).or_default().push(i);
             }
         }
         let encryption = members.iter().map(|_| std::sync::OnceLock::new()).collect();
@@ -196,7 +196,7 @@ impl ListKeys {
             .unwrap_or_default();
         ids.into_iter()
             .map(|i| &self.members[i])
-            .filter(|m| m.cert.keys().any(|k| k.key().key_handle().aliases(handle)))
+            .filter(|m| pgp::has_key(&m.cert, handle))
             .collect()
     }
 

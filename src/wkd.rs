@@ -161,10 +161,8 @@ pub fn find<'a>(lists: impl IntoIterator<Item = &'a str>, resource: &Resource) -
 /// The published form of a list key: public parts only, with just the list address's user
 /// ID (draft §3.1: the key must carry the address), binary as WKD wants.
 pub fn public_key(cert: &Cert, list: &str) -> Result<Vec<u8>, WkdError> {
-    let public = pgp::only_userid_for(cert, list);
-    if public.userids().next().is_none() {
-        return Err(WkdError::NoUserId(list.to_string()));
-    }
+    let public =
+        pgp::only_userid_for(cert, list).ok_or_else(|| WkdError::NoUserId(list.to_string()))?;
     pgp::binary_public(&public).map_err(|e| WkdError::Crypto(e.to_string()))
 }
 

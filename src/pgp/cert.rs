@@ -7,7 +7,7 @@ use openpgp::parse::Parse;
 use openpgp::policy::Policy as _;
 use openpgp::serialize::MarshalInto;
 use openpgp::types::{PublicKeyAlgorithm, RevocationStatus};
-use openpgp::{Cert, Fingerprint};
+use openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
 use sequoia_openpgp as openpgp;
 use std::path::Path;
 use std::time::SystemTime;
@@ -168,6 +168,16 @@ pub fn names_address(cert: &Cert, address: &str) -> bool {
             .flatten()
             .is_some_and(|e| e == address)
     })
+}
+
+/// The key ids of `cert`'s primary key and subkeys.
+pub fn key_ids(cert: &Cert) -> impl Iterator<Item = KeyID> + '_ {
+    cert.keys().map(|k| k.key().keyid())
+}
+
+/// Whether `cert` has a key (primary or subkey) that `handle` names.
+pub fn has_key(cert: &Cert, handle: &KeyHandle) -> bool {
+    cert.keys().any(|k| k.key().key_handle().aliases(handle))
 }
 
 /// Serialized size in bytes of a certificate or signature, for the size caps.

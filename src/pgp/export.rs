@@ -19,9 +19,10 @@ pub fn binary_public(cert: &Cert) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The public parts of `cert` with only the user IDs whose address is `address`, and no
-/// user attributes.
-pub fn only_userid_for(cert: &Cert, address: &str) -> Cert {
-    cert.clone()
+/// user attributes; `None` if no user ID is left.
+pub fn only_userid_for(cert: &Cert, address: &str) -> Option<Cert> {
+    let public = cert
+        .clone()
         .strip_secret_key_material()
         .retain_userids(|ua| {
             ua.userid()
@@ -30,7 +31,8 @@ pub fn only_userid_for(cert: &Cert, address: &str) -> Cert {
                 .flatten()
                 .is_some_and(|e| e == address)
         })
-        .retain_user_attributes(|_| false)
+        .retain_user_attributes(|_| false);
+    public.userids().next().is_some().then_some(public)
 }
 
 /// A minimal key, binary: only the key's own signatures. Members' certifications are

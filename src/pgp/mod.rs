@@ -14,8 +14,9 @@ mod offered;
 pub(crate) mod testkit;
 
 pub use cert::{
-    cert_policy_ok, certification_count, check_member_cert, names_address, parse_certs,
-    primary_expiry, read_cert_file, serialized_len, usable_until, EncryptionKeys, KeyProblem,
+    cert_policy_ok, certification_count, check_member_cert, has_key, key_ids, names_address,
+    parse_certs, primary_expiry, read_cert_file, serialized_len, usable_until, EncryptionKeys,
+    KeyProblem,
 };
 pub use certstore::CertDir;
 pub use decrypt::{decrypt_verify, verify_detached, Decrypted, Failure, GoodSignature, SigCheck};
