@@ -5,10 +5,10 @@ use crate::config::{Config, ConfigError, Policy};
 use crate::inbound::{self, Target, Verdict};
 use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
 use crate::outbound;
+use crate::pgp;
 use crate::refusal::{RcptOutcome, Refusal};
 use crate::store::{Role, SqliteStore, Store, StoreError};
 use crate::wkd::WkdError;
-use sequoia_openpgp::serialize::SerializeInto;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -147,11 +147,8 @@ pub fn list_export_key(config: &Config, address: &str, out: &mut dyn Write) -> R
     let list = list_address(address)?;
     existing_list(config, &list)?;
     let cert = keys::load_list_key(&config.keyring_dir, &list)?;
-    let armored = cert
-        .strip_secret_key_material()
-        .armored()
-        .to_vec()
-        .map_err(|e| CommandError::new(exit::SOFTWARE, "export", e))?;
+    let armored =
+        pgp::armored_public(&cert).map_err(|e| CommandError::new(exit::SOFTWARE, "export", e))?;
     out.write_all(&armored)
         .map_err(|e| CommandError::new(exit::IOERR, "stdout", e))?;
     Ok(())

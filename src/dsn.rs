@@ -87,9 +87,7 @@ mod tests {
     use std::sync::Arc;
 
     fn keyring() -> Keyring {
-        let (cert, _) = sequoia_openpgp::cert::CertBuilder::general_purpose(Some("<enc@l.test>"))
-            .generate()
-            .unwrap();
+        let cert = crate::pgp::testkit::general_purpose("<enc@l.test>");
         let mut lists = HashMap::new();
         lists.insert(
             "enc@l.test".to_string(),

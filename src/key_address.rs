@@ -15,14 +15,11 @@ use crate::config::Limits;
 use crate::keys::{check_member_cert, normalize_address, CertDir, KeyError, ListKeys, Member};
 use crate::message::first_address;
 use crate::mime::{self, Entity, Shape};
-use crate::pgp::{self, BatchRecipient, EncryptError, GoodSignature, SigCheck};
+use crate::pgp::{
+    self, member_certifications, own_signatures_only, BatchRecipient, Cert, EncryptError,
+    GoodSignature, SigCheck, Signature,
+};
 use crate::store::{Binding, Role, Store, StoreError};
-use openpgp::cert::CertParser;
-use openpgp::packet::Signature;
-use openpgp::parse::Parse;
-use openpgp::serialize::SerializeInto;
-use openpgp::{Cert, KeyHandle, Packet};
-use sequoia_openpgp as openpgp;
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -545,15 +542,13 @@ impl Processor<'_> {
     fn certification_to_publish(&self, offered: Vec<Signature>, bound: &Cert) -> Option<Signature> {
         let secret = &self.list.secret;
         let published = member_certifications(secret, bound).len();
-        let total: usize = secret.userids().map(|u| u.certifications().count()).sum();
+        let total = pgp::certification_count(secret);
         if published >= MAX_CERTIFICATIONS_PER_MEMBER || total >= MAX_LIST_CERTIFICATIONS {
             return None;
         }
         offered
             .into_iter()
-            .filter(|s| {
-                openpgp::serialize::MarshalInto::serialized_len(s) <= MAX_CERTIFICATION_BYTES
-            })
+            .filter(|s| pgp::serialized_len(s) <= MAX_CERTIFICATION_BYTES)
             .max_by_key(|s| s.signature_creation_time())
     }
 
@@ -567,7 +562,7 @@ impl Processor<'_> {
         let cert = own_signatures_only(&cert)
             .ok_or_else(|| KeyError::Crypto("offered certificate cannot be rebuilt".into()))?;
         let sender = &req.sender;
-        let size = openpgp::serialize::MarshalInto::serialized_len(&cert);
+        let size = pgp::serialized_len(&cert);
         if size > MAX_OFFERED_CERT_BYTES {
             return answered(self.quiet(format!(
                 "key offered by {sender} not stored: {size} bytes, \
@@ -710,13 +705,7 @@ impl Processor<'_> {
 
     /// Anything else: the list's public key.
     fn send_list_key(&self, req: &Request, now: SystemTime) -> Step<Outcome> {
-        let public = self
-            .list
-            .secret
-            .clone()
-            .strip_secret_key_material()
-            .armored()
-            .to_vec()
+        let public = pgp::armored_public(&self.list.secret)
             .map_err(|e: anyhow::Error| KeyAddressError::Export(e.to_string()))?;
         let body = format!(
             "This is the OpenPGP key of the encrypted list {list} ({fpr}).\r\n\
@@ -829,15 +818,7 @@ fn signed_part_checks(
 /// The first certificate in the message (an application/pgp-keys part, or an armored block in
 /// any text part, whatever its transfer encoding) with a user ID for `address`.
 fn offered_cert(content: &[u8], address: &str, limits: &Limits) -> Option<Cert> {
-    find_cert(content, limits, |cert| {
-        cert.userids().any(|u| {
-            u.userid()
-                .email_normalized()
-                .ok()
-                .flatten()
-                .is_some_and(|e| e == address)
-        })
-    })
+    find_cert(content, limits, |cert| pgp::names_address(cert, address))
 }
 
 /// The first certificate in the message's key parts (application/pgp-keys, or an armored
@@ -862,10 +843,7 @@ fn find_cert(content: &[u8], limits: &Limits, wanted: impl Fn(&Cert) -> bool) ->
         let Some(decoded) = key_block(part, &ct.mimetype) else {
             continue;
         };
-        let Ok(parser) = CertParser::from_bytes(&decoded) else {
-            continue;
-        };
-        let found = parser.flatten().find(&wanted);
+        let found = pgp::parse_certs(&decoded).find(&wanted);
         if let Some(cert) = found {
             return Some(cert.strip_secret_key_material());
         }
@@ -883,66 +861,6 @@ fn key_block(part: &[u8], mimetype: &str) -> Option<Vec<u8>> {
             .windows(36)
             .any(|w| w == b"-----BEGIN PGP PUBLIC KEY BLOCK-----");
     looks_like_key.then_some(decoded)
-}
-
-/// The certifications in `returned` (the list key as a member sent it back) that `member`'s
-/// key really made over one of the list key's user IDs.
-fn member_certifications(returned: &Cert, member: &Cert) -> Vec<Signature> {
-    use crate::keys::POLICY;
-    let Ok(vc) = member.with_policy(&POLICY, None) else {
-        return Vec::new();
-    };
-    let certifiers: Vec<_> = vc
-        .keys()
-        .for_certification()
-        .alive()
-        .revoked(false)
-        .collect();
-    let primary = returned.primary_key().key();
-    let mut out = Vec::new();
-    for ua in returned.userids() {
-        for sig in ua.certifications() {
-            let ok = certifiers.iter().any(|ka| {
-                sig.verify_userid_binding(ka.key(), primary, ua.userid())
-                    .is_ok()
-            });
-            if ok {
-                out.push(sig.clone());
-            }
-        }
-    }
-    out
-}
-
-/// Keeps only what the key's owner signed, verified, with an issuer naming the key: the
-/// primary key's direct self-signatures, self-signed user IDs and subkeys with their
-/// bindings, and the owner's revocations. Third-party certifications, signatures with no
-/// issuer or that do not verify, and user attributes go.
-fn own_signatures_only(cert: &Cert) -> Option<Cert> {
-    let cert = cert.clone().strip_secret_key_material();
-    let primary = cert.primary_key();
-    let handle = KeyHandle::from(primary.key().fingerprint());
-    let own = |sig: &&Signature| sig.get_issuers().iter().any(|h| h.aliases(&handle));
-    let mut packets: Vec<Packet> = vec![primary.key().clone().into()];
-    let direct = primary.self_signatures().chain(primary.self_revocations());
-    packets.extend(direct.filter(own).cloned().map(Packet::from));
-    for ua in cert.userids() {
-        let sigs = ua.self_signatures().chain(ua.self_revocations());
-        let sigs: Vec<Packet> = sigs.filter(own).cloned().map(Packet::from).collect();
-        if !sigs.is_empty() {
-            packets.push(ua.userid().clone().into());
-            packets.extend(sigs);
-        }
-    }
-    for ka in cert.keys().subkeys() {
-        let sigs = ka.self_signatures().chain(ka.self_revocations());
-        let sigs: Vec<Packet> = sigs.filter(own).cloned().map(Packet::from).collect();
-        if !sigs.is_empty() {
-            packets.push(ka.key().clone().into());
-            packets.extend(sigs);
-        }
-    }
-    Cert::from_packets(packets.into_iter()).ok()
 }
 
 /// The replay record of a key-address command: its signature, apart from posts' records.
@@ -1100,11 +1018,8 @@ fn signed_reply(
 mod tests {
     use super::*;
     use crate::config::Policy;
+    use crate::pgp::testkit::{certification, general_purpose, with_self_signed_userids};
     use crate::store::SqliteStore;
-    use openpgp::cert::CertBuilder;
-    use openpgp::packet::signature::subpacket::{Subpacket, SubpacketTag, SubpacketValue};
-    use openpgp::packet::signature::SignatureBuilder;
-    use openpgp::types::SignatureType;
     use std::time::UNIX_EPOCH;
 
     const T0: u64 = 1_700_000_000;
@@ -1171,7 +1086,7 @@ mod tests {
                 keyring_dir: &keyring_dir,
                 limits: &Limits::default(),
             };
-            let armored = cert.armored().to_vec().unwrap();
+            let armored = pgp::armored_public(cert).unwrap();
             let mut message = format!("From: {sender}\r\nSubject: my key\r\n\r\n").into_bytes();
             message.extend_from_slice(&armored);
             processor.process(sender, &message, at(T0)).unwrap()
@@ -1187,11 +1102,7 @@ mod tests {
     }
 
     fn key_of(address: &str) -> Cert {
-        CertBuilder::general_purpose(Some(address))
-            .generate()
-            .unwrap()
-            .0
-            .strip_secret_key_material()
+        general_purpose(address).strip_secret_key_material()
     }
 
     /// A fingerprint-shaped string for filler pending rows.
@@ -1279,30 +1190,12 @@ mod tests {
     fn an_oversized_offered_key_is_not_stored() {
         let f = fixture();
         let sender = "a@example.org";
-        let (cert, _) = CertBuilder::general_purpose(Some(sender))
-            .generate()
-            .unwrap();
+        let cert = general_purpose(sender);
         // 500 more self-signed user IDs: the owner's own, so they are all kept.
-        let mut packets = Vec::new();
-        for i in 0..500 {
-            let uid = openpgp::packet::UserID::from(format!("Alias {i} <{sender}>"));
-            let binding = uid
-                .bind(
-                    &mut keypair(&cert),
-                    &cert,
-                    SignatureBuilder::new(SignatureType::PositiveCertification),
-                )
-                .unwrap();
-            packets.push(Packet::from(uid));
-            packets.push(binding.into());
-        }
-        let big = cert
-            .insert_packets(packets)
-            .unwrap()
-            .0
-            .strip_secret_key_material();
+        let aliases = (0..500).map(|i| format!("Alias {i} <{sender}>"));
+        let big = with_self_signed_userids(cert, aliases).strip_secret_key_material();
         let kept = own_signatures_only(&big).unwrap();
-        assert!(openpgp::serialize::MarshalInto::serialized_len(&kept) > MAX_OFFERED_CERT_BYTES);
+        assert!(pgp::serialized_len(&kept) > MAX_OFFERED_CERT_BYTES);
         let out = f.offer(sender, &big);
         assert!(
             out.reply.is_none() && out.effects.is_empty(),
@@ -1356,79 +1249,11 @@ mod tests {
         assert!(f.process("new@example.org", at(T0 + 3601)).reply.is_some());
     }
 
-    fn keypair(cert: &Cert) -> openpgp::crypto::KeyPair {
-        cert.primary_key()
-            .key()
-            .clone()
-            .parts_into_secret()
-            .unwrap()
-            .into_keypair()
-            .unwrap()
-    }
-
-    /// `signer`'s certification of `cert`'s first user ID; with `issuer` false it carries no
-    /// Issuer or Issuer Fingerprint subpacket.
-    fn certification(signer: &Cert, cert: &Cert, issuer: bool) -> Signature {
-        let uid = cert.userids().next().unwrap().userid().clone();
-        let mut builder = SignatureBuilder::new(SignatureType::GenericCertification);
-        if !issuer {
-            // An unhashed Issuer keeps the builder from adding hashed ones; then it goes.
-            let keyid = SubpacketValue::Issuer(signer.keyid());
-            let area = builder.unhashed_area_mut();
-            area.add(Subpacket::new(keyid, false).unwrap()).unwrap();
-        }
-        let mut sig = builder
-            .sign_userid_binding(&mut keypair(signer), cert.primary_key().key(), &uid)
-            .unwrap();
-        sig.unhashed_area_mut().remove_all(SubpacketTag::Issuer);
-        sig
-    }
-
-    fn foreign(cert: &Cert) -> usize {
-        let own = KeyHandle::from(cert.fingerprint());
-        cert.clone()
-            .into_packets()
-            .filter(|p| match p {
-                Packet::Signature(s) => !s.get_issuers().iter().any(|h| h.aliases(&own)),
-                _ => false,
-            })
-            .count()
-    }
-
-    #[test]
-    fn an_offered_key_keeps_only_its_owners_signatures() {
-        let (alice, _) = CertBuilder::general_purpose(Some("alice@example.org"))
-            .generate()
-            .unwrap();
-        let (mallory, _) = CertBuilder::general_purpose(Some("mallory@example.org"))
-            .generate()
-            .unwrap();
-        let flooded = alice
-            .clone()
-            .insert_packets([
-                certification(&mallory, &alice, true),
-                certification(&mallory, &alice, false),
-            ])
-            .unwrap()
-            .0;
-        assert_eq!(foreign(&flooded), 2, "the flooded key carries both");
-        let kept = own_signatures_only(&flooded).unwrap();
-        assert_eq!(foreign(&kept), 0);
-        assert_eq!(kept.userids().count(), 1);
-        assert_eq!(
-            kept.keys().subkeys().count(),
-            alice.keys().subkeys().count()
-        );
-        assert!(check_member_cert(&kept, "alice@example.org").is_ok());
-    }
-
     #[test]
     fn only_a_changed_bound_key_makes_the_daemon_reload() {
         let f = fixture();
         let keyring_dir = f.dir.path().join("keyrings");
-        let (carol, _) = CertBuilder::general_purpose(Some("carol@example.org"))
-            .generate()
-            .unwrap();
+        let carol = general_purpose("carol@example.org");
         let commit = |effect: Effect| {
             let mut outcome = Outcome::quiet(&f.list, "test");
             outcome.effects.push(effect);
@@ -1444,18 +1269,7 @@ mod tests {
         );
         assert_eq!(commit(Effect::RefreshBoundCert(public)), g0, "same key");
         // Carol's own new user ID: new self-signed material for the bound key.
-        let uid = openpgp::packet::UserID::from("Carol <carol@example.org>");
-        let binding = uid
-            .bind(
-                &mut keypair(&carol),
-                &carol,
-                SignatureBuilder::new(SignatureType::PositiveCertification),
-            )
-            .unwrap();
-        let extended = carol
-            .insert_packets([Packet::from(uid), binding.into()])
-            .unwrap()
-            .0
+        let extended = with_self_signed_userids(carol, ["Carol <carol@example.org>".to_string()])
             .strip_secret_key_material();
         let g1 = commit(Effect::RefreshBoundCert(extended.clone()));
         assert!(g1 > g0, "new material");
@@ -1469,9 +1283,7 @@ mod tests {
     #[test]
     fn a_member_publishes_one_certification_of_the_list_key() {
         let f = fixture();
-        let (bob, _) = CertBuilder::general_purpose(Some("bob@example.org"))
-            .generate()
-            .unwrap();
+        let bob = general_purpose("bob@example.org");
         let keyring_dir = f.dir.path().join("keyrings");
         let processor = Processor {
             list: &f.list,

@@ -1,20 +1,18 @@
-//! List secret keys, member certificates (a pgp.cert.d directory) and the in-memory keyring
-//! snapshot the daemon works from.
+//! Where list secret keys live and how they are changed under a lock, member bindings, and the
+//! in-memory keyring snapshot the daemon works from. The OpenPGP work itself is in `pgp/`.
 
 use crate::config::{Config, ConfigError, Policy};
+use crate::pgp::{self, Cert, Fingerprint, KeyHandle, KeyID, Signature};
 use crate::store::{Binding, BindingState, Role, Store, StoreError};
-use openpgp::cert::prelude::*;
-use openpgp::parse::Parse;
-use openpgp::policy::{Policy as _, StandardPolicy};
-use openpgp::serialize::{Serialize, SerializeInto};
-use openpgp::types::{PublicKeyAlgorithm, RevocationStatus};
-use openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
-use sequoia_openpgp as openpgp;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
+// The OpenPGP halves moved to `pgp/`; these keep the paths the rest of the crate uses.
+pub use crate::pgp::{
+    cert_policy_ok, check_member_cert, read_cert_file, usable_until, CertDir, EncryptionKeys,
+    KeyProblem, RotateMode, Rotation,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -110,194 +108,21 @@ fn update_list_secret<R>(
     Ok(result)
 }
 
-/// Creates the list key (v4, Cv25519: GnuPG 2.2 reads it; reference/openpgp.md) and returns it.
+/// Creates the list key (`pgp::generate_list_key`), saves it and returns it.
 pub fn create_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
     let path = list_dir(keyring_dir, list).join("secret.pgp");
     let _lock = lock_list_secret(keyring_dir, list)?;
     if path.exists() {
         return Err(KeyError::ListExists(list.to_string()));
     }
-    let (cert, _rev) = CertBuilder::new()
-        .set_cipher_suite(CipherSuite::Cv25519)
-        .set_profile(openpgp::Profile::RFC4880)
-        .map_err(|e| KeyError::Crypto(e.to_string()))?
-        .add_userid(format!("<{list}>"))
-        .add_signing_subkey()
-        .add_transport_encryption_subkey()
-        .add_storage_encryption_subkey()
-        .generate()
-        .map_err(|e| KeyError::Crypto(e.to_string()))?;
-    let bytes = cert
-        .as_tsk()
-        .armored()
-        .to_vec()
-        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    let cert = pgp::generate_list_key(list)?;
+    let bytes = pgp::armored_secret(&cert)?;
     write_atomic(&path, &bytes, 0o600)?;
     Ok(cert)
 }
 
 pub fn load_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
-    let path = list_dir(keyring_dir, list).join("secret.pgp");
-    let cert = Cert::from_file(&path).map_err(|e| match e.downcast::<std::io::Error>() {
-        Ok(source) => KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        },
-        Err(e) => KeyError::Parse {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        },
-    })?;
-    if !cert.is_tsk() {
-        return Err(KeyError::Unusable(format!(
-            "{}: has no secret key material",
-            path.display()
-        )));
-    }
-    Ok(cert)
-}
-
-/// Member and owner certificates in the pgp.cert.d layout (`certs/ab/cdef…`), so admins can
-/// also use `sq --cert-store`.
-pub struct CertDir {
-    root: PathBuf,
-}
-
-impl CertDir {
-    pub fn new(keyring_dir: &Path) -> CertDir {
-        CertDir {
-            root: keyring_dir.join("certs"),
-        }
-    }
-
-    fn path(&self, fpr: &Fingerprint) -> PathBuf {
-        let hex = fpr.to_hex().to_ascii_lowercase();
-        self.root.join(&hex[..2]).join(&hex[2..])
-    }
-
-    pub fn get(&self, fpr: &Fingerprint) -> Result<Option<Cert>, KeyError> {
-        let path = self.path(fpr);
-        match std::fs::read(&path) {
-            Ok(bytes) => Cert::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|e| KeyError::Parse {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(KeyError::Io {
-                path: path.display().to_string(),
-                source,
-            }),
-        }
-    }
-
-    /// Inserts the public parts of `cert`, merged with any stored copy.
-    pub fn insert(&self, cert: &Cert) -> Result<(), KeyError> {
-        let public = cert.clone().strip_secret_key_material();
-        let merged = match self.get(&cert.fingerprint())? {
-            Some(old) => old
-                .merge_public(public)
-                .map_err(|e| KeyError::Crypto(e.to_string()))?,
-            None => public,
-        };
-        let mut bytes = Vec::new();
-        merged
-            .serialize(&mut bytes)
-            .map_err(|e| KeyError::Crypto(e.to_string()))?;
-        write_atomic(&self.path(&cert.fingerprint()), &bytes, 0o644)
-    }
-}
-
-/// Why a member certificate cannot be used for encryption now.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyProblem {
-    #[error("certificate {0} is not valid: {1}")]
-    Invalid(Fingerprint, String),
-    #[error("certificate {0} is revoked")]
-    Revoked(Fingerprint),
-    #[error("certificate {0} has expired")]
-    Expired(Fingerprint),
-    #[error("certificate {0} has no valid user ID for {1}")]
-    NoUserId(Fingerprint, String),
-    #[error("{0}")]
-    Weak(&'static str),
-    #[error("certificate {0} has no usable encryption subkey")]
-    NoEncryptionKey(Fingerprint),
-}
-
-/// Why a member certificate cannot be used for encryption now, or `Ok` if it can.
-pub fn check_member_cert(cert: &Cert, address: &str) -> Result<(), KeyProblem> {
-    let fpr = cert.fingerprint();
-    let vc = cert
-        .with_policy(&POLICY, None)
-        .map_err(|e| KeyProblem::Invalid(fpr.clone(), e.to_string()))?;
-    if let RevocationStatus::Revoked(_) = vc.revocation_status() {
-        return Err(KeyProblem::Revoked(fpr));
-    }
-    vc.alive().map_err(|_| KeyProblem::Expired(fpr.clone()))?;
-    let has_uid = vc.userids().any(|u| {
-        u.userid()
-            .email_normalized()
-            .ok()
-            .flatten()
-            .is_some_and(|e| e == address)
-    });
-    if !has_uid {
-        return Err(KeyProblem::NoUserId(fpr, address.to_string()));
-    }
-    let mut usable = 0;
-    for ka in vc.keys().for_transport_encryption().alive().revoked(false) {
-        weak_key(ka.key().pk_algo(), ka.key().mpis().bits())?;
-        usable += 1;
-    }
-    if usable == 0 {
-        return Err(KeyProblem::NoEncryptionKey(fpr));
-    }
-    Ok(())
-}
-
-fn weak_key(algo: PublicKeyAlgorithm, bits: Option<usize>) -> Result<(), KeyProblem> {
-    #[allow(deprecated)]
-    match algo {
-        PublicKeyAlgorithm::ElGamalEncrypt | PublicKeyAlgorithm::ElGamalEncryptSign => {
-            Err(KeyProblem::Weak(
-                "ElGamal encryption keys are too weak; please use a Curve25519 or RSA-3072 key",
-            ))
-        }
-        PublicKeyAlgorithm::RSAEncryptSign | PublicKeyAlgorithm::RSAEncrypt
-            if bits.unwrap_or(0) < 2048 =>
-        {
-            Err(KeyProblem::Weak("RSA keys under 2048 bits are too weak"))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Reads a certificate file (armored or binary) that must hold exactly one certificate.
-pub fn read_cert_file(path: &Path) -> Result<Cert, KeyError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let parser = CertParser::from_bytes(&bytes).map_err(|e| KeyError::Parse {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let certs: Vec<Cert> = parser
-        .collect::<Result<_, _>>()
-        .map_err(|e| KeyError::Parse {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    match certs.len() {
-        1 => Ok(certs.into_iter().next().expect("one")),
-        0 => Err(KeyError::Parse {
-            path: path.display().to_string(),
-            reason: "no certificate found".into(),
-        }),
-        n => Err(KeyError::Parse {
-            path: path.display().to_string(),
-            reason: format!("{n} certificates found, expected one"),
-        }),
-    }
+    pgp::read_list_key(&list_dir(keyring_dir, list).join("secret.pgp"))
 }
 
 /// A member's certificate as the daemon uses it.
@@ -324,66 +149,14 @@ pub struct ListKeys {
     encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, KeyProblem>>>,
 }
 
-/// A member's usable encryption keys as of the snapshot.
-#[derive(Clone)]
-pub struct EncryptionKeys {
-    /// What the certificate advertises (SEIPDv2 or not): decides the batch's packet version.
-    pub features: openpgp::types::Features,
-    pub keys: Vec<
-        openpgp::packet::Key<
-            openpgp::packet::key::PublicParts,
-            openpgp::packet::key::UnspecifiedRole,
-        >,
-    >,
-    /// When the first of those keys (or the certificate) expires.
-    pub until: Option<std::time::SystemTime>,
-}
-
-impl EncryptionKeys {
-    fn of(cert: &Cert, address: &str) -> Result<EncryptionKeys, KeyProblem> {
-        use openpgp::cert::Preferences;
-        check_member_cert(cert, address)?;
-        let vc = cert
-            .with_policy(&POLICY, None)
-            .map_err(|e| KeyProblem::Invalid(cert.fingerprint(), e.to_string()))?;
-        let features = vc
-            .features()
-            .unwrap_or_else(|| openpgp::types::Features::empty().set_seipdv1());
-        let mut until = vc.primary_key().key_expiration_time();
-        let mut keys = Vec::new();
-        for ka in vc
-            .keys()
-            .for_transport_encryption()
-            .alive()
-            .revoked(false)
-            .supported()
-        {
-            if let Some(t) = ka.key_expiration_time() {
-                until = Some(until.map_or(t, |u| u.min(t)));
-            }
-            keys.push(ka.key().clone().role_into_unspecified());
-        }
-        Ok(EncryptionKeys {
-            features,
-            keys,
-            until,
-        })
-    }
-
-    /// Usable now (the snapshot may outlive an expiry).
-    pub fn usable(&self) -> bool {
-        !self.keys.is_empty() && self.until.is_none_or(|t| t > std::time::SystemTime::now())
-    }
-}
-
 impl ListKeys {
     pub fn new(address: String, policy: Policy, secret: Cert, members: Vec<Member>) -> ListKeys {
         let mut by_address = HashMap::new();
         let mut by_keyid: HashMap<KeyID, Vec<usize>> = HashMap::new();
         for (i, m) in members.iter().enumerate() {
             by_address.insert(m.address.clone(), i);
-            for k in m.cert.keys() {
-                by_keyid.entry(k.key().keyid()).or_default().push(i);
+            for keyid in pgp::key_ids(&m.cert) {
+                by_keyid.entry(keyid).or_default().push(i);
             }
         }
         let encryption = members.iter().map(|_| std::sync::OnceLock::new()).collect();
@@ -423,7 +196,7 @@ impl ListKeys {
             .unwrap_or_default();
         ids.into_iter()
             .map(|i| &self.members[i])
-            .filter(|m| m.cert.keys().any(|k| k.key().key_handle().aliases(handle)))
+            .filter(|m| pgp::has_key(&m.cert, handle))
             .collect()
     }
 
@@ -562,18 +335,16 @@ pub fn add_member(
 
 /// Expiry of a certificate as the `member list` column shows it.
 pub fn expiry_text(cert: &Cert) -> String {
-    match cert.with_policy(&POLICY, None) {
-        Ok(vc) => match vc.primary_key().key_expiration_time() {
-            Some(t) => {
-                let secs = t
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                format_date(secs)
-            }
-            None => "never".into(),
-        },
-        Err(_) => "invalid".into(),
+    match pgp::primary_expiry(cert) {
+        Some(Some(t)) => {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            format_date(secs)
+        }
+        Some(None) => "never".into(),
+        None => "invalid".into(),
     }
 }
 
@@ -587,82 +358,20 @@ pub fn format_date(secs: u64) -> String {
         .to_string()
 }
 
-/// Whether the policy accepts `cert` at all (used by check-config).
-pub fn cert_policy_ok(cert: &Cert) -> bool {
-    cert.with_policy(&POLICY, None).is_ok()
-        && POLICY
-            .packet(&openpgp::Packet::from(cert.primary_key().key().clone()))
-            .is_ok()
-}
-
-/// Until when a certificate can be encrypted to: the earlier of the primary key's expiry and
-/// the latest expiry among its live encryption subkeys (`None`: no expiry).
-pub fn usable_until(cert: &Cert) -> Option<Option<std::time::SystemTime>> {
-    let vc = cert.with_policy(&POLICY, None).ok()?;
-    let primary = vc.primary_key().key_expiration_time();
-    let mut latest: Option<Option<std::time::SystemTime>> = None;
-    for ka in vc.keys().for_transport_encryption().alive().revoked(false) {
-        let e = ka.key_expiration_time();
-        latest = Some(match (latest, e) {
-            (None, e) => e,
-            (Some(None), _) | (_, None) => None,
-            (Some(Some(a)), Some(b)) => Some(a.max(b)),
-        });
-    }
-    let subkeys = latest?;
-    Some(match (primary, subkeys) {
-        (None, s) => s,
-        (p, None) => p,
-        (Some(p), Some(s)) => Some(p.min(s)),
-    })
-}
-
 /// Merges members' certifications of the list key into it (published wherever the list key
 /// goes: key requests, WKD, `export-key`). Returns how many were new.
 pub fn add_list_certifications(
     keyring_dir: &Path,
     list: &str,
-    sigs: Vec<openpgp::packet::Signature>,
+    sigs: Vec<Signature>,
 ) -> Result<usize, KeyError> {
     update_list_secret(keyring_dir, list, |cert| {
-        let before = cert
-            .userids()
-            .map(|u| u.certifications().count())
-            .sum::<usize>();
-        let cert = cert
-            .insert_packets(sigs)
-            .map_err(|e| KeyError::Crypto(e.to_string()))?
-            .0;
-        let after = cert
-            .userids()
-            .map(|u| u.certifications().count())
-            .sum::<usize>();
-        Ok((cert, after.saturating_sub(before)))
+        pgp::insert_certifications(cert, sigs)
     })
 }
 
-/// What `list rotate-subkey` did.
-pub struct Rotation {
-    /// `None` when only pruning.
-    pub new_subkey: Option<Fingerprint>,
-    /// Encryption subkeys that now expire at the end of the grace period.
-    pub retiring: Vec<Fingerprint>,
-    /// Encryption subkeys whose grace period had ended: secret material destroyed.
-    pub destroyed: Vec<Fingerprint>,
-}
-
-/// What `rotate_subkey` does beyond destroying the secrets whose grace period has ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RotateMode {
-    /// Retire the current encryption subkeys and add a fresh one.
-    NewSubkey,
-    /// Only destroy retired secrets (a daily cron job), no new subkey.
-    PruneOnly,
-}
-
-/// Adds a fresh Cv25519 encryption subkey to the list key; the current encryption subkeys
-/// expire after `grace` (their secrets are kept, so mail already encrypted to them still
-/// decrypts); secrets of encryption subkeys that expired before now are destroyed.
+/// Rotates the list key's encryption subkey under the lock (`pgp::rotate`: a fresh subkey,
+/// the current ones retiring after `grace`, expired secrets destroyed).
 pub fn rotate_subkey(
     keyring_dir: &Path,
     list: &str,
@@ -670,145 +379,12 @@ pub fn rotate_subkey(
     mode: RotateMode,
 ) -> Result<Rotation, KeyError> {
     update_list_secret(keyring_dir, list, |cert| {
-        let now = std::time::SystemTime::now();
-        let (cert, destroyed) = destroy_expired_secrets(cert, now)?;
-        if mode == RotateMode::PruneOnly {
-            let rotation = Rotation {
-                new_subkey: None,
-                retiring: Vec::new(),
-                destroyed,
-            };
-            return Ok((cert, rotation));
-        }
-        let mut primary = primary_signer(&cert, list)?;
-        let (cert, retiring) = retire_encryption_subkeys(cert, &mut primary, now + grace)?;
-        let (cert, new_subkey) = add_encryption_subkey(cert, primary)?;
-        let rotation = Rotation {
-            new_subkey: Some(new_subkey),
-            retiring,
-            destroyed,
-        };
-        Ok((cert, rotation))
+        pgp::rotate(cert, list, grace, mode, std::time::SystemTime::now())
     })
 }
 
-fn crypto_error(e: anyhow::Error) -> KeyError {
-    KeyError::Crypto(e.to_string())
-}
-
-fn encryption_flags() -> openpgp::types::KeyFlags {
-    openpgp::types::KeyFlags::empty()
-        .set_transport_encryption()
-        .set_storage_encryption()
-}
-
-/// Strips the secrets of encryption subkeys past their (grace) expiry, keeping the public
-/// halves; returns the stripped key and the subkeys whose secrets went.
-fn destroy_expired_secrets(
-    cert: Cert,
-    now: std::time::SystemTime,
-) -> Result<(Cert, Vec<Fingerprint>), KeyError> {
-    // Judged as of now under the policy, so the binding signature in force decides.
-    let expired: Vec<Fingerprint> = cert
-        .with_policy(&POLICY, now)
-        .map_err(crypto_error)?
-        .keys()
-        .subkeys()
-        .key_flags(encryption_flags())
-        .filter(|ka| ka.key().has_secret() && ka.alive().is_err())
-        .map(|ka| ka.key().fingerprint())
-        .collect();
-    let mut destroyed = Vec::new();
-    let mut packets: Vec<openpgp::Packet> = Vec::new();
-    for p in cert.into_tsk().into_packets() {
-        match p {
-            openpgp::Packet::SecretSubkey(k) if expired.contains(&k.fingerprint()) => {
-                destroyed.push(k.fingerprint());
-                let (public, _) = k.take_secret();
-                packets.push(openpgp::Packet::PublicSubkey(public));
-            }
-            other => packets.push(other),
-        }
-    }
-    let cert = Cert::from_packets(packets.into_iter()).map_err(crypto_error)?;
-    Ok((cert, destroyed))
-}
-
-/// The list key's primary secret, which signs the subkey bindings.
-fn primary_signer(cert: &Cert, list: &str) -> Result<openpgp::crypto::KeyPair, KeyError> {
-    let primary_fpr = cert.fingerprint();
-    cert.keys()
-        .secret()
-        .find(|ka| ka.key().fingerprint() == primary_fpr)
-        .ok_or_else(|| KeyError::Unusable(format!("{list}: the list key has no primary secret")))?
-        .key()
-        .clone()
-        .into_keypair()
-        .map_err(crypto_error)
-}
-
-/// Makes every live encryption subkey expire at `until` (unless it expires sooner already);
-/// returns the updated key and the subkeys now retiring.
-fn retire_encryption_subkeys(
-    cert: Cert,
-    primary: &mut openpgp::crypto::KeyPair,
-    until: std::time::SystemTime,
-) -> Result<(Cert, Vec<Fingerprint>), KeyError> {
-    let vc = cert.with_policy(&POLICY, None).map_err(crypto_error)?;
-    let mut retiring = Vec::new();
-    let mut sigs = Vec::new();
-    for ka in vc
-        .keys()
-        .subkeys()
-        .key_flags(encryption_flags())
-        .alive()
-        .revoked(false)
-    {
-        if ka.key_expiration_time().is_none_or(|t| t > until) {
-            sigs.extend(
-                ka.set_expiration_time(primary, None, Some(until))
-                    .map_err(crypto_error)?,
-            );
-            retiring.push(ka.key().fingerprint());
-        }
-    }
-    let cert = cert.insert_packets(sigs).map_err(crypto_error)?.0;
-    Ok((cert, retiring))
-}
-
-/// Binds a fresh Cv25519 encryption subkey without expiry; returns the key and its
-/// fingerprint.
-fn add_encryption_subkey(
-    cert: Cert,
-    primary: openpgp::crypto::KeyPair,
-) -> Result<(Cert, Fingerprint), KeyError> {
-    let vc = cert.with_policy(&POLICY, None).map_err(crypto_error)?;
-    let before: Vec<Fingerprint> = cert
-        .keys()
-        .subkeys()
-        .map(|ka| ka.key().fingerprint())
-        .collect();
-    let cert = openpgp::cert::prelude::KeyBuilder::new(encryption_flags())
-        .set_cipher_suite(CipherSuite::Cv25519)
-        .subkey(vc)
-        .map_err(crypto_error)?
-        .set_primary_key_signer(primary)
-        // The new subkey does not inherit the retiring subkeys' expiry.
-        .set_key_validity_period(None)
-        .map_err(crypto_error)?
-        .attach_cert()
-        .map_err(crypto_error)?;
-    let new_subkey = cert
-        .keys()
-        .subkeys()
-        .map(|ka| ka.key().fingerprint())
-        .find(|f| !before.contains(f))
-        .ok_or_else(|| KeyError::Crypto("no subkey after rotation".into()))?;
-    Ok((cert, new_subkey))
-}
-
 fn save_list_secret(keyring_dir: &Path, list: &str, cert: &Cert) -> Result<(), KeyError> {
-    let bytes = cert.as_tsk().armored().to_vec().map_err(crypto_error)?;
+    let bytes = pgp::armored_secret(cert)?;
     write_atomic(
         &list_dir(keyring_dir, list).join("secret.pgp"),
         &bytes,

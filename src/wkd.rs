@@ -7,10 +7,7 @@
 use crate::atomic_file;
 use crate::config::Config;
 use crate::keys::{self, KeyError};
-use openpgp::serialize::Serialize;
-use openpgp::types::HashAlgorithm;
-use openpgp::Cert;
-use sequoia_openpgp as openpgp;
+use crate::pgp::{self, Cert};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -106,13 +103,7 @@ pub fn zbase32(data: &[u8]) -> String {
 /// The hashed local part: z-base-32 of the SHA-1 of the local part mapped to lower case
 /// (ASCII only, as GnuPG does; draft §3.1).
 pub fn hash_local(local: &str) -> String {
-    let mut ctx = HashAlgorithm::SHA1
-        .context()
-        .expect("SHA-1 is always available")
-        .for_digest();
-    ctx.update(local.to_ascii_lowercase().as_bytes());
-    let digest = ctx.into_digest().expect("SHA-1 digest");
-    zbase32(&digest)
+    zbase32(&pgp::sha1(local.to_ascii_lowercase().as_bytes()))
 }
 
 /// What a WKD request asks for, from its URL path and `Host`.
@@ -170,25 +161,9 @@ pub fn find<'a>(lists: impl IntoIterator<Item = &'a str>, resource: &Resource) -
 /// The published form of a list key: public parts only, with just the list address's user
 /// ID (draft §3.1: the key must carry the address), binary as WKD wants.
 pub fn public_key(cert: &Cert, list: &str) -> Result<Vec<u8>, WkdError> {
-    let public = cert
-        .clone()
-        .strip_secret_key_material()
-        .retain_userids(|ua| {
-            ua.userid()
-                .email_normalized()
-                .ok()
-                .flatten()
-                .is_some_and(|e| e == list)
-        })
-        .retain_user_attributes(|_| false);
-    if public.userids().next().is_none() {
-        return Err(WkdError::NoUserId(list.to_string()));
-    }
-    let mut bytes = Vec::new();
-    public
-        .serialize(&mut bytes)
-        .map_err(|e| WkdError::Crypto(e.to_string()))?;
-    Ok(bytes)
+    let public =
+        pgp::only_userid_for(cert, list).ok_or_else(|| WkdError::NoUserId(list.to_string()))?;
+    pgp::binary_public(&public).map_err(|e| WkdError::Crypto(e.to_string()))
 }
 
 /// `wkd export DIR`: for every list, one document root per host name under `dir`:
@@ -262,17 +237,11 @@ mod tests {
 
     #[test]
     fn published_key_has_only_the_list_user_id_and_no_secrets() {
-        use openpgp::cert::prelude::*;
-        use openpgp::parse::Parse;
-        let (cert, _) = CertBuilder::new()
-            .add_userid("<enc@lists.example.org>")
-            .add_userid("Someone Else <else@example.net>")
-            .add_transport_encryption_subkey()
-            .generate()
-            .unwrap();
+        use crate::pgp::testkit::{parse, with_encryption_subkey};
+        let cert =
+            with_encryption_subkey(&["<enc@lists.example.org>", "Someone Else <else@example.net>"]);
         assert!(cert.is_tsk());
-        let published =
-            Cert::from_bytes(&public_key(&cert, "enc@lists.example.org").unwrap()).unwrap();
+        let published = parse(&public_key(&cert, "enc@lists.example.org").unwrap());
         assert!(!published.is_tsk());
         assert_eq!(published.fingerprint(), cert.fingerprint());
         assert_eq!(published.keys().subkeys().count(), 1);

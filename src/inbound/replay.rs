@@ -228,9 +228,10 @@ fn duplicate(verdict: Verdict, list: &ListKeys) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::digest;
+    use crate::pgp::testkit::primary_only;
+    use crate::pgp::Fingerprint;
     use crate::pgp::GoodSignature;
     use crate::store::Store;
-    use sequoia_openpgp::Fingerprint;
     use std::time::SystemTime;
 
     fn sig(intended: Vec<Fingerprint>) -> GoodSignature {
@@ -258,10 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let list = |a: &str| {
-            let (cert, _) = sequoia_openpgp::cert::CertBuilder::new()
-                .add_userid(a)
-                .generate()
-                .unwrap();
+            let cert = primary_only(&[a]);
             ListKeys::new(a.into(), Policy::default(), cert, Vec::new())
         };
         let (one, two) = (list("one@x.test"), list("two@x.test"));
@@ -305,10 +303,7 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let (cert, _) = sequoia_openpgp::cert::CertBuilder::new()
-            .add_userid("one@x.test")
-            .generate()
-            .unwrap();
+        let cert = primary_only(&["one@x.test"]);
         let list = ListKeys::new("one@x.test".into(), Policy::default(), cert, Vec::new());
         let post = || Verdict::Deliver {
             rewrite: Default::default(),

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 pub(super) enum Judgement {
     /// A good signature by the bound key.
     Good {
-        signer: sequoia_openpgp::Fingerprint,
+        signer: pgp::Fingerprint,
         address: String,
         sig: pgp::GoodSignature,
     },
@@ -66,7 +66,7 @@ pub(super) fn judge_signatures(
             summary: "unsigned post passed by policy, decrypted".into(),
         };
     }
-    let bound = |signer: &sequoia_openpgp::Fingerprint, addr: &str| {
+    let bound = |signer: &pgp::Fingerprint, addr: &str| {
         list.member(addr)
             .is_some_and(|m| &m.cert.fingerprint() == signer)
     };

@@ -136,16 +136,11 @@ mod tests {
 
     use crate::config::Policy;
     use crate::keys::Member;
+    use crate::pgp::testkit::general_purpose;
     use crate::store::Role;
-    use sequoia_openpgp::cert::prelude::*;
 
     fn list() -> ListKeys {
-        let cert = |uid: &str| {
-            CertBuilder::general_purpose(Some(uid))
-                .generate()
-                .unwrap()
-                .0
-        };
+        let cert = general_purpose;
         ListKeys::new(
             "enc@lists.example.test".into(),
             Policy::default(),

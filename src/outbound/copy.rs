@@ -505,24 +505,8 @@ fn pad_header(inner: &mut Vec<u8>, n: usize) {
 
 /// `addr=LIST; prefer-encrypt=mutual; keydata=…` with the list's public key.
 fn autocrypt_value(list: &ListKeys) -> Option<String> {
-    use sequoia_openpgp::serialize::Serialize;
-    use sequoia_openpgp::{KeyHandle, Packet};
-    // A minimal key: only the list key's own signatures. Members' certifications are
-    // published in WKD and key replies, never in every outbound copy.
-    let own = KeyHandle::from(list.secret.fingerprint());
-    let packets = list
-        .secret
-        .clone()
-        .strip_secret_key_material()
-        .into_packets()
-        .filter(|p| match p {
-            Packet::Signature(sig) => sig.get_issuers().iter().any(|h| h.aliases(&own)),
-            _ => true,
-        });
-    let mut bytes = Vec::new();
-    for packet in packets {
-        packet.serialize(&mut bytes).ok()?;
-    }
+    // A minimal key (`pgp::autocrypt_keydata`): members' certifications stay out of copies.
+    let bytes = pgp::autocrypt_keydata(&list.secret)?;
     let b64 = data_encoding::BASE64.encode(&bytes);
     let mut folded = String::with_capacity(b64.len() + b64.len() / 72 * 3);
     for (i, chunk) in b64.as_bytes().chunks(72).enumerate() {
@@ -542,16 +526,13 @@ pub(super) mod tests {
     use super::*;
     use crate::config::Policy;
     use crate::keys::Member;
+    use crate::pgp::testkit::{detached, general_purpose};
+    use crate::pgp::Cert;
     use crate::store::Role;
-    use sequoia_openpgp::cert::CertBuilder;
-    use sequoia_openpgp::packet::signature::SignatureBuilder;
-    use sequoia_openpgp::serialize::Serialize;
-    use sequoia_openpgp::types::SignatureType;
-    use sequoia_openpgp::{Cert, Packet};
 
     /// A list whose members are `alice` (the author) and `m0@x.test` … `m{n-1}@x.test`.
     pub(in crate::outbound) fn list_with(n: usize) -> (ListKeys, Cert) {
-        let gen = |a: &str| CertBuilder::general_purpose(Some(a)).generate().unwrap().0;
+        let gen = general_purpose;
         let alice = gen("alice@x.test");
         let mut members = vec![member("alice@x.test", &alice)];
         for i in 0..n {
@@ -574,31 +555,6 @@ pub(super) mod tests {
             role: Role::Member,
             show_key_id: false,
         }
-    }
-
-    /// `signer`'s armored detached signature of `data` (RFC 3156 §5).
-    fn detached(signer: &Cert, data: &[u8]) -> Vec<u8> {
-        let mut keypair = signer
-            .keys()
-            .with_policy(&crate::keys::POLICY, None)
-            .secret()
-            .for_signing()
-            .next()
-            .unwrap()
-            .key()
-            .clone()
-            .into_keypair()
-            .unwrap();
-        let sig = SignatureBuilder::new(SignatureType::Binary)
-            .sign_message(&mut keypair, data)
-            .unwrap();
-        let mut out = Vec::new();
-        let mut w =
-            sequoia_openpgp::armor::Writer::new(&mut out, sequoia_openpgp::armor::Kind::Signature)
-                .unwrap();
-        Packet::from(sig).serialize(&mut w).unwrap();
-        w.finalize().unwrap();
-        out
     }
 
     /// A multipart/signed entity (header and body) of `signed` with a signature made over

@@ -1,4 +1,5 @@
-use crate::keys::{ListKeys, POLICY};
+use super::POLICY;
+use crate::keys::ListKeys;
 use openpgp::cert::amalgamation::ValidAmalgamation;
 use openpgp::crypto::SessionKey;
 use openpgp::packet::Tag;

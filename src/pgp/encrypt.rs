@@ -1,4 +1,4 @@
-use crate::keys::POLICY;
+use super::POLICY;
 use openpgp::armor;
 use openpgp::cert::Preferences;
 use openpgp::crypto::SessionKey;

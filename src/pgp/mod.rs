@@ -1,10 +1,38 @@
 //! Every use of sequoia lives here: decrypt and verify (inbound), encrypt to a batch and sign
-//! (outbound).
+//! (outbound), the list key's life (create, rotate, certifications), member certificates'
+//! validity, the pgp.cert.d store and the key forms the list publishes. Other modules name
+//! only the types re-exported below.
 
+mod cert;
+mod certstore;
 mod decrypt;
 mod encrypt;
+mod export;
+mod listkey;
+mod offered;
+#[cfg(test)]
+pub(crate) mod testkit;
 
+pub use cert::{
+    cert_policy_ok, certification_count, check_member_cert, has_key, key_ids, names_address,
+    parse_certs, primary_expiry, read_cert_file, serialized_len, usable_until, EncryptionKeys,
+    KeyProblem,
+};
+pub use certstore::CertDir;
 pub use decrypt::{decrypt_verify, verify_detached, Decrypted, Failure, GoodSignature, SigCheck};
 pub use encrypt::{
     encrypt_sign, encrypt_sign_keys, sign_detached, BatchRecipient, EncryptError, KeyedRecipient,
 };
+pub use export::{armored_public, autocrypt_keydata, binary_public, only_userid_for, sha1};
+pub use listkey::{
+    armored_secret, generate_list_key, insert_certifications, read_list_key, rotate, RotateMode,
+    Rotation,
+};
+pub use offered::{member_certifications, own_signatures_only};
+pub use sequoia_openpgp::packet::Signature;
+pub use sequoia_openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
+
+use sequoia_openpgp::policy::StandardPolicy;
+
+/// The policy every validity judgement uses.
+pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
