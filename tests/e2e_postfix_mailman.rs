@@ -8,308 +8,15 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::files::mkdir;
-use support::gpg::{Gpg, GpgUser};
-use support::listcrypt::Listcrypt;
-use support::mailman::{Mailman, MailmanSettings};
+use support::gpg::GpgUser;
 use support::mime;
-use support::net::free_ports;
-use support::postfix::{make_searchable, Postfix, PostfixSettings};
-use support::sink::{Delivery, Sink};
+use support::sink::Delivery;
 use support::smtp::{self, Dialogue};
-use support::text::tail;
-
-const LIST: &str = "enc@lists.example.test";
-const LIST_BOUNCES: &str = "enc-bounces@lists.example.test";
-const OWNER: &str = "owner@example.net";
-/// A list that Postfix routes to Mailman but Mailman no longer knows: its LMTP refuses the
-/// decrypted post, and Postfix's DSN would quote it (scenario E).
-const GONE: &str = "gone@lists.example.test";
-const MEMBERS: [(&str, &str); 3] = [
-    ("Alice", "alice@example.net"),
-    ("Bob", "bob@example.net"),
-    ("Carol", "carol@example.net"),
-];
-
-/// How long a post may take from alice's SMTP session to the subscribers' mailboxes.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Everything one run needs. Fields drop in order: the daemons stop before the tempdir goes.
-struct World {
-    listcrypt: Listcrypt,
-    postfix: Postfix,
-    mailman: Mailman,
-    sink: Sink,
-    alice: GpgUser,
-    bob: GpgUser,
-    carol: GpgUser,
-    /// Bound as the list owner; kept so that its gpg-agent is stopped at the end.
-    _owner: GpgUser,
-    dave: GpgUser,
-    /// A home without secret keys, for `gpg --list-packets` and the author's signature.
-    inspector: Gpg,
-    list_fpr: String,
-    /// The key of the list that Mailman forgot.
-    gone_fpr: String,
-    inbound_port: u16,
-    outbound_port: u16,
-    started: Instant,
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn start() -> World {
-        let started = Instant::now();
-        let dir = tempfile::Builder::new()
-            .prefix("listcrypt-e2e.")
-            .tempdir_in("/tmp")
-            .expect("tempdir in /tmp");
-        let base = dir.path().to_path_buf();
-        make_searchable(&base);
-        eprintln!("e2e: working in {}", base.display());
-
-        let sink = Sink::start();
-        let [inbound_port, outbound_port, reinject_port, lmtp_port, rest_port] = free_ports();
-        let socket_dir = mkdir(&base.join("run"), 0o755);
-        let mut listcrypt =
-            Listcrypt::configure(&base.join("listcrypt"), &socket_dir, reinject_port);
-        let mailman_base = base.join("mailman");
-
-        let mut postfix = Postfix::configure(&PostfixSettings {
-            base: base.join("postfix"),
-            inbound_port,
-            outbound_port,
-            reinject_port,
-            sink_port: sink.port,
-            inbound_socket: listcrypt.inbound_socket.clone(),
-            outbound_socket: listcrypt.outbound_socket.clone(),
-            mailman_data_dir: mailman_base.join("var/data"),
-        });
-
-        let mut mailman = Mailman::configure(&MailmanSettings {
-            base: mailman_base,
-            lmtp_port,
-            rest_port,
-            smtp_port: outbound_port,
-            postfix_etc: postfix.etc.clone(),
-        });
-        let members: Vec<&str> = MEMBERS.iter().map(|(_, email)| *email).collect();
-        // Creating the list also writes Postfix's relay_domains and transport maps. The
-        // commands need no running Mailman, so the slow start-up overlaps the work below.
-        mailman.create_list(LIST, OWNER, &members);
-        mailman.apply_encrypted_list_settings(LIST);
-        mailman.create_list(GONE, OWNER, &[]);
-        mailman.start();
-        // After `mailman start`, which rewrites the maps from the lists it knows.
-        mailman.forget_list(GONE);
-        eprintln!(
-            "e2e: list created, Mailman starting ({:?})",
-            started.elapsed()
-        );
-
-        postfix.start();
-        eprintln!("e2e: Postfix up ({:?})", started.elapsed());
-
-        let homes = mkdir(&base.join("gnupg"), 0o700);
-        let [alice, bob, carol] = MEMBERS.map(|(name, email)| GpgUser::create(&homes, name, email));
-        let owner = GpgUser::create(&homes, "Owner", OWNER);
-        let dave = GpgUser::create(&homes, "Dave", "dave@example.net");
-        let inspector = Gpg::new(homes.join("inspector"));
-        eprintln!("e2e: keys made ({:?})", started.elapsed());
-
-        let list_key = create_list(&listcrypt, LIST, &base);
-        for user in [&alice, &bob, &carol] {
-            bind(&listcrypt, LIST, user, "member", &base);
-        }
-        bind(&listcrypt, LIST, &owner, "owner", &base);
-        let mut list_fpr = String::new();
-        for user in [&alice, &bob, &carol, &owner, &dave] {
-            list_fpr = user
-                .gpg
-                .import(&list_key)
-                .expect("gpg imported the list key");
-        }
-        let gone_key = create_list(&listcrypt, GONE, &base);
-        bind(&listcrypt, GONE, &alice, "member", &base);
-        let gone_fpr = alice
-            .gpg
-            .import(&gone_key)
-            .expect("gpg imported the list key");
-        // The author's signature is checked with a home that knows only public keys.
-        inspector.import(&base.join("alice@example.net.asc"));
-        listcrypt.serve();
-        eprintln!(
-            "e2e: listcrypt serving, list key {list_fpr} ({:?})",
-            started.elapsed()
-        );
-        mailman.wait_until_ready();
-        eprintln!("e2e: Mailman up ({:?})", started.elapsed());
-
-        World {
-            listcrypt,
-            postfix,
-            mailman,
-            sink,
-            alice,
-            bob,
-            carol,
-            _owner: owner,
-            dave,
-            inspector,
-            list_fpr,
-            gone_fpr,
-            inbound_port,
-            outbound_port,
-            started,
-            dir,
-        }
-    }
-
-    /// A post to `LIST`, signed and encrypted to its key by `author`, as RFC 3156 PGP/MIME.
-    fn encrypted_post(&self, author: &GpgUser, subject: &str, body: &str) -> Vec<u8> {
-        encrypted_post(author, LIST, &self.list_fpr, subject, body)
-    }
-}
-
-/// `listcrypt list create` and `list export-key`; returns the file with the list's key.
-fn create_list(listcrypt: &Listcrypt, list: &str, base: &Path) -> PathBuf {
-    listcrypt.cli(&["list", "create", list]);
-    let exported = listcrypt.cli(&["list", "export-key", list]).stdout;
-    assert!(
-        String::from_utf8_lossy(&exported).contains("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
-        "`listcrypt list export-key {list}` printed no armored key"
-    );
-    let path = base.join(format!("{list}.asc"));
-    support::files::write(&path, &exported);
-    path
-}
-
-/// `listcrypt member add LIST ADDRESS CERT --role ROLE` with the user's exported key.
-fn bind(listcrypt: &Listcrypt, list: &str, user: &GpgUser, role: &str, base: &Path) {
-    let cert = user.export(&base.join(format!("{}.asc", user.email)));
-    let cert = cert.display().to_string();
-    listcrypt.cli(&["member", "add", list, &user.email, &cert, "--role", role]);
-}
-
-/// A post to `list`, signed by `author` and encrypted to `list_fpr`, as RFC 3156 PGP/MIME.
-fn encrypted_post(
-    author: &GpgUser,
-    list: &str,
-    list_fpr: &str,
-    subject: &str,
-    body: &str,
-) -> Vec<u8> {
-    let inner = format!(
-        "Content-Type: text/plain; charset=utf-8\r\n\
-             Content-Transfer-Encoding: 8bit\r\n\r\n{}",
-        body.replace('\n', "\r\n")
-    );
-    let armored = author.sign_encrypt(list_fpr, inner.as_bytes());
-    let from = format!("{} <{}>", author.name, author.email);
-    let id = message_id(subject);
-    mime::pgp_mime_encrypted(
-        &[
-            ("From", from.as_str()),
-            ("To", list),
-            ("Subject", subject),
-            ("Message-ID", id.as_str()),
-            ("Date", "Thu, 01 Jan 2026 12:00:00 +0000"),
-        ],
-        &armored,
-        "listcrypt-e2e-boundary",
-    )
-}
-
-impl World {
-    /// Waits until every address in `rcpts` got at least one delivery, then a little longer
-    /// so that duplicates would show. Returns the deliveries per recipient.
-    fn await_deliveries(&self, rcpts: &[&str], marker_subject: &str) -> Vec<Vec<Delivery>> {
-        let relevant = |rcpt: &str| -> Vec<Delivery> {
-            self.sink
-                .deliveries_to(rcpt)
-                .into_iter()
-                .filter(|d| d.mail_from.starts_with("enc-bounces"))
-                .collect()
-        };
-        let deadline = Instant::now() + DELIVERY_TIMEOUT;
-        while !rcpts.iter().all(|r| !relevant(r).is_empty()) {
-            assert!(
-                Instant::now() < deadline,
-                "no copy of {marker_subject:?} for {:?} within {DELIVERY_TIMEOUT:?}",
-                rcpts
-                    .iter()
-                    .filter(|r| relevant(r).is_empty())
-                    .collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        // Let Mailman and Postfix finish, so that a second copy would arrive before we count.
-        let settle = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < settle && !self.postfix.queue_is_empty() {
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        rcpts.iter().map(|r| relevant(r)).collect()
-    }
-
-    fn diagnostics(&self) -> String {
-        format!(
-            "===== listcrypt log ({})\n{}\n\
-             ===== Postfix maillog (last 120 lines)\n{}\n\
-             ===== Postfix queue\n{}\n\
-             ===== Mailman logs (last 40 lines each)\n{}\n\
-             ===== SMTP sink\n{}\n",
-            self.listcrypt.log.display(),
-            tail(&self.listcrypt.log_text(), 200),
-            self.postfix.log_tail(120),
-            self.postfix.queue_listing(),
-            self.mailman.logs_tail(40),
-            self.sink.summary(),
-        )
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("\n{}", self.diagnostics());
-        }
-        if std::env::var_os("KEEP_E2E_TMPDIR").is_some() {
-            let kept = std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("replacement tempdir"),
-            );
-            eprintln!("e2e: keeping {} (KEEP_E2E_TMPDIR)", kept.keep().display());
-        }
-        eprintln!("e2e: stopping (ran {:?})", self.started.elapsed());
-        self.listcrypt.stop();
-        self.postfix.stop();
-        self.mailman.stop();
-    }
-}
-
-fn message_id(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let tag: String = tag
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(20)
-        .collect();
-    format!("<{tag}.{nanos}@example.net>")
-}
-
-fn unique_marker(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("MARKER-{tag}-{nanos:x}")
-}
+use support::world::{
+    encrypted_post, message_id, unique_marker, World, WorldOptions, DELIVERY_TIMEOUT, GONE, LIST,
+    LIST_BOUNCES, MEMBERS,
+};
 
 fn assert_refused_5xx(d: &Dialogue, code: u16, enhanced: &str, what: &str) {
     let reply = d
@@ -534,7 +241,11 @@ fn non_member_post_is_refused(w: &World) {
 fn dsn_for_refused_post_does_not_quote_it(w: &World) {
     let marker = unique_marker("dsn");
     let body = format!("Mailman will refuse this: {marker}\n");
-    let post = encrypted_post(&w.alice, GONE, &w.gone_fpr, "E2E refused by Mailman", &body);
+    let gone_fpr = w
+        .gone_fpr
+        .as_deref()
+        .expect("the world has the forgotten list");
+    let post = encrypted_post(&w.alice, GONE, gone_fpr, "E2E refused by Mailman", &body);
     let d = smtp::send(w.inbound_port, &w.alice.email, &[GONE], &post);
     assert!(
         d.accepted(),
@@ -613,7 +324,11 @@ fn encrypted_list_through_postfix_and_mailman() {
         "the publicsuffix package is missing; run `{}`",
         support::environment::TEST_COMMAND
     );
-    let mut w = World::start();
+    let mut w = World::start(WorldOptions {
+        name: "e2e",
+        gone_list: true,
+        ..Default::default()
+    });
     eprintln!("e2e: world up after {:?}", w.started.elapsed());
 
     member_post_is_delivered_encrypted(&w);

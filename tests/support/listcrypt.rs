@@ -105,6 +105,20 @@ impl Listcrypt {
         write(&path, lines.join("\n") + "\n");
     }
 
+    /// Replaces the `[limits]` table at the end of the config file with `lines` (`key =
+    /// value`); a running daemon sees it after a restart.
+    pub fn set_limits(&self, lines: &[String]) {
+        let text = read_lossy(&self.config);
+        let kept = text.split("\n[limits]\n").next().unwrap_or("");
+        let mut out = kept.trim_end().to_string();
+        out.push_str("\n[limits]\n");
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        write(&self.config, out);
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = listcrypt_cmd();
         cmd.arg("-c").arg(&self.config).args(args);

@@ -48,3 +48,13 @@ def bounce_events(mlist):
     for event in getUtility(IBounceProcessor).events:
         if event.list_id == mlist.list_id:
             print('{} {}'.format(event.email, event.context.name))
+
+
+def set_moderation_action(mlist, email, action):
+    # action: an Action name (hold, reject, discard, accept, defer) for the member's posts.
+    from mailman.interfaces.action import Action
+    member = mlist.members.get_member(email)
+    if member is None:
+        raise SystemExit('{} is not a member of {}'.format(email, mlist.fqdn_listname))
+    member.moderation_action = Action[action]
+    print('{} {}'.format(email, member.moderation_action.name))

@@ -25,3 +25,4 @@ pub mod sink;
 pub mod site;
 pub mod smtp;
 pub mod text;
+pub mod world;

@@ -182,6 +182,50 @@ impl Postfix {
         postfix
     }
 
+    /// Puts `milter` (e.g. `inet:127.0.0.1:PORT`, tempfail when unreachable) after listcrypt
+    /// in the `smtpd_milters` of the inbound listener on `inbound_port` (before `start`).
+    pub fn add_inbound_milter_after_listcrypt(&self, milter: &str, inbound_port: u16) {
+        let path = self.etc.join("master.cf");
+        let text = read_lossy(&path);
+        let service = format!("127.0.0.1:{inbound_port} ");
+        let mut in_service = false;
+        let mut done = false;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if !line.starts_with([' ', '\t']) {
+                in_service = line.starts_with(&service);
+            }
+            let value = line.trim().strip_prefix("-o smtpd_milters=");
+            match value {
+                Some(value) if in_service && !done => {
+                    // master.cf's `-o { name = value }` form keeps the spaces of both entries.
+                    out.push(format!(
+                        "  -o {{ smtpd_milters = {value}, {{ {milter}, default_action=tempfail }} }}"
+                    ));
+                    done = true;
+                }
+                _ => out.push(line.to_string()),
+            }
+        }
+        assert!(
+            done,
+            "no smtpd_milters option for the inbound listener in {}",
+            path.display()
+        );
+        write(&path, out.join("\n") + "\n");
+        let effective = self.postconf(&[
+            "-P",
+            &format!("127.0.0.1:{inbound_port}/inet/smtpd_milters"),
+        ]);
+        assert!(
+            effective
+                .trim_end()
+                .ends_with(&format!("{{ {milter}, default_action=tempfail }}"))
+                && effective.contains("inbound.sock"),
+            "the inbound listener's smtpd_milters is not listcrypt then {milter}: {effective}"
+        );
+    }
+
     pub fn postconf(&self, args: &[&str]) -> String {
         let out = run_ok(
             Command::new("postconf").arg("-c").arg(&self.etc).args(args),

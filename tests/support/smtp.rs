@@ -148,6 +148,54 @@ fn converse(
     quit(&mut step, d)
 }
 
+/// Like `send`, but the client hangs up right after the final dot of DATA, without waiting
+/// for the reply: the sender then cannot know whether the message was taken. Returns the
+/// replies up to DATA's 354.
+pub fn send_and_hang_up(port: u16, mail_from: &str, rcpts: &[&str], message: &[u8]) -> Dialogue {
+    let mut d = Dialogue::default();
+    let result = (|| -> std::io::Result<()> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut out = stream.try_clone()?;
+        let mut input = BufReader::new(stream);
+        let mut commands = vec![
+            ("connect".to_string(), None),
+            (
+                "EHLO".into(),
+                Some("EHLO client.example.net\r\n".to_string()),
+            ),
+        ];
+        commands.push(("MAIL".into(), Some(format!("MAIL FROM:<{mail_from}>\r\n"))));
+        for rcpt in rcpts {
+            commands.push((
+                format!("RCPT {rcpt}"),
+                Some(format!("RCPT TO:<{rcpt}>\r\n")),
+            ));
+        }
+        commands.push(("DATA".into(), Some("DATA\r\n".into())));
+        for (stage, command) in commands {
+            if let Some(c) = command {
+                out.write_all(c.as_bytes())?;
+            }
+            // Every reply is read before the hang-up: unread input would make the close a
+            // reset, which may cost the server the data it has not read yet.
+            let reply = read_reply(&mut input)?;
+            let ok = reply.is_positive();
+            d.stages.push((stage, reply));
+            if !ok {
+                return Ok(());
+            }
+        }
+        out.write_all(&dot_stuff(message))?;
+        out.flush()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        d.io_error = Some(e.to_string());
+    }
+    d
+}
+
 fn quit(
     step: &mut impl FnMut(&str, Option<&[u8]>, &mut Dialogue) -> std::io::Result<bool>,
     d: &mut Dialogue,
