@@ -38,13 +38,6 @@ impl Default for AddressConfig {
 }
 
 impl AddressConfig {
-    pub fn from_config(c: &crate::config::Config) -> Self {
-        AddressConfig {
-            recipient_delimiter: c.recipient_delimiter.clone(),
-            verp_format: c.verp_format.clone(),
-        }
-    }
-
     /// Checks the two settings; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(c) = self
@@ -313,21 +306,6 @@ pub trait ListDirectory {
     fn key_suffix<'a>(&'a self, list: &'a Self::List) -> &'a str;
     /// Whether some managed list's address is in `domain`.
     fn hosts_domain(&self, domain: &str) -> bool;
-}
-
-impl ListDirectory for crate::keys::Keyring {
-    type List = std::sync::Arc<crate::keys::ListKeys>;
-    fn find(&self, address: &str) -> Option<Self::List> {
-        self.lists.get(address).cloned()
-    }
-    fn key_suffix<'a>(&'a self, list: &'a Self::List) -> &'a str {
-        &list.policy.key_suffix
-    }
-    fn hosts_domain(&self, domain: &str) -> bool {
-        self.lists
-            .keys()
-            .any(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain))
-    }
 }
 
 /// Postfix's `split_addr` (split_addr.c): the local part without its extension, cut at the

@@ -2,8 +2,8 @@
 //! in-memory keyring snapshot the daemon works from. The OpenPGP work itself is in `pgp/`.
 
 use crate::config::{Config, ConfigError, Policy};
-use crate::pgp::{self, Cert, Fingerprint, KeyHandle, KeyID, Signature};
-use crate::store::{Binding, BindingState, Role, Store, StoreError};
+use crate::pgp::{self, Cert, Fingerprint, Signature};
+use crate::store::{Binding, BindingState, Role, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,32 +11,8 @@ use std::sync::Arc;
 // The OpenPGP halves moved to `pgp/`; these keep the paths the rest of the crate uses.
 pub use crate::pgp::{
     cert_policy_ok, check_member_cert, read_cert_file, usable_until, CertDir, EncryptionKeys,
-    KeyProblem, RotateMode, Rotation,
+    KeyError, KeyProblem, ListKeys, Member, RotateMode, Rotation,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not an OpenPGP key: {reason}")]
-    Parse { path: String, reason: String },
-    #[error("{0}")]
-    Unusable(String),
-    #[error("list {0} does not exist (no policy file)")]
-    NoSuchList(String),
-    #[error("list {0} already exists")]
-    ListExists(String),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("OpenPGP: {0}")]
-    Crypto(String),
-}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     move |source| KeyError::Io {
@@ -125,87 +101,6 @@ pub fn load_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
     pgp::read_list_key(&list_dir(keyring_dir, list).join("secret.pgp"))
 }
 
-/// A member's certificate as the daemon uses it.
-#[derive(Clone)]
-pub struct Member {
-    pub address: String,
-    pub cert: Cert,
-    pub role: Role,
-    pub show_key_id: bool,
-}
-
-/// Everything the pipelines need to know about one list.
-pub struct ListKeys {
-    pub address: String,
-    pub policy: Policy,
-    /// The list's secret key (TSK).
-    pub secret: Cert,
-    pub members: Vec<Member>,
-    by_address: HashMap<String, usize>,
-    by_keyid: HashMap<KeyID, Vec<usize>>,
-    /// Per member (same index): the encryption keys, worked out at most once per snapshot
-    /// (on first use) so the RCPT path and encryption do not re-validate certificates per
-    /// message, and loading a snapshot does not validate members nobody writes to.
-    encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, KeyProblem>>>,
-}
-
-impl ListKeys {
-    pub fn new(address: String, policy: Policy, secret: Cert, members: Vec<Member>) -> ListKeys {
-        let mut by_address = HashMap::new();
-        let mut by_keyid: HashMap<KeyID, Vec<usize>> = HashMap::new();
-        for (i, m) in members.iter().enumerate() {
-            by_address.insert(m.address.clone(), i);
-            for keyid in pgp::key_ids(&m.cert) {
-                by_keyid.entry(keyid).or_default().push(i);
-            }
-        }
-        let encryption = members.iter().map(|_| std::sync::OnceLock::new()).collect();
-        ListKeys {
-            address,
-            policy,
-            secret,
-            members,
-            by_address,
-            by_keyid,
-            encryption,
-        }
-    }
-
-    /// The member bound to `address` and its encryption keys (or why it has none).
-    pub fn recipient(
-        &self,
-        address: &str,
-    ) -> Option<(&Member, &Result<EncryptionKeys, KeyProblem>)> {
-        self.by_address.get(address).map(|&i| {
-            let m = &self.members[i];
-            let keys = self.encryption[i].get_or_init(|| EncryptionKeys::of(&m.cert, &m.address));
-            (m, keys)
-        })
-    }
-
-    pub fn member(&self, address: &str) -> Option<&Member> {
-        self.by_address.get(address).map(|&i| &self.members[i])
-    }
-
-    /// Member certificates holding a key with this handle (key id or fingerprint).
-    pub fn certs_for(&self, handle: &KeyHandle) -> Vec<&Member> {
-        let ids = self
-            .by_keyid
-            .get(&KeyID::from(handle))
-            .cloned()
-            .unwrap_or_default();
-        ids.into_iter()
-            .map(|i| &self.members[i])
-            .filter(|m| pgp::has_key(&m.cert, handle))
-            .collect()
-    }
-
-    /// The list's address parts: (`local`, `domain`).
-    pub fn parts(&self) -> (&str, &str) {
-        self.address.split_once('@').unwrap_or((&self.address, ""))
-    }
-}
-
 /// A snapshot of every list: built at start, rebuilt when the store's generation changes or
 /// on SIGHUP. Sessions hold an `Arc` of it for a whole message.
 pub struct Keyring {
@@ -289,7 +184,7 @@ impl Keyring {
         Ok(Keyring {
             generation,
             lists,
-            address: crate::address::AddressConfig::from_config(config),
+            address: config.address_config(),
             other_recipients: config.list_domain_other_recipients,
         })
     }
@@ -390,6 +285,22 @@ fn save_list_secret(keyring_dir: &Path, list: &str, cert: &Cert) -> Result<(), K
         &bytes,
         0o600,
     )
+}
+
+/// Address lookups (`address::classify`) find lists in the keyring snapshot.
+impl crate::address::ListDirectory for Keyring {
+    type List = Arc<ListKeys>;
+    fn find(&self, address: &str) -> Option<Self::List> {
+        self.lists.get(address).cloned()
+    }
+    fn key_suffix<'a>(&'a self, list: &'a Self::List) -> &'a str {
+        &list.policy.key_suffix
+    }
+    fn hosts_domain(&self, domain: &str) -> bool {
+        self.lists
+            .keys()
+            .any(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain))
+    }
 }
 
 #[cfg(test)]

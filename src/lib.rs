@@ -14,6 +14,7 @@ pub mod atomic_file;
 pub mod bounce;
 pub mod config;
 pub mod crypto_pool;
+pub mod deadline;
 pub mod dsn;
 pub mod http;
 pub mod inbound;

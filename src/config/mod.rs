@@ -252,6 +252,14 @@ impl std::fmt::Display for Source {
 }
 
 impl Config {
+    /// How addresses are read: Postfix's `recipient_delimiter` and Mailman's `verp_format`.
+    pub fn address_config(&self) -> crate::address::AddressConfig {
+        crate::address::AddressConfig {
+            recipient_delimiter: self.recipient_delimiter.clone(),
+            verp_format: self.verp_format.clone(),
+        }
+    }
+
     /// Finds and loads the configuration: `explicit`, else `$LISTCRYPT_CONFIG`, else
     /// [`SYSTEM_CONFIG`] if it exists, else the built-in default.
     pub fn locate(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
@@ -321,7 +329,7 @@ impl Config {
                 self.socket_mode
             ));
         }
-        crate::address::AddressConfig::from_config(self).validate()?;
+        self.address_config().validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("log_level: {e}"))?;
         let l = &self.limits;

@@ -159,7 +159,7 @@ impl Transaction {
             limits,
             replay,
             now,
-            &crate::state::Deadline::none(),
+            &crate::deadline::Deadline::none(),
         )
     }
 
@@ -171,7 +171,7 @@ impl Transaction {
         limits: &Limits,
         replay: &dyn ReplayLedger,
         now: SystemTime,
-        deadline: &crate::state::Deadline,
+        deadline: &crate::deadline::Deadline,
     ) -> Verdict {
         let Target::List {
             list,

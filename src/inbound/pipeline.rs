@@ -5,12 +5,12 @@
 use super::signature::{judge_signatures, verify_inner_signed, Judgement};
 use super::{act, strip_own_headers, Envelope, Verdict, OWN_HEADERS};
 use crate::config::{Action, Limits};
+use crate::deadline::Deadline;
 use crate::keys::ListKeys;
 use crate::message::{first_address, Rewrite};
 use crate::mime::{self, Entity, Header, Shape, CONTENT_HEADERS, PROTECTED};
 use crate::pgp::{self, Failure, SigCheck};
 use crate::refusal::{Internal, Refusal};
-use crate::state::Deadline;
 use std::time::SystemTime;
 
 /// Which rules apply: the posting address was among the recipients, or only a command address.

@@ -3,8 +3,8 @@
 use super::actions::{apply, refuse, with_progress};
 use super::session::{Context, Message};
 use super::SessionError;
+use crate::deadline::Deadline;
 use crate::inbound::{Recording, Transaction, Verdict};
-use crate::state::Deadline;
 use indymilter::{EomActions, SmtpReply, Status};
 use std::time::{Duration, SystemTime};
 

@@ -4,9 +4,10 @@
 use super::actions::{apply, delete_recipients, with_progress};
 use super::session::{Context, Message};
 use super::SessionError;
+use crate::deadline::Deadline;
 use crate::outbound::{Plan, Transaction};
 use crate::reinject::{self, Delivery, OnRefusedRcpt, ReinjectError};
-use crate::state::{block_in_place, Deadline};
+use crate::state::block_in_place;
 use crate::store::Store;
 use indymilter::{ContextActions, EomActions, Status};
 use std::sync::Arc;

@@ -2,9 +2,9 @@
 
 use super::copy::{prepare, Budget};
 use super::PlanError;
+use crate::deadline::Deadline;
 use crate::keys::{normalize_address, ListKeys};
 use crate::message::Rewrite;
-use crate::state::Deadline;
 
 /// Splits the accepted recipients into batches: members who need their key id shown get a
 /// copy of their own (never revealing anyone else's); SEIPDv2 only for batches whose members

@@ -106,7 +106,7 @@ impl Transaction {
     /// The plan for the recipients not `already` served by an earlier attempt (normalised
     /// addresses from the journal): batches and their encrypted copies.
     pub fn finish(&self, message: &[u8], already: &[String]) -> Result<Plan, PlanError> {
-        self.finish_until(message, already, &crate::state::Deadline::none())
+        self.finish_until(message, already, &crate::deadline::Deadline::none())
     }
 
     /// [`Transaction::finish`] that stops with [`PlanError::Timeout`] once `deadline` passed.
@@ -114,7 +114,7 @@ impl Transaction {
         &self,
         message: &[u8],
         already: &[String],
-        deadline: &crate::state::Deadline,
+        deadline: &crate::deadline::Deadline,
     ) -> Result<Plan, PlanError> {
         let (done, todo): (Vec<String>, Vec<String>) = self
             .recipients

@@ -1,7 +1,7 @@
 //! Member certificates: reading them, and whether one can be encrypted to now.
 
+use super::KeyError;
 use super::POLICY;
-use crate::keys::KeyError;
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
 use openpgp::policy::Policy as _;

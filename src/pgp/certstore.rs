@@ -1,6 +1,6 @@
 //! Member and owner certificates on disk, in the pgp.cert.d layout.
 
-use crate::keys::KeyError;
+use super::KeyError;
 use openpgp::parse::Parse;
 use openpgp::serialize::Serialize;
 use openpgp::{Cert, Fingerprint};

@@ -1,5 +1,5 @@
+use super::ListKeys;
 use super::POLICY;
-use crate::keys::ListKeys;
 use openpgp::cert::amalgamation::ValidAmalgamation;
 use openpgp::crypto::SessionKey;
 use openpgp::packet::Tag;
@@ -473,7 +473,7 @@ fn armor_signature(packet: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::config::Policy;
-    use crate::keys::Member;
+    use crate::pgp::Member;
     use crate::store::Role;
     use openpgp::cert::CertBuilder;
     use openpgp::packet::signature::subpacket::{NotationData, Subpacket, SubpacketValue};

@@ -1,7 +1,7 @@
 //! The list key's life: created, read, certified by members, its encryption subkey rotated.
 
+use super::KeyError;
 use super::POLICY;
-use crate::keys::KeyError;
 use openpgp::cert::prelude::*;
 use openpgp::parse::Parse;
 use openpgp::serialize::SerializeInto;

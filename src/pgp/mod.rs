@@ -8,6 +8,7 @@ mod certstore;
 mod decrypt;
 mod encrypt;
 mod export;
+mod list;
 mod listkey;
 mod offered;
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use encrypt::{
     encrypt_sign, encrypt_sign_keys, sign_detached, BatchRecipient, EncryptError, KeyedRecipient,
 };
 pub use export::{armored_public, autocrypt_keydata, binary_public, only_userid_for, sha1};
+pub use list::{KeyError, ListKeys, Member};
 pub use listkey::{
     armored_secret, generate_list_key, insert_certifications, read_list_key, rotate, RotateMode,
     Rotation,

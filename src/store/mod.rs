@@ -290,7 +290,7 @@ impl SqliteStore {
         restrict(&path, 0o600).map_err(io(&path))?;
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        wal_mode(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // Files left by older versions may be 0644.
         for suffix in ["-wal", "-shm"] {
@@ -328,6 +328,24 @@ impl SqliteStore {
         let value = f(&tx)?;
         tx.commit()?;
         Ok(value)
+    }
+}
+
+/// Switches to WAL. Two processes opening a new database at once can make this pragma fail
+/// with SQLITE_BUSY without the busy handler being called (it needs an exclusive lock), so it
+/// is retried for as long as the busy timeout.
+fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

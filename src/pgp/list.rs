@@ -1,0 +1,113 @@
+//! The OpenPGP view of one list: its secret key and its members' certificates, indexed by
+//! address and key id, with each member's encryption keys worked out once per snapshot; and
+//! the error type of key handling.
+
+use super::{has_key, key_ids, Cert, EncryptionKeys, KeyHandle, KeyID, KeyProblem};
+use crate::config::{ConfigError, Policy};
+use crate::store::{Role, StoreError};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not an OpenPGP key: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{0}")]
+    Unusable(String),
+    #[error("list {0} does not exist (no policy file)")]
+    NoSuchList(String),
+    #[error("list {0} already exists")]
+    ListExists(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("OpenPGP: {0}")]
+    Crypto(String),
+}
+
+/// A member's certificate as the daemon uses it.
+#[derive(Clone)]
+pub struct Member {
+    pub address: String,
+    pub cert: Cert,
+    pub role: Role,
+    pub show_key_id: bool,
+}
+
+/// Everything the pipelines need to know about one list.
+pub struct ListKeys {
+    pub address: String,
+    pub policy: Policy,
+    /// The list's secret key (TSK).
+    pub secret: Cert,
+    pub members: Vec<Member>,
+    by_address: HashMap<String, usize>,
+    by_keyid: HashMap<KeyID, Vec<usize>>,
+    /// Per member (same index): the encryption keys, worked out at most once per snapshot
+    /// (on first use) so the RCPT path and encryption do not re-validate certificates per
+    /// message, and loading a snapshot does not validate members nobody writes to.
+    encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, KeyProblem>>>,
+}
+
+impl ListKeys {
+    pub fn new(address: String, policy: Policy, secret: Cert, members: Vec<Member>) -> ListKeys {
+        let mut by_address = HashMap::new();
+        let mut by_keyid: HashMap<KeyID, Vec<usize>> = HashMap::new();
+        for (i, m) in members.iter().enumerate() {
+            by_address.insert(m.address.clone(), i);
+            for keyid in key_ids(&m.cert) {
+                by_keyid.entry(keyid).or_default().push(i);
+            }
+        }
+        let encryption = members.iter().map(|_| std::sync::OnceLock::new()).collect();
+        ListKeys {
+            address,
+            policy,
+            secret,
+            members,
+            by_address,
+            by_keyid,
+            encryption,
+        }
+    }
+
+    /// The member bound to `address` and its encryption keys (or why it has none).
+    pub fn recipient(
+        &self,
+        address: &str,
+    ) -> Option<(&Member, &Result<EncryptionKeys, KeyProblem>)> {
+        self.by_address.get(address).map(|&i| {
+            let m = &self.members[i];
+            let keys = self.encryption[i].get_or_init(|| EncryptionKeys::of(&m.cert, &m.address));
+            (m, keys)
+        })
+    }
+
+    pub fn member(&self, address: &str) -> Option<&Member> {
+        self.by_address.get(address).map(|&i| &self.members[i])
+    }
+
+    /// Member certificates holding a key with this handle (key id or fingerprint).
+    pub fn certs_for(&self, handle: &KeyHandle) -> Vec<&Member> {
+        let ids = self
+            .by_keyid
+            .get(&KeyID::from(handle))
+            .cloned()
+            .unwrap_or_default();
+        ids.into_iter()
+            .map(|i| &self.members[i])
+            .filter(|m| has_key(&m.cert, handle))
+            .collect()
+    }
+
+    /// The list's address parts: (`local`, `domain`).
+    pub fn parts(&self) -> (&str, &str) {
+        self.address.split_once('@').unwrap_or((&self.address, ""))
+    }
+}
