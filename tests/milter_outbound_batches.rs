@@ -6,7 +6,6 @@
 mod support;
 
 use indymilter_test::{EomAction, Status};
-use std::fs;
 use support::gpg::{GpgMember, GpgOutcome};
 use support::milter::{self, Mail};
 use support::sink;
@@ -30,11 +29,7 @@ async fn extra_batches_are_reinjected_once() {
         .iter()
         .map(|n| GpgMember::new(&site, n, true))
         .collect();
-    let policy = site.path("lists.d").join(format!("{LIST}.toml"));
-    let text = fs::read_to_string(&policy)
-        .unwrap()
-        .replace("batch_size = 50", "batch_size = 1");
-    fs::write(&policy, text).unwrap();
+    site.set_batch_size(LIST, 1);
     let sink = sink::Sink::start();
     site.reinject_to(sink.port);
 

@@ -6,7 +6,6 @@
 mod support;
 
 use indymilter_test::Status;
-use std::fs;
 use support::gpg::GpgMember;
 use support::milter::{self, Mail};
 use support::sink;
@@ -20,11 +19,7 @@ async fn a_batch_refused_for_its_size_bounces_each_recipient() {
         .iter()
         .map(|n| GpgMember::new(&site, n, true))
         .collect();
-    let policy = site.path("lists.d").join(format!("{LIST}.toml"));
-    let text = fs::read_to_string(&policy)
-        .unwrap()
-        .replace("batch_size = 50", "batch_size = 1");
-    fs::write(&policy, text).unwrap();
+    site.set_batch_size(LIST, 1);
     // A 20 kB post armours to more than 26 kB: every copy is over the listener's 12 kB, while
     // a content-free DSN is well under it.
     let sink = sink::Sink::start_limited(12_000);

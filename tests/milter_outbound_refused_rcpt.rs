@@ -6,7 +6,6 @@
 mod support;
 
 use indymilter_test::Status;
-use std::fs;
 use support::gpg::GpgMember;
 use support::milter::{self, Mail};
 use support::sink;
@@ -20,11 +19,7 @@ async fn a_refused_recipient_is_bounced_not_the_whole_post() {
         .iter()
         .map(|n| GpgMember::new(&site, n, true))
         .collect();
-    let policy = site.path("lists.d").join(format!("{LIST}.toml"));
-    let text = fs::read_to_string(&policy)
-        .unwrap()
-        .replace("batch_size = 50", "batch_size = 1");
-    fs::write(&policy, text).unwrap();
+    site.set_batch_size(LIST, 1);
     // Batches keep the order of the RCPTs: m1 stays, m2 and m3 are reinjected; m3 is refused.
     let refused = members[2].address.to_ascii_lowercase();
     let sink = sink::Sink::start_refusing(&[refused.as_str()]);

@@ -477,7 +477,6 @@ mod tests {
     use crate::store::Role;
     use openpgp::cert::CertBuilder;
     use openpgp::packet::signature::subpacket::{NotationData, Subpacket, SubpacketValue};
-    use openpgp::packet::signature::SignatureBuilder;
 
     /// The replay attack: the same signature with one extra unhashed subpacket is a
     /// different packet but binds the same thing, so its replay record must be the same.
@@ -501,20 +500,7 @@ mod tests {
             }],
         );
         let data = b"Content-Type: text/plain\r\n\r\nhello\r\n";
-        let mut signer = alice
-            .keys()
-            .with_policy(&POLICY, None)
-            .secret()
-            .for_signing()
-            .next()
-            .unwrap()
-            .key()
-            .clone()
-            .into_keypair()
-            .unwrap();
-        let sig = SignatureBuilder::new(SignatureType::Binary)
-            .sign_message(&mut signer, data)
-            .unwrap();
+        let sig = crate::pgp::testkit::signature(&alice, data);
         let mut rewrapped = sig.clone();
         rewrapped
             .unhashed_area_mut()

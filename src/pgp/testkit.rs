@@ -104,8 +104,8 @@ pub fn foreign(cert: &Cert) -> usize {
         .count()
 }
 
-/// `signer`'s armored detached signature of `data` (RFC 3156 §5), by its signing subkey.
-pub fn detached(signer: &Cert, data: &[u8]) -> Vec<u8> {
+/// `signer`'s binary-mode signature of `data`, by its signing subkey.
+pub fn signature(signer: &Cert, data: &[u8]) -> Signature {
     let mut keypair = signer
         .keys()
         .with_policy(&POLICY, None)
@@ -117,9 +117,14 @@ pub fn detached(signer: &Cert, data: &[u8]) -> Vec<u8> {
         .clone()
         .into_keypair()
         .unwrap();
-    let sig = SignatureBuilder::new(SignatureType::Binary)
+    SignatureBuilder::new(SignatureType::Binary)
         .sign_message(&mut keypair, data)
-        .unwrap();
+        .unwrap()
+}
+
+/// `signer`'s armored detached signature of `data` (RFC 3156 §5), by its signing subkey.
+pub fn detached(signer: &Cert, data: &[u8]) -> Vec<u8> {
+    let sig = signature(signer, data);
     let mut out = Vec::new();
     let mut w = openpgp::armor::Writer::new(&mut out, openpgp::armor::Kind::Signature).unwrap();
     Packet::from(sig).serialize(&mut w).unwrap();

@@ -65,6 +65,15 @@ impl Site {
         run_ok(self.cli().args(["list", "create", list]), None);
     }
 
+    /// Sets the list's `batch_size` in its policy file (written by `list create` as 50).
+    pub fn set_batch_size(&self, list: &str, size: u32) {
+        let policy = self.path("lists.d").join(format!("{list}.toml"));
+        let text = fs::read_to_string(&policy)
+            .expect("policy file")
+            .replace("batch_size = 50", &format!("batch_size = {size}"));
+        fs::write(&policy, text).expect("write policy");
+    }
+
     /// The list's public key, written to `<site>/<list>.asc`.
     pub fn export_list_key(&self, list: &str) -> PathBuf {
         let key = run_ok(self.cli().args(["list", "export-key", list]), None);
