@@ -1,6 +1,7 @@
 //! The Web Key Directory over HTTP/1.1 (hyper), meant for loopback behind a TLS front-end (WKD
 //! clients speak only HTTPS): GET and HEAD of every list's WKD paths in both layouts, 404 for
 //! anything else. One request per connection, bounded in size, time and number of connections.
+//! A second listener of the same kind serves `/metrics` (OpenMetrics) on loopback.
 
 use crate::state::Daemon;
 use crate::wkd::{self, Resource};
@@ -54,6 +55,13 @@ const LIMITS: Limits = Limits {
     connection: CONNECTION_TIMEOUT,
 };
 
+/// What a listener answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Site {
+    Wkd,
+    Metrics,
+}
+
 /// The running HTTP listener of `serve`, with its stop switch.
 pub struct Server {
     addr: SocketAddr,
@@ -65,14 +73,7 @@ impl Server {
     /// Binds `listen` (`IP:PORT`; port 0 picks one) and serves the lists of `daemon`'s current
     /// keyring snapshot.
     pub async fn start(listen: &str, daemon: Arc<Daemon>) -> io::Result<Server> {
-        Server::start_with(listen, daemon, LIMITS).await
-    }
-
-    async fn start_with(listen: &str, daemon: Arc<Daemon>, limits: Limits) -> io::Result<Server> {
-        let addr: SocketAddr = listen
-            .parse()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind(listen).await?;
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
             tracing::warn!(
@@ -80,9 +81,31 @@ impl Server {
             );
         }
         tracing::info!("WKD over HTTP on {addr}, for a TLS front-end");
+        Ok(Server::spawn(listener, daemon, Site::Wkd, LIMITS))
+    }
+
+    /// Binds `listen`, which must be a loopback address, and serves `GET /metrics`.
+    pub async fn start_metrics(listen: &str, daemon: Arc<Daemon>) -> io::Result<Server> {
+        let listener = bind(listen).await?;
+        let addr = listener.local_addr()?;
+        // Counters name lists and traffic: nothing for other hosts to read.
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("metrics on {addr}: loopback addresses only"),
+            ));
+        }
+        tracing::info!("OpenMetrics over HTTP on {addr}/metrics");
+        Ok(Server::spawn(listener, daemon, Site::Metrics, LIMITS))
+    }
+
+    fn spawn(listener: TcpListener, daemon: Arc<Daemon>, site: Site, limits: Limits) -> Server {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, daemon, limits, stopped));
-        Ok(Server { addr, stop, task })
+        let task = tokio::spawn(accept_loop(listener, daemon, site, limits, stopped));
+        Server { addr, stop, task }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -96,9 +119,17 @@ impl Server {
     }
 }
 
+async fn bind(listen: &str) -> io::Result<TcpListener> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
+    TcpListener::bind(addr).await
+}
+
 async fn accept_loop(
     listener: TcpListener,
     daemon: Arc<Daemon>,
+    site: Site,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -129,7 +160,7 @@ async fn accept_loop(
         let daemon = daemon.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let served = serve_connection(stream, peer, daemon, limits);
+            let served = serve_connection(stream, peer, daemon, site, limits);
             match tokio::time::timeout(limits.connection, served).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!("http: {peer}: {e}"),
@@ -153,11 +184,17 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     daemon: Arc<Daemon>,
+    site: Site,
     limits: Limits,
 ) -> hyper::Result<()> {
     let service = service_fn(move |request| {
         let daemon = daemon.clone();
-        async move { Ok::<_, Infallible>(answer(request, peer, daemon).await) }
+        async move {
+            Ok::<_, Infallible>(match site {
+                Site::Wkd => answer(request, peer, daemon).await,
+                Site::Metrics => answer_metrics(request, peer, daemon).await,
+            })
+        }
     });
     http1::Builder::new()
         .timer(TokioTimer::new())
@@ -190,6 +227,49 @@ async fn answer(
         reply.status.as_u16()
     );
     reply.into_response(SystemTime::now())
+}
+
+async fn answer_metrics(
+    request: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    daemon: Arc<Daemon>,
+) -> hyper::Response<Full<Bytes>> {
+    let reply = if request.method() != Method::GET && request.method() != Method::HEAD {
+        Reply::error(StatusCode::METHOD_NOT_ALLOWED)
+    } else if request.uri().path() != "/metrics" {
+        Reply::error(StatusCode::NOT_FOUND)
+    } else {
+        // The expiry gauges check every member's certificate: off the async workers.
+        tokio::task::spawn_blocking(move || scrape(&daemon))
+            .await
+            .unwrap_or_else(|_| Reply::error(StatusCode::INTERNAL_SERVER_ERROR))
+    };
+    tracing::debug!(
+        "http: {peer}: {} {}: {}",
+        request.method(),
+        request.uri().path(),
+        reply.status.as_u16()
+    );
+    let mut response = reply.into_response(SystemTime::now());
+    // Unlike keys, metrics are not for web pages of other origins to read.
+    response
+        .headers_mut()
+        .remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    response
+}
+
+fn scrape(daemon: &Arc<Daemon>) -> Reply {
+    let keyring = match daemon.keyring() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("http: keyring unavailable: {e}");
+            return Reply::error(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    match crate::metrics::scrape(&keyring, SystemTime::now()) {
+        Ok(text) => Reply::ok(crate::metrics::CONTENT_TYPE, text.into_bytes()),
+        Err(_) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR),
+    }
 }
 
 /// The `Host` header without port, if sent once; `Err` if sent twice or not readable.
@@ -370,9 +450,8 @@ mod tests {
         };
         std::fs::create_dir_all(&config.policy_dir).unwrap();
         let daemon = Arc::new(Daemon::open(config, None).unwrap());
-        let server = Server::start_with("127.0.0.1:0", daemon, limits)
-            .await
-            .unwrap();
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let server = Server::spawn(listener, daemon, Site::Wkd, limits);
         (dir, server)
     }
 

@@ -22,6 +22,7 @@ pub mod key_address;
 pub mod keys;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod milter;
 pub mod mime;
 pub mod outbound;

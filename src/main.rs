@@ -335,6 +335,14 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
                     .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind http {listen}"), e))?,
             ),
         };
+        let metrics = match config.metrics_listen.as_str() {
+            "" => None,
+            listen => Some(
+                listcrypt::http::Server::start_metrics(listen, daemon.clone())
+                    .await
+                    .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind metrics {listen}"), e))?,
+            ),
+        };
         tracing::info!(
             "listcrypt {} serving {} list(s): inbound on {inbound_spec}, outbound on {outbound_spec}",
             env!("CARGO_PKG_VERSION"),
@@ -343,8 +351,8 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         listcrypt::run(inbound, outbound, daemon, signals)
             .await
             .map_err(|e| CommandError::new(exit::SOFTWARE, "milter", e))?;
-        if let Some(http) = http {
-            http.stop().await;
+        for server in [http, metrics].into_iter().flatten() {
+            server.stop().await;
         }
         for spec in [&inbound_spec, &outbound_spec] {
             if let SocketSpec::Unix(p) = spec {

@@ -90,6 +90,7 @@ impl Daemon {
     pub fn open(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, KeyError> {
         let store = Arc::new(SqliteStore::open(&config.state_dir)?);
         let keyring = Keyring::load(&config, &*store)?;
+        crate::metrics::keyring_loaded(&keyring);
         Ok(Daemon {
             config_path,
             config: RwLock::new(Arc::new(config)),
@@ -214,6 +215,7 @@ impl Daemon {
     }
 
     fn install(&self, keyring: Arc<Keyring>) {
+        crate::metrics::keyring_reloaded(&keyring);
         *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = keyring;
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
         // A change made meanwhile starts a new stale period at the next check: constant

@@ -208,6 +208,8 @@ pub struct Config {
     pub log_level: String,
     /// `IP:PORT` of the WKD HTTP listener (for a TLS front-end); empty = off.
     pub http_listen: String,
+    /// `IP:PORT` of the OpenMetrics listener, loopback only; empty = off.
+    pub metrics_listen: String,
     pub limits: Limits,
 }
 
@@ -230,6 +232,7 @@ impl Default for Config {
             log: LogTarget::Auto,
             log_level: "info".into(),
             http_listen: String::new(),
+            metrics_listen: String::new(),
             limits: Limits::default(),
         }
     }
@@ -320,6 +323,16 @@ impl Config {
             self.http_listen
                 .parse::<std::net::SocketAddr>()
                 .map_err(|e| format!("http_listen: {e} (expected IP:PORT, or empty)"))?;
+        }
+        if !self.metrics_listen.is_empty() {
+            let addr = self
+                .metrics_listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("metrics_listen: {e} (expected IP:PORT, or empty)"))?;
+            // Counters name lists and traffic: nothing for other hosts to read.
+            if !addr.ip().is_loopback() {
+                return Err(format!("metrics_listen: {addr} is not a loopback address"));
+            }
         }
         let mode = u32::from_str_radix(&self.socket_mode, 8)
             .map_err(|_| format!("socket_mode: {:?} is not an octal mode", self.socket_mode))?;
@@ -441,6 +454,27 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c, want, "the sample file must state the built-in defaults");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_or_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |value: &str| {
+            std::fs::write(&path, format!("metrics_listen = \"{value}\"\n")).unwrap();
+            Config::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        assert_eq!(Config::default().metrics_listen, "");
+        load("127.0.0.1:9100").unwrap();
+        load("[::1]:9100").unwrap();
+        let err = load("0.0.0.0:9100").unwrap_err();
+        assert!(
+            err.contains("metrics_listen") && err.contains("loopback"),
+            "{err}"
+        );
+        let err = load("192.0.2.1:9100").unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(load("localhost:9100").is_err(), "an IP address, not a name");
     }
 
     #[test]

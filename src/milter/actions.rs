@@ -10,7 +10,9 @@ use std::time::Duration;
 
 /// Sets the SMTP reply for a refusal; the status follows its class (4xx tempfail, 5xx reject).
 pub fn refuse(reply: &mut SmtpReply, refusal: Refusal) -> Status {
-    set_reply(reply, &refusal.reply())
+    let r = refusal.reply();
+    crate::metrics::refusal(r.xcode);
+    set_reply(reply, &r)
 }
 
 pub fn set_reply(reply: &mut SmtpReply, r: &Reply) -> Status {

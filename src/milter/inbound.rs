@@ -4,7 +4,8 @@ use super::actions::{apply, refuse, with_progress};
 use super::session::{Context, Message};
 use super::SessionError;
 use crate::deadline::Deadline;
-use crate::inbound::{Recording, Transaction, Verdict};
+use crate::inbound::{Recording, Target, Transaction, Verdict};
+use crate::metrics::{self, Direction, Outcome};
 use indymilter::{EomActions, SmtpReply, Status};
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,11 @@ pub(super) async fn finish(
     // The pipeline checks it between phases: a timed-out or abandoned message stops.
     let deadline = Deadline::after(timeout);
     let _cancel = deadline.cancel_on_drop();
+    let list = match tx.target() {
+        Target::List { list, .. } => list.address.clone(),
+        _ => String::new(),
+    };
+    let decided = |outcome| metrics::decision(&list, Direction::Inbound, outcome);
     // Decryption and verification share the cores with every other message's crypto.
     let work = tokio::task::spawn_blocking(move || {
         crate::crypto_pool::global().run(|| {
@@ -45,6 +51,11 @@ pub(super) async fn finish(
             ..
         } => {
             apply(actions, &message.header_names, &rewrite).await?;
+            decided(if hold.is_some() {
+                Outcome::Hold
+            } else {
+                Outcome::Accept
+            });
             match hold {
                 Some(r) => tracing::info!("{qid}: {summary}; held for moderation: {r}"),
                 None => tracing::info!("{qid}: {summary}"),
@@ -53,9 +64,16 @@ pub(super) async fn finish(
         }
         Verdict::Reject(r) | Verdict::Tempfail(r) => {
             tracing::info!("{qid}: post from {sender} refused: {r}");
-            Ok(refuse(reply, r))
+            let status = refuse(reply, r);
+            decided(if status == Status::Reject {
+                Outcome::Reject
+            } else {
+                Outcome::Tempfail
+            });
+            Ok(status)
         }
         Verdict::Discard(why) => {
+            decided(Outcome::Discard);
             tracing::info!("{qid}: post from {sender} discarded: {why}");
             Ok(Status::Discard)
         }

@@ -8,6 +8,7 @@ use super::session::{Context, Message};
 use super::SessionError;
 use crate::key_address::Processor;
 use crate::keys::ListKeys;
+use crate::metrics::{self, Direction, Outcome};
 use indymilter::{EomActions, Status};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,7 +36,8 @@ pub(super) async fn finish(
         Some(out) => {
             let to = [out.to.clone()];
             let qid = crate::reinject::send_batch(&cx.config.reinject_smtp, "", &to, &out.message)
-                .await?;
+                .await
+                .inspect_err(|_| metrics::reinjection_failure())?;
             format!("; reply queued as {qid}")
         }
         None => String::new(),
@@ -51,6 +53,13 @@ pub(super) async fn finish(
         Ok::<_, crate::key_address::KeyAddressError>(())
     });
     with_progress(commit, actions, timeout).await??;
+    // Answered is accepted; mail the processor ignores (no reply) counts as discarded.
+    let outcome = if queued.is_empty() {
+        Outcome::Discard
+    } else {
+        Outcome::Accept
+    };
+    metrics::decision(&list.address, Direction::KeyAddress, outcome);
     tracing::info!("{}: {}: {summary}{queued}", message.queue_id, list.address);
     // Consumed: Mailman never sees mail to the key address.
     Ok(Status::Discard)

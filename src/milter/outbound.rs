@@ -5,6 +5,7 @@ use super::actions::{apply, delete_recipients, with_progress};
 use super::session::{Context, Message};
 use super::SessionError;
 use crate::deadline::Deadline;
+use crate::metrics::{self, Direction, Outcome};
 use crate::outbound::{Plan, Transaction};
 use crate::reinject::{self, Delivery, OnRefusedRcpt, ReinjectError};
 use crate::state::block_in_place;
@@ -43,9 +44,13 @@ pub(super) async fn finish(
         let (bytes, tx) = (bytes.clone(), tx.clone());
         tokio::task::spawn_blocking(move || tx.finish_until(&bytes, &already, &deadline))
     };
+    let started = std::time::Instant::now();
     let plan = with_progress(work, actions, timeout).await??;
+    let sizes = plan.batches.iter().map(|b| b.recipients.len());
+    metrics::encrypted(started.elapsed(), sizes);
     delete_recipients(actions, &plan.done).await?;
     let Some(first) = plan.batches.first() else {
+        metrics::decision(&list, Direction::Outbound, Outcome::Discard);
         tracing::info!(
             "{qid}: {list}: every recipient already got this message in an earlier attempt; discarded"
         );
@@ -56,6 +61,7 @@ pub(super) async fn finish(
         delete_recipients(actions, &batch.recipients).await?;
     }
     apply(actions, &message.header_names, &first.rewrite).await?;
+    metrics::decision(&list, Direction::Outbound, Outcome::Accept);
     tracing::info!("{qid}: {list}: {}", summary(&tx, &plan, &reinjected));
     Ok(Status::Continue)
 }
@@ -168,6 +174,7 @@ async fn send_once(
                         tx.list().address,
                         reply.code
                     );
+                    metrics::reinjection_failure();
                     let refused = recipients.iter().map(|r| (r.clone(), reply.clone()));
                     return Ok(Delivery {
                         queue_id: None,
@@ -175,6 +182,7 @@ async fn send_once(
                     });
                 }
                 if !(e.in_doubt() && attempt == 1) {
+                    metrics::reinjection_failure();
                     return Err(e.into());
                 }
                 tracing::warn!(

@@ -363,7 +363,8 @@ impl Session {
             .ok_or(SessionError::OutOfOrder("end of message"))?;
         let (mode, message, _held) = msg.into_message(queue_id);
         let cx = &self.cx;
-        match mode {
+        let failed = failure_label(&mode);
+        let result = match mode {
             Mode::Inbound(tx) => inbound::finish(cx, tx, message, actions, reply).await,
             Mode::Outbound(tx) => outbound::finish(cx, tx, message, actions).await,
             Mode::KeyAddress(list) => key_address::finish(cx, list, message, actions).await,
@@ -374,6 +375,25 @@ impl Session {
                 Ok(Status::Continue)
             }
             Mode::PassThrough => Ok(Status::Accept),
+        };
+        // The processors count their own decisions; an error becomes the callback's tempfail.
+        if let (Err(_), Some((list, direction))) = (&result, failed) {
+            crate::metrics::decision(&list, direction, crate::metrics::Outcome::Tempfail);
         }
+        result
+    }
+}
+
+/// The list and direction an end-of-message error is counted under, for modes that decide.
+fn failure_label(mode: &Mode) -> Option<(String, crate::metrics::Direction)> {
+    use crate::metrics::Direction;
+    match mode {
+        Mode::Inbound(tx) => match tx.target() {
+            Target::List { list, .. } => Some((list.address.clone(), Direction::Inbound)),
+            _ => None,
+        },
+        Mode::Outbound(tx) => Some((tx.list().address.clone(), Direction::Outbound)),
+        Mode::KeyAddress(list) => Some((list.address.clone(), Direction::KeyAddress)),
+        _ => None,
     }
 }

@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 pub struct Running {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
+    /// The OpenMetrics listener, when the config sets `metrics_listen`.
+    pub metrics: Option<SocketAddr>,
+    metrics_server: Option<listcrypt::http::Server>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -34,6 +37,14 @@ pub async fn start(config_path: &Path) -> Running {
         .expect("bind outbound");
     let inbound_addr = inbound.local_addr().expect("inbound addr");
     let outbound_addr = outbound.local_addr().expect("outbound addr");
+    let metrics_server = match daemon.config().metrics_listen.as_str() {
+        "" => None,
+        listen => Some(
+            listcrypt::http::Server::start_metrics(listen, daemon.clone())
+                .await
+                .expect("bind metrics"),
+        ),
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let inbound: AnyListener = EitherListener::Tcp(inbound);
     let outbound: AnyListener = EitherListener::Tcp(outbound);
@@ -43,6 +54,8 @@ pub async fn start(config_path: &Path) -> Running {
     Running {
         inbound: inbound_addr,
         outbound: outbound_addr,
+        metrics: metrics_server.as_ref().map(|s| s.local_addr()),
+        metrics_server,
         stop: Some(tx),
         task,
     }
@@ -58,6 +71,9 @@ impl Running {
             .expect("daemon stops within 20 s")
             .expect("daemon task")
             .expect("daemon ran without error");
+        if let Some(server) = self.metrics_server.take() {
+            server.stop().await;
+        }
     }
 }
 
