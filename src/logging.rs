@@ -168,14 +168,22 @@ mod tests {
 
     /// `<PRI>` then `Mmm dd hh:mm:ss ` (RFC 3164 section 4.1.2: day space-padded) then the tag.
     fn assert_header(datagram: &str, pri: &str, message: &str) {
-        let rest = datagram.strip_prefix(pri).unwrap_or_else(|| panic!("{datagram}"));
+        let rest = datagram
+            .strip_prefix(pri)
+            .unwrap_or_else(|| panic!("{datagram}"));
         let (stamp, tail) = rest.split_at(16);
         let months = "JanFebMarAprMayJunJulAugSepOctNovDec";
-        assert!(months.contains(&stamp[..3]) && stamp.as_bytes()[3] == b' ', "{datagram}");
+        assert!(
+            months.contains(&stamp[..3]) && stamp.as_bytes()[3] == b' ',
+            "{datagram}"
+        );
         let day = stamp[4..6].trim_start().parse::<u32>().unwrap();
         assert!((1..=31).contains(&day), "{datagram}");
         assert_eq!(&stamp[6..7], " ");
-        let time: Vec<u32> = stamp[7..15].split(':').map(|p| p.parse().unwrap()).collect();
+        let time: Vec<u32> = stamp[7..15]
+            .split(':')
+            .map(|p| p.parse().unwrap())
+            .collect();
         assert!(time.len() == 3 && time[0] < 24 && time[1] < 60 && time[2] < 61);
         assert_eq!(&stamp[15..], " ");
         let tag = format!("listcrypt[{}]: {message}", std::process::id());
@@ -187,7 +195,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let subscriber = syslog_subscriber(Syslog::new(&path), EnvFilter::new("debug"));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("NOQUEUE: inbound: recipient x@y refused");
