@@ -178,6 +178,8 @@ pub enum LogTarget {
     Auto,
     Stderr,
     Journald,
+    /// The local syslog socket (`/dev/log`), facility `mail`.
+    Syslog,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -13,7 +13,7 @@ use crate::refusal::{Internal, Refusal};
 use crate::state::Daemon;
 use crate::store::StoreError;
 use indymilter::{Actions, Callbacks, Config as MilterConfig, MacroStage, ProtoOpts, Status};
-use session::Session;
+use session::{Session, NOQUEUE};
 use std::ffi::CString;
 use std::sync::Arc;
 
@@ -63,6 +63,14 @@ fn settle(
 ) -> Status {
     match result {
         Ok(status) => status,
+        Err(e) if session.queue_id() == NOQUEUE => {
+            tracing::error!(
+                "{NOQUEUE}: {}: {e}; temporary failure; client={}",
+                session.side(),
+                session.client()
+            );
+            actions::refuse(reply, Refusal::Internal(e.cause()))
+        }
         Err(e) => {
             tracing::error!(
                 "{}: {}: {e}; temporary failure",
@@ -105,10 +113,11 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 Status::Continue
             })
         })
-        .on_connect(move |cx, _host, _addr| {
+        .on_connect(move |cx, host, addr| {
             let daemon = daemon.clone();
             Box::pin(async move {
-                cx.data = Some(Session::new(daemon, side));
+                let client = session::client_name(&host.to_string_lossy(), &addr);
+                cx.data = Some(Session::new(daemon, side, client));
                 Status::Continue
             })
         });
@@ -193,7 +202,7 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
                 .macros
                 .get(c"i")
                 .map(|v| v.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "NONE".into());
+                .unwrap_or_else(|| NOQUEUE.into());
             match cx.data.as_mut() {
                 Some(s) => {
                     let r = s.eom(&queue_id, &cx.actions, &mut cx.reply).await;
@@ -215,7 +224,7 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
 
 /// Our own failure: never a silent pass, always `451 4.3.0` with a log line.
 fn missing_session(reply: &mut indymilter::SmtpReply) -> Status {
-    tracing::error!("NONE: milter session state missing; temporary failure");
+    tracing::error!("{NOQUEUE}: milter session state missing; temporary failure");
     actions::refuse(reply, Refusal::Internal(Internal::Failure))
 }
 

@@ -10,7 +10,7 @@ use crate::keys::ListKeys;
 use crate::refusal::{RcptOutcome, Refusal};
 use crate::state::{Daemon, Reservation};
 use bytes::Bytes;
-use indymilter::{EomActions, SmtpReply, Status};
+use indymilter::{EomActions, SmtpReply, SocketInfo, Status};
 use std::ffi::CString;
 use std::fmt;
 use std::sync::Arc;
@@ -118,11 +118,29 @@ pub(super) struct Context {
     pub config: Arc<Config>,
 }
 
+/// The queue id placeholder before DATA, as Postfix's own log writes it for refusals at RCPT.
+pub(super) const NOQUEUE: &str = "NOQUEUE";
+
+/// The MTA's client as Postfix logs it (`host[address]`), for lines without a queue id.
+pub fn client_name(host: &str, socket: &SocketInfo) -> String {
+    match socket {
+        // Sendmail names a client without a verified name `[address]`; Postfix `unknown`.
+        SocketInfo::Inet(addr) if host.is_empty() || host.starts_with('[') => {
+            format!("[{}]", addr.ip())
+        }
+        SocketInfo::Inet(addr) => format!("{host}[{}]", addr.ip()),
+        _ if host.is_empty() => "unknown".into(),
+        _ => host.to_string(),
+    }
+}
+
 pub struct Session {
     cx: Context,
     side: Side,
-    /// The MTA's queue id once DATA made it known (`NONE` before), for every log line.
+    /// The MTA's queue id once DATA made it known (`NOQUEUE` before), for every log line.
     queue_id: String,
+    /// The SMTP client the MTA reported at connect, for lines written before a queue id.
+    client: String,
     msg: Option<Msg>,
 }
 
@@ -141,12 +159,13 @@ fn bare_address(raw: &str) -> String {
 }
 
 impl Session {
-    pub fn new(daemon: Arc<Daemon>, side: Side) -> Session {
+    pub fn new(daemon: Arc<Daemon>, side: Side, client: String) -> Session {
         let config = daemon.config();
         Session {
             cx: Context { daemon, config },
             side,
-            queue_id: "NONE".into(),
+            queue_id: NOQUEUE.into(),
+            client,
             msg: None,
         }
     }
@@ -160,6 +179,11 @@ impl Session {
         &self.queue_id
     }
 
+    /// The SMTP client as `host[address]`.
+    pub fn client(&self) -> &str {
+        &self.client
+    }
+
     pub fn mail(
         &mut self,
         args: Vec<CString>,
@@ -167,7 +191,7 @@ impl Session {
         reply: &mut SmtpReply,
     ) -> Result<Status, SessionError> {
         self.msg = None;
-        self.queue_id = "NONE".into();
+        self.queue_id = NOQUEUE.into();
         let sender = bare_address(&raw_arg(&args));
         let keyring = self.cx.daemon.keyring()?;
         let mode = match self.side {
@@ -197,12 +221,18 @@ impl Session {
     fn foreign_outbound(&self, sender: &str, reply: &mut SmtpReply) -> Status {
         match self.cx.config.unmanaged_outbound {
             Unmanaged::Accept => {
-                tracing::debug!("NONE: outbound: sender {sender} is no managed list's; passing");
+                tracing::debug!(
+                    "{NOQUEUE}: outbound: sender {sender} is no managed list's; passing; client={} from=<{sender}>",
+                    self.client
+                );
                 Status::Accept
             }
             Unmanaged::Reject => {
                 let r = Refusal::NotListMail;
-                tracing::info!("NONE: outbound: mail from {sender} refused: {r}");
+                tracing::info!(
+                    "{NOQUEUE}: outbound: mail from {sender} refused: {r}; client={} from=<{sender}>",
+                    self.client
+                );
                 refuse(reply, r)
             }
         }
@@ -224,7 +254,12 @@ impl Session {
             RcptOutcome::Accept => Ok(Status::Continue),
             RcptOutcome::Refuse(r) => {
                 let rcpt = bare_address(&raw);
-                tracing::info!("NONE: {who}: recipient {rcpt} refused: {r}");
+                // The envelope and client as Postfix's own NOQUEUE line has them, to match it.
+                tracing::info!(
+                    "{NOQUEUE}: {who}: recipient {rcpt} refused: {r}; client={} from=<{}> to=<{rcpt}>",
+                    self.client,
+                    msg.sender
+                );
                 Ok(refuse(reply, r))
             }
         }
