@@ -288,3 +288,28 @@ fn doctor_without_postfix_fails_with_a_fix() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.starts_with("FAIL postconf:"), "{stdout}");
 }
+
+/// With listcrypt serving, the sockets themselves are judged: the configured group postfix
+/// may write them, and a socket only its owner may write is a FAIL.
+#[test]
+fn doctor_judges_the_running_daemons_sockets() {
+    let mut fx = Fixture::new();
+    fx.listcrypt.serve();
+    let (code, report) = fx.doctor();
+    assert!(
+        report.lines().any(|l| l == "ok milter socket access"),
+        "{report}"
+    );
+    assert_eq!(code, Some(0), "{report}");
+    support::files::chmod(&fx.listcrypt.outbound_socket, 0o600);
+    let (code, report) = fx.doctor();
+    let fails: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL ")).collect();
+    assert_eq!(fails.len(), 1, "{report}");
+    assert!(
+        fails[0].starts_with("FAIL milter socket access: ")
+            && fails[0].contains("outbound.sock")
+            && !fails[0].contains("inbound.sock"),
+        "{report}"
+    );
+    assert_eq!(code, Some(1), "{report}");
+}
