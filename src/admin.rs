@@ -12,6 +12,8 @@ use crate::wkd::WkdError;
 use std::io::{Read, Write};
 use std::path::Path;
 
+pub mod doctor;
+
 /// sysexits(3) codes, as DESIGN.md contracts them.
 pub mod exit {
     pub const OK: u8 = 0;

@@ -50,6 +50,12 @@ enum Command {
         #[arg(long, default_value_t = 14)]
         days: u32,
     },
+    /// Check the Postfix, Mailman and listcrypt wiring: one line per check (`ok CHECK`,
+    /// `warn CHECK: WHY — FIX`, `FAIL CHECK: WHY — FIX`); exit 1 on a FAIL. Run it as root or
+    /// as a member of group list (mailman.cfg is readable only by them).
+    ///
+    /// Example: listcrypt doctor --postfix-config /etc/postfix --mailman-config /etc/mailman3/mailman.cfg
+    Doctor(DoctorArgs),
     /// Dry-run a pipeline on a message read from standard input.
     #[command(subcommand)]
     Process(ProcessCommand),
@@ -133,6 +139,25 @@ enum ProcessCommand {
 }
 
 #[derive(Args)]
+struct DoctorArgs {
+    /// Postfix configuration directory (`postconf -c DIR`); default: Postfix's own
+    #[arg(long, value_name = "DIR")]
+    postfix_config: Option<PathBuf>,
+    /// Mailman's configuration file
+    #[arg(long, value_name = "FILE", default_value = "/etc/mailman3/mailman.cfg")]
+    mailman_config: PathBuf,
+}
+
+impl DoctorArgs {
+    fn options(self) -> admin::doctor::DoctorOptions {
+        admin::doctor::DoctorOptions {
+            postfix_config: self.postfix_config,
+            mailman_config: self.mailman_config,
+        }
+    }
+}
+
+#[derive(Args)]
 struct InboundArgs {
     #[arg(long)]
     list: String,
@@ -180,11 +205,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, CommandError> {
     let (config, source) = Config::locate(cli.config.as_deref())?;
-    if !matches!(cli.command, Command::Serve) {
-        // Files the CLI writes as root keep the daemon's ownership; serve drops after binding.
-        if let Some(user) = privileges::target(&config)? {
-            privileges::become_user(&user, &config)?;
-        }
+    // Files the CLI writes as root keep the daemon's ownership; serve drops after binding;
+    // doctor only reads, and needs root (or group list) for mailman.cfg.
+    if !matches!(cli.command, Command::Serve | Command::Doctor(_)) {
+        privileges::drop(&config)?;
     }
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -193,6 +217,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             serve(config, source, cli.config)
         }
         Command::NotifyExpiry { days } => admin::notify_expiry(&config, days, &mut out),
+        Command::Doctor(a) => admin::doctor::doctor(&config, &a.options(), &mut out),
         Command::CheckConfig => admin::check_config(&config, &mut out).map(|_| exit::OK),
         Command::List(ListCommand::Create { address }) => {
             admin::list_create(&config, &address, &mut out).map(|_| exit::OK)
@@ -415,6 +440,14 @@ mod privileges {
             .map_err(|e| CommandError::new(exit::CONFIG, "user", e))?
             .ok_or_else(|| CommandError::new(exit::CONFIG, "user", format!("no user {name:?}")))?;
         Ok((!user.uid.is_root()).then_some(user))
+    }
+
+    /// Becomes the configured `user` if there is one to become.
+    pub fn drop(config: &Config) -> Result<(), CommandError> {
+        match target(config)? {
+            Some(user) => become_user(&user, config),
+            None => Ok(()),
+        }
     }
 
     /// Supplementary groups, group, then user, all from `user`'s entry; afterwards root
