@@ -142,7 +142,6 @@ fn package_assets_exist() {
         "/usr/share/listcrypt/listcrypt_mailman.py",
         "/usr/share/doc/listcrypt/examples/main.cf",
         "/usr/share/doc/listcrypt/examples/master.cf",
-        "/usr/lib/sysusers.d/listcrypt.conf",
         "/usr/lib/tmpfiles.d/listcrypt.conf",
     ] {
         assert!(
@@ -150,6 +149,8 @@ fn package_assets_exist() {
             "{wanted} not packaged"
         );
     }
+    // cargo-deb installs debian/<package>.sysusers as usr/lib/sysusers.d/<package>.conf itself.
+    assert!(root().join("debian/listcrypt.sysusers").is_file());
     // cargo-deb finds each unit as debian/<unit-name>.service.
     for unit in deb["systemd-units"].as_array().unwrap() {
         let name = unit["unit-name"].as_str().unwrap();
