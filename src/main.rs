@@ -337,6 +337,7 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
             env!("CARGO_PKG_VERSION"),
             daemon.lists()
         );
+        notify_systemd();
         listcrypt::run(inbound, outbound, daemon, signals)
             .await
             .map_err(|e| CommandError::new(exit::SOFTWARE, "milter", e))?;
@@ -351,6 +352,28 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         tracing::info!("listcrypt stopped");
         Ok(exit::OK)
     })
+}
+
+/// systemd (Type=notify): READY=1 once the sockets are bound and the lists loaded, then
+/// WATCHDOG=1 from the runtime at half the interval, so a wedged runtime gets restarted.
+fn notify_systemd() {
+    // Without NOTIFY_SOCKET (not under systemd) this sends nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot notify systemd of readiness: {e}");
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) {
+        let period = std::time::Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]) {
+                    tracing::warn!("cannot ping the systemd watchdog: {e}");
+                }
+            }
+        });
+    }
 }
 
 /// Binds one milter socket; a unix socket, and a directory created for it, then belong to
