@@ -193,6 +193,15 @@ pub fn list_rotate_subkey(
     Ok(())
 }
 
+/// `list rotate-subkey --prune-only --all`: destroy the expired subkey secrets of every list
+/// in `policy_dir` (the daily timer, so a new list needs no new timer line).
+pub fn list_prune_all(config: &Config, out: &mut dyn Write) -> Result<()> {
+    for list in keys::list_names(config)? {
+        list_rotate_subkey(config, &list, 0, keys::RotateMode::PruneOnly, out)?;
+    }
+    Ok(())
+}
+
 pub fn member_add(
     config: &Config,
     list: &str,

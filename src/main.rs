@@ -86,17 +86,21 @@ enum ListCommand {
     /// Add a new encryption subkey; current ones expire after the grace period (their
     /// secrets are kept until then, so mail already encrypted to them still decrypts);
     /// secrets of subkeys whose grace period ended are destroyed. Run it with --prune-only
-    /// daily from cron to destroy retired secrets without rotating.
+    /// daily (listcrypt-prune-subkeys.timer, --all) to destroy retired secrets without rotating.
     ///
     /// Example: listcrypt list rotate-subkey enc@lists.example.org --grace-days 30
     RotateSubkey {
-        address: String,
+        #[arg(required_unless_present = "all")]
+        address: Option<String>,
         /// Days the retiring encryption subkeys stay valid
         #[arg(long, default_value_t = 30)]
         grace_days: u32,
         /// Only destroy the secrets of retired subkeys whose grace period ended (daily cron)
         #[arg(long)]
         prune_only: bool,
+        /// With --prune-only: every list in policy_dir (the daily timer)
+        #[arg(long, requires = "prune_only", conflicts_with = "address")]
+        all: bool,
     },
 }
 
@@ -226,15 +230,8 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             address,
             grace_days,
             prune_only,
-        }) => {
-            let mode = if prune_only {
-                RotateMode::PruneOnly
-            } else {
-                RotateMode::NewSubkey
-            };
-            admin::list_rotate_subkey(&config, &address, grace_days, mode, &mut out)
-                .map(|_| exit::OK)
-        }
+            all,
+        }) => rotate_subkey(&config, address, grace_days, prune_only, all, &mut out),
         Command::List(ListCommand::ExportKey { address }) => {
             admin::list_export_key(&config, &address, &mut out).map(|_| exit::OK)
         }
@@ -373,6 +370,7 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
             env!("CARGO_PKG_VERSION"),
             daemon.lists()
         );
+        notify_systemd();
         listcrypt::run(inbound, outbound, daemon, signals)
             .await
             .map_err(|e| CommandError::new(exit::SOFTWARE, "milter", e))?;
@@ -387,6 +385,28 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         tracing::info!("listcrypt stopped");
         Ok(exit::OK)
     })
+}
+
+/// systemd (Type=notify): READY=1 once the sockets are bound and the lists loaded, then
+/// WATCHDOG=1 from the runtime at half the interval, so a wedged runtime gets restarted.
+fn notify_systemd() {
+    // Without NOTIFY_SOCKET (not under systemd) this sends nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot notify systemd of readiness: {e}");
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) {
+        let period = std::time::Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]) {
+                    tracing::warn!("cannot ping the systemd watchdog: {e}");
+                }
+            }
+        });
+    }
 }
 
 /// Binds one milter socket; a unix socket, and a directory created for it, then belong to
@@ -417,6 +437,33 @@ async fn bind_as_started(
         }
     }
     Ok(listener)
+}
+
+/// `list rotate-subkey`: one list, or with `--prune-only --all` every list.
+fn rotate_subkey(
+    config: &Config,
+    address: Option<String>,
+    grace_days: u32,
+    prune_only: bool,
+    all: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<u8, CommandError> {
+    let mode = if prune_only {
+        RotateMode::PruneOnly
+    } else {
+        RotateMode::NewSubkey
+    };
+    match address {
+        Some(address) => admin::list_rotate_subkey(config, &address, grace_days, mode, out),
+        None if all => admin::list_prune_all(config, out),
+        // clap already requires ADDRESS unless --all is given.
+        None => Err(CommandError::new(
+            exit::USAGE,
+            "rotate-subkey",
+            "ADDRESS or --all",
+        )),
+    }
+    .map(|_| exit::OK)
 }
 
 /// Giving up root for the configured `user`.

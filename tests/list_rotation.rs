@@ -77,3 +77,50 @@ fn rotation_keeps_old_mail_readable_through_the_grace_period() {
     let exported = run_ok(site.cli().args(["list", "export-key", LIST]), None);
     assert!(!String::from_utf8_lossy(&exported).contains("PRIVATE"));
 }
+
+/// The daily timer runs `--prune-only --all`: every list in policy_dir loses the secrets of
+/// its expired subkeys, and no list gets a new subkey. `--all` needs `--prune-only` and no
+/// address (sysexits.h EX_USAGE, 64, otherwise).
+#[test]
+fn prune_all_covers_every_list() {
+    const OTHER: &str = "other@lists.example.test";
+    let site = Site::new();
+    site.create_list(LIST);
+    site.create_list(OTHER);
+    // Binding signatures have one-second resolution: the rotation must be later than creation.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for list in [LIST, OTHER] {
+        run_ok(
+            site.cli()
+                .args(["list", "rotate-subkey", list, "--grace-days", "0"]),
+            None,
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    for bad in [
+        &["list", "rotate-subkey", "--all"][..],
+        &["list", "rotate-subkey", LIST, "--prune-only", "--all"][..],
+        &["list", "rotate-subkey"][..],
+    ] {
+        let out = run(site.cli().args(bad), None);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}");
+    }
+
+    let out = String::from_utf8(run_ok(
+        site.cli()
+            .args(["list", "rotate-subkey", "--prune-only", "--all"]),
+        None,
+    ))
+    .unwrap();
+    assert!(!out.contains("new encryption subkey"), "{out}");
+    // The two subkeys made at creation (transport and storage encryption) of each of two lists.
+    assert_eq!(out.matches("destroyed the secret").count(), 4, "{out}");
+    // Idempotent: the next day's run finds nothing left to destroy.
+    let again = run_ok(
+        site.cli()
+            .args(["list", "rotate-subkey", "--prune-only", "--all"]),
+        None,
+    );
+    assert!(again.is_empty(), "{}", String::from_utf8_lossy(&again));
+}
