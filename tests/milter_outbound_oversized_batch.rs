@@ -33,24 +33,13 @@ async fn a_batch_refused_for_its_size_bounces_each_recipient() {
         .as_bytes(),
     );
     let daemon = milter::start(&site.config).await;
-    let mut conn = milter::connect(daemon.outbound).await;
-    assert_eq!(
-        conn.mail([format!("<{LIST_BOUNCES}>")]).await.unwrap(),
-        Status::Continue
-    );
-    for m in &members {
-        assert_eq!(
-            conn.rcpt([format!("<{}>", m.address)]).await.unwrap(),
-            Status::Continue
-        );
-    }
-    let (_, status) = milter::send(&mut conn, &post).await;
+    let addresses: Vec<String> = members.iter().map(|m| m.address.clone()).collect();
+    let (_, status) = milter::transact_many(daemon.outbound, LIST_BOUNCES, &addresses, &post).await;
     assert!(
         matches!(status, Status::Continue | Status::Accept),
         "the post goes on for the first batch: {}",
         milter::reply_text(&status)
     );
-    conn.close().await.unwrap();
     let bounces = sink.deliveries_to(LIST_BOUNCES);
     assert_eq!(
         bounces.len(),

@@ -32,25 +32,15 @@ async fn a_refused_recipient_is_bounced_not_the_whole_post() {
         .as_bytes(),
     );
     let daemon = milter::start(&site.config).await;
+    let addresses: Vec<String> = members.iter().map(|m| m.address.clone()).collect();
     for attempt in 1..=2 {
-        let mut conn = milter::connect(daemon.outbound).await;
-        assert_eq!(
-            conn.mail([format!("<{LIST_BOUNCES}>")]).await.unwrap(),
-            Status::Continue
-        );
-        for m in &members {
-            assert_eq!(
-                conn.rcpt([format!("<{}>", m.address)]).await.unwrap(),
-                Status::Continue
-            );
-        }
-        let (_, status) = milter::send(&mut conn, &post).await;
+        let (_, status) =
+            milter::transact_many(daemon.outbound, LIST_BOUNCES, &addresses, &post).await;
         assert!(
             matches!(status, Status::Continue | Status::Accept | Status::Discard),
             "attempt {attempt}: the post goes on for the others: {}",
             milter::reply_text(&status)
         );
-        conn.close().await.unwrap();
     }
     let to_m2 = sink.deliveries_to(&members[1].address);
     assert_eq!(to_m2.len(), 1, "m2 got its copy once: {}", sink.summary());

@@ -264,15 +264,29 @@ pub async fn transact(
     rcpt: &str,
     mail: &Mail,
 ) -> (EomActions, Status) {
+    transact_many(addr, from, &[rcpt.to_string()], mail).await
+}
+
+/// One transaction from `from` to every address of `rcpts` (each must get Continue at RCPT),
+/// then the message; the connection is closed after end of message.
+pub async fn transact_many(
+    addr: SocketAddr,
+    from: &str,
+    rcpts: &[String],
+    mail: &Mail,
+) -> (EomActions, Status) {
     let mut conn = connect(addr).await;
     assert_eq!(
         conn.mail([format!("<{from}>")]).await.unwrap(),
         Status::Continue
     );
-    assert_eq!(
-        conn.rcpt([format!("<{rcpt}>")]).await.unwrap(),
-        Status::Continue
-    );
+    for rcpt in rcpts {
+        assert_eq!(
+            conn.rcpt([format!("<{rcpt}>")]).await.unwrap(),
+            Status::Continue,
+            "RCPT {rcpt}"
+        );
+    }
     let result = send(&mut conn, mail).await;
     conn.close().await.unwrap();
     result
