@@ -1062,6 +1062,16 @@ mod tests {
         Fixture { dir, store, list }
     }
 
+    /// An outcome that answers nothing and writes nothing, with `why` in its log summary.
+    fn assert_quiet(out: &Outcome, why: &str) {
+        assert!(
+            out.reply.is_none() && out.effects.is_empty(),
+            "{}",
+            out.summary
+        );
+        assert!(out.summary.contains(why), "{}", out.summary);
+    }
+
     impl Fixture {
         fn process(&self, sender: &str, now: SystemTime) -> Outcome {
             let keyring_dir = self.dir.path().join("keyrings");
@@ -1125,16 +1135,7 @@ mod tests {
                 .unwrap();
         }
         let full = f.offer(sender, &cert);
-        assert!(
-            full.reply.is_none() && full.effects.is_empty(),
-            "{}",
-            full.summary
-        );
-        assert!(
-            full.summary.contains("pending challenges for this sender"),
-            "{}",
-            full.summary
-        );
+        assert_quiet(&full, "pending challenges for this sender");
         // Another sender is not held up by this one.
         let other = "b@example.org";
         assert!(Fixture::is_challenge(&f.offer(other, &key_of(other))));
@@ -1170,16 +1171,7 @@ mod tests {
         }
         let sender = "new@example.org";
         let full = f.offer(sender, &key_of(sender));
-        assert!(
-            full.reply.is_none() && full.effects.is_empty(),
-            "{}",
-            full.summary
-        );
-        assert!(
-            full.summary.contains("pending challenges on the list"),
-            "{}",
-            full.summary
-        );
+        assert_quiet(&full, "pending challenges on the list");
         f.store
             .pending_remove(LIST, "s0@example.org", &filler(0))
             .unwrap();
@@ -1197,12 +1189,7 @@ mod tests {
         let kept = own_signatures_only(&big).unwrap();
         assert!(pgp::serialized_len(&kept) > MAX_OFFERED_CERT_BYTES);
         let out = f.offer(sender, &big);
-        assert!(
-            out.reply.is_none() && out.effects.is_empty(),
-            "{}",
-            out.summary
-        );
-        assert!(out.summary.contains("not stored"), "{}", out.summary);
+        assert_quiet(&out, "not stored");
         assert!(
             Fixture::is_challenge(&f.offer(sender, &key_of(sender))),
             "a normal key is"
