@@ -12,6 +12,7 @@ use crate::wkd::WkdError;
 use std::io::{Read, Write};
 use std::path::Path;
 
+pub mod backup;
 pub mod doctor;
 
 /// sysexits(3) codes, as DESIGN.md contracts them.

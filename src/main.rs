@@ -62,6 +62,23 @@ enum Command {
     /// Publish the list keys as a Web Key Directory.
     #[command(subcommand)]
     Wkd(WkdCommand),
+    /// Copy list keys (as they are: protected keys stay protected), member certificates,
+    /// policy files and a consistent snapshot of the state into DIR (new or empty, made 0700),
+    /// with a manifest of SHA-256 digests. Safe while the daemon runs.
+    ///
+    /// Example: listcrypt backup listcrypt-backup-2026-12-06
+    Backup { dir: PathBuf },
+    /// Verify the backup in DIR against its manifest, then restore it; refuses a target that
+    /// already holds lists, keys or state unless --force (which makes the target the backup:
+    /// lists made since are removed), and a backup from a newer schema. Stop the daemon first.
+    ///
+    /// Example: listcrypt restore --force listcrypt-backup-2026-12-06
+    Restore {
+        dir: PathBuf,
+        /// Replace the lists, keys, certificates and state already there
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -269,6 +286,10 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             listcrypt::wkd::export_command(&config, &dir, &mut out)
                 .map(|_| exit::OK)
                 .map_err(CommandError::from)
+        }
+        Command::Backup { dir } => admin::backup::backup(&config, &dir, &mut out).map(|_| exit::OK),
+        Command::Restore { dir, force } => {
+            admin::backup::restore(&config, &dir, force, &mut out).map(|_| exit::OK)
         }
         Command::Process(ProcessCommand::Inbound(a)) => {
             listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, &quiet_level());

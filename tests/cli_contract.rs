@@ -105,6 +105,8 @@ fn help_examples_run() {
         &["process", "inbound"],
         &["member", "remove"],
         &["doctor"],
+        &["backup"],
+        &["restore"],
     ];
     for sub in subcommands {
         let out = run(listcrypt_cmd().args(*sub).arg("--help"), None);

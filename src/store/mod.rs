@@ -6,6 +6,7 @@
 //! over a `rusqlite` connection or transaction; `schema` holds the versioned migrations. The
 //! `Store` impl here only opens transactions and delegates.
 
+mod backup;
 mod bindings;
 mod journal;
 mod pending;
@@ -13,6 +14,7 @@ mod rate;
 mod replay;
 mod schema;
 
+pub use backup::{restore_from, schema_version_of, SCHEMA_VERSION};
 pub use replay::{ReplayClaim, ReplayState};
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};

@@ -103,7 +103,7 @@ CREATE INDEX IF NOT EXISTS replay_post ON replay (post_list, message_id);
 ];
 
 /// The newest schema version this code knows.
-const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+pub(super) const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// Challenges already out keep working: their clear tokens are replaced by their hashes.
 fn hash_pending_tokens(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -132,7 +132,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at BIGINT NOT NULL
 );";
 
-fn current_version(conn: &Connection) -> rusqlite::Result<i64> {
+pub(super) fn current_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(
         "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
         [],
