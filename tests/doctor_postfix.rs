@@ -53,13 +53,12 @@ impl Fixture {
             outbound_socket: listcrypt.outbound_socket.clone(),
             mailman_data_dir: mailman_data_dir.clone(),
         });
-        // What postfix/main.cf's comments ask of the admin beyond its active lines: the key
-        // address accepted, and room for listcrypt's largest copy (40 MiB by default).
+        // What postfix/main.cf asks the admin to edit: its example key address replaced by
+        // this list's (its message_size_limit is used as shipped).
         let lmtp_map = format!("hash:{}/postfix_lmtp", mailman_data_dir.display());
         postfix.postconf(&[
             "-e",
             &format!("relay_recipient_maps = {lmtp_map}, inline:{{ {KEY_ADDRESS}=OK }}"),
-            "message_size_limit = 52428800",
         ]);
         // mailman.cfg from the admin snippet, Mailman pointed at the outbound listener.
         let sender_headers = snippet_section(&repo_dir().join("postfix/mailman.cfg"), "mailman")
