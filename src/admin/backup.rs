@@ -117,6 +117,8 @@ pub fn backup(config: &Config, dir: &Path, out: &mut dyn Write) -> Result<()> {
     prepare_backup_dir(dir)?;
     let store = SqliteStore::open(&config.state_dir)?;
     let state = dir.join(STATE);
+    // The state first: files copied after it can only be newer (a certificate nothing binds
+    // yet), never missing one that its bindings name.
     let schema_version = store.snapshot_into(&state)?;
     let mut manifest = Manifest {
         format: FORMAT,
