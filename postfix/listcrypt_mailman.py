@@ -1,8 +1,9 @@
 """Mailman 3 settings for a list that listcrypt encrypts.
 
-Run once per list, as the Mailman user (or as root with --run-as-root):
+Run once per list, as the Mailman user (`list` on Debian). The package installs this file
+in /usr/share/listcrypt:
 
-    PYTHONPATH=/path/to/listcrypt/postfix \\
+    sudo -u list env PYTHONPATH=/usr/share/listcrypt \\
         mailman shell -l enc@lists.example.org -r listcrypt_mailman.encrypted_list
 
 Mailman commits the changes when the function returns. Running it again changes nothing.
