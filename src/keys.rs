@@ -57,9 +57,14 @@ pub fn lock_list_secret(
     keyring_dir: &Path,
     list: &str,
 ) -> Result<nix::fcntl::Flock<std::fs::File>, KeyError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = list_dir(keyring_dir, list);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    // Only the daemon's user may list or reach the secret key (check-config checks it).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io_err(&dir))?;
     let path = dir.join("secret.pgp.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
