@@ -373,11 +373,12 @@ impl Keyring {
         let generation = store.generation()?;
         let certs = CertDir::new(&config.keyring_dir);
         let mut lists = HashMap::new();
+        let mut opened = Opened::take(&mut OPENED.lock().unwrap_or_else(|e| e.into_inner()));
         for name in list_names(config)? {
             let policy = Policy::load(&config.policy_path(&name))?;
             let secret = load_list_key(&config.keyring_dir, &name)?;
             let members = active_members(store, &certs, &name)?;
-            let keys = match open(secret.clone(), &name, passphrases) {
+            let keys = match opened.open(&config.keyring_dir, &name, secret.clone(), passphrases) {
                 Ok(secret) => ListKeys::new(name.clone(), policy, secret, members),
                 Err(KeyError::Passphrase(why)) if locked == LockedKeys::Refuse => {
                     tracing::error!("{why}; mail of {name} is deferred (451) until it opens");
@@ -387,12 +388,71 @@ impl Keyring {
             };
             lists.insert(name, Arc::new(keys));
         }
+        *OPENED.lock().unwrap_or_else(|e| e.into_inner()) = opened.kept;
         Ok(Keyring {
             generation,
             lists,
             address: config.address_config(),
             other_recipients: config.list_domain_other_recipients,
         })
+    }
+}
+
+/// Protected list keys opened by an earlier keyring load: a reload after a binding change
+/// reuses them instead of deriving every S2K key again (RFC 9580 §3.7.1.3: each derivation
+/// hashes 65 MB on purpose). Reused only for the same file bytes and the same passphrase.
+static OPENED: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, OpenedKey>>> =
+    std::sync::LazyLock::new(Default::default);
+
+struct OpenedKey {
+    file_digest: [u8; 32],
+    password: Password,
+    cert: Cert,
+}
+
+/// One load's view of [`OPENED`]: what it may reuse, and what the next load may.
+struct Opened {
+    before: HashMap<PathBuf, OpenedKey>,
+    kept: HashMap<PathBuf, OpenedKey>,
+}
+
+impl Opened {
+    fn take(map: &mut HashMap<PathBuf, OpenedKey>) -> Opened {
+        Opened {
+            before: std::mem::take(map),
+            kept: HashMap::new(),
+        }
+    }
+
+    /// [`open`], reusing the key opened last time if neither the file nor the passphrase
+    /// changed; only lists loaded now are kept for next time. (Loads that overlap only lose
+    /// entries: the key is then opened again.)
+    fn open(
+        &mut self,
+        keyring_dir: &Path,
+        list: &str,
+        cert: Cert,
+        passphrases: &Passphrases,
+    ) -> Result<Cert, KeyError> {
+        if pgp::protection(&cert) == Protection::Unprotected {
+            return Ok(cert);
+        }
+        use sha2::{Digest, Sha256};
+        let path = list_dir(keyring_dir, list).join("secret.pgp");
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let file_digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let password = passphrases.get(list)?;
+        let cert = match self.before.remove(&path) {
+            Some(k) if k.file_digest == file_digest && k.password == password => k.cert,
+            _ => pgp::unlock(cert, &password, list)?,
+        };
+        let key = OpenedKey {
+            file_digest,
+            password,
+            cert: cert.clone(),
+        };
+        self.kept.insert(path, key);
+        Ok(cert)
     }
 }
 
@@ -594,6 +654,42 @@ mod tests {
         }
         let after = load_list_key(&keyring, list).unwrap();
         assert_eq!(subkeys(&after), subkeys(&before) + 2 * rounds);
+    }
+
+    /// A reload reuses an opened key only with the same passphrase: a wrong one is an error
+    /// (or, for a running daemon, a locked list), even though the file did not change.
+    #[test]
+    fn a_wrong_passphrase_is_never_masked_by_an_earlier_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            policy_dir: dir.path().join("lists.d"),
+            keyring_dir: dir.path().join("keyrings"),
+            state_dir: dir.path().join("state"),
+            ..Config::default()
+        };
+        let list = "enc@lists.example.test";
+        std::fs::create_dir_all(&config.policy_dir).unwrap();
+        std::fs::write(config.policy_path(list), Policy::default_file_text(list)).unwrap();
+        let store = crate::store::SqliteStore::open(&config.state_dir).unwrap();
+        let right = || Passphrases::given(Password::from("right"));
+        let wrong = || Passphrases::given(Password::from("wrong"));
+        create_list_key(&config.keyring_dir, list).unwrap();
+        let new = Password::from("right");
+        protect_list_key(&config.keyring_dir, list, &Passphrases::none(), &new).unwrap();
+        let load = |p: Passphrases, locked| Keyring::load_with(&config, &store, &p, locked);
+        let k = load(right(), LockedKeys::Fail).unwrap();
+        assert!(k.lists[list].locked().is_none());
+        assert_eq!(
+            pgp::protection(&k.lists[list].secret),
+            Protection::Unprotected
+        );
+        let err = load(wrong(), LockedKeys::Fail).err().unwrap();
+        assert!(matches!(err, KeyError::Passphrase(_)), "{err}");
+        let k = load(wrong(), LockedKeys::Refuse).unwrap();
+        assert!(k.lists[list].locked().is_some());
+        assert!(load(right(), LockedKeys::Fail).unwrap().lists[list]
+            .locked()
+            .is_none());
     }
 
     #[test]

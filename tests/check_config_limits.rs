@@ -20,7 +20,10 @@ fn limits_that_cannot_fit_are_warned_about() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     // (A list key stored without a passphrase is warned about too: not a limit.)
-    assert!(!err.contains("warning: limits."), "defaults must fit: {err}");
+    assert!(
+        !err.contains("warning: limits."),
+        "defaults must fit: {err}"
+    );
 
     // 50 MiB of plaintext armours to over 68 MiB (RFC 4880 §6.3), far above a 40 MiB copy; a
     // 1 MiB budget for all messages in flight cannot hold one 25 MiB message.

@@ -353,3 +353,42 @@ fn check_config_warns_about_keys_at_rest() {
         stderr_of(&out)
     );
 }
+
+/// `doctor` reports the same about each list key at rest, one line per list.
+#[test]
+fn doctor_reports_keys_at_rest() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let missing = site.path("no-postfix-here");
+    let doctor = || {
+        let out = run(
+            site.cli()
+                .args(["doctor", "--postfix-config"])
+                .arg(&missing),
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report = doctor();
+    let line = format!("warn list key {LIST} at rest: ");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with(&line) && l.contains("not protected by a passphrase")),
+        "{report}"
+    );
+    let file = configure_passphrase(&site, PASSPHRASE);
+    run_ok(
+        site.cli()
+            .args(["list", "protect", LIST, "--new-passphrase-file"])
+            .arg(&file),
+        None,
+    );
+    let report = doctor();
+    assert!(
+        report
+            .lines()
+            .any(|l| l == format!("ok list key {LIST} at rest")),
+        "{report}"
+    );
+}
