@@ -174,7 +174,7 @@ impl Passphrases {
         }
     }
 
-    /// A fixed passphrase (`list protect --new-passphrase-file`, tests).
+    /// A passphrase the caller holds already (tests, tools that read it themselves).
     pub fn given(password: Password) -> Passphrases {
         Passphrases {
             got: std::sync::Mutex::new(Some(password)),
