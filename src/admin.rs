@@ -56,6 +56,7 @@ impl From<KeyError> for CommandError {
             KeyError::Parse { .. } | KeyError::Unusable(_) => exit::DATA,
             KeyError::NoSuchList(_) | KeyError::ListExists(_) => exit::USAGE,
             KeyError::Crypto(_) => exit::SOFTWARE,
+            KeyError::Passphrase(_) => exit::CONFIG,
         };
         CommandError::new(code, "keys", e)
     }
@@ -124,7 +125,8 @@ pub fn list_create(config: &Config, address: &str, out: &mut dyn Write) -> Resul
     if policy.exists() {
         return Err(CommandError::new(exit::USAGE, &list, "list already exists"));
     }
-    let cert = keys::create_list_key(&config.keyring_dir, &list)?;
+    let passphrases = keys::Passphrases::configured(config);
+    let cert = keys::create_list_key_with(&config.keyring_dir, &list, &passphrases)?;
     std::fs::create_dir_all(&config.policy_dir)
         .map_err(|e| CommandError::new(exit::IOERR, config.policy_dir.display().to_string(), e))?;
     std::fs::write(&policy, Policy::default_file_text(&list))
@@ -142,6 +144,64 @@ pub fn list_create(config: &Config, address: &str, out: &mut dyn Write) -> Resul
     )
     .ok();
     writeln!(out, "  policy     {}", policy.display()).ok();
+    match passphrases.source() {
+        Some(source) => writeln!(out, "  protected  with the passphrase from {source}").ok(),
+        None => writeln!(
+            out,
+            "  protected  no (no passphrase configured; see listcrypt list protect)"
+        )
+        .ok(),
+    };
+    Ok(())
+}
+
+/// `list protect ADDRESS`: encrypts the list key at rest, or changes its passphrase. The new
+/// passphrase: `new_file`, else the configured one for a key not yet protected, else asked.
+pub fn list_protect(
+    config: &Config,
+    address: &str,
+    new_file: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let list = list_address(address)?;
+    existing_list(config, &list)?;
+    let current = keys::Passphrases::interactive(config);
+    let on_disk = keys::load_list_key(&config.keyring_dir, &list)?;
+    let protected = pgp::protection(&on_disk) == pgp::Protection::Protected;
+    let new = match (new_file, config.passphrase_source()) {
+        (Some(path), _) => crate::config::PassphraseSource::File(path.to_path_buf()).read()?,
+        (None, Some(source)) if !protected => source.read()?,
+        (None, _) => {
+            // Opened before asking for the new one, so a wrong current passphrase stops early.
+            keys::open_list_key(&config.keyring_dir, &list, &current)?;
+            crate::config::prompt_passphrase(&format!("New passphrase for {list}"), true)?
+                .ok_or_else(|| {
+                    CommandError::new(
+                        exit::USAGE,
+                        &list,
+                        "no new passphrase: give --new-passphrase-file FILE or run on a terminal",
+                    )
+                })?
+        }
+    };
+    let before = keys::protect_list_key(&config.keyring_dir, &list, &current, &new)?;
+    open_store(config)?.touch()?;
+    match before {
+        pgp::Protection::Protected => writeln!(out, "changed the passphrase of {list}'s key"),
+        _ => writeln!(out, "protected {list}'s key with a passphrase"),
+    }
+    .ok();
+    Ok(())
+}
+
+/// `list unprotect ADDRESS`: stores the list key without a passphrase again.
+pub fn list_unprotect(config: &Config, address: &str, out: &mut dyn Write) -> Result<()> {
+    let list = list_address(address)?;
+    existing_list(config, &list)?;
+    let current = keys::Passphrases::interactive(config);
+    keys::unprotect_list_key(&config.keyring_dir, &list, &current)?;
+    open_store(config)?.touch()?;
+    writeln!(out, "{list}'s key is no longer protected by a passphrase").ok();
     Ok(())
 }
 
@@ -168,7 +228,8 @@ pub fn list_rotate_subkey(
     let list = list_address(address)?;
     existing_list(config, &list)?;
     let grace = std::time::Duration::from_secs(u64::from(grace_days) * 86_400);
-    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace, mode)?;
+    let passphrases = keys::Passphrases::interactive(config);
+    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace, mode, &passphrases)?;
     // Running daemons pick the new key up with the next message.
     open_store(config)?.touch()?;
     if let Some(f) = &r.new_subkey {
@@ -294,7 +355,12 @@ pub fn member_list(config: &Config, list: &str, out: &mut dyn Write) -> Result<(
 /// daily). Sent through the reinjection listener. Meant for a daily cron job.
 pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<u8> {
     let store = open_store(config)?;
-    let keyring = Keyring::load(config, &store)?;
+    let keyring = Keyring::load_with(
+        config,
+        &store,
+        &keys::Passphrases::interactive(config),
+        keys::LockedKeys::Fail,
+    )?;
     let now = std::time::SystemTime::now();
     let horizon = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
     let mut notices = Vec::new();
@@ -455,11 +521,15 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
     let mut problems = Vec::new();
     let names = keys::list_names(config)?;
     let store = open_store(config)?;
+    let passphrases = keys::Passphrases::interactive(config);
     for list in &names {
         if let Err(e) = Policy::load(&config.policy_path(list)) {
             problems.push(e.to_string());
         }
-        match keys::load_list_key(&config.keyring_dir, list) {
+        for w in keys::secret_key_warnings(config, list, config.daemon_uid()) {
+            eprintln!("warning: {w}");
+        }
+        match keys::open_list_key(&config.keyring_dir, list, &passphrases) {
             Ok(cert) => {
                 if !keys::cert_policy_ok(&cert) {
                     problems.push(format!(
@@ -467,6 +537,7 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
                     ));
                 }
             }
+            Err(e @ KeyError::Passphrase(_)) => problems.push(e.to_string()),
             Err(e) => problems.push(format!("{list}: {e}")),
         }
         let certs = keys::CertDir::new(&config.keyring_dir);
@@ -522,7 +593,13 @@ fn read_stdin(limit: u64) -> Result<Vec<u8>> {
 
 fn load_keyring(config: &Config) -> Result<Keyring> {
     let store = open_store(config)?;
-    Ok(Keyring::load(config, &store)?)
+    let passphrases = keys::Passphrases::interactive(config);
+    Ok(Keyring::load_with(
+        config,
+        &store,
+        &passphrases,
+        keys::LockedKeys::Fail,
+    )?)
 }
 
 /// The list `process` runs for, with the keyring snapshot it was found in.

@@ -1,8 +1,8 @@
 //! Where list secret keys live and how they are changed under a lock, member bindings, and the
 //! in-memory keyring snapshot the daemon works from. The OpenPGP work itself is in `pgp/`.
 
-use crate::config::{Config, ConfigError, Policy};
-use crate::pgp::{self, Cert, Fingerprint, Signature};
+use crate::config::{Config, ConfigError, PassphraseSource, Policy};
+use crate::pgp::{self, Cert, Fingerprint, Password, Protection, Signature};
 use crate::store::{Binding, BindingState, Role, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,9 +57,14 @@ pub fn lock_list_secret(
     keyring_dir: &Path,
     list: &str,
 ) -> Result<nix::fcntl::Flock<std::fs::File>, KeyError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = list_dir(keyring_dir, list);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    // Only the daemon's user may list or reach the secret key (check-config checks it).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io_err(&dir))?;
     let path = dir.join("secret.pgp.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -84,21 +89,204 @@ fn update_list_secret<R>(
     Ok(result)
 }
 
-/// Creates the list key (`pgp::generate_list_key`), saves it and returns it.
+/// Creates the list key (`pgp::generate_list_key`) without a passphrase, saves it and
+/// returns it.
 pub fn create_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
+    create_list_key_with(keyring_dir, list, &Passphrases::none())
+}
+
+/// [`create_list_key`], protected with the configured passphrase if `passphrases` has a
+/// source; returns the key as saved.
+pub fn create_list_key_with(
+    keyring_dir: &Path,
+    list: &str,
+    passphrases: &Passphrases,
+) -> Result<Cert, KeyError> {
     let path = list_dir(keyring_dir, list).join("secret.pgp");
     let _lock = lock_list_secret(keyring_dir, list)?;
     if path.exists() {
         return Err(KeyError::ListExists(list.to_string()));
     }
-    let cert = pgp::generate_list_key(list)?;
+    let mut cert = pgp::generate_list_key(list)?;
+    if passphrases.source().is_some() {
+        cert = pgp::protect(cert, &passphrases.get(list)?)?;
+    }
     let bytes = pgp::armored_secret(&cert)?;
     write_atomic(&path, &bytes, 0o600)?;
     Ok(cert)
 }
 
+/// The list key as `secret.pgp` holds it: its secrets may still be encrypted.
 pub fn load_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
     pgp::read_list_key(&list_dir(keyring_dir, list).join("secret.pgp"))
+}
+
+/// The list key with its secrets opened in memory (asking `passphrases` if it is protected).
+pub fn open_list_key(
+    keyring_dir: &Path,
+    list: &str,
+    passphrases: &Passphrases,
+) -> Result<Cert, KeyError> {
+    open(load_list_key(keyring_dir, list)?, list, passphrases)
+}
+
+fn open(cert: Cert, list: &str, passphrases: &Passphrases) -> Result<Cert, KeyError> {
+    match pgp::protection(&cert) {
+        Protection::Unprotected => Ok(cert),
+        Protection::Protected | Protection::Partial => {
+            pgp::unlock(cert, &passphrases.get(list)?, list)
+        }
+    }
+}
+
+/// Where the passphrase of protected list keys comes from; read at most once per value, so
+/// the CLI asks once however many lists it opens and the daemon re-reads it at each reload.
+pub struct Passphrases {
+    source: Option<PassphraseSource>,
+    ask: bool,
+    got: std::sync::Mutex<Option<Password>>,
+}
+
+impl Passphrases {
+    /// The configured source only: the daemon and the timers, which have no one to ask.
+    pub fn configured(config: &Config) -> Passphrases {
+        Passphrases {
+            source: config.passphrase_source(),
+            ask: false,
+            got: Default::default(),
+        }
+    }
+
+    /// The configured source, else a prompt when standard input is a terminal (the CLI).
+    pub fn interactive(config: &Config) -> Passphrases {
+        Passphrases {
+            ask: true,
+            ..Passphrases::configured(config)
+        }
+    }
+
+    /// No passphrase at all (keys that are protected stay locked).
+    pub fn none() -> Passphrases {
+        Passphrases {
+            source: None,
+            ask: false,
+            got: Default::default(),
+        }
+    }
+
+    /// A passphrase the caller holds already (tests, tools that read it themselves).
+    pub fn given(password: Password) -> Passphrases {
+        Passphrases {
+            got: std::sync::Mutex::new(Some(password)),
+            ..Passphrases::none()
+        }
+    }
+
+    pub fn source(&self) -> Option<&PassphraseSource> {
+        self.source.as_ref()
+    }
+
+    /// The passphrase, for opening `list`'s protected key (named in the error).
+    pub fn get(&self, list: &str) -> Result<Password, KeyError> {
+        let mut got = self.got.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = got.as_ref() {
+            return Ok(p.clone());
+        }
+        let password = match (&self.source, self.ask) {
+            (Some(source), _) => source.read().map_err(|e| {
+                KeyError::Passphrase(format!(
+                    "{list}: the list key is protected and its passphrase cannot be read: {e}"
+                ))
+            })?,
+            (None, true) => crate::config::prompt_passphrase("Passphrase of the list keys", false)?
+                .ok_or_else(|| no_passphrase(list))?,
+            (None, false) => return Err(no_passphrase(list)),
+        };
+        *got = Some(password.clone());
+        Ok(password)
+    }
+}
+
+fn no_passphrase(list: &str) -> KeyError {
+    KeyError::Passphrase(format!(
+        "{list}: the list key is protected by a passphrase and none is available: set \
+         passphrase_file, give the service the systemd credential {} \
+         (LoadCredentialEncrypted=), or run the command on a terminal",
+        crate::config::CREDENTIAL_NAME
+    ))
+}
+
+/// Protects `list`'s key with `new` (opening it first with `current` if it is protected
+/// already, which changes its passphrase); returns how it was protected before.
+pub fn protect_list_key(
+    keyring_dir: &Path,
+    list: &str,
+    current: &Passphrases,
+    new: &Password,
+) -> Result<Protection, KeyError> {
+    update_list_secret(keyring_dir, list, |cert| {
+        let before = pgp::protection(&cert);
+        let cert = pgp::protect(open(cert, list, current)?, new)?;
+        Ok((cert, before))
+    })
+}
+
+/// Stores `list`'s key without a passphrase again.
+pub fn unprotect_list_key(
+    keyring_dir: &Path,
+    list: &str,
+    current: &Passphrases,
+) -> Result<(), KeyError> {
+    update_list_secret(keyring_dir, list, |cert| {
+        Ok((open(cert, list, current)?, ()))
+    })
+}
+
+/// What `check-config` and `doctor` say about `list`'s `secret.pgp` at rest: one warning per
+/// problem (no passphrase, modes looser than 0600 and 0700, another owner than `owner`).
+pub fn secret_key_warnings(config: &Config, list: &str, owner: Option<u32>) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = list_dir(&config.keyring_dir, list);
+    let path = dir.join("secret.pgp");
+    let mut out = Vec::new();
+    match load_list_key(&config.keyring_dir, list).map(|c| pgp::protection(&c)) {
+        Ok(Protection::Protected) | Err(_) => {}
+        Ok(p) => out.push(format!(
+            "{list}: {} is {} by a passphrase{} — listcrypt list protect {list}",
+            path.display(),
+            if p == Protection::Partial {
+                "only partly protected"
+            } else {
+                "not protected"
+            },
+            match config.passphrase_source() {
+                Some(source) => format!(" although one is configured ({source})"),
+                None => String::new(),
+            }
+        )),
+    }
+    for (file, want) in [(&path, 0o600), (&dir, 0o700)] {
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode & !want != 0 {
+            out.push(format!(
+                "{list}: {} has mode {mode:04o}; it must be {want:04o} — chmod {want:o} {}",
+                file.display(),
+                file.display()
+            ));
+        }
+        if let Some(uid) = owner.filter(|&uid| uid != meta.uid()) {
+            out.push(format!(
+                "{list}: {} is owned by uid {}, not by the daemon's user (uid {uid}) — chown {uid} {}",
+                file.display(),
+                meta.uid(),
+                file.display()
+            ));
+        }
+    }
+    out
 }
 
 /// A snapshot of every list: built at start, rebuilt when the store's generation changes or
@@ -147,40 +335,60 @@ pub fn list_names(config: &Config) -> Result<Vec<String>, KeyError> {
     Ok(names)
 }
 
+/// What loading a keyring does with a list key whose passphrase is missing or wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedKeys {
+    /// An error: the daemon does not start, the CLI stops (check-config says why).
+    Fail,
+    /// The list is loaded locked and its mail gets 451 (a running daemon's reload), so the
+    /// other lists keep working and nothing of this one passes unencrypted.
+    Refuse,
+}
+
 impl Keyring {
+    /// Every list, its key opened with the configured passphrase; a key that cannot be
+    /// opened is an error.
     pub fn load(config: &Config, store: &dyn Store) -> Result<Keyring, KeyError> {
+        Keyring::load_with(
+            config,
+            store,
+            &Passphrases::configured(config),
+            LockedKeys::Fail,
+        )
+    }
+
+    /// [`Keyring::load`] for a running daemon: a list whose key cannot be opened is loaded
+    /// locked, its mail refused with 451, and logged.
+    pub fn load_running(config: &Config, store: &dyn Store) -> Result<Keyring, KeyError> {
+        let passphrases = Passphrases::configured(config);
+        Keyring::load_with(config, store, &passphrases, LockedKeys::Refuse)
+    }
+
+    pub fn load_with(
+        config: &Config,
+        store: &dyn Store,
+        passphrases: &Passphrases,
+        locked: LockedKeys,
+    ) -> Result<Keyring, KeyError> {
         let generation = store.generation()?;
         let certs = CertDir::new(&config.keyring_dir);
         let mut lists = HashMap::new();
+        let mut opened = Opened::take(&mut OPENED.lock().unwrap_or_else(|e| e.into_inner()));
         for name in list_names(config)? {
             let policy = Policy::load(&config.policy_path(&name))?;
             let secret = load_list_key(&config.keyring_dir, &name)?;
-            let mut members = Vec::new();
-            for b in store.bindings(&name)? {
-                if b.state != BindingState::Active {
-                    continue;
+            let members = active_members(store, &certs, &name)?;
+            let keys = match opened.open(&config.keyring_dir, &name, secret.clone(), passphrases) {
+                Ok(secret) => ListKeys::new(name.clone(), policy, secret, members),
+                Err(KeyError::Passphrase(why)) if locked == LockedKeys::Refuse => {
+                    tracing::error!("{why}; mail of {name} is deferred (451) until it opens");
+                    ListKeys::new_locked(name.clone(), policy, secret, members, why)
                 }
-                let fpr: Fingerprint = b.fingerprint.parse().map_err(|_| {
-                    KeyError::Unusable(format!("binding {} on {name}: bad fingerprint", b.address))
-                })?;
-                match certs.get(&fpr)? {
-                    Some(cert) => members.push(Member {
-                        address: b.address.clone(),
-                        cert,
-                        role: b.role,
-                        show_key_id: b.show_key_id,
-                    }),
-                    None => tracing::warn!(
-                        "{name}: certificate {fpr} for {} is missing from the cert store",
-                        b.address
-                    ),
-                }
-            }
-            lists.insert(
-                name.clone(),
-                Arc::new(ListKeys::new(name, policy, secret, members)),
-            );
+                Err(e) => return Err(e),
+            };
+            lists.insert(name, Arc::new(keys));
         }
+        *OPENED.lock().unwrap_or_else(|e| e.into_inner()) = opened.kept;
         Ok(Keyring {
             generation,
             lists,
@@ -188,6 +396,90 @@ impl Keyring {
             other_recipients: config.list_domain_other_recipients,
         })
     }
+}
+
+/// Protected list keys opened by an earlier keyring load: a reload after a binding change
+/// reuses them instead of deriving every S2K key again (RFC 9580 §3.7.1.3: each derivation
+/// hashes 65 MB on purpose). Reused only for the same file bytes and the same passphrase.
+static OPENED: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, OpenedKey>>> =
+    std::sync::LazyLock::new(Default::default);
+
+struct OpenedKey {
+    file_digest: [u8; 32],
+    password: Password,
+    cert: Cert,
+}
+
+/// One load's view of [`OPENED`]: what it may reuse, and what the next load may.
+struct Opened {
+    before: HashMap<PathBuf, OpenedKey>,
+    kept: HashMap<PathBuf, OpenedKey>,
+}
+
+impl Opened {
+    fn take(map: &mut HashMap<PathBuf, OpenedKey>) -> Opened {
+        Opened {
+            before: std::mem::take(map),
+            kept: HashMap::new(),
+        }
+    }
+
+    /// [`open`], reusing the key opened last time if neither the file nor the passphrase
+    /// changed; only lists loaded now are kept for next time. (Loads that overlap only lose
+    /// entries: the key is then opened again.)
+    fn open(
+        &mut self,
+        keyring_dir: &Path,
+        list: &str,
+        cert: Cert,
+        passphrases: &Passphrases,
+    ) -> Result<Cert, KeyError> {
+        if pgp::protection(&cert) == Protection::Unprotected {
+            return Ok(cert);
+        }
+        use sha2::{Digest, Sha256};
+        let path = list_dir(keyring_dir, list).join("secret.pgp");
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let file_digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let password = passphrases.get(list)?;
+        let cert = match self.before.remove(&path) {
+            Some(k) if k.file_digest == file_digest && k.password == password => k.cert,
+            _ => pgp::unlock(cert, &password, list)?,
+        };
+        let key = OpenedKey {
+            file_digest,
+            password,
+            cert: cert.clone(),
+        };
+        self.kept.insert(path, key);
+        Ok(cert)
+    }
+}
+
+/// The members of `list` with an active binding whose certificate is in the store.
+fn active_members(store: &dyn Store, certs: &CertDir, name: &str) -> Result<Vec<Member>, KeyError> {
+    let mut members = Vec::new();
+    for b in store.bindings(name)? {
+        if b.state != BindingState::Active {
+            continue;
+        }
+        let fpr: Fingerprint = b.fingerprint.parse().map_err(|_| {
+            KeyError::Unusable(format!("binding {} on {name}: bad fingerprint", b.address))
+        })?;
+        match certs.get(&fpr)? {
+            Some(cert) => members.push(Member {
+                address: b.address.clone(),
+                cert,
+                role: b.role,
+                show_key_id: b.show_key_id,
+            }),
+            None => tracing::warn!(
+                "{name}: certificate {fpr} for {} is missing from the cert store",
+                b.address
+            ),
+        }
+    }
+    Ok(members)
 }
 
 /// Whether a member's copies name the recipient key in the clear (`member add
@@ -266,15 +558,36 @@ pub fn add_list_certifications(
 }
 
 /// Rotates the list key's encryption subkey under the lock (`pgp::rotate`: a fresh subkey,
-/// the current ones retiring after `grace`, expired secrets destroyed).
+/// the current ones retiring after `grace`, expired secrets destroyed). A new subkey needs
+/// the key opened; the key is saved protected if it was, or if a passphrase is configured.
 pub fn rotate_subkey(
     keyring_dir: &Path,
     list: &str,
     grace: std::time::Duration,
     mode: RotateMode,
+    passphrases: &Passphrases,
 ) -> Result<Rotation, KeyError> {
+    let now = std::time::SystemTime::now();
     update_list_secret(keyring_dir, list, |cert| {
-        pgp::rotate(cert, list, grace, mode, std::time::SystemTime::now())
+        // Destroying secrets needs no passphrase: pruning leaves protection as it is.
+        if mode == RotateMode::PruneOnly {
+            return pgp::rotate(cert, list, grace, mode, now);
+        }
+        let password = match (pgp::protection(&cert), passphrases.source()) {
+            (Protection::Unprotected, None) => None,
+            _ => Some(passphrases.get(list)?),
+        };
+        let cert = match &password {
+            Some(p) if pgp::protection(&cert) != Protection::Unprotected => {
+                pgp::unlock(cert, p, list)?
+            }
+            _ => cert,
+        };
+        let (cert, rotation) = pgp::rotate(cert, list, grace, mode, now)?;
+        match &password {
+            Some(p) => Ok((pgp::protect(cert, p)?, rotation)),
+            None => Ok((cert, rotation)),
+        }
     })
 }
 
@@ -330,7 +643,8 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..rounds {
                         let grace = std::time::Duration::from_secs(3600);
-                        rotate_subkey(&keyring, list, grace, RotateMode::NewSubkey).unwrap();
+                        let none = Passphrases::none();
+                        rotate_subkey(&keyring, list, grace, RotateMode::NewSubkey, &none).unwrap();
                     }
                 })
             })
@@ -340,6 +654,42 @@ mod tests {
         }
         let after = load_list_key(&keyring, list).unwrap();
         assert_eq!(subkeys(&after), subkeys(&before) + 2 * rounds);
+    }
+
+    /// A reload reuses an opened key only with the same passphrase: a wrong one is an error
+    /// (or, for a running daemon, a locked list), even though the file did not change.
+    #[test]
+    fn a_wrong_passphrase_is_never_masked_by_an_earlier_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            policy_dir: dir.path().join("lists.d"),
+            keyring_dir: dir.path().join("keyrings"),
+            state_dir: dir.path().join("state"),
+            ..Config::default()
+        };
+        let list = "enc@lists.example.test";
+        std::fs::create_dir_all(&config.policy_dir).unwrap();
+        std::fs::write(config.policy_path(list), Policy::default_file_text(list)).unwrap();
+        let store = crate::store::SqliteStore::open(&config.state_dir).unwrap();
+        let right = || Passphrases::given(Password::from("right"));
+        let wrong = || Passphrases::given(Password::from("wrong"));
+        create_list_key(&config.keyring_dir, list).unwrap();
+        let new = Password::from("right");
+        protect_list_key(&config.keyring_dir, list, &Passphrases::none(), &new).unwrap();
+        let load = |p: Passphrases, locked| Keyring::load_with(&config, &store, &p, locked);
+        let k = load(right(), LockedKeys::Fail).unwrap();
+        assert!(k.lists[list].locked().is_none());
+        assert_eq!(
+            pgp::protection(&k.lists[list].secret),
+            Protection::Unprotected
+        );
+        let err = load(wrong(), LockedKeys::Fail).err().unwrap();
+        assert!(matches!(err, KeyError::Passphrase(_)), "{err}");
+        let k = load(wrong(), LockedKeys::Refuse).unwrap();
+        assert!(k.lists[list].locked().is_some());
+        assert!(load(right(), LockedKeys::Fail).unwrap().lists[list]
+            .locked()
+            .is_none());
     }
 
     #[test]

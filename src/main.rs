@@ -96,6 +96,23 @@ enum ListCommand {
     ///
     /// Example: listcrypt list create enc@lists.example.org
     Create { address: String },
+    /// Encrypt the list key at rest with a passphrase (RFC 9580 S2K), or change it. The new
+    /// passphrase comes from --new-passphrase-file, else the configured one (passphrase_file or
+    /// the systemd credential listcrypt-passphrase) for a key not yet protected, else it is
+    /// asked on the terminal; a protected key's current passphrase likewise. The daemon opens
+    /// the key with the configured passphrase: change that too, then restart it.
+    ///
+    /// Example: listcrypt list protect enc@lists.example.org --new-passphrase-file passphrase.txt
+    Protect {
+        address: String,
+        /// Read the new passphrase from the first line of FILE
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Store the list key without a passphrase again.
+    ///
+    /// Example: listcrypt list unprotect enc@lists.example.org
+    Unprotect { address: String },
     /// Print the list's public key, armored.
     ///
     /// Example: listcrypt list export-key enc@lists.example.org > enc.asc
@@ -249,6 +266,14 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             prune_only,
             all,
         }) => rotate_subkey(&config, address, grace_days, prune_only, all, &mut out),
+        Command::List(ListCommand::Protect {
+            address,
+            new_passphrase_file,
+        }) => admin::list_protect(&config, &address, new_passphrase_file.as_deref(), &mut out)
+            .map(|_| exit::OK),
+        Command::List(ListCommand::Unprotect { address }) => {
+            admin::list_unprotect(&config, &address, &mut out).map(|_| exit::OK)
+        }
         Command::List(ListCommand::ExportKey { address }) => {
             admin::list_export_key(&config, &address, &mut out).map(|_| exit::OK)
         }

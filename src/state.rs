@@ -208,7 +208,7 @@ impl Daemon {
         if self.current_keyring().generation == generation {
             return Ok(());
         }
-        let fresh = Arc::new(Keyring::load(&self.config(), &*self.store)?);
+        let fresh = Arc::new(Keyring::load_running(&self.config(), &*self.store)?);
         tracing::info!("bindings changed; reloaded {} list(s)", fresh.lists.len());
         self.install(fresh);
         Ok(())

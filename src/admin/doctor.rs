@@ -293,6 +293,7 @@ pub fn doctor(
         }
         (Ok(_), None) => {}
     }
+    list_key_checks(config, &mut report);
     let mut failed = false;
     for (level, check, why) in &report.0 {
         let line = match level {
@@ -737,4 +738,20 @@ fn mailman_checks(pf: &Postfix, sockets: &Sockets, path: &Path, report: &mut Rep
         "{headers:?} lets {} name the poster, which listcrypt does not bind to the signer — set [mailman] sender_headers: from from_",
         extra.join(", ")
     )));
+}
+
+/// Each list's `secret.pgp` at rest: protected by a passphrase, mode 0600 in a 0700
+/// directory, owned by the daemon's user (the same warnings as `check-config`).
+fn list_key_checks(config: &Config, report: &mut Report) {
+    let Ok(lists) = crate::keys::list_names(config) else {
+        return;
+    };
+    for list in lists {
+        let check = format!("list key {list} at rest");
+        let warnings = crate::keys::secret_key_warnings(config, &list, config.daemon_uid());
+        match warnings.is_empty() {
+            true => report.ok(&check),
+            false => report.warn(&check, warnings.join("; ")),
+        }
+    }
 }

@@ -3,9 +3,11 @@
 //! The file is parsed with the `toml` crate first so that every diagnostic carries
 //! `file:line:column`; figment then layers `LISTCRYPT_<KEY>` environment overrides on top.
 
+mod passphrase;
 mod policy;
 mod socket;
 
+pub use passphrase::{prompt as prompt_passphrase, PassphraseSource, CREDENTIAL_NAME};
 pub use policy::{Action, HeaderProtection, MissingKeyAction, Padding, Policy};
 pub use socket::SocketSpec;
 
@@ -206,6 +208,9 @@ pub struct Config {
     pub policy_dir: PathBuf,
     pub keyring_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// A file whose first line is the list keys' passphrase; empty = none (a systemd
+    /// credential `listcrypt-passphrase` takes precedence).
+    pub passphrase_file: PathBuf,
     pub log: LogTarget,
     pub log_level: String,
     /// `IP:PORT` of the WKD HTTP listener (for a TLS front-end); empty = off.
@@ -231,6 +236,7 @@ impl Default for Config {
             policy_dir: "var/lists.d".into(),
             keyring_dir: "keyrings".into(),
             state_dir: "var/state".into(),
+            passphrase_file: PathBuf::new(),
             log: LogTarget::Auto,
             log_level: "info".into(),
             http_listen: String::new(),
@@ -373,8 +379,10 @@ impl Config {
             ("policy_dir", &mut self.policy_dir),
             ("keyring_dir", &mut self.keyring_dir),
             ("state_dir", &mut self.state_dir),
+            ("passphrase_file", &mut self.passphrase_file),
         ] {
-            if let (true, Some(dir)) = (path.is_relative(), base(key)) {
+            let set = !path.as_os_str().is_empty();
+            if let (true, true, Some(dir)) = (set, path.is_relative(), base(key)) {
                 *path = dir.join(&*path);
             }
         }
@@ -392,6 +400,19 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// The uid the daemon runs as, which owns `secret.pgp`: `user`'s, else this process's.
+    pub fn daemon_uid(&self) -> Option<u32> {
+        use nix::unistd::{Uid, User};
+        if self.user.is_empty() {
+            return Some(Uid::effective().as_raw());
+        }
+        let user = match self.user.parse::<u32>() {
+            Ok(uid) => return Some(uid),
+            Err(_) => User::from_name(&self.user),
+        };
+        user.ok().flatten().map(|u| u.uid.as_raw())
     }
 
     /// Path of the policy file for `list`.

@@ -112,6 +112,10 @@ impl Transaction {
             Recipient::Other => None,
             Recipient::Refused => return RcptOutcome::Refuse(Refusal::NotAListAddress),
         };
+        // A list whose key could not be opened: its mail waits, it never passes.
+        if found.as_ref().is_some_and(|(l, _)| l.locked().is_some()) {
+            return RcptOutcome::Refuse(Internal::State.into());
+        }
         let next = match (&self.target, found) {
             (Target::Nobody, Some((list, ListAddress::Key))) => Target::KeyAddress(list),
             (_, Some((_, ListAddress::Key))) | (Target::KeyAddress(_), _) => {

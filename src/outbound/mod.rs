@@ -80,6 +80,10 @@ impl Transaction {
 
     /// Decides one recipient, `raw` as the MTA gave it (angle brackets included).
     pub fn rcpt(&mut self, raw: &str) -> RcptOutcome {
+        // A list whose key could not be opened signs nothing: its mail waits.
+        if self.list.locked().is_some() {
+            return RcptOutcome::Refuse(crate::refusal::Internal::State.into());
+        }
         let addr = normalize_address(raw);
         // Only an address Mailman files under this very list loops back in clear; any other
         // spelling, routed form or list goes the encrypted way (and needs a bound key).

@@ -29,6 +29,9 @@ pub enum KeyError {
     Store(#[from] StoreError),
     #[error("OpenPGP: {0}")]
     Crypto(String),
+    /// A protected list key without its passphrase, or with a wrong one.
+    #[error("{0}")]
+    Passphrase(String),
 }
 
 /// A member's certificate as the daemon uses it.
@@ -53,6 +56,9 @@ pub struct ListKeys {
     /// (on first use) so the RCPT path and encryption do not re-validate certificates per
     /// message, and loading a snapshot does not validate members nobody writes to.
     encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, KeyProblem>>>,
+    /// Why the list key's secrets could not be opened (a wrong or missing passphrase):
+    /// every transaction of the list is then refused with 451, never passed on.
+    locked: Option<String>,
 }
 
 impl ListKeys {
@@ -74,7 +80,27 @@ impl ListKeys {
             by_address,
             by_keyid,
             encryption,
+            locked: None,
         }
+    }
+
+    /// A list whose key stays encrypted (`secret` as read from disk) for `why`.
+    pub fn new_locked(
+        address: String,
+        policy: Policy,
+        secret: Cert,
+        members: Vec<Member>,
+        why: String,
+    ) -> ListKeys {
+        ListKeys {
+            locked: Some(why),
+            ..ListKeys::new(address, policy, secret, members)
+        }
+    }
+
+    /// Why the list key is locked (its mail gets 451), or `None` when it works.
+    pub fn locked(&self) -> Option<&str> {
+        self.locked.as_deref()
     }
 
     /// The member bound to `address` and its encryption keys (or why it has none).

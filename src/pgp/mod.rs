@@ -11,6 +11,7 @@ mod export;
 mod list;
 mod listkey;
 mod offered;
+mod protect;
 #[cfg(test)]
 pub(crate) mod testkit;
 
@@ -31,6 +32,8 @@ pub use listkey::{
     Rotation,
 };
 pub use offered::{member_certifications, own_signatures_only};
+pub use protect::{protect, protection, unlock, Protection};
+pub use sequoia_openpgp::crypto::Password;
 pub use sequoia_openpgp::packet::Signature;
 pub use sequoia_openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
 
