@@ -109,7 +109,7 @@ fn package_in_debian_chroot() {
     }
     daemon.stop(&root);
 
-    real_post(&root);
+    real_post(&root, installing);
 
     purge(&root);
     eprintln!("debian_chroot: done in {:?}", started.elapsed());
@@ -671,7 +671,7 @@ fn milter_negotiates(socket: &Path) {
 
 /// One encrypted post from alice through the throwaway Postfix and Mailman on the host and
 /// the chrooted daemon to bob, who decrypts it (see the module comment for the wiring).
-fn real_post(root: &Chroot) {
+fn real_post(root: &Chroot, installing: Instant) {
     assert!(
         !port_open(REINJECT_PORT),
         "127.0.0.1:{REINJECT_PORT} (the packaged reinject_smtp) is taken on this machine"
@@ -805,7 +805,11 @@ fn real_post(root: &Chroot) {
         dec.report()
     );
     assert!(dec.text().contains(&marker), "{}", dec.text());
-    eprintln!("debian_chroot: bob decrypted the list's copy of alice's post");
+    eprintln!(
+        "debian_chroot: bob decrypted the list's copy of alice's post; `apt install` to \
+         here: {:?}",
+        installing.elapsed()
+    );
 
     daemon.stop(root);
     drop(postfix);
