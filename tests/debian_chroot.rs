@@ -15,8 +15,10 @@
 //!   (Postfix's postinst keeps existing ones), so the socket directory's group is the one the
 //!   host's smtpd runs as.
 //!
-//! Finally `dpkg --purge` removes the package's files and conffile, and keeps the lists' keys
-//! and state under /var/lib/listcrypt and the policies (debian/postrm says why).
+//! Then `dpkg --purge` removes the package's files and conffile, and keeps the lists' keys
+//! and state under /var/lib/listcrypt and the policies (debian/postrm says why). Last, the
+//! package goes onto the same root with another MTA and no group postfix: it installs, and
+//! leaves the socket directory to the admin (debian/postinst).
 //!
 //! The debootstrap tree is cached in target/debootstrap-bookworm (the .debs apt fetched in
 //! target/debootstrap-bookworm-debs); each run copies it to a fresh root under /tmp, with its
@@ -112,6 +114,7 @@ fn package_in_debian_chroot() {
     real_post(&root, installing);
 
     purge(&root);
+    without_postfix(&root, &deb);
     eprintln!("debian_chroot: done in {:?}", started.elapsed());
 }
 
@@ -837,4 +840,44 @@ fn purge(root: &Chroot) {
     for kept in ["/var/lib/listcrypt/state.sqlite", "/etc/listcrypt/lists.d"] {
         assert!(root.path(kept).exists(), "purge removed {kept}");
     }
+}
+
+/// Another MTA, hence no group postfix (Sendmail's is smmsp; dma is the smallest
+/// mail-transport-agent): the install succeeds, makes no socket directory, and says so.
+fn without_postfix(root: &Chroot, deb: &Path) {
+    root.run_ok(&["apt-get", "purge", "-y", "postfix"]);
+    // Whatever Postfix's purge left of its user and group (userdel drops the user's group).
+    for (lookup, remove) in [("passwd", "userdel"), ("group", "groupdel")] {
+        let exists = run(&mut root.command(&["getent", lookup, "postfix"]), None)
+            .status
+            .success();
+        if exists {
+            root.run_ok(&[remove, "postfix"]);
+        }
+    }
+    root.run_ok(&["apt-get", "install", "-y", "--no-install-recommends", "dma"]);
+    let name = deb.file_name().unwrap().to_str().unwrap();
+    let out = root.run_ok(&[
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        &format!("/tmp/{name}"),
+    ]);
+    move_debs(
+        &root.path("/var/cache/apt/archives"),
+        &repo_dir().join(DEBS),
+    );
+    assert!(
+        out.contains("listcrypt: no group postfix"),
+        "the postinst did not say why there is no socket directory:\n{out}"
+    );
+    assert!(
+        fs::symlink_metadata(root.path(SOCKET_DIR)).is_err(),
+        "{SOCKET_DIR} without a group postfix"
+    );
+    let user = passwd_entry(&read_lossy(&root.path("/etc/passwd")), "listcrypt").unwrap();
+    let uid: u32 = user[2].parse().unwrap();
+    assert_eq!(stat(root, "/var/lib/listcrypt").0, 0o700);
+    assert_eq!(stat(root, "/var/lib/listcrypt").1, uid);
 }
