@@ -7,7 +7,7 @@ use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
 use crate::outbound;
 use crate::pgp;
 use crate::refusal::{RcptOutcome, Refusal};
-use crate::store::{Role, SqliteStore, Store, StoreError};
+use crate::store::{Role, Store, StoreError};
 use crate::wkd::WkdError;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -98,8 +98,9 @@ fn list_address(s: &str) -> Result<String> {
     Ok(a)
 }
 
-fn open_store(config: &Config) -> Result<SqliteStore> {
-    Ok(SqliteStore::open(&config.state_dir)?)
+/// The store the daemon uses too (SQLite, or PostgreSQL with `database_url`).
+fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(crate::store::open(config)?)
 }
 
 fn existing_list(config: &Config, list: &str) -> Result<()> {
@@ -216,7 +217,7 @@ pub fn member_add(
     existing_list(config, &list)?;
     let cert = keys::read_cert_file(cert_file)?;
     let store = open_store(config)?;
-    let b = keys::add_member(config, &store, &list, &address, &cert, role, key_id).map_err(
+    let b = keys::add_member(config, &*store, &list, &address, &cert, role, key_id).map_err(
         |e| match e {
             KeyError::Unusable(why) => CommandError::new(exit::DATA, address.clone(), why),
             other => other.into(),
@@ -293,17 +294,17 @@ pub fn member_list(config: &Config, list: &str, out: &mut dyn Write) -> Result<(
 /// daily). Sent through the reinjection listener. Meant for a daily cron job.
 pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<u8> {
     let store = open_store(config)?;
-    let keyring = Keyring::load(config, &store)?;
+    let keyring = Keyring::load(config, &*store)?;
     let now = std::time::SystemTime::now();
     let horizon = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
     let mut notices = Vec::new();
     let mut lists: Vec<_> = keyring.lists.values().cloned().collect();
     lists.sort_by(|a, b| a.address.cmp(&b.address));
     for list in &lists {
-        let unusable = member_notices(&store, list, horizon, &mut notices, out)?;
-        owner_notices(&store, list, &unusable, &mut notices, out)?;
+        let unusable = member_notices(&*store, list, horizon, &mut notices, out)?;
+        owner_notices(&*store, list, &unusable, &mut notices, out)?;
     }
-    send_notices(config, &store, &notices)?;
+    send_notices(config, &*store, &notices)?;
     Ok(exit::OK)
 }
 
@@ -317,7 +318,7 @@ struct Notice {
 /// Tells each member whose key expires before `horizon` (at most weekly); returns one line per
 /// member whose key is unusable already, for the owners.
 fn member_notices(
-    store: &SqliteStore,
+    store: &dyn Store,
     list: &keys::ListKeys,
     horizon: std::time::SystemTime,
     notices: &mut Vec<Notice>,
@@ -373,7 +374,7 @@ fn member_notices(
 
 /// Tells each owner with a usable key which members have none (at most daily).
 fn owner_notices(
-    store: &SqliteStore,
+    store: &dyn Store,
     list: &keys::ListKeys,
     unusable: &[String],
     notices: &mut Vec<Notice>,
@@ -420,7 +421,7 @@ fn owner_notices(
 
 /// Sends the notices in order through the reinjection listener; on the first failure the
 /// rest are forgotten by the rate limiter, so the next run tries them again.
-fn send_notices(config: &Config, store: &SqliteStore, notices: &[Notice]) -> Result<()> {
+fn send_notices(config: &Config, store: &dyn Store, notices: &[Notice]) -> Result<()> {
     if notices.is_empty() {
         return Ok(());
     }
@@ -521,7 +522,7 @@ fn read_stdin(limit: u64) -> Result<Vec<u8>> {
 
 fn load_keyring(config: &Config) -> Result<Keyring> {
     let store = open_store(config)?;
-    Ok(Keyring::load(config, &store)?)
+    Ok(Keyring::load(config, &*store)?)
 }
 
 /// The list `process` runs for, with the keyring snapshot it was found in.
@@ -582,7 +583,7 @@ pub fn process_inbound(
         }
     }
     let store = open_store(config)?;
-    let ledger = inbound::Peeking(&store);
+    let ledger = inbound::Peeking(&*store);
     match tx.finish(
         &message,
         &config.limits,
@@ -616,7 +617,7 @@ fn key_address_dry_run(
     let store = open_store(config)?;
     let processor = crate::key_address::Processor {
         list,
-        store: &store,
+        store: &*store,
         keyring_dir: &config.keyring_dir,
         limits: &config.limits,
     };
