@@ -49,7 +49,7 @@ impl From<KeyError> for CommandError {
     fn from(e: KeyError) -> Self {
         let code = match &e {
             KeyError::Config(_) => exit::CONFIG,
-            KeyError::Store(StoreError::Busy(_)) => exit::TEMPFAIL,
+            KeyError::Store(StoreError::Busy(_) | StoreError::Unavailable(_)) => exit::TEMPFAIL,
             KeyError::Store(_) => exit::UNAVAILABLE,
             KeyError::Io { .. } => exit::IOERR,
             KeyError::Parse { .. } | KeyError::Unusable(_) => exit::DATA,

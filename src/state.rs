@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::keys::{KeyError, Keyring};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -193,8 +193,13 @@ impl Daemon {
         }
         let daemon = self.clone();
         runtime.spawn_blocking(move || {
-            if let Err(e) = daemon.refresh() {
-                tracing::error!("keyring reload failed, still using the previous one: {e}");
+            match daemon.refresh() {
+                // The store logs an outage once, not at every poll.
+                Err(KeyError::Store(StoreError::Unavailable(_))) => {}
+                Err(e) => {
+                    tracing::error!("keyring reload failed, still using the previous one: {e}")
+                }
+                Ok(()) => {}
             }
             daemon.refreshing.store(false, Ordering::Release);
         });

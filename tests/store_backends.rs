@@ -272,6 +272,25 @@ fn postgres_keeps_the_store_contract_between_two_hosts() {
     assert_eq!(recorded, want.join("\n"));
     assert_eq!(pg.psql("migrations", "SELECT value FROM meta"), "0");
 
+    // sslmode=require is never downgraded: this test server has no TLS, so no connection.
+    let mut required = listcrypt::config::database_settings(
+        &pg.url("migrations")
+            .replace("sslmode=disable", "sslmode=require"),
+    )
+    .unwrap();
+    required.password(PASSWORD);
+    match PgStore::connect(required, timeouts()) {
+        Err(e) => assert!(e.to_string().contains("TLS"), "{e}"),
+        Ok(_) => panic!("connected without TLS under sslmode=require"),
+    }
+    let mut preferred = listcrypt::config::database_settings(
+        &pg.url("migrations")
+            .replace("sslmode=disable", "sslmode=prefer"),
+    )
+    .unwrap();
+    preferred.password(PASSWORD);
+    drop(PgStore::connect(preferred, timeouts()).unwrap());
+
     // A database a newer listcrypt migrated is refused, not used.
     let next = want.len() + 1;
     pg.psql(
@@ -322,6 +341,50 @@ fn postgres_keeps_the_store_contract_between_two_hosts() {
         listcrypt::store::open(&wrong).is_err(),
         "no password, no store"
     );
+
+    // A record the code cannot read is an error, never a guess.
+    pg.psql("configured", "UPDATE bindings SET state = 'revoked'");
+    assert!(matches!(
+        a.bindings("enc@lists.example.org"),
+        Err(StoreError::Corrupt(_))
+    ));
+    pg.psql("configured", "UPDATE bindings SET state = 'active'");
+
+    // The daemon on PostgreSQL: a binding made by another host reaches its keyring snapshot.
+    let site = tempfile::tempdir().unwrap();
+    let daemon_config = Config {
+        policy_dir: site.path().join("lists.d"),
+        keyring_dir: site.path().join("keyrings"),
+        state_dir: site.path().join("state"),
+        ..config.clone()
+    };
+    std::fs::create_dir_all(&daemon_config.policy_dir).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let d = Arc::new(listcrypt::state::Daemon::open(daemon_config, None).unwrap());
+        let g0 = d.keyring().unwrap().generation;
+        assert_eq!(
+            g0,
+            pg.psql("configured", "SELECT value FROM meta")
+                .parse::<i64>()
+                .unwrap()
+        );
+        let other = a.clone();
+        tokio::task::spawn_blocking(move || other.touch().unwrap())
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while d.keyring().unwrap().generation == g0 {
+            assert!(Instant::now() < until, "the daemon never saw the change");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!std::path::Path::new(&site.path().join("state/state.sqlite")).exists());
+    });
+    drop(runtime);
 
     // A change on one host wakes the other at once (NOTIFY), without waiting for a poll.
     let b = connect(&pg, "configured", timeouts()).unwrap();
@@ -374,6 +437,30 @@ fn postgres_outage_is_an_error_and_service_resumes_by_itself() {
         started.elapsed()
     );
     assert!(matches!(s.generation(), Err(StoreError::Unavailable(_))));
+    // The CLI meanwhile: a temporary failure (75) that names the cause.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("lists.d")).unwrap();
+    std::fs::write(site.path().join("lists.d/enc@lists.example.org.toml"), "").unwrap();
+    std::fs::write(site.path().join("pw"), PASSWORD).unwrap();
+    let url = pg.url("outage");
+    std::fs::write(
+        site.path().join("listcrypt.toml"),
+        format!(
+            "database_url = \"{url}\"\ndatabase_password_file = \"pw\"\n\
+             policy_dir = \"lists.d\"\nkeyring_dir = \"keyrings\"\nstate_dir = \"state\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_listcrypt"))
+        .arg("-c")
+        .arg(site.path().join("listcrypt.toml"))
+        .args(["member", "list", "enc@lists.example.org"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("database unavailable"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
     pg.run();
     // The pool reconnects on demand: the same store works again, its data intact.
     let until = Instant::now() + Duration::from_secs(10);

@@ -52,6 +52,9 @@ pub enum StoreError {
     Postgres(#[source] tokio_postgres::Error),
     #[error("state store: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// A record the code cannot read (an unknown binding state, say): never used on a guess.
+    #[error("state store: unreadable record: {0}")]
+    Corrupt(String),
 }
 
 impl From<tokio_postgres::Error> for StoreError {

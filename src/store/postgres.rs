@@ -377,7 +377,7 @@ impl super::Store for PgStore {
                     role: Role::parse(r.get(3)),
                     // An unknown state is an error, not a default (as in SQLite).
                     state: state.parse().map_err(|e: super::UnknownBindingState| {
-                        StoreError::Unavailable(format!("bad binding row: {e}"))
+                        StoreError::Corrupt(e.to_string())
                     })?,
                     show_key_id: r.get::<_, i32>(5) != 0,
                 })
