@@ -76,7 +76,7 @@ pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Store>,
     let mut settings =
         crate::config::database_settings(&config.database_url).map_err(|message| {
             crate::config::ConfigError::Invalid {
-                path: "database_url".into(),
+                path: "configuration".into(),
                 message,
             }
         })?;
@@ -198,7 +198,8 @@ pub trait Store: Send + Sync {
         Ok(SystemTime::now())
     }
     /// Calls `wake` whenever another process bumps the generation, where the backend can
-    /// tell at once (PostgreSQL's NOTIFY); the daemon's poll covers the others.
+    /// tell at once (PostgreSQL's NOTIFY); the daemon's poll covers the others. `wake` runs
+    /// on the store's own thread: it must hand work off, never call the store itself.
     fn on_change(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
         let _ = wake;
     }

@@ -10,6 +10,10 @@
 //! pool, `block_in_place`, no runtime at all) can use it without nesting runtimes, and the
 //! pool and the NOTIFY listener live as long as the store.
 //!
+//! The journal needs no claim (`FOR UPDATE SKIP LOCKED`) here: as in SQLite it records, per
+//! recipient, what the reinjection listener already took, with insert-if-absent, and only the
+//! host that runs the outbound side writes it.
+//!
 //! Outages: every call is bounded ([`Timeouts`]); a refused connection, a lost one or no
 //! answer in time is `StoreError::Unavailable`, which the milter answers with 451 4.3.0. The
 //! pool makes new connections on demand, so service resumes by itself when the database
