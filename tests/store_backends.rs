@@ -476,3 +476,84 @@ fn postgres_outage_is_an_error_and_service_resumes_by_itself() {
         .replay_record("enc@lists.example.org", b"d", 3600)
         .unwrap());
 }
+
+/// The milter on PostgreSQL, as two MX hosts: two daemons on one database. The same post
+/// through the second host is held back (451 4.7.1) while the first copy is not known to be
+/// with Mailman, and discarded once Mailman emitted it; with the database down, a new post
+/// gets 451 4.3.0, and goes through once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_milters_on_postgres_share_the_replay_record_and_defer_during_an_outage() {
+    use support::gpg::GpgMember;
+    use support::milter::{self, Mail};
+    use support::site::{Site, LIST, LIST_BOUNCES};
+
+    let mut pg = Postgres::start();
+    pg.create_database("site");
+    let site = Site::new();
+    let password_file = site.path("db-password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    let text = format!(
+        "{text}database_url = \"{}\"\ndatabase_password_file = \"{}\"\n",
+        pg.url("site"),
+        password_file.display()
+    );
+    std::fs::write(&site.config, text).unwrap();
+    site.create_list(LIST);
+    // Bound through the CLI, so into PostgreSQL (the certificate store is the site's files).
+    let alice = GpgMember::new(&site, "alice", true);
+    assert_eq!(
+        pg.psql("site", "SELECT address FROM bindings"),
+        alice.address
+    );
+
+    let host_a = milter::start(&site.config).await;
+    let host_b = milter::start(&site.config).await;
+    let post = Mail::parse(&alice.post("[enc] once", "Only once, please."));
+    let (for_mailman, first) = milter::transact(host_a.inbound, &alice.address, LIST, &post).await;
+    milter::assert_goes_on(&first, "the post through host A");
+    let for_mailman = post.apply(&for_mailman);
+    let (_, early) = milter::transact(host_b.inbound, &alice.address, LIST, &post).await;
+    milter::assert_reply(
+        &early,
+        "451",
+        "4.7.1",
+        "the same post through host B, first copy not yet with Mailman",
+    );
+    let (_, out) =
+        milter::transact(host_a.outbound, LIST_BOUNCES, &alice.address, &for_mailman).await;
+    milter::assert_goes_on(&out, "Mailman's copy through host A's outbound listener");
+    let (_, late) = milter::transact(host_b.inbound, &alice.address, LIST, &post).await;
+    assert_eq!(
+        late,
+        indymilter_test::Status::Discard,
+        "the same post through host B once Mailman has it: {}",
+        milter::reply_text(&late)
+    );
+
+    pg.stop();
+    let second = Mail::parse(&alice.post("[enc] during the outage", "Later, please."));
+    let (_, down) = milter::transact(host_b.inbound, &alice.address, LIST, &second).await;
+    milter::assert_reply(&down, "451", "4.3.0", "a post while the database is down");
+    pg.run();
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, again) = milter::transact(host_b.inbound, &alice.address, LIST, &second).await;
+        if matches!(
+            again,
+            indymilter_test::Status::Continue | indymilter_test::Status::Accept
+        ) {
+            break;
+        }
+        milter::assert_reply(
+            &again,
+            "451",
+            "4.3.0",
+            "a retry while the database comes back",
+        );
+        assert!(Instant::now() < until, "service never resumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host_a.stop().await;
+    host_b.stop().await;
+}
