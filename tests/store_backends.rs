@@ -4,7 +4,8 @@
 //! of many concurrent claims, an automatic reply is allowed once, the journal keeps each
 //! recipient once. PostgreSQL also: migrations once and idempotent, a newer schema refused,
 //! the password from a file, NOTIFY on a change, and an outage answered with an error that
-//! clears by itself when the database returns.
+//! clears by itself when the database returns; and two milter daemons on one database, as two
+//! MX hosts, sharing the replay record and answering 451 while the database is down.
 //!
 //! PostgreSQL is a throwaway cluster on a unix socket (tests/support/postgres.rs).
 
