@@ -1,161 +1,29 @@
-//! Keys and certificates on a PostgreSQL site (issue 12, "What lives where" and "Propagation"),
-//! with a throwaway cluster (tests/support/postgres.rs) and two hosts that share nothing but
-//! the database and copies of the policy files:
-//! - a member bound on host A through the CLI (binding and certificate) is honoured by host
-//!   B's daemon within a second, and so is a subkey rotation made on host A;
+//! Keys and certificates on a PostgreSQL site (issue 12, "What lives where"), with a throwaway
+//! cluster (tests/support/postgres.rs) and hosts that share nothing but the database and
+//! copies of the policy files (tests/support/pg_site.rs; propagation timing is in
+//! tests/pg_propagation.rs):
 //! - `certs export` writes a pgp.cert.d directory that the reference implementation of the
 //!   format (openpgp-cert-d, sq's cert store) reads, and `certs import` round-trips it, on
 //!   PostgreSQL and on SQLite;
 //! - the database never holds an unprotected list secret key;
 //! - `check-config` warns when the hosts' policy files differ;
-//! - two hosts changing one certificate or list key at once never lose a change.
+//! - two hosts changing one certificate or list key at once never lose a change;
+//! - the key address spans hosts: offered on one, proven and certified on the other.
 
 mod support;
 
 use openpgp::parse::Parse;
 use sequoia_openpgp as openpgp;
 use std::path::Path;
-use std::time::{Duration, Instant};
-use support::gpg::GpgMember;
+use std::time::Duration;
+use support::gpg::{Gpg, GpgMember};
 use support::milter::{self, Mail};
+use support::pg_site::{append_config, deploy_policy, first_accepted, host, LIST_PASSPHRASE};
 use support::postgres::{Postgres, PASSWORD};
 use support::process::{run, run_ok};
+use support::sink;
 use support::site::{Site, LIST};
-
-/// The list keys' passphrase every host is given (`passphrase_file`).
-const LIST_PASSPHRASE: &str = "list key passphrase";
-
-/// A host of a PostgreSQL site: its own keyrings, state and policy directory, the shared
-/// database, the list keys' passphrase and a host name of its own.
-fn host(pg: &Postgres, database: &str, name: &str) -> Site {
-    let site = Site::new();
-    let password = site.path("db-password");
-    std::fs::write(&password, PASSWORD).unwrap();
-    let passphrase = site.path("list-passphrase");
-    std::fs::write(&passphrase, format!("{LIST_PASSPHRASE}\n")).unwrap();
-    append_config(
-        &site,
-        &format!(
-            "database_url = \"{}\"\ndatabase_password_file = \"{}\"\n\
-             passphrase_file = \"{}\"\nhost_name = \"{name}\"\n",
-            pg.url(database),
-            password.display(),
-            passphrase.display()
-        ),
-    );
-    site
-}
-
-fn append_config(site: &Site, lines: &str) {
-    let text = std::fs::read_to_string(&site.config).unwrap();
-    std::fs::write(&site.config, format!("{text}{lines}")).unwrap();
-}
-
-/// Deploys `from`'s policy file of `LIST` to `to`, as configuration management would.
-fn deploy_policy(from: &Site, to: &Site) {
-    let name = format!("{LIST}.toml");
-    std::fs::create_dir_all(to.path("lists.d")).unwrap();
-    std::fs::copy(
-        from.path("lists.d").join(&name),
-        to.path("lists.d").join(&name),
-    )
-    .unwrap();
-}
-
-/// The first armored OpenPGP message in `message`.
-fn armored_part(message: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(message);
-    let start = text.find("-----BEGIN PGP MESSAGE-----").unwrap();
-    let end = text.find("-----END PGP MESSAGE-----").unwrap();
-    format!("{}-----END PGP MESSAGE-----\n", &text[start..end]).into_bytes()
-}
-
-/// Sends `post` from `from` through `inbound` until it goes on; returns when the attempt
-/// that passed was started, and whether it was the first.
-async fn first_accepted(inbound: std::net::SocketAddr, from: &str, post: &Mail) -> (Instant, bool) {
-    let until = Instant::now() + Duration::from_secs(20);
-    let mut first = true;
-    loop {
-        let started = Instant::now();
-        let (_, status) = milter::transact(inbound, from, LIST, post).await;
-        if matches!(
-            status,
-            indymilter_test::Status::Continue | indymilter_test::Status::Accept
-        ) {
-            return (started, first);
-        }
-        first = false;
-        assert!(
-            Instant::now() < until,
-            "never accepted: {}",
-            milter::reply_text(&status)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_member_and_a_rotation_on_host_a_reach_host_b_within_a_second() {
-    let pg = Postgres::start();
-    pg.create_database("site");
-    let a = host(&pg, "site", "mx-a");
-    let b = host(&pg, "site", "mx-b");
-    a.create_list(LIST);
-    deploy_policy(&a, &b);
-    // The list key went to the database, and from nowhere else does host B get it.
-    assert_eq!(pg.psql("site", "SELECT list FROM list_keys"), LIST);
-    for site in [&a, &b] {
-        assert!(!site.path("keyrings/lists").join(LIST).exists());
-    }
-    let host_b = milter::start(&b.config).await;
-
-    let alice = GpgMember::new(&a, "alice", false);
-    let post = Mail::parse(&alice.post("[enc] hello", "From host A's new member."));
-    let (_, before) = milter::transact(host_b.inbound, &alice.address, LIST, &post).await;
-    milter::assert_reply(&before, "550", "5.7.1", "a post from a stranger");
-    a.bind(LIST, &alice.address, &alice.cert, false);
-    let bound = Instant::now();
-    // Binding and certificate are in the database; host A's files hold no certificate.
-    assert_eq!(
-        pg.psql("site", "SELECT fingerprint FROM certs"),
-        alice.fingerprint
-    );
-    assert!(!a.cert_store_path(&alice.fingerprint).exists());
-    let (accepted, _) = first_accepted(host_b.inbound, &alice.address, &post).await;
-    assert!(
-        accepted.duration_since(bound) <= Duration::from_secs(1),
-        "host B honoured the binding {:?} after host A made it",
-        accepted.duration_since(bound)
-    );
-
-    let out = run_ok(a.cli().args(["list", "rotate-subkey", LIST]), None);
-    let rotated = Instant::now();
-    let out = String::from_utf8(out).unwrap();
-    let new_subkey: String = out
-        .lines()
-        .find_map(|l| l.strip_prefix("new encryption subkey "))
-        .expect("the new subkey is named")
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .collect();
-    // Alice refreshes the list key (from host A) and encrypts to its newest subkey only.
-    alice.gpg.import(&a.export_list_key(LIST));
-    let post = Mail::parse(&alice.post("[enc] after the rotation", "To the new subkey."));
-    let packets = alice.gpg.list_packets(&armored_part(&post.render()));
-    let key_id = &new_subkey[new_subkey.len() - 16..];
-    assert!(
-        packets.contains(&format!("keyid {}", key_id.to_ascii_uppercase())),
-        "the post is encrypted to the new subkey {key_id}:\n{packets}"
-    );
-    // Making the post takes a while (gpg): if its first attempt passes, the key was there.
-    let (accepted, first) = first_accepted(host_b.inbound, &alice.address, &post).await;
-    assert!(
-        first || accepted.duration_since(rotated) <= Duration::from_secs(1),
-        "host B decrypted with the new subkey {:?} after the rotation on host A",
-        accepted.duration_since(rotated)
-    );
-    host_b.stop().await;
-}
+use support::text::to_crlf;
 
 /// Every certificate in a pgp.cert.d directory, as the format's reference implementation
 /// reads it: fingerprint (upper-case hex) and bytes.
@@ -376,4 +244,103 @@ fn a_stale_version_never_overwrites_a_certificate_or_a_list_key() {
         .list_key_put(LIST, b"pub3", b"stale", Some(seen.version))
         .unwrap());
     assert_eq!(one.list_key_get(LIST).unwrap().unwrap().bytes, b"rotated");
+}
+
+const KEY_ADDRESS: &str = "enc-key@lists.example.test";
+
+/// A PGP/MIME message to the key address: `inner` signed by `gpg`'s key, encrypted to the list.
+fn signed_and_encrypted(gpg: &Gpg, address: &str, subject: &str, inner: &[u8]) -> Vec<u8> {
+    let armored = gpg.ok(
+        &["--armor", "--sign", "--encrypt", "--recipient", LIST],
+        Some(inner),
+    );
+    let armored = String::from_utf8(armored).unwrap();
+    format!(
+        "From: {address}\nTo: {KEY_ADDRESS}\nSubject: {subject}\nMIME-Version: 1.0\n\
+         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"e\"\n\n\
+         --e\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--e\n\
+         Content-Type: application/octet-stream\n\n{armored}\n--e--\n"
+    )
+    .into_bytes()
+}
+
+async fn to_key_address(daemon: &milter::Running, from: &str, message: &[u8]) {
+    let mail = Mail::parse(message);
+    let (_, status) = milter::transact(daemon.inbound, from, KEY_ADDRESS, &mail).await;
+    assert_eq!(status, indymilter_test::Status::Discard, "consumed");
+}
+
+/// The key address spans hosts: a key offered through host A is proven through host B (the
+/// offered certificate and the challenge are in the database), the member then posts through
+/// host A, and a certification of the list key sent through host B is published by host A.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_offered_through_host_a_is_proven_through_host_b() {
+    let pg = Postgres::start();
+    pg.create_database("site");
+    let a = host(&pg, "site", "mx-a");
+    let b = host(&pg, "site", "mx-b");
+    a.create_list(LIST);
+    deploy_policy(&a, &b);
+    let sink = sink::Sink::start();
+    a.reinject_to(sink.port);
+    b.reinject_to(sink.port);
+    let host_a = milter::start(&a.config).await;
+    let host_b = milter::start(&b.config).await;
+
+    let dave = GpgMember::new(&a, "dave", false);
+    let armored = std::fs::read_to_string(&dave.cert).unwrap();
+    let offer = format!(
+        "From: dave <{addr}>\nTo: {KEY_ADDRESS}\nSubject: bind\n\n{armored}\n",
+        addr = dave.address
+    );
+    to_key_address(&host_a, &dave.address, offer.as_bytes()).await;
+    let challenge = sink.wait_for_deliveries(&dave.address, 1, Duration::from_secs(10));
+    let opened = dave.gpg.decrypt(&challenge[0].data);
+    assert!(opened.decrypted(), "{}", opened.report());
+    let token_line = String::from_utf8(opened.plaintext)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("listcrypt-token: "))
+        .expect("the challenge carries a token")
+        .to_string();
+    let inner = to_crlf(
+        format!("Content-Type: text/plain\n\n> {token_line}\nyes, that was me\n").as_bytes(),
+    );
+    let reply = signed_and_encrypted(&dave.gpg, &dave.address, "Re: [...]", &inner);
+    to_key_address(&host_b, &dave.address, &reply).await;
+    let members = String::from_utf8(run_ok(b.cli().args(["member", "list", LIST]), None)).unwrap();
+    assert!(
+        members.lines().any(|l| l.starts_with(&dave.address)
+            && l.contains(&dave.fingerprint)
+            && l.contains(" active ")),
+        "proven through host B: {members}"
+    );
+    let post = Mail::parse(&dave.post("[enc] hi", "Bound by mail."));
+    // Host A reloads on the binding host B made (its first attempts may come before).
+    first_accepted(host_a.inbound, &dave.address, &post).await;
+
+    // Dave certifies the list key and sends it through host B; host A publishes it.
+    dave.gpg
+        .ok(&["--quick-sign-key", &dave.list_fingerprint], None);
+    let certified = dave
+        .gpg
+        .ok(&["--armor", "--export", &dave.list_fingerprint], None);
+    let inner = to_crlf(
+        format!(
+            "Content-Type: multipart/mixed; boundary=\"k\"\n\n--k\nContent-Type: text/plain\n\n\
+             I vouch for the list key\n--k\nContent-Type: application/pgp-keys\n\n{}\n--k--\n",
+            String::from_utf8(certified).unwrap()
+        )
+        .as_bytes(),
+    );
+    let signing = signed_and_encrypted(&dave.gpg, &dave.address, "[...]", &inner);
+    to_key_address(&host_b, &dave.address, &signing).await;
+    let published = run_ok(a.cli().args(["list", "export-key", LIST]), None);
+    let packets = dave.gpg.list_packets(&published);
+    assert!(
+        packets.contains(&format!("keyid {}", &dave.fingerprint[24..])),
+        "dave's certification is published by host A:\n{packets}"
+    );
+    host_a.stop().await;
+    host_b.stop().await;
 }

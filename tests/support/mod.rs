@@ -18,6 +18,7 @@ pub mod mailman;
 pub mod milter;
 pub mod mime;
 pub mod net;
+pub mod pg_site;
 pub mod postfix;
 pub mod postgres;
 pub mod process;
