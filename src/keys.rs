@@ -1,5 +1,6 @@
-//! Where list secret keys live and how they are changed under a lock, member bindings, and the
-//! in-memory keyring snapshot the daemon works from. The OpenPGP work itself is in `pgp/`.
+//! Where list secret keys live (files, or the database several hosts share) and how they are
+//! changed without losing a concurrent change, member bindings, and the in-memory keyring
+//! snapshot the daemon works from. The OpenPGP work itself is in `pgp/`.
 
 use crate::config::{Config, ConfigError, PassphraseSource, Policy};
 use crate::pgp::{self, Cert, Fingerprint, Password, Protection, Signature};

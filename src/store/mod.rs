@@ -5,7 +5,8 @@
 //! One file per concern (bindings, replay, pending, rate, journal), each a set of functions
 //! over a `rusqlite` connection or transaction; `schema` holds the versioned migrations. The
 //! `Store` impl here only opens transactions and delegates. Several MX hosts share one
-//! PostgreSQL instead (`database_url`): see `postgres` for that backend.
+//! PostgreSQL instead (`database_url`): see `postgres` for that backend, which also keeps the
+//! member certificates and list keys (`keeps_keys`) that SQLite sites keep in `keyring_dir`.
 
 mod backup;
 mod bindings;

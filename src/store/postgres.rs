@@ -1,6 +1,9 @@
 //! The PostgreSQL backend, for several MX hosts sharing one state: the same `Store` as SQLite,
 //! with the same semantics, made safe across hosts by the database itself (`INSERT … ON
 //! CONFLICT` for insert-if-absent, row locks on the generation counter, the database's clock).
+//! It also holds what SQLite sites keep in `keyring_dir`: member certificates and the list
+//! keys (secrets only passphrase-protected, checked by `keys`), changed by compare-and-set on
+//! a version so two hosts never lose each other's change.
 //!
 //! Design: the `Store` trait is synchronous and the daemon calls it from the blocking pool
 //! (`Daemon::blocking`, `block_in_place`), the CLI from plain threads. `PgStore` therefore owns
