@@ -741,6 +741,23 @@ mod tests {
     }
 
     #[test]
+    fn each_host_has_one_policy_digest_record_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.host_record("mx-b", "bb").unwrap();
+        s.host_record("mx-a", "a1").unwrap();
+        s.host_record("mx-a", "a2").unwrap();
+        let hosts: Vec<(String, String)> = s
+            .hosts()
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.host, h.policy_sha256))
+            .collect();
+        let want = [("mx-a", "a2"), ("mx-b", "bb")].map(|(h, d)| (h.into(), d.into()));
+        assert_eq!(hosts, want);
+    }
+
+    #[test]
     fn a_failed_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
