@@ -3,9 +3,11 @@
 //! The file is parsed with the `toml` crate first so that every diagnostic carries
 //! `file:line:column`; figment then layers `LISTCRYPT_<KEY>` environment overrides on top.
 
+mod mailman_api;
 mod policy;
 mod socket;
 
+pub use mailman_api::{ApiEndpoint, MailmanApi};
 pub use policy::{Action, HeaderProtection, MissingKeyAction, Padding, Policy};
 pub use socket::SocketSpec;
 
@@ -212,6 +214,8 @@ pub struct Config {
     pub http_listen: String,
     /// `IP:PORT` of the OpenMetrics listener, loopback only; empty = off.
     pub metrics_listen: String,
+    /// Mailman's REST API (`doctor`, the owners' pages).
+    pub mailman_api: MailmanApi,
     pub limits: Limits,
 }
 
@@ -235,6 +239,7 @@ impl Default for Config {
             log_level: "info".into(),
             http_listen: String::new(),
             metrics_listen: String::new(),
+            mailman_api: MailmanApi::default(),
             limits: Limits::default(),
         }
     }
@@ -344,6 +349,7 @@ impl Config {
                 self.socket_mode
             ));
         }
+        self.mailman_api.endpoint()?;
         self.address_config().validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("log_level: {e}"))?;
@@ -377,6 +383,15 @@ impl Config {
             if let (true, Some(dir)) = (path.is_relative(), base(key)) {
                 *path = dir.join(&*path);
             }
+        }
+        // Empty means not configured, not the config file's directory.
+        let password = &mut self.mailman_api.password_file;
+        if let (false, true, Some(dir)) = (
+            password.as_os_str().is_empty(),
+            password.is_relative(),
+            base("mailman_api.password_file"),
+        ) {
+            *password = dir.join(&*password);
         }
         for (key, socket) in [
             ("inbound_socket", &mut self.inbound_socket),
