@@ -236,39 +236,50 @@ impl Fixture {
         self.postfix.postconf(args);
     }
 
-    /// A GnuPG user whose encryption subkey and primary key expire in `days`.
-    fn expiring_user(&self, name: &str, email: &str, days: u32) -> (Gpg, PathBuf) {
+    /// A GnuPG key (Ed25519 signing, Cv25519 encryption subkey) for `email`, made
+    /// `created_days_ago`, expiring `days` after that; its public and secret key files.
+    fn expiring_key(
+        &self,
+        email: &str,
+        days: u32,
+        created_days_ago: u64,
+    ) -> (Gpg, PathBuf, PathBuf) {
         let gpg = Gpg::new(self.base.join("gnupg").join(email));
-        let uid = format!("{name} <{email}>");
+        let uid = format!("<{email}>");
         let expiry = format!("{days}d");
+        let created = support::site::now() - created_days_ago * 86_400;
+        let faked = created.to_string();
+        let generate = ["--faked-system-time", &faked, "--passphrase", ""];
         gpg.ok(
             &[
-                "--passphrase",
-                "",
-                "--quick-gen-key",
-                &uid,
-                "ed25519",
-                "sign",
-                &expiry,
-            ],
+                &generate[..],
+                &["--quick-gen-key", &uid, "ed25519", "sign", &expiry],
+            ]
+            .concat(),
             None,
         );
-        let fpr = gpg.fingerprint(&format!("<{email}>"));
+        let fpr = gpg.fingerprint(&uid);
         gpg.ok(
             &[
-                "--passphrase",
-                "",
-                "--quick-add-key",
-                &fpr,
-                "cv25519",
-                "encr",
-                &expiry,
-            ],
+                &generate[..],
+                &["--quick-add-key", &fpr, "cv25519", "encr", &expiry],
+            ]
+            .concat(),
             None,
         );
-        let cert = self.base.join(format!("{email}.asc"));
-        gpg.export(&fpr, &cert);
-        (gpg, cert)
+        let public = self.base.join(format!("{email}.asc"));
+        gpg.export(&fpr, &public);
+        let secret = self.base.join(format!("{email}.secret.asc"));
+        gpg.export_secret(&fpr, &secret);
+        (gpg, public, secret)
+    }
+
+    /// listcrypt's secret key file of `list`.
+    fn list_secret(&self, list: &str) -> PathBuf {
+        self.base
+            .join("listcrypt/keyrings/lists")
+            .join(list)
+            .join("secret.pgp")
     }
 }
 
@@ -551,7 +562,7 @@ fn doctor_reads_mailman_and_names_each_misconfiguration() {
     );
 
     // A member key that stops being usable in 20 days.
-    let (_erin, cert) = fx.expiring_user("Erin", "erin@example.net", 20);
+    let (_erin, cert, _) = fx.expiring_key("erin@example.net", 20, 0);
     let report = fx.expect(
         &baseline,
         &["warn key expiry"],
@@ -580,6 +591,31 @@ fn doctor_reads_mailman_and_names_each_misconfiguration() {
     );
     assert!(
         line(&report, "warn key expiry").contains("erin@example.net"),
+        "{report}"
+    );
+    // A list key that expires in 20 days, and one that expired ten days ago.
+    let list_key = fx.list_secret(LIST);
+    let saved_key = std::fs::read(&list_key).unwrap();
+    let (_soon, _, soon_secret) = fx.expiring_key(LIST, 20, 0);
+    let report = fx.expect(
+        &baseline,
+        &["warn key expiry"],
+        |_| std::fs::copy(&soon_secret, &list_key).map(drop).unwrap(),
+        |_| write(&list_key, &saved_key),
+    );
+    assert!(
+        line(&report, "warn key expiry").contains(&format!("the list key of {LIST}")),
+        "{report}"
+    );
+    let (_dead, _, dead_secret) = fx.expiring_key("old@lists.example.test", 30, 40);
+    let report = fx.expect(
+        &baseline,
+        &["FAIL key expiry"],
+        |_| std::fs::copy(&dead_secret, &list_key).map(drop).unwrap(),
+        |_| write(&list_key, &saved_key),
+    );
+    assert!(
+        line(&report, "FAIL key expiry").contains(&format!("the list key of {LIST}")),
         "{report}"
     );
 
