@@ -658,6 +658,26 @@ fn doctor_reads_mailman_and_names_each_misconfiguration() {
         "{report}"
     );
 
+    // The daemon's state owned by its own user: doctor reads it as that user and is root
+    // again afterwards (the password file below is root's alone).
+    let password_file = fx.base.join("mailman-api.pass");
+    support::files::chmod(&password_file, 0o600);
+    let state = [
+        fx.base.join("listcrypt/state"),
+        fx.base.join("listcrypt/keyrings"),
+    ];
+    let chown = |owner: &str| {
+        for dir in &state {
+            run_ok(Command::new("chown").args(["-R", owner]).arg(dir), None);
+        }
+    };
+    fx.expect(
+        &baseline,
+        &[],
+        |_| chown("nobody:nogroup"),
+        |_| chown("root:root"),
+    );
+
     // A listcrypt list that Mailman does not know: Postfix neither accepts its key address
     // nor routes it to Mailman, and Mailman would refuse its posts. Last: not undone.
     let report = fx.expect(

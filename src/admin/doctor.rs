@@ -727,7 +727,7 @@ struct Keys {
     bindings: HashMap<String, Vec<Binding>>,
 }
 
-/// Reads the store as the owner of `state_dir` (doctor runs as root): SQLite's -wal and -shm
+/// Opens the store as the owner of `state_dir` (doctor runs as root): SQLite's -wal and -shm
 /// files must stay the daemon's, and a missing database is not created.
 fn load_keys(config: &Config) -> Result<Keys, String> {
     // SqliteStore's file name.
@@ -738,8 +738,11 @@ fn load_keys(config: &Config) -> Result<Keys, String> {
             database.display()
         ));
     }
-    let _owner = AsOwner::of(&config.state_dir)?;
-    let store = SqliteStore::open(&config.state_dir).map_err(|e| e.to_string())?;
+    // SQLite creates -wal and -shm when it opens the database; later reads use them.
+    let store = {
+        let _owner = AsOwner::of(&config.state_dir)?;
+        SqliteStore::open(&config.state_dir).map_err(|e| e.to_string())?
+    };
     let keyring = Keyring::load(config, &store).map_err(|e| e.to_string())?;
     let mut bindings = HashMap::new();
     for list in keyring.lists.keys() {
@@ -751,8 +754,9 @@ fn load_keys(config: &Config) -> Result<Keys, String> {
     Ok(Keys { keyring, bindings })
 }
 
-/// Root's effective ids switched to a directory's owner until dropped.
-struct AsOwner(bool);
+/// Root's effective ids switched to a directory's owner until dropped; holds the effective
+/// group to return to (`None`: nothing was switched).
+struct AsOwner(Option<nix::unistd::Gid>);
 
 impl AsOwner {
     fn of(dir: &Path) -> Result<AsOwner, String> {
@@ -760,10 +764,10 @@ impl AsOwner {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if !Uid::effective().is_root() || meta.uid() == 0 {
-            return Ok(AsOwner(false));
+            return Ok(AsOwner(None));
         }
+        let owner = AsOwner(Some(Gid::effective()));
         setegid(Gid::from_raw(meta.gid())).map_err(|e| format!("setegid: {e}"))?;
-        let owner = AsOwner(true);
         seteuid(Uid::from_raw(meta.uid())).map_err(|e| format!("seteuid: {e}"))?;
         Ok(owner)
     }
@@ -771,9 +775,10 @@ impl AsOwner {
 
 impl Drop for AsOwner {
     fn drop(&mut self) {
-        if self.0 {
+        if let Some(gid) = self.0 {
+            // Root first: only root may set the group back.
             let _ = nix::unistd::seteuid(nix::unistd::Uid::from_raw(0));
-            let _ = nix::unistd::setegid(nix::unistd::Gid::from_raw(0));
+            let _ = nix::unistd::setegid(gid);
         }
     }
 }
