@@ -3,10 +3,12 @@
 //! The file is parsed with the `toml` crate first so that every diagnostic carries
 //! `file:line:column`; figment then layers `LISTCRYPT_<KEY>` environment overrides on top.
 
+mod mailman_api;
 mod passphrase;
 mod policy;
 mod socket;
 
+pub use mailman_api::{ApiEndpoint, MailmanApi};
 pub use passphrase::{prompt as prompt_passphrase, PassphraseSource, CREDENTIAL_NAME};
 pub use policy::{Action, HeaderProtection, MissingKeyAction, Padding, Policy};
 pub use socket::SocketSpec;
@@ -229,6 +231,8 @@ pub struct Config {
     pub database_password_file: PathBuf,
     /// This host's name in the database's record of policy digests; empty = the system's.
     pub host_name: String,
+    /// Mailman's REST API (`doctor`, the owners' pages).
+    pub mailman_api: MailmanApi,
     pub limits: Limits,
 }
 
@@ -256,6 +260,7 @@ impl Default for Config {
             database_url: String::new(),
             database_password_file: PathBuf::new(),
             host_name: String::new(),
+            mailman_api: MailmanApi::default(),
             limits: Limits::default(),
         }
     }
@@ -368,6 +373,7 @@ impl Config {
                 self.socket_mode
             ));
         }
+        self.mailman_api.endpoint()?;
         self.address_config().validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("log_level: {e}"))?;
@@ -404,6 +410,15 @@ impl Config {
             if let (true, true, Some(dir)) = (set, path.is_relative(), base(key)) {
                 *path = dir.join(&*path);
             }
+        }
+        // Empty means not configured, not the config file's directory.
+        let password = &mut self.mailman_api.password_file;
+        if let (false, true, Some(dir)) = (
+            password.as_os_str().is_empty(),
+            password.is_relative(),
+            base("mailman_api.password_file"),
+        ) {
+            *password = dir.join(&*password);
         }
         for (key, socket) in [
             ("inbound_socket", &mut self.inbound_socket),
