@@ -119,6 +119,24 @@ impl Listcrypt {
         write(&self.config, out);
     }
 
+    /// Puts the shared state in PostgreSQL (`database_url`, password from
+    /// `database_password_file`), as every MX host of a multi-host site is configured. Call it
+    /// before `set_limits`: the keys must stay above the `[limits]` table.
+    pub fn use_database(&self, url: &str, password_file: &Path) {
+        let text = read_lossy(&self.config);
+        assert!(
+            !text.contains("\n[limits]\n"),
+            "use_database after set_limits would put the keys into [limits]"
+        );
+        write(
+            &self.config,
+            format!(
+                "{text}database_url = \"{url}\"\ndatabase_password_file = \"{}\"\n",
+                password_file.display()
+            ),
+        );
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = listcrypt_cmd();
         cmd.arg("-c").arg(&self.config).args(args);
