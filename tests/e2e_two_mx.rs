@@ -145,14 +145,14 @@ impl TwoMx {
         eprintln!("two-mx: PostgreSQL up ({:?})", started.elapsed());
 
         let sink = Sink::start();
-        let [a_in, a_out, a_reinject, b_in, b_out, b_reinject, lmtp_port, rest_port] =
-            free_ports();
+        let [a_in, a_out, a_reinject, b_in, b_out, b_reinject, lmtp_port, rest_port] = free_ports();
         let proxy = StallProxy::start(a_reinject);
         let mailman_base = base.join("mailman");
         let host = |name: &'static str, ports: [u16; 3], reinject_via: u16| {
             let root = mkdir(&base.join(name), 0o755);
             let socket_dir = mkdir(&root.join("run"), 0o755);
-            let listcrypt = Listcrypt::configure(&root.join("listcrypt"), &socket_dir, reinject_via);
+            let listcrypt =
+                Listcrypt::configure(&root.join("listcrypt"), &socket_dir, reinject_via);
             listcrypt.use_database(&pg.url(DATABASE), &password_file);
             let postfix = Postfix::configure(&PostfixSettings {
                 base: root.join("postfix"),
@@ -166,7 +166,9 @@ impl TwoMx {
             });
             // postfix/main.cf lists the sample domain's key address; this site's instead.
             let maps = postfix.postconf(&["-h", "relay_recipient_maps"]);
-            let maps = maps.trim().replace("enc-key@lists.example.org", KEY_ADDRESS);
+            let maps = maps
+                .trim()
+                .replace("enc-key@lists.example.org", KEY_ADDRESS);
             assert!(maps.contains(KEY_ADDRESS), "relay_recipient_maps: {maps}");
             postfix.postconf(&["-e", &format!("relay_recipient_maps = {maps}")]);
             Host {
@@ -481,13 +483,12 @@ fn same_post_through_both_hosts(w: &TwoMx) -> Post {
     );
     check_copy(w, &w.bob, &post, "R");
     // Nothing reached Mailman through B: its Postfix delivered nothing over LMTP.
-    let b_lmtp = w
-        .b
-        .postfix
-        .log()
-        .lines()
-        .filter(|l| l.contains("relay=127.0.0.1") && l.contains("status=sent"))
-        .count();
+    let b_lmtp =
+        w.b.postfix
+            .log()
+            .lines()
+            .filter(|l| l.contains("relay=127.0.0.1") && l.contains("status=sent"))
+            .count();
     assert_eq!(b_lmtp, 0, "R: B's Postfix handed a message to Mailman");
     post
 }
@@ -532,7 +533,11 @@ fn binding_propagation(w: &TwoMx) {
         let start = now_time_of_day();
         let out = support::process::run(&mut w.a.listcrypt.command(args), None);
         let exit = now_time_of_day();
-        assert!(out.status.success(), "P: `{}` failed: {out:?}", args.join(" "));
+        assert!(
+            out.status.success(),
+            "P: `{}` failed: {out:?}",
+            args.join(" ")
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         let line = loop {
             let log = w.b.listcrypt.log_text();
@@ -608,11 +613,9 @@ fn key_bound_through_a_honoured_by_b(w: &TwoMx) -> Post {
         armored = armored.replace('\n', "\r\n").replace("\r\r\n", "\r\n"),
     );
     to_key_address(&w.a, &dave.email, offer.as_bytes(), "K: the key offer");
-    let challenge = wait_for(
-        "K: the challenge to dave",
-        DELIVERY_TIMEOUT,
-        || w.sink.deliveries_to(&dave.email).into_iter().next(),
-    );
+    let challenge = wait_for("K: the challenge to dave", DELIVERY_TIMEOUT, || {
+        w.sink.deliveries_to(&dave.email).into_iter().next()
+    });
     assert_eq!(
         challenge.mail_from, "",
         "K: automatic replies have a null sender"
@@ -624,9 +627,8 @@ fn key_bound_through_a_honoured_by_b(w: &TwoMx) -> Post {
     let token = token_line(&opened.text())
         .unwrap_or_else(|| panic!("K: no token in the challenge:\n{}", opened.text()));
 
-    let inner = format!(
-        "Content-Type: text/plain; charset=utf-8\r\n\r\n> {token}\r\nyes, that was me\r\n"
-    );
+    let inner =
+        format!("Content-Type: text/plain; charset=utf-8\r\n\r\n> {token}\r\nyes, that was me\r\n");
     let reply = mime::pgp_mime_encrypted(
         &[
             ("From", &format!("Dave <{}>", dave.email)),
@@ -727,21 +729,19 @@ fn crash_during_reinjection(w: &mut TwoMx) -> Post {
     let rcpts = [&w.bob.email, &w.carol.email, &w.dave.email].map(String::as_str);
     w.exactly_one_copy_each(&post.id, &rcpts, &w.alice.email, "C");
     check_copy(w, &w.dave, &post, "C");
-    let lost = w
-        .a
-        .postfix
-        .log()
-        .lines()
-        .any(|l| l.contains("outbound.sock") && l.contains("SMFIC_BODYEOB"));
+    let lost =
+        w.a.postfix
+            .log()
+            .lines()
+            .any(|l| l.contains("outbound.sock") && l.contains("SMFIC_BODYEOB"));
     let retried = read_lossy(&w.mailman.var.join("logs/smtp.log")).contains("(451");
-    let lines: Vec<String> = w
-        .a
-        .listcrypt
-        .log_text()
-        .lines()
-        .filter(|l| l.contains(&format!("message from {LIST_BOUNCES} encrypted to")))
-        .map(str::to_string)
-        .collect();
+    let lines: Vec<String> =
+        w.a.listcrypt
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(&format!("message from {LIST_BOUNCES} encrypted to")))
+            .map(str::to_string)
+            .collect();
     eprintln!(
         "two-mx: C: Postfix lost the milter at the end of the message: {lost}; Mailman \
          retried after a 451: {retried}; A's last outbound line: {}; journal now: {:?}",
