@@ -127,22 +127,25 @@ pub fn list_create(config: &Config, address: &str, out: &mut dyn Write) -> Resul
         return Err(CommandError::new(exit::USAGE, &list, "list already exists"));
     }
     let passphrases = keys::Passphrases::configured(config);
-    let cert = keys::create_list_key_with(&config.keyring_dir, &list, &passphrases)?;
+    let store = open_store(config)?;
+    let home = keys::KeyHome::of(&config.keyring_dir, &*store);
+    let cert = keys::create_list_key_with(home, &list, &passphrases)?;
     std::fs::create_dir_all(&config.policy_dir)
         .map_err(|e| CommandError::new(exit::IOERR, config.policy_dir.display().to_string(), e))?;
     std::fs::write(&policy, Policy::default_file_text(&list))
         .map_err(|e| CommandError::new(exit::IOERR, policy.display().to_string(), e))?;
     // Running daemons pick the new list up with the next message.
-    open_store(config)?.touch()?;
+    store.touch()?;
     writeln!(out, "created list {list}").ok();
     writeln!(out, "  list key   {}", cert.fingerprint()).ok();
-    writeln!(
-        out,
-        "  secret key {}",
-        keys::list_dir(&config.keyring_dir, &list)
-            .join("secret.pgp")
-            .display()
-    )
+    match home {
+        keys::KeyHome::Files(dir) => writeln!(
+            out,
+            "  secret key {}",
+            keys::list_dir(dir, &list).join("secret.pgp").display()
+        ),
+        keys::KeyHome::Database(_) => writeln!(out, "  secret key in the database"),
+    }
     .ok();
     writeln!(out, "  policy     {}", policy.display()).ok();
     match passphrases.source() {
@@ -153,6 +156,71 @@ pub fn list_create(config: &Config, address: &str, out: &mut dyn Write) -> Resul
         )
         .ok(),
     };
+    Ok(())
+}
+
+/// Where `list protect` finds the key: the database, unless the site moved to PostgreSQL and
+/// this key is still only in `keyring_dir` (it must be protected before `list upload`).
+fn key_home_for_protect<'a>(
+    config: &'a Config,
+    store: &'a dyn Store,
+    list: &str,
+) -> Result<keys::KeyHome<'a>> {
+    let home = keys::KeyHome::of(&config.keyring_dir, store);
+    let on_disk = keys::list_dir(&config.keyring_dir, list).join("secret.pgp");
+    if store.keeps_keys() && store.list_key_get(list)?.is_none() && on_disk.exists() {
+        return Ok(keys::KeyHome::Files(&config.keyring_dir));
+    }
+    Ok(home)
+}
+
+/// `list upload ADDRESS`: copies a list key from `keyring_dir` into the database (a site
+/// moving to PostgreSQL); only a passphrase-protected key is uploaded.
+pub fn list_upload(config: &Config, address: &str, out: &mut dyn Write) -> Result<()> {
+    let list = list_address(address)?;
+    existing_list(config, &list)?;
+    let store = open_store(config)?;
+    if keys::upload_list_key(&config.keyring_dir, &*store, &list)? {
+        writeln!(out, "uploaded {list}'s key to the database").ok();
+    } else {
+        writeln!(out, "{list}'s key is in the database already").ok();
+    }
+    Ok(())
+}
+
+/// `certs export DIR`: every member certificate into a pgp.cert.d directory (for
+/// `sq --cert-store DIR`), merged with what DIR holds.
+pub fn certs_export(config: &Config, dir: &Path, out: &mut dyn Write) -> Result<()> {
+    let store = open_store(config)?;
+    let from = keys::CertStore::of(&config.keyring_dir, &*store);
+    let to = keys::CertDir::at(dir);
+    let certs = from.all()?;
+    for cert in &certs {
+        to.insert(cert)?;
+    }
+    writeln!(out, "exported {} certificate(s) to {}", certs.len(), dir.display()).ok();
+    Ok(())
+}
+
+/// `certs import DIR`: every certificate of a pgp.cert.d directory into the certificate
+/// store (the database with `database_url`, else `keyring_dir/certs`), merged.
+pub fn certs_import(config: &Config, dir: &Path, out: &mut dyn Write) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(CommandError::new(
+            exit::USAGE,
+            dir.display().to_string(),
+            "no such directory",
+        ));
+    }
+    let store = open_store(config)?;
+    let to = keys::CertStore::of(&config.keyring_dir, &*store);
+    let certs = keys::CertDir::at(dir).all()?;
+    for cert in &certs {
+        to.insert(cert)?;
+    }
+    // Bound certificates may have changed: daemons reload.
+    store.touch()?;
+    writeln!(out, "imported {} certificate(s) from {}", certs.len(), dir.display()).ok();
     Ok(())
 }
 
@@ -167,14 +235,16 @@ pub fn list_protect(
     let list = list_address(address)?;
     existing_list(config, &list)?;
     let current = keys::Passphrases::interactive(config);
-    let on_disk = keys::load_list_key(&config.keyring_dir, &list)?;
+    let store = open_store(config)?;
+    let home = key_home_for_protect(config, &*store, &list)?;
+    let on_disk = keys::load_list_key(home, &list)?;
     let protected = pgp::protection(&on_disk) == pgp::Protection::Protected;
     let new = match (new_file, config.passphrase_source()) {
         (Some(path), _) => crate::config::PassphraseSource::File(path.to_path_buf()).read()?,
         (None, Some(source)) if !protected => source.read()?,
         (None, _) => {
             // Opened before asking for the new one, so a wrong current passphrase stops early.
-            keys::open_list_key(&config.keyring_dir, &list, &current)?;
+            keys::open_list_key(home, &list, &current)?;
             crate::config::prompt_passphrase(&format!("New passphrase for {list}"), true)?
                 .ok_or_else(|| {
                     CommandError::new(
@@ -185,8 +255,8 @@ pub fn list_protect(
                 })?
         }
     };
-    let before = keys::protect_list_key(&config.keyring_dir, &list, &current, &new)?;
-    open_store(config)?.touch()?;
+    let before = keys::protect_list_key(home, &list, &current, &new)?;
+    store.touch()?;
     match before {
         pgp::Protection::Protected => writeln!(out, "changed the passphrase of {list}'s key"),
         _ => writeln!(out, "protected {list}'s key with a passphrase"),
@@ -200,8 +270,10 @@ pub fn list_unprotect(config: &Config, address: &str, out: &mut dyn Write) -> Re
     let list = list_address(address)?;
     existing_list(config, &list)?;
     let current = keys::Passphrases::interactive(config);
-    keys::unprotect_list_key(&config.keyring_dir, &list, &current)?;
-    open_store(config)?.touch()?;
+    let store = open_store(config)?;
+    let home = keys::KeyHome::of(&config.keyring_dir, &*store);
+    keys::unprotect_list_key(home, &list, &current)?;
+    store.touch()?;
     writeln!(out, "{list}'s key is no longer protected by a passphrase").ok();
     Ok(())
 }
@@ -210,7 +282,8 @@ pub fn list_unprotect(config: &Config, address: &str, out: &mut dyn Write) -> Re
 pub fn list_export_key(config: &Config, address: &str, out: &mut dyn Write) -> Result<()> {
     let list = list_address(address)?;
     existing_list(config, &list)?;
-    let cert = keys::load_list_key(&config.keyring_dir, &list)?;
+    let store = open_store(config)?;
+    let cert = keys::load_list_key(keys::KeyHome::of(&config.keyring_dir, &*store), &list)?;
     let armored =
         pgp::armored_public(&cert).map_err(|e| CommandError::new(exit::SOFTWARE, "export", e))?;
     out.write_all(&armored)
@@ -230,9 +303,11 @@ pub fn list_rotate_subkey(
     existing_list(config, &list)?;
     let grace = std::time::Duration::from_secs(u64::from(grace_days) * 86_400);
     let passphrases = keys::Passphrases::interactive(config);
-    let r = keys::rotate_subkey(&config.keyring_dir, &list, grace, mode, &passphrases)?;
+    let store = open_store(config)?;
+    let home = keys::KeyHome::of(&config.keyring_dir, &*store);
+    let r = keys::rotate_subkey(home, &list, grace, mode, &passphrases)?;
     // Running daemons pick the new key up with the next message.
-    open_store(config)?.touch()?;
+    store.touch()?;
     if let Some(f) = &r.new_subkey {
         writeln!(out, "new encryption subkey {f}").ok();
     }
@@ -322,7 +397,7 @@ pub fn member_list(config: &Config, list: &str, out: &mut dyn Write) -> Result<(
     let list = list_address(list)?;
     existing_list(config, &list)?;
     let store = open_store(config)?;
-    let certs = keys::CertDir::new(&config.keyring_dir);
+    let certs = keys::CertStore::of(&config.keyring_dir, &*store);
     for b in store.bindings(&list)? {
         let expires = match b.fingerprint.parse().ok().map(|f| certs.get(&f)) {
             Some(Ok(Some(cert))) => keys::expiry_text(&cert),
@@ -517,6 +592,38 @@ fn send_notices(config: &Config, store: &dyn Store, notices: &[Notice]) -> Resul
     })
 }
 
+/// One warning per other host whose recorded policy digest differs from this host's files:
+/// policy files are deployed to every host, and hosts that disagree decide differently.
+fn policy_digest_warnings(config: &Config, store: &dyn Store) -> Result<Vec<String>> {
+    let me = config.host_name();
+    let mine = keys::policy_digest(config)?;
+    Ok(store
+        .hosts()?
+        .into_iter()
+        .filter(|h| h.host != me && h.policy_sha256 != mine)
+        .map(|h| {
+            let at = h
+                .seen
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            format!(
+                "policy files differ between hosts: {} recorded digest {} on {}, this host \
+                 ({me}) has {}; deploy the same {} to every host",
+                h.host,
+                short(&h.policy_sha256),
+                keys::format_date(at),
+                short(&mine),
+                config.policy_dir.display()
+            )
+        })
+        .collect())
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..16).unwrap_or(digest)
+}
+
 /// `check-config`: the daemon config, every policy file, every key and every binding.
 pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
     let mut problems = Vec::new();
@@ -530,7 +637,7 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
         for w in keys::secret_key_warnings(config, list, config.daemon_uid()) {
             eprintln!("warning: {w}");
         }
-        match keys::open_list_key(&config.keyring_dir, list, &passphrases) {
+        match keys::open_list_key(keys::KeyHome::of(&config.keyring_dir, &*store), list, &passphrases) {
             Ok(cert) => {
                 if !keys::cert_policy_ok(&cert) {
                     problems.push(format!(
@@ -541,7 +648,7 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
             Err(e @ KeyError::Passphrase(_)) => problems.push(e.to_string()),
             Err(e) => problems.push(format!("{list}: {e}")),
         }
-        let certs = keys::CertDir::new(&config.keyring_dir);
+        let certs = keys::CertStore::of(&config.keyring_dir, &*store);
         for b in store.bindings(list)? {
             let cert = b.fingerprint.parse().ok().map(|f| certs.get(&f));
             match cert {
@@ -563,6 +670,9 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
             "listcrypt: warning: no lists in {}",
             config.policy_dir.display()
         );
+    }
+    for w in policy_digest_warnings(config, &*store)? {
+        eprintln!("warning: {w}");
     }
     // Limits that do not fit in each other still run (the derived ones apply): a warning.
     for w in config.limits.misfits() {
@@ -662,12 +772,9 @@ pub fn process_inbound(
     }
     let store = open_store(config)?;
     let ledger = inbound::Peeking(&*store);
-    match tx.finish(
-        &message,
-        &config.limits,
-        &ledger,
-        std::time::SystemTime::now(),
-    ) {
+    // The daemon's clock: the database's where hosts share one.
+    let now = store.now()?;
+    match tx.finish(&message, &config.limits, &ledger, now) {
         Verdict::Deliver {
             rewrite,
             hold: None,
@@ -700,7 +807,7 @@ fn key_address_dry_run(
         limits: &config.limits,
     };
     let outcome = processor
-        .process(from, message, std::time::SystemTime::now())
+        .process(from, message, store.now()?)
         .map_err(|e| match e {
             crate::key_address::KeyAddressError::Store(e) => e.into(),
             crate::key_address::KeyAddressError::Keys(e) => e.into(),

@@ -12,7 +12,9 @@
 //! again. A dry run prints the outcome and commits nothing.
 
 use crate::config::Limits;
-use crate::keys::{check_member_cert, normalize_address, CertDir, KeyError, ListKeys, Member};
+use crate::keys::{
+    check_member_cert, normalize_address, CertStore, KeyError, KeyHome, ListKeys, Member,
+};
 use crate::message::first_address;
 use crate::mime::{self, Entity, Shape};
 use crate::pgp::{
@@ -193,9 +195,9 @@ impl Outcome {
                 store.rate_mark(list, sender, kind.as_str(), *at)?
             }
             Effect::MarkListReply { at } => store.list_reply_record(list, *at)?,
-            Effect::StoreOfferedCert(cert) => CertDir::new(keyring_dir).insert(cert)?,
+            Effect::StoreOfferedCert(cert) => CertStore::of(keyring_dir, store).insert(cert)?,
             Effect::RefreshBoundCert(cert) => {
-                let certs = CertDir::new(keyring_dir);
+                let certs = CertStore::of(keyring_dir, store);
                 let before = certs.get(&cert.fingerprint())?;
                 certs.insert(cert)?;
                 // Only a real change of a bound key makes the daemon reload every list.
@@ -213,7 +215,8 @@ impl Outcome {
                 store.pending_remove(list, &binding.address, &binding.fingerprint)?;
             }
             Effect::AddListCertifications(sigs) => {
-                let new = crate::keys::add_list_certifications(keyring_dir, list, sigs.clone())?;
+                let home = KeyHome::of(keyring_dir, store);
+                let new = crate::keys::add_list_certifications(home, list, sigs.clone())?;
                 if new > 0 {
                     store.touch()?;
                 }
@@ -359,7 +362,7 @@ impl Processor<'_> {
         message: &[u8],
         now: SystemTime,
     ) -> Step<Request> {
-        let certs = CertDir::new(self.keyring_dir);
+        let certs = CertStore::of(self.keyring_dir, self.store);
         let mut pending = Vec::new();
         for fpr in self.store.pending_for(&self.list.address, &sender)? {
             if let Some(cert) = fpr.parse().ok().and_then(|f| certs.get(&f).ok().flatten()) {

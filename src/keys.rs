@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 // The OpenPGP halves moved to `pgp/`; these keep the paths the rest of the crate uses.
 pub use crate::pgp::{
-    cert_policy_ok, check_member_cert, read_cert_file, usable_until, CertDir, EncryptionKeys,
+    cert_policy_ok, check_member_cert, read_cert_file, usable_until, CertDir, CertStore, EncryptionKeys,
     KeyError, KeyProblem, ListKeys, Member, RotateMode, Rotation,
 };
 
@@ -77,16 +77,89 @@ pub fn lock_list_secret(
         .map_err(|(_, errno)| io_err(&path)(std::io::Error::from(errno)))
 }
 
-/// Loads the list key, lets `change` modify it and saves the result, all under the lock.
-fn update_list_secret<R>(
-    keyring_dir: &Path,
+/// Where list keys are kept: `keyring_dir/lists/LIST/secret.pgp` on a one-host site
+/// (SQLite), or the database every host shares (PostgreSQL), there only passphrase-protected.
+/// Hosts hold the keys they read from the database in memory (the keyring snapshot) and
+/// read them again when the generation moves, which a key change bumps.
+#[derive(Clone, Copy)]
+pub enum KeyHome<'a> {
+    Files(&'a Path),
+    Database(&'a dyn Store),
+}
+
+impl<'a> KeyHome<'a> {
+    /// The database if the store keeps keys, else `keyring_dir`.
+    pub fn of(keyring_dir: &'a Path, store: &'a dyn Store) -> KeyHome<'a> {
+        if store.keeps_keys() {
+            KeyHome::Database(store)
+        } else {
+            KeyHome::Files(keyring_dir)
+        }
+    }
+}
+
+impl<'a> From<&'a Path> for KeyHome<'a> {
+    fn from(keyring_dir: &'a Path) -> Self {
+        KeyHome::Files(keyring_dir)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for KeyHome<'a> {
+    fn from(keyring_dir: &'a PathBuf) -> Self {
+        KeyHome::Files(keyring_dir)
+    }
+}
+
+/// Loads the list key, lets `change` modify it and saves the result: under the lock in
+/// files; in the database compare-and-set, `change` running again on a key another host
+/// changed meanwhile, so both changes stay.
+fn update_list_secret<'a, R>(
+    home: impl Into<KeyHome<'a>>,
     list: &str,
-    change: impl FnOnce(Cert) -> Result<(Cert, R), KeyError>,
+    mut change: impl FnMut(Cert) -> Result<(Cert, R), KeyError>,
 ) -> Result<R, KeyError> {
-    let _lock = lock_list_secret(keyring_dir, list)?;
-    let (cert, result) = change(load_list_key(keyring_dir, list)?)?;
-    save_list_secret(keyring_dir, list, &cert)?;
-    Ok(result)
+    let store = match home.into() {
+        KeyHome::Files(keyring_dir) => {
+            let _lock = lock_list_secret(keyring_dir, list)?;
+            let (cert, result) = change(load_list_key(keyring_dir, list)?)?;
+            save_list_secret(keyring_dir, list, &cert)?;
+            return Ok(result);
+        }
+        KeyHome::Database(store) => store,
+    };
+    loop {
+        let stored = store
+            .list_key_get(list)?
+            .ok_or_else(|| not_in_database(list))?;
+        let (cert, result) = change(pgp::parse_list_key(&stored.bytes, list)?)?;
+        let (public, secret) = database_form(list, &cert)?;
+        // Nothing changed (a prune with nothing to prune): no reload on every host.
+        if secret == stored.bytes
+            || store.list_key_put(list, &public, &secret, Some(stored.version))?
+        {
+            return Ok(result);
+        }
+    }
+}
+
+fn not_in_database(list: &str) -> KeyError {
+    KeyError::Unusable(format!(
+        "{list}: the list key is not in the database; a key made before the site moved to \
+         PostgreSQL is uploaded with: listcrypt list upload {list}"
+    ))
+}
+
+/// The armored public and secret forms of a list key for the database, which holds list
+/// secrets only passphrase-protected.
+fn database_form(list: &str, cert: &Cert) -> Result<(Vec<u8>, Vec<u8>), KeyError> {
+    if pgp::protection(cert) != Protection::Protected {
+        return Err(KeyError::Passphrase(format!(
+            "{list}: the database stores list keys only protected by a passphrase, and this \
+             one is not: protect it first with: listcrypt list protect {list}"
+        )));
+    }
+    let public = pgp::armored_public(cert).map_err(|e| KeyError::Crypto(e.to_string()))?;
+    Ok((public, pgp::armored_secret(cert)?))
 }
 
 /// Creates the list key (`pgp::generate_list_key`) without a passphrase, saves it and
@@ -96,12 +169,35 @@ pub fn create_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError>
 }
 
 /// [`create_list_key`], protected with the configured passphrase if `passphrases` has a
-/// source; returns the key as saved.
-pub fn create_list_key_with(
-    keyring_dir: &Path,
+/// source (in the database it must have one); returns the key as saved.
+pub fn create_list_key_with<'a>(
+    home: impl Into<KeyHome<'a>>,
     list: &str,
     passphrases: &Passphrases,
 ) -> Result<Cert, KeyError> {
+    let home = home.into();
+    if let KeyHome::Database(store) = home {
+        if passphrases.source().is_none() {
+            return Err(KeyError::Passphrase(format!(
+                "{list}: the database stores list keys only protected by a passphrase and \
+                 none is configured: set passphrase_file or give the service the systemd \
+                 credential {}",
+                crate::config::CREDENTIAL_NAME
+            )));
+        }
+        if store.list_key_get(list)?.is_some() {
+            return Err(KeyError::ListExists(list.to_string()));
+        }
+        let cert = pgp::protect(pgp::generate_list_key(list)?, &passphrases.get(list)?)?;
+        let (public, secret) = database_form(list, &cert)?;
+        if !store.list_key_put(list, &public, &secret, None)? {
+            return Err(KeyError::ListExists(list.to_string()));
+        }
+        return Ok(cert);
+    }
+    let KeyHome::Files(keyring_dir) = home else {
+        unreachable!("the database case returned above")
+    };
     let path = list_dir(keyring_dir, list).join("secret.pgp");
     let _lock = lock_list_secret(keyring_dir, list)?;
     if path.exists() {
@@ -116,18 +212,69 @@ pub fn create_list_key_with(
     Ok(cert)
 }
 
-/// The list key as `secret.pgp` holds it: its secrets may still be encrypted.
-pub fn load_list_key(keyring_dir: &Path, list: &str) -> Result<Cert, KeyError> {
-    pgp::read_list_key(&list_dir(keyring_dir, list).join("secret.pgp"))
+/// Copies `list`'s key from `keyring_dir` into the database (a site moving to PostgreSQL).
+/// Only a passphrase-protected key is uploaded. Returns `false` if the database holds this
+/// very key already; a different key there is an error, never replaced.
+pub fn upload_list_key(keyring_dir: &Path, store: &dyn Store, list: &str) -> Result<bool, KeyError> {
+    if !store.keeps_keys() {
+        return Err(KeyError::Unusable(
+            "list keys are uploaded to a database only: set database_url".into(),
+        ));
+    }
+    let cert = load_list_key(keyring_dir, list)?;
+    let (public, secret) = database_form(list, &cert)?;
+    if let Some(stored) = store.list_key_get(list)? {
+        let theirs = pgp::parse_list_key(&stored.bytes, list)?;
+        if theirs.fingerprint() == cert.fingerprint() && stored.bytes == secret {
+            return Ok(false);
+        }
+        return Err(KeyError::Unusable(format!(
+            "{list}: the database holds another copy of the list key ({}); it is not replaced",
+            theirs.fingerprint()
+        )));
+    }
+    if !store.list_key_put(list, &public, &secret, None)? {
+        return Err(KeyError::Unusable(format!(
+            "{list}: another host uploaded the list key meanwhile; it is not replaced"
+        )));
+    }
+    Ok(true)
+}
+
+/// The list key as stored: its secrets may still be encrypted.
+pub fn load_list_key<'a>(home: impl Into<KeyHome<'a>>, list: &str) -> Result<Cert, KeyError> {
+    Ok(load_list_key_bytes(home, list)?.1)
+}
+
+/// The stored bytes of the list key, and the key read from them.
+fn load_list_key_bytes<'a>(
+    home: impl Into<KeyHome<'a>>,
+    list: &str,
+) -> Result<(Vec<u8>, Cert), KeyError> {
+    match home.into() {
+        KeyHome::Files(keyring_dir) => {
+            let path = list_dir(keyring_dir, list).join("secret.pgp");
+            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            let cert = pgp::parse_list_key(&bytes, &path.display().to_string())?;
+            Ok((bytes, cert))
+        }
+        KeyHome::Database(store) => {
+            let stored = store
+                .list_key_get(list)?
+                .ok_or_else(|| not_in_database(list))?;
+            let cert = pgp::parse_list_key(&stored.bytes, list)?;
+            Ok((stored.bytes, cert))
+        }
+    }
 }
 
 /// The list key with its secrets opened in memory (asking `passphrases` if it is protected).
-pub fn open_list_key(
-    keyring_dir: &Path,
+pub fn open_list_key<'a>(
+    home: impl Into<KeyHome<'a>>,
     list: &str,
     passphrases: &Passphrases,
 ) -> Result<Cert, KeyError> {
-    open(load_list_key(keyring_dir, list)?, list, passphrases)
+    open(load_list_key(home, list)?, list, passphrases)
 }
 
 fn open(cert: Cert, list: &str, passphrases: &Passphrases) -> Result<Cert, KeyError> {
@@ -218,26 +365,26 @@ fn no_passphrase(list: &str) -> KeyError {
 
 /// Protects `list`'s key with `new` (opening it first with `current` if it is protected
 /// already, which changes its passphrase); returns how it was protected before.
-pub fn protect_list_key(
-    keyring_dir: &Path,
+pub fn protect_list_key<'a>(
+    home: impl Into<KeyHome<'a>>,
     list: &str,
     current: &Passphrases,
     new: &Password,
 ) -> Result<Protection, KeyError> {
-    update_list_secret(keyring_dir, list, |cert| {
+    update_list_secret(home, list, |cert| {
         let before = pgp::protection(&cert);
         let cert = pgp::protect(open(cert, list, current)?, new)?;
         Ok((cert, before))
     })
 }
 
-/// Stores `list`'s key without a passphrase again.
-pub fn unprotect_list_key(
-    keyring_dir: &Path,
+/// Stores `list`'s key without a passphrase again (refused in the database).
+pub fn unprotect_list_key<'a>(
+    home: impl Into<KeyHome<'a>>,
     list: &str,
     current: &Passphrases,
 ) -> Result<(), KeyError> {
-    update_list_secret(keyring_dir, list, |cert| {
+    update_list_secret(home, list, |cert| {
         Ok((open(cert, list, current)?, ()))
     })
 }
@@ -335,6 +482,24 @@ pub fn list_names(config: &Config) -> Result<Vec<String>, KeyError> {
     Ok(names)
 }
 
+/// SHA-256 over every policy file (its name and the SHA-256 of its content, in name order),
+/// hex: hosts sharing a database record it so that `check-config` sees them differ.
+pub fn policy_digest(config: &Config) -> Result<String, KeyError> {
+    use sha2::{Digest, Sha256};
+    let mut all = Sha256::new();
+    for list in list_names(config)? {
+        let path = config.policy_path(&list);
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        all.update(format!("{list}.toml\0{}\n", data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes))));
+    }
+    Ok(data_encoding::HEXLOWER.encode(&all.finalize()))
+}
+
+/// Records this host's policy digest in the store (at start and reload).
+pub fn record_policy_digest(config: &Config, store: &dyn Store) -> Result<(), KeyError> {
+    Ok(store.host_record(&config.host_name(), &policy_digest(config)?)?)
+}
+
 /// What loading a keyring does with a list key whose passphrase is missing or wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockedKeys {
@@ -371,14 +536,15 @@ impl Keyring {
         locked: LockedKeys,
     ) -> Result<Keyring, KeyError> {
         let generation = store.generation()?;
-        let certs = CertDir::new(&config.keyring_dir);
+        let certs = CertStore::of(&config.keyring_dir, store);
+        let home = KeyHome::of(&config.keyring_dir, store);
         let mut lists = HashMap::new();
         let mut opened = Opened::take(&mut OPENED.lock().unwrap_or_else(|e| e.into_inner()));
         for name in list_names(config)? {
             let policy = Policy::load(&config.policy_path(&name))?;
-            let secret = load_list_key(&config.keyring_dir, &name)?;
+            let (bytes, secret) = load_list_key_bytes(home, &name)?;
             let members = active_members(store, &certs, &name)?;
-            let keys = match opened.open(&config.keyring_dir, &name, secret.clone(), passphrases) {
+            let keys = match opened.open(&name, &bytes, secret.clone(), passphrases) {
                 Ok(secret) => ListKeys::new(name.clone(), policy, secret, members),
                 Err(KeyError::Passphrase(why)) if locked == LockedKeys::Refuse => {
                     tracing::error!("{why}; mail of {name} is deferred (451) until it opens");
@@ -401,7 +567,7 @@ impl Keyring {
 /// Protected list keys opened by an earlier keyring load: a reload after a binding change
 /// reuses them instead of deriving every S2K key again (RFC 9580 §3.7.1.3: each derivation
 /// hashes 65 MB on purpose). Reused only for the same file bytes and the same passphrase.
-static OPENED: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, OpenedKey>>> =
+static OPENED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, OpenedKey>>> =
     std::sync::LazyLock::new(Default::default);
 
 struct OpenedKey {
@@ -412,25 +578,25 @@ struct OpenedKey {
 
 /// One load's view of [`OPENED`]: what it may reuse, and what the next load may.
 struct Opened {
-    before: HashMap<PathBuf, OpenedKey>,
-    kept: HashMap<PathBuf, OpenedKey>,
+    before: HashMap<String, OpenedKey>,
+    kept: HashMap<String, OpenedKey>,
 }
 
 impl Opened {
-    fn take(map: &mut HashMap<PathBuf, OpenedKey>) -> Opened {
+    fn take(map: &mut HashMap<String, OpenedKey>) -> Opened {
         Opened {
             before: std::mem::take(map),
             kept: HashMap::new(),
         }
     }
 
-    /// [`open`], reusing the key opened last time if neither the file nor the passphrase
-    /// changed; only lists loaded now are kept for next time. (Loads that overlap only lose
-    /// entries: the key is then opened again.)
+    /// [`open`], reusing the key opened last time if neither its stored `bytes` nor the
+    /// passphrase changed; only lists loaded now are kept for next time. (Loads that overlap
+    /// only lose entries: the key is then opened again.)
     fn open(
         &mut self,
-        keyring_dir: &Path,
         list: &str,
+        bytes: &[u8],
         cert: Cert,
         passphrases: &Passphrases,
     ) -> Result<Cert, KeyError> {
@@ -438,11 +604,9 @@ impl Opened {
             return Ok(cert);
         }
         use sha2::{Digest, Sha256};
-        let path = list_dir(keyring_dir, list).join("secret.pgp");
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        let file_digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let file_digest: [u8; 32] = Sha256::digest(bytes).into();
         let password = passphrases.get(list)?;
-        let cert = match self.before.remove(&path) {
+        let cert = match self.before.remove(list) {
             Some(k) if k.file_digest == file_digest && k.password == password => k.cert,
             _ => pgp::unlock(cert, &password, list)?,
         };
@@ -451,14 +615,18 @@ impl Opened {
             password,
             cert: cert.clone(),
         };
-        self.kept.insert(path, key);
+        self.kept.insert(list.to_string(), key);
         Ok(cert)
     }
 }
 
 /// The members of `list` with an active binding whose certificate is in the store.
-fn active_members(store: &dyn Store, certs: &CertDir, name: &str) -> Result<Vec<Member>, KeyError> {
-    let mut members = Vec::new();
+fn active_members(
+    store: &dyn Store,
+    certs: &CertStore<'_>,
+    name: &str,
+) -> Result<Vec<Member>, KeyError> {
+    let mut active = Vec::new();
     for b in store.bindings(name)? {
         if b.state != BindingState::Active {
             continue;
@@ -466,7 +634,17 @@ fn active_members(store: &dyn Store, certs: &CertDir, name: &str) -> Result<Vec<
         let fpr: Fingerprint = b.fingerprint.parse().map_err(|_| {
             KeyError::Unusable(format!("binding {} on {name}: bad fingerprint", b.address))
         })?;
-        match certs.get(&fpr)? {
+        active.push((b, fpr));
+    }
+    let fprs: Vec<Fingerprint> = active.iter().map(|(_, f)| f.clone()).collect();
+    let found: HashMap<Fingerprint, Cert> = certs
+        .get_many(&fprs)?
+        .into_iter()
+        .map(|c| (c.fingerprint(), c))
+        .collect();
+    let mut members = Vec::new();
+    for (b, fpr) in active {
+        match found.get(&fpr).cloned() {
             Some(cert) => members.push(Member {
                 address: b.address.clone(),
                 cert,
@@ -507,7 +685,7 @@ pub fn add_member(
         tracing::info!("ignoring secret key material in the certificate for {address}");
     }
     check_member_cert(cert, address).map_err(|p| KeyError::Unusable(p.to_string()))?;
-    CertDir::new(&config.keyring_dir).insert(cert)?;
+    CertStore::of(&config.keyring_dir, store).insert(cert)?;
     let binding = Binding {
         list: list.to_string(),
         address: address.to_string(),
@@ -547,28 +725,28 @@ pub fn format_date(secs: u64) -> String {
 
 /// Merges members' certifications of the list key into it (published wherever the list key
 /// goes: key requests, WKD, `export-key`). Returns how many were new.
-pub fn add_list_certifications(
-    keyring_dir: &Path,
+pub fn add_list_certifications<'a>(
+    home: impl Into<KeyHome<'a>>,
     list: &str,
     sigs: Vec<Signature>,
 ) -> Result<usize, KeyError> {
-    update_list_secret(keyring_dir, list, |cert| {
-        pgp::insert_certifications(cert, sigs)
+    update_list_secret(home, list, |cert| {
+        pgp::insert_certifications(cert, sigs.clone())
     })
 }
 
 /// Rotates the list key's encryption subkey under the lock (`pgp::rotate`: a fresh subkey,
 /// the current ones retiring after `grace`, expired secrets destroyed). A new subkey needs
 /// the key opened; the key is saved protected if it was, or if a passphrase is configured.
-pub fn rotate_subkey(
-    keyring_dir: &Path,
+pub fn rotate_subkey<'a>(
+    home: impl Into<KeyHome<'a>>,
     list: &str,
     grace: std::time::Duration,
     mode: RotateMode,
     passphrases: &Passphrases,
 ) -> Result<Rotation, KeyError> {
     let now = std::time::SystemTime::now();
-    update_list_secret(keyring_dir, list, |cert| {
+    update_list_secret(home, list, |cert| {
         // Destroying secrets needs no passphrase: pruning leaves protection as it is.
         if mode == RotateMode::PruneOnly {
             return pgp::rotate(cert, list, grace, mode, now);

@@ -62,6 +62,10 @@ enum Command {
     /// Publish the list keys as a Web Key Directory.
     #[command(subcommand)]
     Wkd(WkdCommand),
+    /// Convert member certificates between the certificate store (the database with
+    /// database_url, else keyring_dir/certs) and a pgp.cert.d directory.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Copy list keys (as they are: protected keys stay protected), member certificates,
     /// policy files and a consistent snapshot of the state into DIR (new or empty, made 0700),
     /// with a manifest of SHA-256 digests. Safe while the daemon runs.
@@ -91,6 +95,20 @@ enum WkdCommand {
 }
 
 #[derive(Subcommand)]
+enum CertsCommand {
+    /// Write every member certificate into the pgp.cert.d directory DIR (merged with what it
+    /// holds), for `sq --cert-store DIR`.
+    ///
+    /// Example: listcrypt certs export certs-export
+    Export { dir: PathBuf },
+    /// Read every certificate of the pgp.cert.d directory DIR into the certificate store
+    /// (merged with what it holds); moving a site to PostgreSQL: import keyring_dir/certs.
+    ///
+    /// Example: listcrypt certs import /var/lib/listcrypt/keyrings/certs
+    Import { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum ListCommand {
     /// Create the list key (v4, Cv25519) and a policy file with the defaults.
     ///
@@ -109,7 +127,12 @@ enum ListCommand {
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
     },
-    /// Store the list key without a passphrase again.
+    /// Copy the list key from keyring_dir into the database (database_url): moving a site to
+    /// PostgreSQL. Only a passphrase-protected key is uploaded (list protect first).
+    ///
+    /// Example: listcrypt list upload enc@lists.example.org
+    Upload { address: String },
+    /// Store the list key without a passphrase again (not in a database).
     ///
     /// Example: listcrypt list unprotect enc@lists.example.org
     Unprotect { address: String },
@@ -293,6 +316,12 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
                 .map(|_| exit::OK)
                 .map_err(CommandError::from)
         }
+        Command::Certs(CertsCommand::Export { dir }) => {
+            admin::certs_export(&config, &dir, &mut out).map(|_| exit::OK)
+        }
+        Command::Certs(CertsCommand::Import { dir }) => {
+            admin::certs_import(&config, &dir, &mut out).map(|_| exit::OK)
+        }
         Command::Backup { dir } => admin::backup::backup(&config, &dir, &mut out).map(|_| exit::OK),
         Command::Restore { dir, force } => {
             admin::backup::restore(&config, &dir, force, &mut out).map(|_| exit::OK)
@@ -317,6 +346,9 @@ fn run_list(
     match command {
         ListCommand::Create { address } => {
             admin::list_create(config, &address, out).map(|_| exit::OK)
+        }
+        ListCommand::Upload { address } => {
+            admin::list_upload(config, &address, out).map(|_| exit::OK)
         }
         ListCommand::RotateSubkey {
             address,

@@ -90,6 +90,7 @@ impl Daemon {
     pub fn open(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, KeyError> {
         let store = crate::store::open(&config)?;
         let keyring = Keyring::load(&config, &*store)?;
+        record_policy_digest(&config, &*store);
         crate::metrics::keyring_loaded(&keyring);
         Ok(Daemon {
             config_path,
@@ -246,6 +247,7 @@ impl Daemon {
         };
         let keyring = Keyring::load(&config, &*self.store).map_err(|e| e.to_string())?;
         let n = keyring.lists.len();
+        record_policy_digest(&config, &*self.store);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         self.install(Arc::new(keyring));
         tracing::info!("configuration reloaded: {n} list(s)");
@@ -260,6 +262,14 @@ impl Daemon {
     {
         let daemon = self.clone();
         tokio::task::spawn_blocking(move || work(&daemon)).await
+    }
+}
+
+/// Records this host's policy digest for `check-config` on the other hosts; a failure only
+/// costs that comparison, so it is logged and the daemon goes on.
+fn record_policy_digest(config: &Config, store: &dyn Store) {
+    if let Err(e) = crate::keys::record_policy_digest(config, store) {
+        tracing::warn!("cannot record this host's policy digest: {e}");
     }
 }
 

@@ -172,11 +172,20 @@ pub fn public_key(cert: &Cert, list: &str) -> Result<Vec<u8>, WkdError> {
 /// atomically; files of lists that no longer exist are left alone. Returns the paths written.
 pub fn export(config: &Config, dir: &Path) -> Result<Vec<PathBuf>, WkdError> {
     let mut written = Vec::new();
+    // List keys are in the database on a PostgreSQL site; a SQLite site needs no store here.
+    let store = match config.database_url.is_empty() {
+        true => None,
+        false => Some(crate::store::open(config).map_err(KeyError::from)?),
+    };
+    let home = match &store {
+        Some(store) => keys::KeyHome::of(&config.keyring_dir, &**store),
+        None => keys::KeyHome::Files(&config.keyring_dir),
+    };
     for list in keys::list_names(config)? {
         let Some((local, domain)) = list.rsplit_once('@') else {
             continue;
         };
-        let cert = keys::load_list_key(&config.keyring_dir, &list)?;
+        let cert = keys::load_list_key(home, &list)?;
         let key = public_key(&cert, &list)?;
         for layout in [Layout::Advanced, Layout::Direct] {
             let root = dir.join(layout.host(domain));

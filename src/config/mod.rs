@@ -227,6 +227,8 @@ pub struct Config {
     pub database_url: String,
     /// File holding the database password (one line); empty = the systemd credential if any.
     pub database_password_file: PathBuf,
+    /// This host's name in the database's record of policy digests; empty = the system's.
+    pub host_name: String,
     pub limits: Limits,
 }
 
@@ -253,6 +255,7 @@ impl Default for Config {
             metrics_listen: String::new(),
             database_url: String::new(),
             database_password_file: PathBuf::new(),
+            host_name: String::new(),
             limits: Limits::default(),
         }
     }
@@ -458,6 +461,18 @@ impl Config {
         let password = text.strip_suffix('\n').unwrap_or(&text);
         let password = password.strip_suffix('\r').unwrap_or(password);
         Ok(Some(password.to_string()))
+    }
+
+    /// `host_name`, else the system's host name (`/proc/sys/kernel/hostname`).
+    pub fn host_name(&self) -> String {
+        if !self.host_name.is_empty() {
+            return self.host_name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
     }
 
     /// Path of the policy file for `list`.

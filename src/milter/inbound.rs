@@ -6,8 +6,9 @@ use super::SessionError;
 use crate::deadline::Deadline;
 use crate::inbound::{Recording, Target, Transaction, Verdict};
 use crate::metrics::{self, Direction, Outcome};
+use crate::refusal::{Internal, Refusal};
 use indymilter::{EomActions, SmtpReply, Status};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub(super) async fn finish(
     cx: &Context,
@@ -30,14 +31,17 @@ pub(super) async fn finish(
     let decided = |outcome| metrics::decision(&list, Direction::Inbound, outcome);
     // Decryption and verification share the cores with every other message's crypto.
     let work = tokio::task::spawn_blocking(move || {
+        // One clock reading per message, the database's where hosts share one (skew between
+        // hosts must not move signature, replay or token windows).
+        let now = match daemon.store().now() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!("the store's clock is unavailable: {e}");
+                return Verdict::Tempfail(Refusal::Internal(Internal::State));
+            }
+        };
         crate::crypto_pool::global().run(|| {
-            tx.finish_until(
-                &bytes,
-                &limits,
-                &Recording(daemon.store()),
-                SystemTime::now(),
-                &deadline,
-            )
+            tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline)
         })
     });
     let verdict = with_progress(work, actions, timeout).await?;

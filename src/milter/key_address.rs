@@ -11,7 +11,7 @@ use crate::keys::ListKeys;
 use crate::metrics::{self, Direction, Outcome};
 use indymilter::{EomActions, Status};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub(super) async fn finish(
     cx: &Context,
@@ -29,7 +29,9 @@ pub(super) async fn finish(
             keyring_dir: &config.keyring_dir,
             limits: &config.limits,
         };
-        crate::crypto_pool::global().run(|| processor.process(&sender, &bytes, SystemTime::now()))
+        // The database's clock where hosts share one: challenge tokens expire on it.
+        let now = daemon.store().now()?;
+        crate::crypto_pool::global().run(|| processor.process(&sender, &bytes, now))
     });
     let outcome = with_progress(work, actions, timeout).await??;
     let queued = match &outcome.reply {

@@ -81,8 +81,9 @@ async fn confirm_replay(
     let n = cx
         .daemon
         .blocking(move |d| {
-            d.store()
-                .replay_confirm(&l, &ids, std::time::SystemTime::now())
+            // The clock inbound claimed the record with (the database's with PostgreSQL).
+            let now = d.store().now()?;
+            d.store().replay_confirm(&l, &ids, now)
         })
         .await??;
     if n > 0 {

@@ -55,6 +55,21 @@ pub fn read_list_key(path: &Path) -> Result<Cert, KeyError> {
     Ok(cert)
 }
 
+/// Reads a list key from `bytes` (`what` names it in errors); it must carry secret key
+/// material.
+pub fn parse_list_key(bytes: &[u8], what: &str) -> Result<Cert, KeyError> {
+    let cert = Cert::from_bytes(bytes).map_err(|e| KeyError::Parse {
+        path: what.to_string(),
+        reason: e.to_string(),
+    })?;
+    if !cert.is_tsk() {
+        return Err(KeyError::Unusable(format!(
+            "{what}: has no secret key material"
+        )));
+    }
+    Ok(cert)
+}
+
 /// Merges members' certifications into the list key; returns it and how many were new.
 pub fn insert_certifications(
     cert: Cert,

@@ -20,7 +20,7 @@ pub use cert::{
     parse_certs, primary_expiry, read_cert_file, serialized_len, usable_until, EncryptionKeys,
     KeyProblem,
 };
-pub use certstore::CertDir;
+pub use certstore::{CertDir, CertStore};
 pub use decrypt::{decrypt_verify, verify_detached, Decrypted, Failure, GoodSignature, SigCheck};
 pub use encrypt::{
     encrypt_sign, encrypt_sign_keys, sign_detached, BatchRecipient, EncryptError, KeyedRecipient,
@@ -28,7 +28,8 @@ pub use encrypt::{
 pub use export::{armored_public, autocrypt_keydata, binary_public, only_userid_for, sha1};
 pub use list::{KeyError, ListKeys, Member};
 pub use listkey::{
-    armored_secret, generate_list_key, insert_certifications, read_list_key, rotate, RotateMode,
+    armored_secret, generate_list_key, insert_certifications, parse_list_key, read_list_key, rotate,
+    RotateMode,
     Rotation,
 };
 pub use offered::{member_certifications, own_signatures_only};

@@ -19,6 +19,7 @@ mod schema;
 pub use backup::{restore_from, schema_version_of, SCHEMA_VERSION};
 pub use postgres::{PgStore, Timeouts};
 pub use replay::{ReplayClaim, ReplayState};
+
 pub use schema::versions as schema_versions;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
@@ -191,7 +192,83 @@ pub struct Binding {
     pub show_key_id: bool,
 }
 
+/// A certificate or list key as the database holds it, with the version a change must name
+/// (compare-and-set: two hosts changing it at once never lose one change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub bytes: Vec<u8>,
+    pub version: i64,
+}
+
+/// What one host recorded of its policy files at its last start or reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecord {
+    pub host: String,
+    /// Hex SHA-256 over the host's policy files (`config::policy_digest`).
+    pub policy_sha256: String,
+    pub seen: SystemTime,
+}
+
+fn not_kept(what: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{what} are kept under keyring_dir with SQLite, not in the state database"
+    ))
+}
+
 pub trait Store: Send + Sync {
+    /// Whether member certificates and list keys live in this store, where every host reads
+    /// them (PostgreSQL), rather than under `keyring_dir` (SQLite).
+    fn keeps_keys(&self) -> bool {
+        false
+    }
+    /// The certificate (binary OpenPGP) stored under an upper-case hex fingerprint.
+    fn cert_get(&self, fingerprint: &str) -> Result<Option<Stored>, StoreError> {
+        let _ = fingerprint;
+        Err(not_kept("certificates"))
+    }
+    /// The certificates stored under any of `fingerprints` (one round trip for a keyring).
+    fn certs_get(&self, fingerprints: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let _ = fingerprints;
+        Err(not_kept("certificates"))
+    }
+    /// Every stored certificate's fingerprint.
+    fn cert_fingerprints(&self) -> Result<Vec<String>, StoreError> {
+        Err(not_kept("certificates"))
+    }
+    /// Stores `bytes` as the certificate if its version is still `expected` (`None`: absent);
+    /// `false` means another writer came first: read it again and merge.
+    fn cert_put(
+        &self,
+        fingerprint: &str,
+        bytes: &[u8],
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let _ = (fingerprint, bytes, expected);
+        Err(not_kept("certificates"))
+    }
+    /// `list`'s key as stored: armored, its secrets passphrase-protected.
+    fn list_key_get(&self, list: &str) -> Result<Option<Stored>, StoreError> {
+        let _ = list;
+        Err(not_kept("list keys"))
+    }
+    /// Stores `list`'s key (and its public half) if its version is still `expected`
+    /// (`None`: absent), and bumps the generation so every host reloads it; `false` means
+    /// another writer came first.
+    fn list_key_put(
+        &self,
+        list: &str,
+        public: &[u8],
+        secret: &[u8],
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let _ = (list, public, secret, expected);
+        Err(not_kept("list keys"))
+    }
+    /// Records this host's policy digest (at start and reload).
+    fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError>;
+    /// Every host's last recorded policy digest, by host name.
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
     /// Changes whenever bindings change; cheap enough to call per message.
     fn generation(&self) -> Result<i64, StoreError>;
     /// The clock time windows are measured with: the database's where several hosts share
@@ -425,6 +502,32 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 impl Store for SqliteStore {
+    fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO hosts (host, policy_sha256, seen) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (host) DO UPDATE SET policy_sha256 = excluded.policy_sha256,
+                   seen = excluded.seen",
+                rusqlite::params![host, policy_sha256, now_secs()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.read(|c| {
+            c.prepare("SELECT host, policy_sha256, seen FROM hosts ORDER BY host")?
+                .query_map([], |r| {
+                    Ok(HostRecord {
+                        host: r.get(0)?,
+                        policy_sha256: r.get(1)?,
+                        seen: UNIX_EPOCH + Duration::from_secs(r.get::<_, i64>(2)?.max(0) as u64),
+                    })
+                })?
+                .collect()
+        })
+    }
+
     fn generation(&self) -> Result<i64, StoreError> {
         self.read(bindings::generation)
     }

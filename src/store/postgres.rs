@@ -19,7 +19,7 @@
 //! pool makes new connections on demand, so service resumes by itself when the database
 //! returns. The first failure and the recovery are logged once each.
 
-use super::{epoch_secs, Binding, ReplayClaim, ReplayState, Role, StoreError};
+use super::{epoch_secs, Binding, HostRecord, ReplayClaim, ReplayState, Role, StoreError, Stored};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::future::Future;
 use std::pin::Pin;
@@ -326,6 +326,180 @@ macro_rules! owned {
 }
 
 impl super::Store for PgStore {
+    fn keeps_keys(&self) -> bool {
+        true
+    }
+
+    fn cert_get(&self, fingerprint: &str) -> Result<Option<Stored>, StoreError> {
+        owned!(fingerprint);
+        self.read(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT cert, version FROM certs WHERE fingerprint = $1",
+                        &[&fingerprint],
+                    )
+                    .await?;
+                Ok(row.map(|r| Stored {
+                    bytes: r.get(0),
+                    version: r.get(1),
+                }))
+            })
+        })
+    }
+
+    fn certs_get(&self, fingerprints: &[String]) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        owned!(fingerprints);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT fingerprint, cert FROM certs WHERE fingerprint = ANY($1)",
+                    &[&fingerprints],
+                )
+                .await
+            })
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn cert_fingerprints(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self.read(|c| {
+            Box::pin(async move {
+                c.query("SELECT fingerprint FROM certs ORDER BY fingerprint", &[])
+                    .await
+            })
+        })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn cert_put(
+        &self,
+        fingerprint: &str,
+        bytes: &[u8],
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        owned!(fingerprint, bytes);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let n = match expected {
+                    None => {
+                        tx.execute(
+                            "INSERT INTO certs (fingerprint, cert, version, updated)
+                             VALUES ($1, $2, 1, extract(epoch from now())::bigint)
+                             ON CONFLICT DO NOTHING",
+                            &[&fingerprint, &bytes],
+                        )
+                        .await?
+                    }
+                    Some(v) => {
+                        tx.execute(
+                            "UPDATE certs SET cert = $2, version = version + 1,
+                               updated = extract(epoch from now())::bigint
+                             WHERE fingerprint = $1 AND version = $3",
+                            &[&fingerprint, &bytes, &v],
+                        )
+                        .await?
+                    }
+                };
+                Ok(n == 1)
+            })
+        })
+    }
+
+    fn list_key_get(&self, list: &str) -> Result<Option<Stored>, StoreError> {
+        owned!(list);
+        self.read(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT secret, version FROM list_keys WHERE list = $1",
+                        &[&list],
+                    )
+                    .await?;
+                Ok(row.map(|r| Stored {
+                    bytes: r.get(0),
+                    version: r.get(1),
+                }))
+            })
+        })
+    }
+
+    fn list_key_put(
+        &self,
+        list: &str,
+        public: &[u8],
+        secret: &[u8],
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        owned!(list, public, secret);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let n = match expected {
+                    None => {
+                        tx.execute(
+                            "INSERT INTO list_keys (list, public, secret, version, updated)
+                             VALUES ($1, $2, $3, 1, extract(epoch from now())::bigint)
+                             ON CONFLICT DO NOTHING",
+                            &[&list, &public, &secret],
+                        )
+                        .await?
+                    }
+                    Some(v) => {
+                        tx.execute(
+                            "UPDATE list_keys SET public = $2, secret = $3, version = version + 1,
+                               updated = extract(epoch from now())::bigint
+                             WHERE list = $1 AND version = $4",
+                            &[&list, &public, &secret, &v],
+                        )
+                        .await?
+                    }
+                };
+                // Every host reloads the key at commit (NOTIFY).
+                if n == 1 {
+                    bump(tx).await?;
+                }
+                Ok(n == 1)
+            })
+        })
+    }
+
+    fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError> {
+        owned!(host, policy_sha256);
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO hosts (host, policy_sha256, seen)
+                     VALUES ($1, $2, extract(epoch from now())::bigint)
+                     ON CONFLICT (host) DO UPDATE SET policy_sha256 = excluded.policy_sha256,
+                       seen = excluded.seen",
+                    &[&host, &policy_sha256],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = self.read(|c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT host, policy_sha256, seen FROM hosts ORDER BY host",
+                    &[],
+                )
+                .await
+            })
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| HostRecord {
+                host: r.get(0),
+                policy_sha256: r.get(1),
+                seen: UNIX_EPOCH + Duration::from_secs(r.get::<_, i64>(2).max(0) as u64),
+            })
+            .collect())
+    }
+
     fn generation(&self) -> Result<i64, StoreError> {
         self.read(|c| {
             Box::pin(async move {

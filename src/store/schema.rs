@@ -112,6 +112,34 @@ CREATE INDEX IF NOT EXISTS replay_post ON replay (post_list, message_id);
         then: None,
         postgres: None,
     },
+    Migration {
+        version: 5,
+        name: "member certificates, list keys and hosts' policy digests",
+        // New tables only: a host still on the previous release keeps working beside one that
+        // runs this. SQLite sites keep certificates and keys under keyring_dir (these stay empty).
+        sql: "
+CREATE TABLE IF NOT EXISTS certs (
+    fingerprint TEXT PRIMARY KEY,
+    cert BLOB NOT NULL,
+    version BIGINT NOT NULL,
+    updated BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS list_keys (
+    list TEXT PRIMARY KEY,
+    public BLOB NOT NULL,
+    secret BLOB NOT NULL,
+    version BIGINT NOT NULL,
+    updated BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    host TEXT PRIMARY KEY,
+    policy_sha256 TEXT NOT NULL,
+    seen BIGINT NOT NULL
+);
+",
+        then: None,
+        postgres: None,
+    },
 ];
 
 /// The newest schema version this code knows.
