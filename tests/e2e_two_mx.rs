@@ -5,10 +5,10 @@
 //! every MX, outbound on the Mailman host. Both daemons keep bindings, the replay record,
 //! pending challenges, rate limits and the reinjection journal in the one database.
 //!
-//! Keys: member certificates and list keys are still files under `keyring_dir` on each host,
-//! so host B gets them the way a site deploys them today: A's `keyring_dir` copied to B by
-//! configuration management (after the list is made, and again, followed by SIGHUP, after a
-//! binding made through A's key address). Policy files are copied the same way.
+//! Keys: the list key (passphrase-protected, both hosts have the passphrase file) and the
+//! member certificates live in the database too, so each host has its own, empty at the
+//! start, `keyring_dir`. Policy files are files on each host: copied from A to B, as
+//! configuration management deploys them.
 //!
 //! Scenarios, one after the other (`limits.replay_confirm_window` keeps its default, one hour):
 //! - R: alice's signed post through A (250), then the same post through B: B answers
@@ -19,7 +19,7 @@
 //!   remove` between them), timed until B's log says it reloaded; median and maximum printed;
 //! - K: dave binds his key through A's key address (the challenge encrypted to his key, his
 //!   signed reply with the token); B lists the binding as active, and dave's post through B is
-//!   accepted and distributed;
+//!   accepted and distributed, with nothing copied to B;
 //! - C: `kill -9` of A's daemon while it reinjects a post's batches (`batch_size = 1`, the
 //!   second reinjection hangs in a proxy); after the restart and Mailman's retry every member
 //!   has exactly one copy; batches in doubt (queued by Postfix but not journaled) are counted;
@@ -40,6 +40,7 @@ use support::files::{mkdir, read_lossy, write};
 use support::gpg::GpgUser;
 use support::listcrypt::Listcrypt;
 use support::mailman::{Mailman, MailmanSettings};
+use support::mime;
 use support::net::free_ports;
 use support::postfix::{make_searchable, Postfix, PostfixSettings};
 use support::postgres::{Postgres, PASSWORD};
@@ -52,7 +53,6 @@ use support::world::{
     bind, create_list, encrypted_post, header_value, unique_marker, DELIVERY_TIMEOUT, LIST,
     LIST_BOUNCES, MEMBERS, OWNER,
 };
-use support::{mime, process};
 
 const KEY_ADDRESS: &str = "enc-key@lists.example.test";
 const DATABASE: &str = "listcrypt";
@@ -126,6 +126,20 @@ fn deploy(from: &Path, to: &Path) {
     );
 }
 
+/// Whether `dir` or a directory below it holds a file.
+fn dir_has_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                dir_has_files(&path)
+            } else {
+                true
+            }
+        })
+    })
+}
+
 impl TwoMx {
     fn start() -> TwoMx {
         let started = Instant::now();
@@ -142,6 +156,10 @@ impl TwoMx {
         let password_file = base.join("database-password");
         write(&password_file, format!("{PASSWORD}\n"));
         support::files::chmod(&password_file, 0o600);
+        // The database holds list keys only passphrase-protected; every host reads this file.
+        let passphrase_file = base.join("list-passphrase");
+        write(&passphrase_file, "two mx hosts, one list key\n");
+        support::files::chmod(&passphrase_file, 0o600);
         eprintln!("two-mx: PostgreSQL up ({:?})", started.elapsed());
 
         let sink = Sink::start();
@@ -154,6 +172,10 @@ impl TwoMx {
             let listcrypt =
                 Listcrypt::configure(&root.join("listcrypt"), &socket_dir, reinject_via);
             listcrypt.use_database(&pg.url(DATABASE), &password_file);
+            listcrypt.add_setting(
+                "passphrase_file",
+                &format!("{:?}", passphrase_file.display().to_string()),
+            );
             let postfix = Postfix::configure(&PostfixSettings {
                 base: root.join("postfix"),
                 inbound_port: ports[0],
@@ -225,8 +247,8 @@ impl TwoMx {
                 .expect("gpg imported the list key");
         }
         dave.export(&base.join("dave@example.net.asc"));
-        // Host B: list key, certificates and policy as configuration management deploys them.
-        deploy(&a.keyring_dir(), &b.keyring_dir());
+        // Host B: the policy files as configuration management deploys them; its keys come
+        // from the database.
         deploy(&a.listcrypt.policy_dir, &b.listcrypt.policy_dir);
 
         a.listcrypt.serve();
@@ -650,13 +672,10 @@ fn key_bound_through_a_honoured_by_b(w: &TwoMx) -> Post {
         line.contains(&dave.fpr) && line.contains(" active "),
         "K: B lists dave's binding as {line:?}"
     );
-    // Dave's certificate is a file on A: deployed to B, which rereads its keys on SIGHUP.
-    let reloads = w.b.log_count("configuration reloaded");
-    deploy(&w.a.keyring_dir(), &w.b.keyring_dir());
-    process::signal(w.b.listcrypt.pid().expect("B is serving"), "HUP");
-    wait_for("K: B's SIGHUP reload", Duration::from_secs(20), || {
-        (w.b.log_count("configuration reloaded") > reloads).then_some(())
-    });
+    assert!(
+        !dir_has_files(&w.b.keyring_dir()),
+        "K: B's keyring_dir holds files; its keys should come from the database"
+    );
     run_ok(
         &mut w.mailman.command(&["addmembers", "-W", "-", LIST]),
         Some(format!("{}\n", dave.email).as_bytes()),

@@ -123,18 +123,22 @@ impl Listcrypt {
     /// `database_password_file`), as every MX host of a multi-host site is configured. Call it
     /// before `set_limits`: the keys must stay above the `[limits]` table.
     pub fn use_database(&self, url: &str, password_file: &Path) {
+        self.add_setting("database_url", &format!("{url:?}"));
+        self.add_setting(
+            "database_password_file",
+            &format!("{:?}", password_file.display().to_string()),
+        );
+    }
+
+    /// Appends `key = value` (a TOML value) to the top level of the config file; before
+    /// `set_limits`, which starts the `[limits]` table.
+    pub fn add_setting(&self, key: &str, value: &str) {
         let text = read_lossy(&self.config);
         assert!(
             !text.contains("\n[limits]\n"),
-            "use_database after set_limits would put the keys into [limits]"
+            "add_setting after set_limits would put {key} into [limits]"
         );
-        write(
-            &self.config,
-            format!(
-                "{text}database_url = \"{url}\"\ndatabase_password_file = \"{}\"\n",
-                password_file.display()
-            ),
-        );
+        write(&self.config, format!("{text}{key} = {value}\n"));
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
