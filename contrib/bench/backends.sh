@@ -3,8 +3,9 @@
 # in the same run: the same binary, list key, member certificates and messages, one backend
 # after the other (order A B B A, so that drift shows).
 #
-# Two sites under one work directory share the list key and certificates; one keeps its state
-# in SQLite (state_dir, WAL, synchronous=FULL), the other in a throwaway PostgreSQL cluster
+# Two sites under one work directory share the list key (passphrase-protected) and member
+# certificates; one keeps state, key and certificates in files and SQLite (state_dir, WAL,
+# synchronous=FULL), the other in a throwaway PostgreSQL cluster
 # (Debian's binaries, initdb as user nobody, unix socket only, fsync and synchronous_commit on:
 # the defaults, as in production). `listcrypt serve` runs on one site at a time, driven by
 # backends/drive.py, a milter client speaking to its unix sockets:
@@ -102,18 +103,24 @@ keyring_dir = "$d/keyrings"
 state_dir = "$d/state"
 log = "stderr"
 log_level = "warn"
+passphrase_file = "$W/passphrase"
 ${2:-}
 CONF
 }
 lc() { local s=$1; shift; "$LISTCRYPT" -c "$W/$s/listcrypt.toml" "$@"; }
+# A database holds list keys only passphrase-protected: both sites protect theirs.
+echo "bench passphrase" >"$W/passphrase" && chmod 600 "$W/passphrase"
 site sqlite
 site postgresql "database_url = \"$PG_URL\""
 
-# --- Keys: the list key made once, deployed to the other site; members bound on both.
+# --- Keys: the list key made once on the SQLite site and moved into the database the way a
+# site moves to PostgreSQL (`list upload`); members bound on both sites.
 quiet lc sqlite list create "$LIST"
 mkdir -p "$W/postgresql/keyrings"
 cp -a "$W/sqlite/keyrings/." "$W/postgresql/keyrings/"
 cp -a "$W/sqlite/lists.d/." "$W/postgresql/lists.d/"
+quiet lc postgresql list upload "$LIST"
+rm -r "$W/postgresql/keyrings/lists"
 for s in sqlite postgresql; do
     sed -i "s/^batch_size = .*/batch_size = $BATCH/" "$W/$s/lists.d/$LIST.toml"
 done
