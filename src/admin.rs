@@ -198,7 +198,13 @@ pub fn certs_export(config: &Config, dir: &Path, out: &mut dyn Write) -> Result<
     for cert in &certs {
         to.insert(cert)?;
     }
-    writeln!(out, "exported {} certificate(s) to {}", certs.len(), dir.display()).ok();
+    writeln!(
+        out,
+        "exported {} certificate(s) to {}",
+        certs.len(),
+        dir.display()
+    )
+    .ok();
     Ok(())
 }
 
@@ -220,7 +226,13 @@ pub fn certs_import(config: &Config, dir: &Path, out: &mut dyn Write) -> Result<
     }
     // Bound certificates may have changed: daemons reload.
     store.touch()?;
-    writeln!(out, "imported {} certificate(s) from {}", certs.len(), dir.display()).ok();
+    writeln!(
+        out,
+        "imported {} certificate(s) from {}",
+        certs.len(),
+        dir.display()
+    )
+    .ok();
     Ok(())
 }
 
@@ -637,7 +649,11 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
         for w in keys::secret_key_warnings(config, list, config.daemon_uid()) {
             eprintln!("warning: {w}");
         }
-        match keys::open_list_key(keys::KeyHome::of(&config.keyring_dir, &*store), list, &passphrases) {
+        match keys::open_list_key(
+            keys::KeyHome::of(&config.keyring_dir, &*store),
+            list,
+            &passphrases,
+        ) {
             Ok(cert) => {
                 if !keys::cert_policy_ok(&cert) {
                     problems.push(format!(

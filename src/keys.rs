@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 // The OpenPGP halves moved to `pgp/`; these keep the paths the rest of the crate uses.
 pub use crate::pgp::{
-    cert_policy_ok, check_member_cert, read_cert_file, usable_until, CertDir, CertStore, EncryptionKeys,
-    KeyError, KeyProblem, ListKeys, Member, RotateMode, Rotation,
+    cert_policy_ok, check_member_cert, read_cert_file, usable_until, CertDir, CertStore,
+    EncryptionKeys, KeyError, KeyProblem, ListKeys, Member, RotateMode, Rotation,
 };
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -215,7 +215,11 @@ pub fn create_list_key_with<'a>(
 /// Copies `list`'s key from `keyring_dir` into the database (a site moving to PostgreSQL).
 /// Only a passphrase-protected key is uploaded. Returns `false` if the database holds this
 /// very key already; a different key there is an error, never replaced.
-pub fn upload_list_key(keyring_dir: &Path, store: &dyn Store, list: &str) -> Result<bool, KeyError> {
+pub fn upload_list_key(
+    keyring_dir: &Path,
+    store: &dyn Store,
+    list: &str,
+) -> Result<bool, KeyError> {
     if !store.keeps_keys() {
         return Err(KeyError::Unusable(
             "list keys are uploaded to a database only: set database_url".into(),
@@ -384,9 +388,7 @@ pub fn unprotect_list_key<'a>(
     list: &str,
     current: &Passphrases,
 ) -> Result<(), KeyError> {
-    update_list_secret(home, list, |cert| {
-        Ok((open(cert, list, current)?, ()))
-    })
+    update_list_secret(home, list, |cert| Ok((open(cert, list, current)?, ())))
 }
 
 /// What `check-config` and `doctor` say about `list`'s `secret.pgp` at rest: one warning per
@@ -490,7 +492,10 @@ pub fn policy_digest(config: &Config) -> Result<String, KeyError> {
     for list in list_names(config)? {
         let path = config.policy_path(&list);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        all.update(format!("{list}.toml\0{}\n", data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes))));
+        all.update(format!(
+            "{list}.toml\0{}\n",
+            data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes))
+        ));
     }
     Ok(data_encoding::HEXLOWER.encode(&all.finalize()))
 }
@@ -542,9 +547,9 @@ impl Keyring {
         let mut opened = Opened::take(&mut OPENED.lock().unwrap_or_else(|e| e.into_inner()));
         for name in list_names(config)? {
             let policy = Policy::load(&config.policy_path(&name))?;
-            let (bytes, secret) = load_list_key_bytes(home, &name)?;
+            let secret = load_list_key(home, &name)?;
             let members = active_members(store, &certs, &name)?;
-            let keys = match opened.open(&name, &bytes, secret.clone(), passphrases) {
+            let keys = match opened.open(&name, secret.clone(), passphrases) {
                 Ok(secret) => ListKeys::new(name.clone(), policy, secret, members),
                 Err(KeyError::Passphrase(why)) if locked == LockedKeys::Refuse => {
                     tracing::error!("{why}; mail of {name} is deferred (451) until it opens");
@@ -564,16 +569,16 @@ impl Keyring {
     }
 }
 
-/// Protected list keys opened by an earlier keyring load: a reload after a binding change
-/// reuses them instead of deriving every S2K key again (RFC 9580 §3.7.1.3: each derivation
-/// hashes 65 MB on purpose). Reused only for the same file bytes and the same passphrase.
+/// Secrets of protected list keys opened by an earlier keyring load: a reload reuses them
+/// instead of deriving every S2K key again (RFC 9580 §3.7.1.3: each derivation hashes 65 MB
+/// on purpose), so a rotation another host made costs one derivation, for the new subkey.
+/// Reused only for the same encrypted key packet and the same passphrase.
 static OPENED: std::sync::LazyLock<std::sync::Mutex<HashMap<String, OpenedKey>>> =
     std::sync::LazyLock::new(Default::default);
 
 struct OpenedKey {
-    file_digest: [u8; 32],
     password: Password,
-    cert: Cert,
+    secrets: pgp::OpenedSecrets,
 }
 
 /// One load's view of [`OPENED`]: what it may reuse, and what the next load may.
@@ -590,31 +595,26 @@ impl Opened {
         }
     }
 
-    /// [`open`], reusing the key opened last time if neither its stored `bytes` nor the
-    /// passphrase changed; only lists loaded now are kept for next time. (Loads that overlap
-    /// only lose entries: the key is then opened again.)
+    /// [`open`], reusing the secrets opened last time whose encrypted packets did not change,
+    /// if the passphrase did not either; only lists loaded now are kept for next time. (Loads
+    /// that overlap only lose entries: the secrets are then opened again.)
     fn open(
         &mut self,
         list: &str,
-        bytes: &[u8],
         cert: Cert,
         passphrases: &Passphrases,
     ) -> Result<Cert, KeyError> {
         if pgp::protection(&cert) == Protection::Unprotected {
             return Ok(cert);
         }
-        use sha2::{Digest, Sha256};
-        let file_digest: [u8; 32] = Sha256::digest(bytes).into();
         let password = passphrases.get(list)?;
-        let cert = match self.before.remove(list) {
-            Some(k) if k.file_digest == file_digest && k.password == password => k.cert,
-            _ => pgp::unlock(cert, &password, list)?,
+        let mut before = match self.before.remove(list) {
+            Some(k) if k.password == password => k.secrets,
+            _ => Default::default(),
         };
-        let key = OpenedKey {
-            file_digest,
-            password,
-            cert: cert.clone(),
-        };
+        let mut secrets = Default::default();
+        let cert = pgp::unlock_reusing(cert, &password, list, &mut before, &mut secrets)?;
+        let key = OpenedKey { password, secrets };
         self.kept.insert(list.to_string(), key);
         Ok(cert)
     }
@@ -755,6 +755,7 @@ pub fn rotate_subkey<'a>(
             (Protection::Unprotected, None) => None,
             _ => Some(passphrases.get(list)?),
         };
+        let original = cert.clone();
         let cert = match &password {
             Some(p) if pgp::protection(&cert) != Protection::Unprotected => {
                 pgp::unlock(cert, p, list)?
@@ -763,7 +764,11 @@ pub fn rotate_subkey<'a>(
         };
         let (cert, rotation) = pgp::rotate(cert, list, grace, mode, now)?;
         match &password {
-            Some(p) => Ok((pgp::protect(cert, p)?, rotation)),
+            // Only the new subkey gets a fresh encryption: the others stay byte for byte.
+            Some(p) => Ok((
+                pgp::protect(pgp::keep_encrypted_secrets(cert, &original)?, p)?,
+                rotation,
+            )),
             None => Ok((cert, rotation)),
         }
     })
@@ -832,6 +837,35 @@ mod tests {
         }
         let after = load_list_key(&keyring, list).unwrap();
         assert_eq!(subkeys(&after), subkeys(&before) + 2 * rounds);
+    }
+
+    /// A rotation of a protected key encrypts only the new subkey's secret: the others stay
+    /// as they were, so hosts that opened them before need no S2K derivation for them again.
+    #[test]
+    fn a_rotation_keeps_the_other_secrets_encrypted_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path();
+        let list = "enc@lists.example.test";
+        create_list_key(keyring, list).unwrap();
+        let pw = Password::from("right");
+        protect_list_key(keyring, list, &Passphrases::none(), &pw).unwrap();
+        let before = load_list_key(keyring, list).unwrap();
+        let given = Passphrases::given(pw);
+        let grace = std::time::Duration::from_secs(3600);
+        rotate_subkey(keyring, list, grace, RotateMode::NewSubkey, &given).unwrap();
+        let after = load_list_key(keyring, list).unwrap();
+        assert_eq!(pgp::protection(&after), Protection::Protected);
+        let secrets = |c: &Cert| -> HashMap<Fingerprint, _> {
+            c.keys()
+                .secret()
+                .map(|ka| (ka.key().fingerprint(), ka.key().secret().clone()))
+                .collect()
+        };
+        let (old, new) = (secrets(&before), secrets(&after));
+        assert_eq!(new.len(), old.len() + 1);
+        for (fpr, secret) in &old {
+            assert!(new.get(fpr) == Some(secret), "{fpr} re-encrypted");
+        }
     }
 
     /// A reload reuses an opened key only with the same passphrase: a wrong one is an error

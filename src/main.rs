@@ -104,7 +104,7 @@ enum CertsCommand {
     /// Read every certificate of the pgp.cert.d directory DIR into the certificate store
     /// (merged with what it holds); moving a site to PostgreSQL: import keyring_dir/certs.
     ///
-    /// Example: listcrypt certs import /var/lib/listcrypt/keyrings/certs
+    /// Example: listcrypt certs import certs-export
     Import { dir: PathBuf },
 }
 

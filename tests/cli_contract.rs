@@ -99,6 +99,8 @@ fn help_examples_run() {
         &["wkd", "export"],
         &["member", "add"],
         &["member", "list"],
+        &["certs", "export"],
+        &["certs", "import"],
         &["check-config"],
         &["notify-expiry"],
         &["process", "outbound"],

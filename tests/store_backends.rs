@@ -493,15 +493,20 @@ async fn two_milters_on_postgres_share_the_replay_record_and_defer_during_an_out
     let site = Site::new();
     let password_file = site.path("db-password");
     std::fs::write(&password_file, PASSWORD).unwrap();
+    // The database holds list keys only passphrase-protected.
+    let passphrase_file = site.path("list-passphrase");
+    std::fs::write(&passphrase_file, "list key passphrase\n").unwrap();
     let text = std::fs::read_to_string(&site.config).unwrap();
     let text = format!(
-        "{text}database_url = \"{}\"\ndatabase_password_file = \"{}\"\n",
+        "{text}database_url = \"{}\"\ndatabase_password_file = \"{}\"\n\
+         passphrase_file = \"{}\"\n",
         pg.url("site"),
-        password_file.display()
+        password_file.display(),
+        passphrase_file.display()
     );
     std::fs::write(&site.config, text).unwrap();
     site.create_list(LIST);
-    // Bound through the CLI, so into PostgreSQL (the certificate store is the site's files).
+    // Bound through the CLI, so into PostgreSQL (the certificate too).
     let alice = GpgMember::new(&site, "alice", true);
     assert_eq!(
         pg.psql("site", "SELECT address FROM bindings"),

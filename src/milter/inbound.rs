@@ -40,9 +40,8 @@ pub(super) async fn finish(
                 return Verdict::Tempfail(Refusal::Internal(Internal::State));
             }
         };
-        crate::crypto_pool::global().run(|| {
-            tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline)
-        })
+        crate::crypto_pool::global()
+            .run(|| tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline))
     });
     let verdict = with_progress(work, actions, timeout).await?;
     let qid = &message.queue_id;

@@ -3,10 +3,15 @@
 use super::KeyError;
 use super::POLICY;
 use openpgp::cert::prelude::*;
+use openpgp::crypto::Password;
+use openpgp::packet::key::{SecretKeyMaterial, SecretParts, UnspecifiedRole};
+use openpgp::packet::{Key, Packet};
 use openpgp::parse::Parse;
 use openpgp::serialize::SerializeInto;
 use openpgp::{Cert, Fingerprint};
 use sequoia_openpgp as openpgp;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -68,6 +73,59 @@ pub fn parse_list_key(bytes: &[u8], what: &str) -> Result<Cert, KeyError> {
         )));
     }
     Ok(cert)
+}
+
+/// Secrets opened by an earlier keyring load, by the SHA-256 of their encrypted key packet
+/// (public key and ciphertext): the same packet opened with the same passphrase again.
+pub type OpenedSecrets = HashMap<[u8; 32], Key<SecretParts, UnspecifiedRole>>;
+
+/// [`super::unlock`], taking each secret whose encrypted packet `before` opened already from
+/// it (S2K derivation is slow on purpose, RFC 9580 §3.7.1.3), and putting every secret it
+/// opened into `kept`. `before` must come from loads with the same passphrase.
+pub fn unlock_reusing(
+    cert: Cert,
+    password: &Password,
+    list: &str,
+    before: &mut OpenedSecrets,
+    kept: &mut OpenedSecrets,
+) -> Result<Cert, KeyError> {
+    super::protect::map_secrets(cert, |key| {
+        if key.has_unencrypted_secret() {
+            return Ok(key);
+        }
+        let packet = Packet::SecretSubkey(key.clone().role_into_subordinate()).to_vec()?;
+        let digest: [u8; 32] = Sha256::digest(&packet).into();
+        let open = match before.remove(&digest) {
+            Some(open) => open,
+            None => key.decrypt_secret(password)?,
+        };
+        kept.insert(digest, open.clone());
+        Ok(open)
+    })
+    .map_err(|e| match e {
+        KeyError::Crypto(_) => {
+            KeyError::Passphrase(format!("{list}: the passphrase does not open the list key"))
+        }
+        other => other,
+    })
+}
+
+/// Puts back the encrypted secrets `before` had into every key of `after` whose secret is in
+/// the clear: a change that had to open the key (a rotation) then encrypts only what is new,
+/// and the hosts that opened the other secrets before reuse them ([`unlock_reusing`]).
+pub fn keep_encrypted_secrets(after: Cert, before: &Cert) -> Result<Cert, KeyError> {
+    let encrypted: HashMap<Fingerprint, SecretKeyMaterial> = before
+        .keys()
+        .secret()
+        .filter(|ka| !ka.key().has_unencrypted_secret())
+        .map(|ka| (ka.key().fingerprint(), ka.key().secret().clone()))
+        .collect();
+    super::protect::map_secrets(after, |key| match encrypted.get(&key.fingerprint()) {
+        Some(secret) if key.has_unencrypted_secret() => {
+            Ok(key.take_secret().0.add_secret(secret.clone()).0)
+        }
+        _ => Ok(key),
+    })
 }
 
 /// Merges members' certifications into the list key; returns it and how many were new.

@@ -28,9 +28,8 @@ pub use encrypt::{
 pub use export::{armored_public, autocrypt_keydata, binary_public, only_userid_for, sha1};
 pub use list::{KeyError, ListKeys, Member};
 pub use listkey::{
-    armored_secret, generate_list_key, insert_certifications, parse_list_key, read_list_key, rotate,
-    RotateMode,
-    Rotation,
+    armored_secret, generate_list_key, insert_certifications, keep_encrypted_secrets,
+    parse_list_key, read_list_key, rotate, unlock_reusing, OpenedSecrets, RotateMode, Rotation,
 };
 pub use offered::{member_certifications, own_signatures_only};
 pub use protect::{protect, protection, unlock, Protection};

@@ -72,7 +72,7 @@ pub fn unlock(cert: Cert, password: &Password, list: &str) -> Result<Cert, KeyEr
 }
 
 /// Applies `f` to every secret key packet of `cert`, keeping everything else as it is.
-fn map_secrets(
+pub(super) fn map_secrets(
     cert: Cert,
     mut f: impl FnMut(
         Key<SecretParts, UnspecifiedRole>,
