@@ -20,6 +20,8 @@
 //! - K: dave binds his key through A's key address (the challenge encrypted to his key, his
 //!   signed reply with the token); B lists the binding as active, and dave's post through B is
 //!   accepted and distributed, with nothing copied to B;
+//! - D: `check-config` on B is quiet while both hosts have the same policy files, and warns,
+//!   naming A, once B's copy differs (each daemon records its policy digest in the database);
 //! - C: `kill -9` of A's daemon while it reinjects a post's batches (`batch_size = 1`, the
 //!   second reinjection hangs in a proxy); after the restart and Mailman's retry every member
 //!   has exactly one copy; batches in doubt (queued by Postfix but not journaled) are counted;
@@ -172,6 +174,7 @@ impl TwoMx {
             let listcrypt =
                 Listcrypt::configure(&root.join("listcrypt"), &socket_dir, reinject_via);
             listcrypt.use_database(&pg.url(DATABASE), &password_file);
+            listcrypt.add_setting("host_name", &format!("{name:?}"));
             listcrypt.add_setting(
                 "passphrase_file",
                 &format!("{:?}", passphrase_file.display().to_string()),
@@ -200,8 +203,8 @@ impl TwoMx {
                 inbound_port: ports[0],
             }
         };
-        let mut a = host("host-a", [a_in, a_out, a_reinject], proxy.port);
-        let mut b = host("host-b", [b_in, b_out, b_reinject], b_reinject);
+        let mut a = host("mx-a", [a_in, a_out, a_reinject], proxy.port);
+        let mut b = host("mx-b", [b_in, b_out, b_reinject], b_reinject);
 
         // One Mailman, sending through A (whose Postfix also runs postmap for the maps that
         // both Postfix instances read from Mailman's data dir).
@@ -704,6 +707,42 @@ fn key_bound_through_a_honoured_by_b(w: &TwoMx) -> Post {
     post
 }
 
+/// `check-config` on `h`: exit status and both outputs.
+fn check_config(h: &Host) -> (bool, String) {
+    let out = support::process::run(&mut h.listcrypt.command(&["check-config"]), None);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// D: the hosts' policy digests: the same files on both, no warning; a file that differs on
+/// B, a warning naming A.
+fn policy_digests(w: &TwoMx) {
+    const DIFFER: &str = "policy files differ between hosts";
+    let (ok, text) = check_config(&w.b);
+    assert!(
+        ok && !text.contains(DIFFER),
+        "D: check-config on B with A's policy files:\n{text}"
+    );
+    let path = w.b.listcrypt.policy_path(LIST);
+    let deployed = read_lossy(&path);
+    write(&path, format!("{deployed}# edited on mx-b only\n"));
+    let (_, text) = check_config(&w.b);
+    write(&path, deployed);
+    let warning = text
+        .lines()
+        .find(|l| l.contains(DIFFER))
+        .unwrap_or_else(|| panic!("D: no warning with a policy file edited on B:\n{text}"));
+    assert!(
+        warning.contains("mx-a"),
+        "D: the warning names no host: {warning}"
+    );
+    eprintln!("two-mx: D: check-config on B after a local edit: {warning}");
+}
+
 /// C: A's daemon killed while its second reinjected batch hangs; restarted; Mailman retries.
 fn crash_during_reinjection(w: &mut TwoMx) -> Post {
     let journal_before = w.journal();
@@ -878,6 +917,7 @@ fn two_mx_hosts_on_one_postgresql() {
     binding_propagation(&w);
     eprintln!("two-mx: P ok ({:?})", w.started.elapsed());
     let k = key_bound_through_a_honoured_by_b(&w);
+    policy_digests(&w);
     let c = crash_during_reinjection(&mut w);
     eprintln!("two-mx: C ok ({:?})", w.started.elapsed());
     let c2 = crash_after_batch_queued(&mut w);
