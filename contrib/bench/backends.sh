@@ -23,7 +23,8 @@
 # Environment: N (default 200), M (default 100), MEMBERS (default 10), BATCH (default 5),
 #   SESSIONS (default 4), WARMUP (default 10), LISTCRYPT (binary; default target/release/listcrypt
 #   if built, else target/debug/listcrypt: say which in any report, crypto in a debug build is
-#   several times slower and makes the store's share look smaller), KEEP=1 keeps the work dir.
+#   several times slower and makes the store's share look smaller), KEEP=1 keeps the work dir,
+#   PGLOG=1 logs every SQL statement to $W/pg/log (for counting round trips; slows PostgreSQL).
 set -euo pipefail
 
 N=${N:-200}
@@ -79,7 +80,9 @@ quiet() { "$@" >"$W/last.out" 2>&1 || { cat "$W/last.out" >&2; die "failed: $*";
 mkdir -m 700 "$W/pg" && chown nobody: "$W/pg"
 quiet runuser -u nobody -- "$PGBIN/initdb" -D "$W/pg/data" --auth=trust --username=listcrypt \
     --encoding=UTF8
-runuser -u nobody -- "$PGBIN/postgres" -D "$W/pg/data" -k "$W/pg" -c listen_addresses= \
+PG_OPTS=(-c listen_addresses=)
+[[ ${PGLOG:-} == 1 ]] && PG_OPTS+=(-c log_statement=all -c log_line_prefix='%m [%p] ')
+runuser -u nobody -- "$PGBIN/postgres" -D "$W/pg/data" -k "$W/pg" "${PG_OPTS[@]}" \
     >"$W/pg/log" 2>&1 &
 PG_PID=$!
 for ((i = 0; i < 300; i++)); do
