@@ -175,28 +175,9 @@ pub fn create_list_key_with<'a>(
     list: &str,
     passphrases: &Passphrases,
 ) -> Result<Cert, KeyError> {
-    let home = home.into();
-    if let KeyHome::Database(store) = home {
-        if passphrases.source().is_none() {
-            return Err(KeyError::Passphrase(format!(
-                "{list}: the database stores list keys only protected by a passphrase and \
-                 none is configured: set passphrase_file or give the service the systemd \
-                 credential {}",
-                crate::config::CREDENTIAL_NAME
-            )));
-        }
-        if store.list_key_get(list)?.is_some() {
-            return Err(KeyError::ListExists(list.to_string()));
-        }
-        let cert = pgp::protect(pgp::generate_list_key(list)?, &passphrases.get(list)?)?;
-        let (public, secret) = database_form(list, &cert)?;
-        if !store.list_key_put(list, &public, &secret, None)? {
-            return Err(KeyError::ListExists(list.to_string()));
-        }
-        return Ok(cert);
-    }
-    let KeyHome::Files(keyring_dir) = home else {
-        unreachable!("the database case returned above")
+    let keyring_dir = match home.into() {
+        KeyHome::Database(store) => return create_in_database(store, list, passphrases),
+        KeyHome::Files(keyring_dir) => keyring_dir,
     };
     let path = list_dir(keyring_dir, list).join("secret.pgp");
     let _lock = lock_list_secret(keyring_dir, list)?;
@@ -209,6 +190,31 @@ pub fn create_list_key_with<'a>(
     }
     let bytes = pgp::armored_secret(&cert)?;
     write_atomic(&path, &bytes, 0o600)?;
+    Ok(cert)
+}
+
+/// A new list key in the database, protected with the configured passphrase (there must be
+/// one); an existing key there is never replaced.
+fn create_in_database(
+    store: &dyn Store,
+    list: &str,
+    passphrases: &Passphrases,
+) -> Result<Cert, KeyError> {
+    if passphrases.source().is_none() {
+        return Err(KeyError::Passphrase(format!(
+            "{list}: the database stores list keys only protected by a passphrase and none is \
+             configured: set passphrase_file or give the service the systemd credential {}",
+            crate::config::CREDENTIAL_NAME
+        )));
+    }
+    if store.list_key_get(list)?.is_some() {
+        return Err(KeyError::ListExists(list.to_string()));
+    }
+    let cert = pgp::protect(pgp::generate_list_key(list)?, &passphrases.get(list)?)?;
+    let (public, secret) = database_form(list, &cert)?;
+    if !store.list_key_put(list, &public, &secret, None)? {
+        return Err(KeyError::ListExists(list.to_string()));
+    }
     Ok(cert)
 }
 
@@ -247,27 +253,17 @@ pub fn upload_list_key(
 
 /// The list key as stored: its secrets may still be encrypted.
 pub fn load_list_key<'a>(home: impl Into<KeyHome<'a>>, list: &str) -> Result<Cert, KeyError> {
-    Ok(load_list_key_bytes(home, list)?.1)
-}
-
-/// The stored bytes of the list key, and the key read from them.
-fn load_list_key_bytes<'a>(
-    home: impl Into<KeyHome<'a>>,
-    list: &str,
-) -> Result<(Vec<u8>, Cert), KeyError> {
     match home.into() {
         KeyHome::Files(keyring_dir) => {
             let path = list_dir(keyring_dir, list).join("secret.pgp");
             let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-            let cert = pgp::parse_list_key(&bytes, &path.display().to_string())?;
-            Ok((bytes, cert))
+            pgp::parse_list_key(&bytes, &path.display().to_string())
         }
         KeyHome::Database(store) => {
             let stored = store
                 .list_key_get(list)?
                 .ok_or_else(|| not_in_database(list))?;
-            let cert = pgp::parse_list_key(&stored.bytes, list)?;
-            Ok((stored.bytes, cert))
+            pgp::parse_list_key(&stored.bytes, list)
         }
     }
 }

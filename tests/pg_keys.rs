@@ -7,7 +7,8 @@
 //!   format (openpgp-cert-d, sq's cert store) reads, and `certs import` round-trips it, on
 //!   PostgreSQL and on SQLite;
 //! - the database never holds an unprotected list secret key;
-//! - `check-config` warns when the hosts' policy files differ.
+//! - `check-config` warns when the hosts' policy files differ;
+//! - two hosts changing one certificate or list key at once never lose a change.
 
 mod support;
 
@@ -196,7 +197,7 @@ fn certs_export_is_a_cert_store_and_import_round_trips() {
     }
     // GnuPG reads what sq would: the member's own key.
     let file = export
-        .join(&alice.fingerprint[..2].to_ascii_lowercase())
+        .join(alice.fingerprint[..2].to_ascii_lowercase())
         .join(alice.fingerprint[2..].to_ascii_lowercase());
     let shown = alice.gpg.show_fingerprints(&file);
     assert_eq!(shown.first(), Some(&alice.fingerprint), "{shown:?}");
@@ -337,4 +338,42 @@ fn check_config_warns_when_the_hosts_policy_files_differ() {
         "{stderr}"
     );
     assert!(!stderr.contains("mx-a recorded"), "{stderr}");
+}
+
+/// Two hosts changing one certificate or list key at once: the second writer's stale version
+/// is refused (it reads again and merges), never written over the first one's change; a list
+/// key change bumps the generation every host reloads on.
+#[test]
+fn a_stale_version_never_overwrites_a_certificate_or_a_list_key() {
+    let pg = Postgres::start();
+    pg.create_database("site");
+    let a = host(&pg, "site", "mx-a");
+    let open = || {
+        let config = listcrypt::config::Config::load(Some(&a.config)).unwrap();
+        listcrypt::store::open(&config).unwrap()
+    };
+    let (one, two) = (open(), open());
+    assert!(one.keeps_keys());
+    assert!(one.cert_put("AB01", b"first", None).unwrap());
+    assert!(
+        !two.cert_put("AB01", b"second", None).unwrap(),
+        "inserted once"
+    );
+    let seen = two.cert_get("AB01").unwrap().unwrap();
+    assert_eq!(seen.bytes, b"first");
+    assert!(two.cert_put("AB01", b"merged", Some(seen.version)).unwrap());
+    assert!(!one.cert_put("AB01", b"stale", Some(seen.version)).unwrap());
+    assert_eq!(one.cert_get("AB01").unwrap().unwrap().bytes, b"merged");
+
+    let generation = two.generation().unwrap();
+    assert!(one.list_key_put(LIST, b"pub", b"sec", None).unwrap());
+    assert!(two.generation().unwrap() > generation);
+    let seen = two.list_key_get(LIST).unwrap().unwrap();
+    assert!(two
+        .list_key_put(LIST, b"pub2", b"rotated", Some(seen.version))
+        .unwrap());
+    assert!(!one
+        .list_key_put(LIST, b"pub3", b"stale", Some(seen.version))
+        .unwrap());
+    assert_eq!(one.list_key_get(LIST).unwrap().unwrap().bytes, b"rotated");
 }
