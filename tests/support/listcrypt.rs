@@ -119,6 +119,28 @@ impl Listcrypt {
         write(&self.config, out);
     }
 
+    /// Puts the shared state in PostgreSQL (`database_url`, password from
+    /// `database_password_file`), as every MX host of a multi-host site is configured. Call it
+    /// before `set_limits`: the keys must stay above the `[limits]` table.
+    pub fn use_database(&self, url: &str, password_file: &Path) {
+        self.add_setting("database_url", &format!("{url:?}"));
+        self.add_setting(
+            "database_password_file",
+            &format!("{:?}", password_file.display().to_string()),
+        );
+    }
+
+    /// Appends `key = value` (a TOML value) to the top level of the config file; before
+    /// `set_limits`, which starts the `[limits]` table.
+    pub fn add_setting(&self, key: &str, value: &str) {
+        let text = read_lossy(&self.config);
+        assert!(
+            !text.contains("\n[limits]\n"),
+            "add_setting after set_limits would put {key} into [limits]"
+        );
+        write(&self.config, format!("{text}{key} = {value}\n"));
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = listcrypt_cmd();
         cmd.arg("-c").arg(&self.config).args(args);
