@@ -271,7 +271,14 @@ fn postgres_keeps_the_store_contract_between_two_hosts() {
         .map(|(v, n)| format!("{v} {n}"))
         .collect();
     assert_eq!(recorded, want.join("\n"));
-    assert_eq!(pg.psql("migrations", "SELECT value FROM meta"), "0");
+    // The generation counter, untouched; min_reader is the newest non-additive migration (4).
+    assert_eq!(
+        pg.psql(
+            "migrations",
+            "SELECT key || ' ' || value FROM meta ORDER BY key"
+        ),
+        "generation 0\nmin_reader 4"
+    );
 
     // sslmode=require is never downgraded: this test server has no TLS, so no connection.
     let mut required = listcrypt::config::database_settings(
@@ -292,11 +299,17 @@ fn postgres_keeps_the_store_contract_between_two_hosts() {
     preferred.password(PASSWORD);
     drop(PgStore::connect(preferred, timeouts()).unwrap());
 
-    // A database a newer listcrypt migrated is refused, not used.
+    // A database a newer listcrypt migrated only by additive migrations is used as it is
+    // (hosts upgraded one at a time); one whose newer migration is not additive is refused.
     let next = want.len() + 1;
     pg.psql(
         "migrations",
         &format!("INSERT INTO schema_migrations VALUES ({next}, 'future', 0)"),
+    );
+    drop(connect(&pg, "migrations", timeouts()).expect("an additive future schema is used"));
+    pg.psql(
+        "migrations",
+        &format!("UPDATE meta SET value = {next} WHERE key = 'min_reader'"),
     );
     match connect(&pg, "migrations", timeouts()) {
         Err(e @ StoreError::SchemaTooNew { .. }) => {
@@ -370,9 +383,12 @@ fn postgres_keeps_the_store_contract_between_two_hosts() {
         let g0 = d.keyring().unwrap().generation;
         assert_eq!(
             g0,
-            pg.psql("configured", "SELECT value FROM meta")
-                .parse::<i64>()
-                .unwrap()
+            pg.psql(
+                "configured",
+                "SELECT value FROM meta WHERE key = 'generation'"
+            )
+            .parse::<i64>()
+            .unwrap()
         );
         let other = a.clone();
         tokio::task::spawn_blocking(move || other.touch().unwrap())

@@ -4,7 +4,8 @@
 //! The SQL is written to run on PostgreSQL too where a portable form exists (`ON CONFLICT`,
 //! `BIGINT`, `ALTER TABLE … RENAME COLUMN`); the exceptions say so beside them. Both backends
 //! apply the same list, record it in the same `schema_migrations` table, and refuse a database
-//! that a newer listcrypt migrated further, so hosts can be upgraded one at a time.
+//! that a newer listcrypt migrated further by a migration that is not additive (`min_reader`
+//! in `meta`), so hosts can be upgraded one at a time.
 
 use super::StoreError;
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
@@ -18,6 +19,9 @@ struct Migration {
     then: Option<fn(&Transaction<'_>) -> rusqlite::Result<()>>,
     /// PostgreSQL's form of `sql` plus `then`, where it differs beyond the spelling of BLOB.
     postgres: Option<&'static str>,
+    /// Only adds tables (or nullable columns nothing older reads): a listcrypt that predates
+    /// it can still use the database, so hosts can be upgraded one at a time.
+    additive: bool,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -74,6 +78,7 @@ CREATE TABLE IF NOT EXISTS rate (
 ",
         then: None,
         postgres: None,
+        additive: false,
     },
     Migration {
         version: 2,
@@ -85,6 +90,7 @@ CREATE TABLE IF NOT EXISTS rate (
             "ALTER TABLE pending RENAME COLUMN token TO token_sha256;
 UPDATE pending SET token_sha256 = encode(sha256(convert_to(token_sha256, 'UTF8')), 'hex');",
         ),
+        additive: false,
     },
     Migration {
         version: 3,
@@ -95,6 +101,7 @@ CREATE INDEX IF NOT EXISTS replies_list_sent ON replies (list, sent);
 ",
         then: None,
         postgres: None,
+        additive: false,
     },
     Migration {
         version: 4,
@@ -111,6 +118,7 @@ CREATE INDEX IF NOT EXISTS replay_post ON replay (post_list, message_id);
 ",
         then: None,
         postgres: None,
+        additive: false,
     },
     Migration {
         version: 5,
@@ -139,11 +147,54 @@ CREATE TABLE IF NOT EXISTS hosts (
 ",
         then: None,
         postgres: None,
+        additive: true,
     },
 ];
 
 /// The newest schema version this code knows.
 pub(super) const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// The oldest schema a listcrypt must know to use a database this code migrated: the newest
+/// migration that is not additive. Recorded in `meta` as `min_reader`, so that a listcrypt
+/// that knows fewer migrations, but at least this many, uses the database as it is.
+const MIN_READER: i64 = {
+    let mut i = MIGRATIONS.len();
+    let mut v = 0;
+    while i > 0 {
+        i -= 1;
+        if !MIGRATIONS[i].additive {
+            v = MIGRATIONS[i].version;
+            break;
+        }
+    }
+    v
+};
+
+/// A database migrated past `LATEST` is used as it is when every migration this code lacks
+/// is additive (`min_reader` ≤ `LATEST`); otherwise it is refused.
+fn check_newer(found: i64, min_reader: Option<i64>) -> Result<bool, StoreError> {
+    if found <= LATEST {
+        return Ok(false);
+    }
+    match min_reader {
+        Some(m) if m <= LATEST => {
+            tracing::warn!(
+                "state store: database schema version {found} is newer than this listcrypt \
+                 knows ({LATEST}), but only by additive migrations: using it as it is"
+            );
+            Ok(true)
+        }
+        _ => Err(StoreError::SchemaTooNew {
+            found,
+            known: LATEST,
+        }),
+    }
+}
+
+const RECORD_MIN_READER_SQLITE: &str = "INSERT INTO meta (key, value) VALUES ('min_reader', ?1)
+     ON CONFLICT (key) DO UPDATE SET value = max(meta.value, excluded.value)";
+const RECORD_MIN_READER_PG: &str = "INSERT INTO meta (key, value) VALUES ('min_reader', $1)
+     ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value)";
 
 /// Challenges already out keep working: their clear tokens are replaced by their hashes.
 fn hash_pending_tokens(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -186,10 +237,13 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch(CREATE_MIGRATIONS_TABLE)?;
     let found = current_version(conn)?;
     if found > LATEST {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            known: LATEST,
-        });
+        let min_reader = conn
+            .query_row("SELECT value FROM meta WHERE key = 'min_reader'", [], |r| {
+                r.get(0)
+            })
+            .ok();
+        check_newer(found, min_reader)?;
+        return Ok(());
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -208,6 +262,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
         tx.commit()?;
     }
+    conn.execute(RECORD_MIN_READER_SQLITE, params![MIN_READER])?;
     Ok(())
 }
 
@@ -241,10 +296,13 @@ pub(super) async fn migrate_postgres(
         .get(0);
     let found = i64::from(found);
     if found > LATEST {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            known: LATEST,
-        });
+        let min_reader: Option<i64> = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'min_reader'", &[])
+            .await?
+            .map(|r| r.get(0));
+        check_newer(found, min_reader)?;
+        tx.commit().await?;
+        return Ok(());
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         tx.batch_execute(&postgres_sql(m)).await?;
@@ -255,6 +313,7 @@ pub(super) async fn migrate_postgres(
         )
         .await?;
     }
+    tx.execute(RECORD_MIN_READER_PG, &[&MIN_READER]).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -430,6 +489,13 @@ CREATE TABLE IF NOT EXISTS rate (
                 [LATEST + 1],
             )
             .unwrap();
+        // The future migration is not additive: a reader must know it.
+        s.conn()
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'min_reader'",
+                [LATEST + 1],
+            )
+            .unwrap();
         drop(s);
         match SqliteStore::open(dir.path()) {
             Err(e @ StoreError::SchemaTooNew { .. }) => {
@@ -442,5 +508,30 @@ CREATE TABLE IF NOT EXISTS rate (
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("a newer schema was opened"),
         }
+    }
+
+    /// Upgrading host by host: a database a newer listcrypt migrated only by additive
+    /// migrations is used as it is, and records what a reader must know.
+    #[test]
+    fn a_database_newer_only_by_additive_migrations_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let min_reader: i64 = s
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = 'min_reader'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        // Migration 4 changed what replay rows mean; 5 only added tables.
+        assert_eq!(min_reader, 4);
+        s.conn()
+            .execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, 'future', 0)",
+                [LATEST + 1],
+            )
+            .unwrap();
+        drop(s);
+        let s = SqliteStore::open(dir.path()).expect("an additive future schema is used");
+        assert_eq!(current_version(&s.conn()).unwrap(), LATEST + 1);
     }
 }
