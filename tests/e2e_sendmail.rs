@@ -212,9 +212,15 @@ impl Drop for World {
             );
         }
         eprintln!("sendmail: stopping (ran {:?})", self.started.elapsed());
+        let stopping = Instant::now();
         self.listcrypt.stop();
         self.mailman.stop();
+        let mailman = stopping.elapsed();
         self.sendmail.stop();
+        eprintln!(
+            "sendmail: stopped in {:?} (Mailman {mailman:?})",
+            stopping.elapsed()
+        );
     }
 }
 
@@ -487,6 +493,29 @@ fn bad_posts_are_refused(w: &World, secrets: &mut Vec<String>) {
         .first_refusal()
         .unwrap_or_else(|| panic!("a plaintext post to enc+x@ was accepted:\n{d}"));
     assert!((500..600).contains(&reply.code), "enc+x@: {reply}\n{d}");
+
+    // No address of the list: listcrypt refuses it at RCPT, under Sendmail's queue id, which
+    // Sendmail sends with MAIL already (Postfix: NOQUEUE).
+    let stranger = "nobody@lists.example.test";
+    let d = smtp::send(w.inbound(), &w.alice.email, &[stranger], &plain);
+    let reply = d
+        .reply(&format!("RCPT {stranger}"))
+        .unwrap_or_else(|| panic!("no RCPT reply:\n{d}"));
+    assert_eq!((reply.code, reply.enhanced()), (550, Some("5.1.1")), "{d}");
+    let log = w.listcrypt.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("recipient {stranger} refused")))
+        .unwrap_or_else(|| panic!("no refusal of {stranger} in listcrypt's log:\n{log}"));
+    let id = line
+        .split("INFO ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or("");
+    assert!(
+        id != "NOQUEUE" && w.sendmail.log().contains(&format!("]: {id}: ")),
+        "the RCPT refusal names {id:?}, no queue id of Sendmail's: {line}"
+    );
 
     let dave_marker = unique_marker("dave");
     secrets.push(dave_marker.clone());

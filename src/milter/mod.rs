@@ -107,7 +107,14 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 // daemon port of 0 marks mail that Postfix made itself (DSNs).
                 cx.requested_macros
                     .insert(MacroStage::Connect, CString::new("{daemon_port}").expect("no NUL"));
-                for stage in [MacroStage::Data, MacroStage::Eoh, MacroStage::Eom] {
+                // Sendmail knows the queue id from MAIL on (Postfix from DATA): RCPT refusals
+                // then name it, as Sendmail's own log lines do.
+                for stage in [
+                    MacroStage::Mail,
+                    MacroStage::Data,
+                    MacroStage::Eoh,
+                    MacroStage::Eom,
+                ] {
                     cx.requested_macros.insert(stage, CString::new("i").expect("no NUL"));
                 }
                 Status::Continue
@@ -133,9 +140,10 @@ fn transaction_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
                     .macros
                     .get(c"{daemon_port}")
                     .is_some_and(|p| p.to_bytes() == b"0");
+                let queue_id = queue_id_macro(&cx.macros);
                 match cx.data.as_mut() {
                     Some(s) => {
-                        let r = s.mail(args, internal, &mut cx.reply);
+                        let r = s.mail(args, internal, queue_id, &mut cx.reply);
                         settle(r, s, &mut cx.reply)
                     }
                     None => missing_session(&mut cx.reply),
@@ -156,10 +164,7 @@ fn transaction_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
         .on_data(|cx| {
             Box::pin(async move {
                 // Postfix knows the queue id from DATA on: the refusals that follow name it.
-                let queue_id = cx
-                    .macros
-                    .get(c"i")
-                    .map(|v| v.to_string_lossy().into_owned());
+                let queue_id = queue_id_macro(&cx.macros);
                 match cx.data.as_mut() {
                     Some(s) => {
                         let r = s.data(queue_id);
@@ -220,6 +225,14 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
             Status::Continue
         })
     })
+}
+
+/// The MTA's queue id (macro `i`), if it sent a non-empty one.
+fn queue_id_macro(macros: &indymilter::Macros) -> Option<String> {
+    macros
+        .get(c"i")
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// Our own failure: never a silent pass, always `451 4.3.0` with a log line.
