@@ -7,7 +7,7 @@ use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
 use crate::outbound;
 use crate::pgp;
 use crate::refusal::{RcptOutcome, Refusal};
-use crate::store::{Role, SqliteStore, Store, StoreError};
+use crate::store::{Role, Store, StoreError};
 use crate::wkd::WkdError;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -50,7 +50,7 @@ impl From<KeyError> for CommandError {
     fn from(e: KeyError) -> Self {
         let code = match &e {
             KeyError::Config(_) => exit::CONFIG,
-            KeyError::Store(StoreError::Busy(_)) => exit::TEMPFAIL,
+            KeyError::Store(StoreError::Busy(_) | StoreError::Unavailable(_)) => exit::TEMPFAIL,
             KeyError::Store(_) => exit::UNAVAILABLE,
             KeyError::Io { .. } => exit::IOERR,
             KeyError::Parse { .. } | KeyError::Unusable(_) => exit::DATA,
@@ -100,8 +100,9 @@ fn list_address(s: &str) -> Result<String> {
     Ok(a)
 }
 
-fn open_store(config: &Config) -> Result<SqliteStore> {
-    Ok(SqliteStore::open(&config.state_dir)?)
+/// The store the daemon uses too (SQLite, or PostgreSQL with `database_url`).
+fn open_store(config: &Config) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(crate::store::open(config)?)
 }
 
 fn existing_list(config: &Config, list: &str) -> Result<()> {
@@ -278,7 +279,7 @@ pub fn member_add(
     existing_list(config, &list)?;
     let cert = keys::read_cert_file(cert_file)?;
     let store = open_store(config)?;
-    let b = keys::add_member(config, &store, &list, &address, &cert, role, key_id).map_err(
+    let b = keys::add_member(config, &*store, &list, &address, &cert, role, key_id).map_err(
         |e| match e {
             KeyError::Unusable(why) => CommandError::new(exit::DATA, address.clone(), why),
             other => other.into(),
@@ -357,7 +358,7 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
     let store = open_store(config)?;
     let keyring = Keyring::load_with(
         config,
-        &store,
+        &*store,
         &keys::Passphrases::interactive(config),
         keys::LockedKeys::Fail,
     )?;
@@ -367,10 +368,10 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
     let mut lists: Vec<_> = keyring.lists.values().cloned().collect();
     lists.sort_by(|a, b| a.address.cmp(&b.address));
     for list in &lists {
-        let unusable = member_notices(&store, list, horizon, &mut notices, out)?;
-        owner_notices(&store, list, &unusable, &mut notices, out)?;
+        let unusable = member_notices(&*store, list, horizon, &mut notices, out)?;
+        owner_notices(&*store, list, &unusable, &mut notices, out)?;
     }
-    send_notices(config, &store, &notices)?;
+    send_notices(config, &*store, &notices)?;
     Ok(exit::OK)
 }
 
@@ -384,7 +385,7 @@ struct Notice {
 /// Tells each member whose key expires before `horizon` (at most weekly); returns one line per
 /// member whose key is unusable already, for the owners.
 fn member_notices(
-    store: &SqliteStore,
+    store: &dyn Store,
     list: &keys::ListKeys,
     horizon: std::time::SystemTime,
     notices: &mut Vec<Notice>,
@@ -440,7 +441,7 @@ fn member_notices(
 
 /// Tells each owner with a usable key which members have none (at most daily).
 fn owner_notices(
-    store: &SqliteStore,
+    store: &dyn Store,
     list: &keys::ListKeys,
     unusable: &[String],
     notices: &mut Vec<Notice>,
@@ -487,7 +488,7 @@ fn owner_notices(
 
 /// Sends the notices in order through the reinjection listener; on the first failure the
 /// rest are forgotten by the rate limiter, so the next run tries them again.
-fn send_notices(config: &Config, store: &SqliteStore, notices: &[Notice]) -> Result<()> {
+fn send_notices(config: &Config, store: &dyn Store, notices: &[Notice]) -> Result<()> {
     if notices.is_empty() {
         return Ok(());
     }
@@ -596,7 +597,7 @@ fn load_keyring(config: &Config) -> Result<Keyring> {
     let passphrases = keys::Passphrases::interactive(config);
     Ok(Keyring::load_with(
         config,
-        &store,
+        &*store,
         &passphrases,
         keys::LockedKeys::Fail,
     )?)
@@ -660,7 +661,7 @@ pub fn process_inbound(
         }
     }
     let store = open_store(config)?;
-    let ledger = inbound::Peeking(&store);
+    let ledger = inbound::Peeking(&*store);
     match tx.finish(
         &message,
         &config.limits,
@@ -694,7 +695,7 @@ fn key_address_dry_run(
     let store = open_store(config)?;
     let processor = crate::key_address::Processor {
         list,
-        store: &store,
+        store: &*store,
         keyring_dir: &config.keyring_dir,
         limits: &config.limits,
     };

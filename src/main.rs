@@ -257,26 +257,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::NotifyExpiry { days } => admin::notify_expiry(&config, days, &mut out),
         Command::Doctor(a) => admin::doctor::doctor(&config, &a.options(), &mut out),
         Command::CheckConfig => admin::check_config(&config, &mut out).map(|_| exit::OK),
-        Command::List(ListCommand::Create { address }) => {
-            admin::list_create(&config, &address, &mut out).map(|_| exit::OK)
-        }
-        Command::List(ListCommand::RotateSubkey {
-            address,
-            grace_days,
-            prune_only,
-            all,
-        }) => rotate_subkey(&config, address, grace_days, prune_only, all, &mut out),
-        Command::List(ListCommand::Protect {
-            address,
-            new_passphrase_file,
-        }) => admin::list_protect(&config, &address, new_passphrase_file.as_deref(), &mut out)
-            .map(|_| exit::OK),
-        Command::List(ListCommand::Unprotect { address }) => {
-            admin::list_unprotect(&config, &address, &mut out).map(|_| exit::OK)
-        }
-        Command::List(ListCommand::ExportKey { address }) => {
-            admin::list_export_key(&config, &address, &mut out).map(|_| exit::OK)
-        }
+        Command::List(command) => run_list(&config, command, &mut out),
         Command::Member(MemberCommand::Add {
             list,
             address,
@@ -323,6 +304,36 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::Process(ProcessCommand::Outbound(a)) => {
             listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, &quiet_level());
             admin::process_outbound(&config, &a.list, &a.from, &a.rcpt, &a.out, &mut out)
+        }
+    }
+}
+
+/// The `list` verbs.
+fn run_list(
+    config: &Config,
+    command: ListCommand,
+    out: &mut dyn std::io::Write,
+) -> Result<u8, CommandError> {
+    match command {
+        ListCommand::Create { address } => {
+            admin::list_create(config, &address, out).map(|_| exit::OK)
+        }
+        ListCommand::RotateSubkey {
+            address,
+            grace_days,
+            prune_only,
+            all,
+        } => rotate_subkey(config, address, grace_days, prune_only, all, out),
+        ListCommand::Protect {
+            address,
+            new_passphrase_file,
+        } => admin::list_protect(config, &address, new_passphrase_file.as_deref(), out)
+            .map(|_| exit::OK),
+        ListCommand::Unprotect { address } => {
+            admin::list_unprotect(config, &address, out).map(|_| exit::OK)
+        }
+        ListCommand::ExportKey { address } => {
+            admin::list_export_key(config, &address, out).map(|_| exit::OK)
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::keys::{KeyError, Keyring};
-use crate::store::{SqliteStore, Store};
+use crate::store::{Store, StoreError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,7 +24,7 @@ pub const STALE_SNAPSHOT_BOUND: Duration = Duration::from_secs(30);
 pub struct Daemon {
     config_path: Option<PathBuf>,
     config: RwLock<Arc<Config>>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     keyring: RwLock<Arc<Keyring>>,
     /// Serialises rebuilds (background and SIGHUP), so two never race to install.
     reload_lock: Mutex<()>,
@@ -88,7 +88,7 @@ impl Drop for Reservation {
 
 impl Daemon {
     pub fn open(config: Config, config_path: Option<PathBuf>) -> Result<Daemon, KeyError> {
-        let store = Arc::new(SqliteStore::open(&config.state_dir)?);
+        let store = crate::store::open(&config)?;
         let keyring = Keyring::load(&config, &*store)?;
         crate::metrics::keyring_loaded(&keyring);
         Ok(Daemon {
@@ -161,8 +161,15 @@ impl Daemon {
         Ok(current)
     }
 
-    /// Polls the generation every [`GENERATION_POLL`] while the daemon lives.
+    /// Polls the generation every [`GENERATION_POLL`] while the daemon lives, and checks at
+    /// once when the store says another host changed it (PostgreSQL's NOTIFY).
     fn watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let (daemon, handle) = (Arc::downgrade(self), runtime.clone());
+        self.store.on_change(Arc::new(move || {
+            if let Some(d) = daemon.upgrade() {
+                d.start_refresh(&handle);
+            }
+        }));
         let daemon = Arc::downgrade(self);
         runtime.spawn(async move {
             loop {
@@ -186,8 +193,13 @@ impl Daemon {
         }
         let daemon = self.clone();
         runtime.spawn_blocking(move || {
-            if let Err(e) = daemon.refresh() {
-                tracing::error!("keyring reload failed, still using the previous one: {e}");
+            match daemon.refresh() {
+                // The store logs an outage once, not at every poll.
+                Err(KeyError::Store(StoreError::Unavailable(_))) => {}
+                Err(e) => {
+                    tracing::error!("keyring reload failed, still using the previous one: {e}")
+                }
+                Ok(()) => {}
             }
             daemon.refreshing.store(false, Ordering::Release);
         });

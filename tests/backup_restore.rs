@@ -245,3 +245,29 @@ fn a_forced_restore_replaces_what_came_after_the_backup() {
     let check = text(&site, &["check-config"]);
     assert!(check.contains("1 list(s)"), "{check}");
 }
+
+/// With `database_url` the state is in PostgreSQL, not in the local SQLite file that a backup
+/// would copy: both verbs refuse (exit 64, EX_USAGE) instead of saving or restoring an empty
+/// local database as if it were the site.
+#[test]
+fn a_site_on_postgresql_is_not_backed_up_as_if_it_were_local() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let config = fs::read_to_string(&site.config).unwrap();
+    fs::write(
+        &site.config,
+        format!("{config}database_url = \"postgresql://listcrypt@127.0.0.1:1/listcrypt\"\n"),
+    )
+    .unwrap();
+    let backup = site.path("backup");
+    for args in [
+        vec!["backup", backup.to_str().unwrap()],
+        vec!["restore", backup.to_str().unwrap()],
+    ] {
+        let out = run(site.cli().args(&args), None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains("pg_dump"), "{args:?}: {stderr}");
+    }
+    assert!(!backup.join("manifest.toml").exists());
+}

@@ -11,7 +11,7 @@ use std::process::Command;
 use support::environment::{repo_dir, require_environment};
 use support::files::{mkdir, read_lossy, write};
 use support::listcrypt::Listcrypt;
-use support::mailman::snippet_section;
+use support::mailman::{snippet_section, Mailman, MailmanSettings};
 use support::net::free_ports;
 use support::postfix::{make_searchable, Postfix, PostfixSettings};
 use support::process::{run, run_ok};
@@ -42,7 +42,9 @@ impl Fixture {
         let socket_dir = mkdir(&base.join("run"), 0o755);
         let listcrypt = Listcrypt::configure(&base.join("listcrypt"), &socket_dir, reinject_port);
         listcrypt.cli(&["list", "create", LIST]);
-        let mailman_data_dir = mkdir(&base.join("mailman/data"), 0o755);
+        mkdir(&base.join("mailman"), 0o755);
+        // Where the throwaway Mailman core below keeps its data (and writes Postfix's maps).
+        let mailman_data_dir = base.join("mailman-core/var/data");
         let postfix = Postfix::configure(&PostfixSettings {
             base: base.join("postfix"),
             inbound_port,
@@ -60,16 +62,32 @@ impl Fixture {
             "-e",
             &format!("relay_recipient_maps = {lmtp_map}, inline:{{ {KEY_ADDRESS}=OK }}"),
         ]);
+        // Mailman's own Postfix maps for the list, written by `mailman create` (no Mailman
+        // runs: its LMTP port is the default 8024 that the mailman.cfg below implies).
+        let mailman = Mailman::configure(&MailmanSettings {
+            base: base.join("mailman-core"),
+            lmtp_port: 8024,
+            rest_port: 8001,
+            smtp_port: outbound_port,
+            postfix_etc: postfix.etc.clone(),
+        });
+        mailman.create_list(LIST, "owner@example.net", &[]);
         // mailman.cfg from the admin snippet, Mailman pointed at the outbound listener.
-        let sender_headers = snippet_section(&repo_dir().join("postfix/mailman.cfg"), "mailman")
-            .into_iter()
-            .find(|(k, _)| k == "sender_headers")
-            .map(|(_, v)| v)
-            .expect("postfix/mailman.cfg: [mailman] has sender_headers");
+        let snippet = |section: &str, key: &str| {
+            snippet_section(&repo_dir().join("postfix/mailman.cfg"), section)
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("postfix/mailman.cfg: [{section}] has {key}"))
+        };
+        let sender_headers = snippet("mailman", "sender_headers");
+        let max_recipients = snippet("mta", "max_recipients");
         let mailman_cfg = base.join("mailman/mailman.cfg");
         write(
             &mailman_cfg,
-            format!("[mailman]\nsender_headers: {sender_headers}\n\n[mta]\nsmtp_port: {outbound_port}\n"),
+            format!(
+                "[mailman]\nsender_headers: {sender_headers}\n\n[mta]\nsmtp_port: {outbound_port}\nmax_recipients: {max_recipients}\n"
+            ),
         );
         Fixture {
             postfix,

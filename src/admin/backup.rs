@@ -112,8 +112,23 @@ fn walk(root: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((dirs, files))
 }
 
+/// The state of several hosts lives in PostgreSQL, which has its own backup tools; a backup
+/// made here would hold an empty local database and restore it over nothing.
+fn refuse_postgres(config: &Config, verb: &str) -> Result<()> {
+    if config.database_url.is_empty() {
+        return Ok(());
+    }
+    Err(CommandError::new(
+        exit::USAGE,
+        verb,
+        "the state is in PostgreSQL (database_url): back it up with pg_dump, and the \
+         keyring and policy directories with your file backup",
+    ))
+}
+
 /// `listcrypt backup DIR`: DIR must be new or empty; it is made 0700.
 pub fn backup(config: &Config, dir: &Path, out: &mut dyn Write) -> Result<()> {
+    refuse_postgres(config, "backup")?;
     prepare_backup_dir(dir)?;
     let store = SqliteStore::open(&config.state_dir)?;
     let state = dir.join(STATE);
@@ -227,6 +242,7 @@ fn join(name: &str, rel: &Path) -> String {
 /// `listcrypt restore DIR [--force]`: verifies the whole backup, then writes the files
 /// (each atomically, with its mode) and the state database last, in one transaction.
 pub fn restore(config: &Config, dir: &Path, force: bool, out: &mut dyn Write) -> Result<()> {
+    refuse_postgres(config, "restore")?;
     let (manifest, contents) = verify(dir)?;
     let store = SqliteStore::open(&config.state_dir)?;
     if !force && target_holds_something(config, &store)? {

@@ -1,9 +1,16 @@
-//! `listcrypt doctor`: checks the Postfix wiring (`postconf`, `postconf -M`, `postconf -P`),
-//! Mailman's config file and listcrypt's own settings; one line per check, exit 1 on a FAIL.
+//! `listcrypt doctor`: checks the Postfix wiring (`postconf`, `postconf -M`, `postconf -P`,
+//! `postmap -q`), Mailman's config file and REST API, and listcrypt's own settings, keys and
+//! bindings; one line per check, exit 1 on a FAIL.
+
+mod mailman_rest;
 
 use crate::admin::exit;
-use crate::config::{Config, Policy, SocketSpec};
-use std::collections::HashMap;
+use crate::config::{Config, MailmanApi, Policy, SocketSpec};
+use crate::keys::{normalize_address, Keyring};
+use crate::store::{Binding, BindingState, SqliteStore, Store};
+use mailman_rest::{entries, text, Rest};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -282,16 +289,40 @@ pub fn doctor(
             None
         }
     };
-    match (Postfix::read(options.postfix_config.as_deref()), &sockets) {
-        (Err(e), _) => report.fail(
-            "postconf",
-            format!("{e} — install Postfix, or give its configuration with --postfix-config DIR"),
-        ),
+    let postfix = match (Postfix::read(options.postfix_config.as_deref()), &sockets) {
+        (Err(e), _) => {
+            report.fail(
+                "postconf",
+                format!(
+                    "{e} — install Postfix, or give its configuration with --postfix-config DIR"
+                ),
+            );
+            None
+        }
         (Ok(pf), Some(sockets)) => {
             postfix_checks(&pf, config, sockets, &mut report);
-            mailman_checks(&pf, sockets, &options.mailman_config, &mut report);
+            Some(pf)
         }
-        (Ok(_), None) => {}
+        (Ok(_), None) => None,
+    };
+    let lists = lists_with_policies(config);
+    let keys = load_keys(config);
+    if let Err(why) = &keys {
+        report.warn(
+            "listcrypt state",
+            format!("{why} — bindings and key expiry are not checked"),
+        );
+    }
+    let mailman = Mailman::read(config, &options.mailman_config, &mut report);
+    if let (Some(pf), Some(sockets)) = (&postfix, &sockets) {
+        mailman_site_checks(pf, sockets, &mailman, &lists, &mut report);
+        routing_check(pf, &mailman, &lists, keys.as_ref().ok(), &mut report);
+    }
+    if let Ok(rest) = &mailman.rest {
+        mailman_list_checks(rest, &mailman, &lists, keys.as_ref().ok(), &mut report);
+    }
+    if let Ok(keys) = &keys {
+        expiry_check(&keys.keyring, std::time::SystemTime::now(), &mut report);
     }
     list_key_checks(config, &mut report);
     let mut failed = false;
@@ -548,30 +579,7 @@ fn access_check(config: &Config, sockets: &Sockets, report: &mut Report) {
 
 /// Whether `postmap -q` finds `key` in any of the maps listed in `param`.
 fn in_maps(pf: &Postfix, param: &str, key: &str) -> bool {
-    let value = pf.param(None, param).to_string();
-    let mut maps = Vec::new();
-    let mut depth = 0;
-    let mut current = String::new();
-    for c in value.chars() {
-        depth += (c == '{') as i32 - (c == '}') as i32;
-        if depth == 0 && (c == ',' || c.is_whitespace()) {
-            maps.push(std::mem::take(&mut current));
-        } else {
-            current.push(c);
-        }
-    }
-    maps.push(current);
-    maps.iter().filter(|m| m.contains(':')).any(|map| {
-        let mut cmd = Command::new("postmap");
-        if let Some(dir) = &pf.config_dir {
-            cmd.arg("-c").arg(dir);
-        }
-        cmd.arg("-q")
-            .arg(key)
-            .arg(map)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    lookup(pf, param, key).is_some()
 }
 
 fn key_address_check(pf: &Postfix, config: &Config, report: &mut Report) {
@@ -701,43 +709,772 @@ fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
     value
 }
 
-fn mailman_checks(pf: &Postfix, sockets: &Sockets, path: &Path, report: &mut Report) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => {
-            let why = format!(
-                "{}: {e} — run doctor as root or as a member of group list, or give --mailman-config FILE",
-                path.display()
-            );
-            report.warn("mailman smtp_port", why.clone());
-            report.warn("mailman sender_headers", why);
-            return;
-        }
+/// The lists in `policy_dir` with their policies (a list whose policy does not load is left
+/// out here; `check-config` names it).
+fn lists_with_policies(config: &Config) -> Vec<(String, Policy)> {
+    crate::keys::list_names(config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|list| {
+            let policy = Policy::load(&config.policy_path(&list)).ok()?;
+            Some((list, policy))
+        })
+        .collect()
+}
+
+/// The keyring and every binding (any state) per list, as the daemon sees them.
+struct Keys {
+    keyring: Keyring,
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+/// Opens the store as the owner of `state_dir` (doctor runs as root): SQLite's -wal and -shm
+/// files must stay the daemon's, and a missing database is not created.
+fn load_keys(config: &Config) -> Result<Keys, String> {
+    // SqliteStore's file name.
+    let database = config.state_dir.join("state.sqlite");
+    if !database.exists() {
+        return Err(format!(
+            "{} does not exist yet (no list created?)",
+            database.display()
+        ));
+    }
+    // SQLite creates -wal and -shm when it opens the database; later reads use them.
+    let store = {
+        let _owner = AsOwner::of(&config.state_dir)?;
+        SqliteStore::open(&config.state_dir).map_err(|e| e.to_string())?
     };
+    let keyring = Keyring::load(config, &store).map_err(|e| e.to_string())?;
+    let mut bindings = HashMap::new();
+    for list in keyring.lists.keys() {
+        bindings.insert(
+            list.clone(),
+            store.bindings(list).map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(Keys { keyring, bindings })
+}
+
+/// Root's effective ids switched to a directory's owner until dropped; holds the effective
+/// group to return to (`None`: nothing was switched).
+struct AsOwner(Option<nix::unistd::Gid>);
+
+impl AsOwner {
+    fn of(dir: &Path) -> Result<AsOwner, String> {
+        use nix::unistd::{setegid, seteuid, Gid, Uid};
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !Uid::effective().is_root() || meta.uid() == 0 {
+            return Ok(AsOwner(None));
+        }
+        let owner = AsOwner(Some(Gid::effective()));
+        setegid(Gid::from_raw(meta.gid())).map_err(|e| format!("setegid: {e}"))?;
+        seteuid(Uid::from_raw(meta.uid())).map_err(|e| format!("seteuid: {e}"))?;
+        Ok(owner)
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        if let Some(gid) = self.0 {
+            // Root first: only root may set the group back.
+            let _ = nix::unistd::seteuid(nix::unistd::Uid::from_raw(0));
+            let _ = nix::unistd::setegid(gid);
+        }
+    }
+}
+
+/// The sections of the running Mailman's configuration that doctor reads.
+const SECTIONS: [&str; 3] = ["mta", "mailman", "antispam"];
+
+/// Mailman's settings that doctor compares, with Mailman 3.3's defaults (schema.cfg).
+const SETTINGS: [(&str, &str, &str); 5] = [
+    ("mta", "smtp_port", "25"),
+    ("mta", "max_recipients", "500"),
+    ("mta", "lmtp_host", "127.0.0.1"),
+    ("mta", "lmtp_port", "8024"),
+    ("mailman", "sender_headers", "from from_ reply-to sender"),
+];
+
+/// What doctor knows of Mailman: its config file and, when reachable, its REST API.
+struct Mailman {
+    /// mailman.cfg's text, or why it could not be read.
+    file: Result<String, String>,
+    /// The REST client, or why there is none.
+    rest: Result<Rest, String>,
+    /// `SECTIONS` of the running Mailman.
+    running: HashMap<String, HashMap<String, String>>,
+}
+
+impl Mailman {
+    fn read(config: &Config, path: &Path, report: &mut Report) -> Mailman {
+        let file = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()));
+        if let Err(why) = &file {
+            report.warn("mailman.cfg", format!(
+                "{why} — run doctor as root or as a member of group list, or give --mailman-config FILE; the running Mailman's settings are used instead"
+            ));
+        }
+        let mut running = HashMap::new();
+        let rest = connect(&config.mailman_api).and_then(|rest| {
+            for section in SECTIONS {
+                let value = rest
+                    .get(&format!("system/configuration/{section}"))
+                    .map_err(|e| e.to_string())?;
+                let pairs = value
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), text(Some(v))?)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                running.insert(section.to_string(), pairs);
+            }
+            Ok(rest)
+        });
+        match &rest {
+            Ok(_) => report.ok("mailman api"),
+            Err(why) => report.warn("mailman api", format!(
+                "{why} — start Mailman and set [mailman_api] url, user and password_file from mailman.cfg's [webservice]; the checks of each list's Mailman settings and roster are skipped"
+            )),
+        }
+        if rest.is_err() {
+            running.clear();
+        }
+        Mailman {
+            file,
+            rest,
+            running,
+        }
+    }
+
+    /// `[section] key` as Mailman will run it: mailman.cfg's (or Mailman's default) when the
+    /// file is readable, else the running Mailman's; `None` when neither is known.
+    fn setting(&self, section: &str, key: &str) -> Option<String> {
+        match &self.file {
+            Ok(text) => {
+                Some(ini_value(text, section, key).unwrap_or_else(|| default(section, key)))
+            }
+            Err(_) => self.running.get(section)?.get(key).cloned(),
+        }
+    }
+}
+
+fn default(section: &str, key: &str) -> String {
+    SETTINGS
+        .iter()
+        .find(|(s, k, _)| *s == section && *k == key)
+        .map_or(String::new(), |(_, _, v)| v.to_string())
+}
+
+fn connect(api: &MailmanApi) -> Result<Rest, String> {
+    let password = match api.password() {
+        None => return Err("mailman_api.password_file is not set".into()),
+        Some(Err(e)) => return Err(format!("{}: {e}", api.password_file.display())),
+        Some(Ok(p)) => p,
+    };
+    Rest::new(api, &password).map_err(|e| e.to_string())
+}
+
+fn mailman_site_checks(
+    pf: &Postfix,
+    sockets: &Sockets,
+    mm: &Mailman,
+    lists: &[(String, Policy)],
+    report: &mut Report,
+) {
+    let unknown = "neither mailman.cfg nor the REST API could be read — see above";
     let outbound = pf.services.iter().filter(|s| s.is_smtpd()).find(|s| {
         find_milter(pf, Some(s), "smtpd_milters", &sockets.outbound)
             .0
             .is_some()
     });
-    // Mailman's schema.cfg default for [mta] smtp_port.
-    let port = ini_value(&text, "mta", "smtp_port").unwrap_or_else(|| "25".into());
-    match outbound {
-        None => report.warn("mailman smtp_port", "no outbound listener to compare with — see outbound milter".into()),
-        Some(s) => report.check("mailman smtp_port", (port.parse::<u16>().ok() != Some(s.port())).then(|| format!(
+    match (mm.setting("mta", "smtp_port"), outbound) {
+        (None, _) => report.warn("mailman smtp_port", unknown.into()),
+        (Some(_), None) => report.warn("mailman smtp_port", "no outbound listener to compare with — see outbound milter".into()),
+        (Some(port), Some(s)) => report.check("mailman smtp_port", (port.parse::<u16>().ok() != Some(s.port())).then(|| format!(
             "[mta] smtp_port is {port}, but the outbound listener is {}: Mailman's mail would skip encryption — set smtp_port: {}",
             s.name, s.port()
         ))),
     }
-    let headers = ini_value(&text, "mailman", "sender_headers")
-        .unwrap_or_else(|| "from from_ reply-to sender".into());
-    let extra: Vec<&str> = headers
-        .split_whitespace()
-        .filter(|h| !matches!(h.to_ascii_lowercase().as_str(), "from" | "from_"))
+    match mm.setting("mailman", "sender_headers") {
+        None => report.warn("mailman sender_headers", unknown.into()),
+        Some(headers) => {
+            let extra: Vec<&str> = headers
+                .split_whitespace()
+                .filter(|h| !matches!(h.to_ascii_lowercase().as_str(), "from" | "from_"))
+                .collect();
+            report.check("mailman sender_headers", (!extra.is_empty()).then(|| format!(
+                "{headers:?} lets {} name the poster, which listcrypt does not bind to the signer — set [mailman] sender_headers: from from_",
+                extra.join(", ")
+            )));
+        }
+    }
+    max_recipients_check(mm, lists, report);
+    restart_check(mm, report);
+}
+
+/// Mailman splits a post's recipients into SMTP transactions of `max_recipients` (0: all in
+/// one); listcrypt encrypts one batch of `batch_size` per transaction and reinjects the rest.
+fn max_recipients_check(mm: &Mailman, lists: &[(String, Policy)], report: &mut Report) {
+    let Some(value) = mm.setting("mta", "max_recipients") else {
+        report.warn(
+            "mailman max_recipients",
+            "neither mailman.cfg nor the REST API could be read — see above".into(),
+        );
+        return;
+    };
+    let Ok(max) = value.parse::<u32>() else {
+        report.warn(
+            "mailman max_recipients",
+            format!(
+                "[mta] max_recipients {value:?} is not a number — set it to the lists' batch_size"
+            ),
+        );
+        return;
+    };
+    let larger: Vec<String> = lists
+        .iter()
+        .filter(|(_, p)| max == 0 || max > p.batch_size)
+        .map(|(l, p)| format!("{l} (batch_size {})", p.batch_size))
         .collect();
-    report.check("mailman sender_headers", (!extra.is_empty()).then(|| format!(
-        "{headers:?} lets {} name the poster, which listcrypt does not bind to the signer — set [mailman] sender_headers: from from_",
-        extra.join(", ")
-    )));
+    let smallest = lists.iter().map(|(_, p)| p.batch_size).min().unwrap_or(50);
+    if larger.is_empty() {
+        report.ok("mailman max_recipients");
+    } else {
+        report.warn("mailman max_recipients", format!(
+            "[mta] max_recipients is {max}{}: each post to {} is split into batches and all but the first reinjected — set max_recipients: {smallest}",
+            if max == 0 { " (all recipients in one transaction)" } else { "" },
+            larger.join(", ")
+        ));
+    }
+}
+
+/// mailman.cfg changed since Mailman started: what runs is not what the file says.
+fn restart_check(mm: &Mailman, report: &mut Report) {
+    let (Ok(text), false) = (&mm.file, mm.running.is_empty()) else {
+        return;
+    };
+    let differ: Vec<String> = SETTINGS
+        .iter()
+        .filter_map(|(section, key, default)| {
+            let file = ini_value(text, section, key).unwrap_or_else(|| default.to_string());
+            let running = mm.running.get(*section)?.get(*key)?;
+            (file.split_whitespace().ne(running.split_whitespace())).then(|| {
+                format!("[{section}] {key} is {file:?} in mailman.cfg but {running:?} in the running Mailman")
+            })
+        })
+        .collect();
+    if differ.is_empty() {
+        report.ok("mailman running config");
+    } else {
+        report.warn(
+            "mailman running config",
+            format!(
+                "{} — restart Mailman (systemctl restart mailman3)",
+                differ.join("; ")
+            ),
+        );
+    }
+}
+
+/// Mailman's own addresses of a list (mailman/mta/aliases.py: the posting address and its
+/// SUBDESTINATIONS), all of which Mailman's transport map sends to its LMTP.
+fn list_addresses(list: &str) -> Vec<String> {
+    let (local, domain) = list.rsplit_once('@').unwrap_or((list, ""));
+    let mut out = vec![list.to_string()];
+    for sub in [
+        "bounces",
+        "confirm",
+        "join",
+        "leave",
+        "owner",
+        "request",
+        "subscribe",
+        "unsubscribe",
+    ] {
+        out.push(format!("{local}-{sub}@{domain}"));
+    }
+    out
+}
+
+/// The tables of a Postfix lookup-table parameter (`type:name`, `inline:{ … }`).
+fn maps(pf: &Postfix, param: &str) -> Vec<String> {
+    let value = pf.param(None, param).to_string();
+    let mut maps = Vec::new();
+    let mut depth = 0;
+    let mut current = String::new();
+    for c in value.chars() {
+        depth += (c == '{') as i32 - (c == '}') as i32;
+        if depth == 0 && (c == ',' || c.is_whitespace()) {
+            maps.push(std::mem::take(&mut current));
+        } else {
+            current.push(c);
+        }
+    }
+    maps.push(current);
+    maps.retain(|m| m.contains(':'));
+    maps
+}
+
+/// `postmap -q key` in the tables of `param`, in order: the first table that has `key` and
+/// its result.
+fn lookup(pf: &Postfix, param: &str, key: &str) -> Option<(String, String)> {
+    maps(pf, param).into_iter().find_map(|map| {
+        let mut cmd = Command::new("postmap");
+        if let Some(dir) = &pf.config_dir {
+            cmd.arg("-c").arg(dir);
+        }
+        let out = cmd.arg("-q").arg(key).arg(&map).output().ok()?;
+        out.status
+            .success()
+            .then(|| (map, String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    })
+}
+
+/// The transport of `address` by transport(5)'s search order (address, then domain); `None`:
+/// Postfix's default transport.
+fn transport(pf: &Postfix, address: &str) -> Option<String> {
+    let domain = address.rsplit_once('@').map_or("", |d| d.1);
+    [address, domain]
+        .iter()
+        .find_map(|key| lookup(pf, "transport_maps", key))
+        .map(|(_, result)| result)
+}
+
+/// Mailman's LMTP as its `[mta]` names it (`None`: unknown), and whether a transport is it.
+struct Lmtp(Option<(String, String)>);
+
+impl Lmtp {
+    fn matches(&self, t: &str) -> bool {
+        match &self.0 {
+            Some((host, port)) => [
+                format!("lmtp:[{host}]:{port}"),
+                format!("lmtp:{host}:{port}"),
+                format!("lmtp:inet:[{host}]:{port}"),
+                format!("lmtp:inet:{host}:{port}"),
+            ]
+            .contains(&t.to_string()),
+            None => t.starts_with("lmtp:"),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.0
+            .as_ref()
+            .map_or("Mailman's LMTP".into(), |(h, p)| format!("lmtp:[{h}]:{p}"))
+    }
+}
+
+/// Decrypted posts go from Postfix to Mailman's LMTP: any other destination, copy or
+/// rewrite on the way hands the plaintext to someone else.
+fn routing_check(
+    pf: &Postfix,
+    mm: &Mailman,
+    lists: &[(String, Policy)],
+    keys: Option<&Keys>,
+    report: &mut Report,
+) {
+    let lmtp = Lmtp(
+        mm.setting("mta", "lmtp_host")
+            .zip(mm.setting("mta", "lmtp_port")),
+    );
+    let mut problems = copy_problems(pf);
+    let mut senders: BTreeSet<String> = BTreeSet::new();
+    for (list, _) in lists {
+        // The same problem for several of a list's addresses makes one sentence.
+        let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+        for address in list_addresses(list) {
+            for problem in address_problems(pf, &address, &lmtp) {
+                match grouped.iter_mut().find(|(p, _)| *p == problem) {
+                    Some((_, addresses)) => addresses.push(address.clone()),
+                    None => grouped.push((problem, vec![address.clone()])),
+                }
+            }
+            senders.insert(address);
+        }
+        problems.extend(
+            grouped
+                .into_iter()
+                .map(|(problem, addresses)| problem.replace(ADDRESS, &addresses.join(", "))),
+        );
+        if let Some(bindings) = keys.and_then(|k| k.bindings.get(list)) {
+            senders.extend(bindings.iter().map(|b| normalize_address(&b.address)));
+        }
+    }
+    problems.extend(sender_bcc_problems(pf, &senders));
+    problems.dedup();
+    report.check(
+        "list routing",
+        (!problems.is_empty()).then(|| problems.join("; ")),
+    );
+}
+
+/// `always_bcc` and content filters: they see every message after the milters.
+fn copy_problems(pf: &Postfix) -> Vec<String> {
+    let mut problems = Vec::new();
+    let always = pf.param(None, "always_bcc");
+    if !always.trim().is_empty() {
+        problems.push(format!(
+            "always_bcc = {always} copies every decrypted post — remove it"
+        ));
+    }
+    let mut filters: BTreeSet<String> = BTreeSet::new();
+    let main_filter = pf.param(None, "content_filter");
+    if !main_filter.trim().is_empty() {
+        filters.insert(format!("main.cf content_filter = {main_filter}"));
+    }
+    for s in pf.services.iter().filter(|s| s.is_smtpd()) {
+        if let Some(f) = s.options.get("content_filter").filter(|f| !f.is_empty()) {
+            filters.insert(format!("{} content_filter = {f}", s.name));
+        }
+    }
+    for f in filters {
+        problems.push(format!(
+            "{f} hands decrypted posts to a filter — run it before listcrypt as a milter, or not at all (-o content_filter= on the inbound smtpd)"
+        ));
+    }
+    problems
+}
+
+/// Stands for the address in `address_problems`' sentences.
+const ADDRESS: &str = "\u{1}";
+
+/// Where `address` goes: Mailman's LMTP by `transport_maps`, not rewritten nor copied. The
+/// sentences name it as [`ADDRESS`].
+fn address_problems(pf: &Postfix, address: &str, lmtp: &Lmtp) -> Vec<String> {
+    let mut problems = Vec::new();
+    match transport(pf, address) {
+        Some(t) if lmtp.matches(&t) => {}
+        Some(t) => problems.push(format!(
+            "{ADDRESS} goes to {t} by transport_maps — it must go to {} (Mailman's postfix_lmtp map)",
+            lmtp.name()
+        )),
+        None => problems.push(format!(
+            "{ADDRESS} is in no transport_maps table — add Mailman's hash:…/postfix_lmtp to transport_maps"
+        )),
+    }
+    let domain = address.rsplit_once('@').map_or("", |d| d.1);
+    let at_domain = format!("@{domain}");
+    for (key, shown) in [(address, ADDRESS), (at_domain.as_str(), at_domain.as_str())] {
+        if let Some((map, to)) = lookup(pf, "virtual_alias_maps", key) {
+            // Mailman's own postfix_vmap (alias domains) points at its other addresses.
+            let elsewhere = to
+                .split([',', ' '])
+                .filter(|a| !a.is_empty())
+                .any(|a| !transport(pf, a).is_some_and(|t| lmtp.matches(&t)));
+            if elsewhere {
+                problems.push(format!(
+                    "virtual_alias_maps {map} sends {ADDRESS} to {to} — remove the entry for {shown}"
+                ));
+            }
+        }
+        for param in ["canonical_maps", "recipient_canonical_maps"] {
+            if let Some((map, to)) = lookup(pf, param, key) {
+                if !to.eq_ignore_ascii_case(address) {
+                    problems.push(format!(
+                        "{param} {map} rewrites {ADDRESS} to {to} — remove the entry for {shown}"
+                    ));
+                }
+            }
+        }
+        if let Some((map, to)) = lookup(pf, "recipient_bcc_maps", key) {
+            problems.push(format!(
+                "recipient_bcc_maps {map} copies {ADDRESS} to {to} — remove the entry for {shown}"
+            ));
+        }
+    }
+    problems
+}
+
+/// Posts arrive from members: a copy keyed on their address carries the decrypted post.
+fn sender_bcc_problems(pf: &Postfix, senders: &BTreeSet<String>) -> Vec<String> {
+    let keys: BTreeSet<String> = senders
+        .iter()
+        .flat_map(|a| {
+            let domain = a.rsplit_once('@').map_or("", |d| d.1);
+            [a.clone(), format!("@{domain}")]
+        })
+        .collect();
+    keys.iter()
+        .filter_map(|key| {
+            let (map, to) = lookup(pf, "sender_bcc_maps", key)?;
+            Some(format!(
+                "sender_bcc_maps {map} copies mail from {key} to {to} — remove the entry"
+            ))
+        })
+        .collect()
+}
+
+/// What the per-list REST checks found, one list of findings per check.
+#[derive(Default)]
+struct ListFindings {
+    missing: Vec<String>,
+    errors: Vec<String>,
+    archive_fail: Vec<String>,
+    archive_warn: Vec<String>,
+    hold: Vec<String>,
+    unbound: Vec<String>,
+    strangers: Vec<String>,
+}
+
+/// Each list's settings and roster in the running Mailman, against listcrypt's lists and
+/// bindings.
+fn mailman_list_checks(
+    rest: &Rest,
+    mm: &Mailman,
+    lists: &[(String, Policy)],
+    keys: Option<&Keys>,
+    report: &mut Report,
+) {
+    let mut found = ListFindings::default();
+    // A rule without an action takes the site's [antispam] jump_chain.
+    let jump_chain = mm
+        .running
+        .get("antispam")
+        .and_then(|a| a.get("jump_chain"))
+        .cloned()
+        .unwrap_or_else(|| "hold".into());
+    for (list, _) in lists {
+        let get = |what: &str| rest.get(&format!("lists/{list}{what}"));
+        match get("") {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                found.missing.push(list.clone());
+                continue;
+            }
+            Err(e) => {
+                found.errors.push(e.to_string());
+                continue;
+            }
+        }
+        match (get("/config"), get("/archivers"), get("/header-matches")) {
+            (Ok(config), Ok(archivers), Ok(rules)) => {
+                archive_finding(list, &config, &archivers, &mut found);
+                hold_finding(list, &config, &rules, &jump_chain, &mut found);
+            }
+            (a, b, c) => found.errors.extend(
+                [a.err(), b.err(), c.err()]
+                    .into_iter()
+                    .flatten()
+                    .map(|e| e.to_string()),
+            ),
+        }
+        if let Some(keys) = keys {
+            roster_finding(rest, list, keys, &mut found);
+        }
+    }
+    found.report(keys.is_some(), report);
+}
+
+fn archive_finding(list: &str, config: &Value, archivers: &Value, found: &mut ListFindings) {
+    let policy = text(config.get("archive_policy")).unwrap_or_default();
+    // Only archivers enabled site-wide are listed.
+    let enabled: Vec<&str> = archivers
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(k, _)| k.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    match (policy != "never", enabled.is_empty()) {
+        (true, false) => found.archive_fail.push(format!(
+            "{list} archives (archive_policy {policy}, archivers {})",
+            enabled.join(", ")
+        )),
+        (true, true) => found
+            .archive_warn
+            .push(format!("{list} has archive_policy {policy}")),
+        _ => {}
+    }
+}
+
+fn hold_finding(
+    list: &str,
+    config: &Value,
+    rules: &Value,
+    jump_chain: &str,
+    found: &mut ListFindings,
+) {
+    let rule = entries(rules).iter().find(|r| {
+        text(r.get("header")).is_some_and(|h| h.eq_ignore_ascii_case("x-listcrypt-hold"))
+    });
+    match rule {
+        None => found.hold.push(format!(
+            "{list} has no X-Listcrypt-Hold header_matches rule"
+        )),
+        Some(r) => {
+            let action = text(r.get("action")).unwrap_or_else(|| jump_chain.to_string());
+            let pattern = text(r.get("pattern")).unwrap_or_default();
+            // Patterns that match any reason (Mailman searches, case-insensitively).
+            let any = [".+", ".*", ".", "^.+", "^.*", "^.+$", "^.*$", ""];
+            if action != "hold" {
+                found.hold.push(format!(
+                    "{list}'s X-Listcrypt-Hold rule has action {action}"
+                ));
+            } else if !any.contains(&pattern.as_str()) {
+                found.hold.push(format!(
+                    "{list}'s X-Listcrypt-Hold rule has pattern {pattern:?}, which may miss a reason"
+                ));
+            }
+        }
+    }
+    // Member moderation runs before the header rules: accept skips the hold.
+    if text(config.get("default_member_action")).as_deref() == Some("accept") {
+        found.hold.push(format!(
+            "{list} has default_member_action accept, which skips the header rules"
+        ));
+    }
+}
+
+/// Mailman's recipients (members, owners, moderators) against listcrypt's bindings.
+fn roster_finding(rest: &Rest, list: &str, keys: &Keys, found: &mut ListFindings) {
+    let mut recipients = BTreeSet::new();
+    for role in ["member", "owner", "moderator"] {
+        match rest.get(&format!("lists/{list}/roster/{role}")) {
+            Ok(roster) => recipients.extend(
+                entries(&roster)
+                    .iter()
+                    .filter_map(|m| text(m.get("email")))
+                    .map(|e| normalize_address(&e)),
+            ),
+            Err(e) => {
+                found.errors.push(e.to_string());
+                return;
+            }
+        }
+    }
+    let bindings = keys.bindings.get(list).map_or(&[][..], Vec::as_slice);
+    let active: BTreeSet<String> = bindings
+        .iter()
+        .filter(|b| b.state == BindingState::Active)
+        .map(|b| normalize_address(&b.address))
+        .collect();
+    for r in recipients.iter().filter(|r| !active.contains(*r)) {
+        found.unbound.push(format!("{r} on {list}"));
+    }
+    for b in bindings {
+        if !recipients.contains(&normalize_address(&b.address)) {
+            found.strangers.push(format!("{} on {list}", b.address));
+        }
+    }
+}
+
+impl ListFindings {
+    fn report(self, rosters: bool, report: &mut Report) {
+        for e in self.errors {
+            report.warn("mailman api", format!("{e} — see Mailman's logs"));
+        }
+        let missing = &self.missing;
+        report.check("mailman lists", (!missing.is_empty()).then(|| format!(
+            "{} not in Mailman: mail to it is refused after listcrypt decrypted it — mailman create {}",
+            missing.join(", "),
+            missing.join(" ")
+        )));
+        if !self.archive_fail.is_empty() {
+            report.fail("mailman archive", format!(
+                "{} — the archive would keep decrypted posts in clear: set archive_policy never and disable the archivers (postfix/listcrypt_mailman.py)",
+                self.archive_fail.join("; ")
+            ));
+        } else if !self.archive_warn.is_empty() {
+            report.warn("mailman archive", format!(
+                "{}: no archiver is enabled now, but enabling one would archive decrypted posts — set archive_policy never",
+                self.archive_warn.join("; ")
+            ));
+        } else {
+            report.ok("mailman archive");
+        }
+        report.check("mailman hold rule", (!self.hold.is_empty()).then(|| format!(
+            "{}: posts listcrypt's policy holds would be delivered — add header_matches X-Listcrypt-Hold .+ hold and keep default_member_action defer (postfix/listcrypt_mailman.py)",
+            self.hold.join("; ")
+        )));
+        if !rosters {
+            return;
+        }
+        if self.unbound.is_empty() {
+            report.ok("members without key");
+        } else {
+            report.warn("members without key", format!(
+                "{}: their copies are refused at RCPT — `listcrypt member add LIST ADDRESS CERT`, or unsubscribe them",
+                self.unbound.join(", ")
+            ));
+        }
+        if self.strangers.is_empty() {
+            report.ok("keys of non-members");
+        } else {
+            report.warn("keys of non-members", format!(
+                "{} bound but in no Mailman roster — `listcrypt member remove LIST ADDRESS`, or subscribe them",
+                self.strangers.join(", ")
+            ));
+        }
+    }
+}
+
+/// How far ahead doctor warns of expiring keys.
+const EXPIRY_HORIZON: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+fn expiry_check(keyring: &Keyring, now: std::time::SystemTime, report: &mut Report) {
+    let date = |t: std::time::SystemTime| {
+        crate::keys::format_date(
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+    };
+    let mut dead = Vec::new();
+    let mut soon = Vec::new();
+    let mut lists: Vec<_> = keyring.lists.values().collect();
+    lists.sort_by(|a, b| a.address.cmp(&b.address));
+    for list in lists {
+        match crate::pgp::usable_until(&list.secret) {
+            None => dead.push(format!("the list key of {} is not usable", list.address)),
+            Some(Some(t)) if t <= now => dead.push(format!(
+                "the list key of {} expired on {}",
+                list.address,
+                date(t)
+            )),
+            Some(Some(t)) if t <= now + EXPIRY_HORIZON => soon.push(format!(
+                "the list key of {} expires on {}",
+                list.address,
+                date(t)
+            )),
+            _ => {}
+        }
+        for m in &list.members {
+            match crate::pgp::usable_until(&m.cert) {
+                None => soon.push(format!(
+                    "{} on {}: key {} is not usable",
+                    m.address,
+                    list.address,
+                    m.cert.fingerprint()
+                )),
+                Some(Some(t)) if t <= now + EXPIRY_HORIZON => soon.push(format!(
+                    "{} on {}: key {} expires on {}",
+                    m.address,
+                    list.address,
+                    m.cert.fingerprint(),
+                    date(t)
+                )),
+                _ => {}
+            }
+        }
+    }
+    if !dead.is_empty() {
+        report.fail("key expiry", format!(
+            "{} — nobody can post encrypted to it: extend its expiry or `listcrypt list rotate-subkey`",
+            dead.join("; ")
+        ));
+    } else if !soon.is_empty() {
+        let fix = if soon.iter().any(|s| s.starts_with("the list key")) {
+            "extend the list key's expiry"
+        } else {
+            "members send their updated key to the list's key address (`listcrypt notify-expiry` reminds them)"
+        };
+        report.warn("key expiry", format!("{} — {fix}", soon.join("; ")));
+    } else {
+        report.ok("key expiry");
+    }
 }
 
 /// Each list's `secret.pgp` at rest: protected by a passphrase, mode 0600 in a 0700
@@ -753,5 +1490,82 @@ fn list_key_checks(config: &Config, report: &mut Report) {
             true => report.ok(&check),
             false => report.warn(&check, warnings.join("; ")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A header-matches collection as Mailman 3.3's REST API writes it (rest/header_matches.py:
+    /// the header lower-cased, `action` left out when the rule has no chain of its own).
+    fn rules(rule: Value) -> Value {
+        json!({"start": 0, "total_size": 1, "entries": [rule]})
+    }
+
+    fn hold(rules: &Value, member_action: &str, jump_chain: &str) -> Vec<String> {
+        let mut found = ListFindings::default();
+        let config = json!({"default_member_action": member_action, "archive_policy": "never"});
+        hold_finding("l@example.org", &config, rules, jump_chain, &mut found);
+        found.hold
+    }
+
+    #[test]
+    fn the_hold_rule_is_the_one_listcrypt_mailman_py_adds() {
+        let good = rules(
+            json!({"position": 0, "header": "x-listcrypt-hold", "pattern": ".+", "action": "hold"}),
+        );
+        assert!(hold(&good, "defer", "hold").is_empty());
+        // No action of its own: [antispam] jump_chain decides (Mailman's default: hold).
+        let bare = rules(json!({"position": 0, "header": "x-listcrypt-hold", "pattern": ".+"}));
+        assert!(hold(&bare, "defer", "hold").is_empty());
+        assert_eq!(hold(&bare, "defer", "discard").len(), 1);
+        let accept = rules(
+            json!({"position": 0, "header": "x-listcrypt-hold", "pattern": ".+", "action": "accept"}),
+        );
+        assert!(hold(&accept, "defer", "hold")[0].contains("action accept"));
+        let narrow = rules(
+            json!({"position": 0, "header": "x-listcrypt-hold", "pattern": "^spam$", "action": "hold"}),
+        );
+        assert!(hold(&narrow, "defer", "hold")[0].contains("pattern"));
+        let other =
+            rules(json!({"position": 0, "header": "x-spam", "pattern": ".+", "action": "hold"}));
+        assert!(hold(&other, "defer", "hold")[0].contains("no X-Listcrypt-Hold"));
+        // Member moderation `accept` runs before the header rules.
+        assert!(hold(&good, "accept", "hold")[0].contains("default_member_action"));
+    }
+
+    #[test]
+    fn an_archive_needs_both_a_policy_and_an_enabled_archiver() {
+        let find = |policy: &str, archivers: Value| {
+            let mut found = ListFindings::default();
+            archive_finding(
+                "l@example.org",
+                &json!({"archive_policy": policy}),
+                &archivers,
+                &mut found,
+            );
+            (found.archive_fail.len(), found.archive_warn.len())
+        };
+        assert_eq!(find("never", json!({"hyperkitty": true})), (0, 0));
+        assert_eq!(find("public", json!({"hyperkitty": false})), (0, 1));
+        assert_eq!(find("private", json!({})), (0, 1));
+        assert_eq!(find("private", json!({"hyperkitty": true})), (1, 0));
+    }
+
+    #[test]
+    fn mailmans_own_addresses_of_a_list() {
+        // mailman/mta/aliases.py: the posting address and its SUBDESTINATIONS.
+        let a = list_addresses("enc@lists.example.org");
+        assert_eq!(a.len(), 9);
+        assert_eq!(a[0], "enc@lists.example.org");
+        assert!(a.contains(&"enc-bounces@lists.example.org".to_string()));
+        assert!(a.contains(&"enc-unsubscribe@lists.example.org".to_string()));
+        // mailman/mta/postfix.py's ALIASTMPL writes lmtp:[HOST]:PORT.
+        let lmtp = Lmtp(Some(("127.0.0.1".into(), "8024".into())));
+        assert!(lmtp.matches("lmtp:[127.0.0.1]:8024"));
+        assert!(!lmtp.matches("lmtp:[127.0.0.1]:8025"));
+        assert!(!lmtp.matches("smtp:[127.0.0.1]:8024"));
     }
 }

@@ -3,10 +3,12 @@
 //! The file is parsed with the `toml` crate first so that every diagnostic carries
 //! `file:line:column`; figment then layers `LISTCRYPT_<KEY>` environment overrides on top.
 
+mod mailman_api;
 mod passphrase;
 mod policy;
 mod socket;
 
+pub use mailman_api::{ApiEndpoint, MailmanApi};
 pub use passphrase::{prompt as prompt_passphrase, PassphraseSource, CREDENTIAL_NAME};
 pub use policy::{Action, HeaderProtection, MissingKeyAction, Padding, Policy};
 pub use socket::SocketSpec;
@@ -18,6 +20,10 @@ use std::path::{Path, PathBuf};
 
 /// Where the packaged configuration lives; used when neither `-c` nor `$LISTCRYPT_CONFIG` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/listcrypt/listcrypt.toml";
+
+/// The systemd credential (`LoadCredential=`) read for the database password when
+/// `database_password_file` is not set.
+pub const DATABASE_PASSWORD_CREDENTIAL: &str = "listcrypt-database-password";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -217,6 +223,14 @@ pub struct Config {
     pub http_listen: String,
     /// `IP:PORT` of the OpenMetrics listener, loopback only; empty = off.
     pub metrics_listen: String,
+    /// `postgresql://…` to share state between several MX hosts; empty = SQLite in `state_dir`.
+    /// Never with a password in it: that comes from `database_password_file` or the systemd
+    /// credential [`DATABASE_PASSWORD_CREDENTIAL`].
+    pub database_url: String,
+    /// File holding the database password (one line); empty = the systemd credential if any.
+    pub database_password_file: PathBuf,
+    /// Mailman's REST API (`doctor`, the owners' pages).
+    pub mailman_api: MailmanApi,
     pub limits: Limits,
 }
 
@@ -241,6 +255,9 @@ impl Default for Config {
             log_level: "info".into(),
             http_listen: String::new(),
             metrics_listen: String::new(),
+            database_url: String::new(),
+            database_password_file: PathBuf::new(),
+            mailman_api: MailmanApi::default(),
             limits: Limits::default(),
         }
     }
@@ -342,6 +359,9 @@ impl Config {
                 return Err(format!("metrics_listen: {addr} is not a loopback address"));
             }
         }
+        if !self.database_url.is_empty() {
+            database_settings(&self.database_url)?;
+        }
         let mode = u32::from_str_radix(&self.socket_mode, 8)
             .map_err(|_| format!("socket_mode: {:?} is not an octal mode", self.socket_mode))?;
         if mode > 0o777 {
@@ -350,6 +370,7 @@ impl Config {
                 self.socket_mode
             ));
         }
+        self.mailman_api.endpoint()?;
         self.address_config().validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("log_level: {e}"))?;
@@ -380,11 +401,21 @@ impl Config {
             ("keyring_dir", &mut self.keyring_dir),
             ("state_dir", &mut self.state_dir),
             ("passphrase_file", &mut self.passphrase_file),
+            ("database_password_file", &mut self.database_password_file),
         ] {
             let set = !path.as_os_str().is_empty();
             if let (true, true, Some(dir)) = (set, path.is_relative(), base(key)) {
                 *path = dir.join(&*path);
             }
+        }
+        // Empty means not configured, not the config file's directory.
+        let password = &mut self.mailman_api.password_file;
+        if let (false, true, Some(dir)) = (
+            password.as_os_str().is_empty(),
+            password.is_relative(),
+            base("mailman_api.password_file"),
+        ) {
+            *password = dir.join(&*password);
         }
         for (key, socket) in [
             ("inbound_socket", &mut self.inbound_socket),
@@ -415,10 +446,67 @@ impl Config {
         user.ok().flatten().map(|u| u.uid.as_raw())
     }
 
+    /// The database password: `database_password_file`, else the systemd credential
+    /// `listcrypt-database-password` in `$CREDENTIALS_DIRECTORY`, else none (peer or
+    /// certificate authentication). Read when the store opens, so a rotated file is used on
+    /// the next start.
+    pub fn database_password(&self) -> Result<Option<String>, ConfigError> {
+        let path = if !self.database_password_file.as_os_str().is_empty() {
+            self.database_password_file.clone()
+        } else {
+            match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if !dir.is_empty() => {
+                    let p = Path::new(&dir).join(DATABASE_PASSWORD_CREDENTIAL);
+                    if !p.exists() {
+                        return Ok(None);
+                    }
+                    p
+                }
+                _ => return Ok(None),
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // One line, as `echo secret > file` and systemd-creds write it.
+        let password = text.strip_suffix('\n').unwrap_or(&text);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        Ok(Some(password.to_string()))
+    }
+
     /// Path of the policy file for `list`.
     pub fn policy_path(&self, list: &str) -> PathBuf {
         self.policy_dir.join(format!("{list}.toml"))
     }
+}
+
+/// Parses `database_url` into connection settings: a `postgresql://` (or `postgres://`) URL
+/// without a password, with `sslmode` `disable`, `prefer` or `require` if given.
+pub fn database_settings(url: &str) -> Result<tokio_postgres::Config, String> {
+    if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+        return Err(format!(
+            "database_url: expected postgresql://USER@HOST/DATABASE, got {:?}",
+            url.split(':').next().unwrap_or("")
+        ));
+    }
+    // The error text of the parser could quote the URL, password included: not shown.
+    let settings: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        let why = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "malformed".into());
+        format!("database_url: cannot parse it ({why}); sslmode may be disable, prefer or require")
+    })?;
+    if settings.get_password().is_some() {
+        return Err(format!(
+            "database_url: it contains a password; put the password in database_password_file \
+             or the systemd credential {DATABASE_PASSWORD_CREDENTIAL} instead"
+        ));
+    }
+    if settings.get_hosts().is_empty() {
+        return Err("database_url: no host (for a unix socket: postgresql://USER@%2Frun%2Fpostgresql/DATABASE)".into());
+    }
+    Ok(settings)
 }
 
 /// Turns a `toml` error into a `file:line:column: message` diagnostic.
@@ -572,6 +660,60 @@ mod tests {
             ..Limits::default()
         };
         assert!(tight.misfits()[0].contains("max_inflight_bytes"));
+    }
+
+    #[test]
+    fn database_url_without_a_password_and_with_a_known_sslmode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |url: &str| {
+            std::fs::write(&path, format!("database_url = \"{url}\"\n")).unwrap();
+            Config::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            Config::default().database_url,
+            "",
+            "SQLite unless configured"
+        );
+        load("postgresql://listcrypt@db.example.org/listcrypt?sslmode=require").unwrap();
+        load("postgres://listcrypt@%2Frun%2Fpostgresql/listcrypt").unwrap();
+        for mode in ["disable", "prefer"] {
+            load(&format!("postgresql://l@db/l?sslmode={mode}")).unwrap();
+        }
+        let err = load("postgresql://listcrypt:hunter2@db.example.org/listcrypt").unwrap_err();
+        assert!(
+            err.contains("database_url") && err.contains("database_password_file"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("hunter2"),
+            "the password is not repeated: {err}"
+        );
+        let err = load("postgresql://l@db/l?sslmode=sometimes").unwrap_err();
+        assert!(err.contains("sslmode"), "{err}");
+        let err = load("mysql://l@db/l").unwrap_err();
+        assert!(err.contains("postgresql://"), "{err}");
+    }
+
+    #[test]
+    fn database_password_from_its_file_else_the_systemd_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let c = Config {
+            database_password_file: file,
+            ..Config::default()
+        };
+        assert_eq!(c.database_password().unwrap().as_deref(), Some("s3cret"));
+        // Only this test sets CREDENTIALS_DIRECTORY in this process.
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::env::set_var("CREDENTIALS_DIRECTORY", &creds);
+        assert_eq!(Config::default().database_password().unwrap(), None);
+        std::fs::write(creds.join(DATABASE_PASSWORD_CREDENTIAL), "from-systemd").unwrap();
+        let got = Config::default().database_password();
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        assert_eq!(got.unwrap().as_deref(), Some("from-systemd"));
     }
 
     #[test]

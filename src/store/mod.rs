@@ -4,18 +4,22 @@
 //!
 //! One file per concern (bindings, replay, pending, rate, journal), each a set of functions
 //! over a `rusqlite` connection or transaction; `schema` holds the versioned migrations. The
-//! `Store` impl here only opens transactions and delegates.
+//! `Store` impl here only opens transactions and delegates. Several MX hosts share one
+//! PostgreSQL instead (`database_url`): see `postgres` for that backend.
 
 mod backup;
 mod bindings;
 mod journal;
 mod pending;
+mod postgres;
 mod rate;
 mod replay;
 mod schema;
 
 pub use backup::{restore_from, schema_version_of, SCHEMA_VERSION};
+pub use postgres::{PgStore, Timeouts};
 pub use replay::{ReplayClaim, ReplayState};
+pub use schema::versions as schema_versions;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
@@ -41,6 +45,48 @@ pub enum StoreError {
          ({known}); run the listcrypt that wrote it, or restore a backup"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    /// The database cannot be reached, or did not answer in time: mail waits (451) and the
+    /// store reconnects by itself.
+    #[error("state store: database unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered with an error.
+    #[error("state store: {0}")]
+    Postgres(#[source] tokio_postgres::Error),
+    #[error("state store: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A record the code cannot read (an unknown binding state, say): never used on a guess.
+    #[error("state store: unreadable record: {0}")]
+    Corrupt(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if postgres::is_outage(&e) {
+            StoreError::Unavailable(postgres::describe(&e))
+        } else {
+            StoreError::Postgres(e)
+        }
+    }
+}
+
+/// Opens the store the configuration names: PostgreSQL with `database_url`, else SQLite in
+/// `state_dir`. Either way the schema is brought up to date first.
+pub fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if config.database_url.is_empty() {
+        return Ok(std::sync::Arc::new(SqliteStore::open(&config.state_dir)?));
+    }
+    let mut settings =
+        crate::config::database_settings(&config.database_url).map_err(|message| {
+            crate::config::ConfigError::Invalid {
+                path: "configuration".into(),
+                message,
+            }
+        })?;
+    if let Some(password) = config.database_password()? {
+        settings.password(password);
+    }
+    let limits = postgres::Timeouts::within(Duration::from_secs(config.limits.message_timeout));
+    Ok(std::sync::Arc::new(PgStore::connect(settings, limits)?))
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -148,6 +194,17 @@ pub struct Binding {
 pub trait Store: Send + Sync {
     /// Changes whenever bindings change; cheap enough to call per message.
     fn generation(&self) -> Result<i64, StoreError>;
+    /// The clock time windows are measured with: the database's where several hosts share
+    /// one (their clocks may differ), else this host's.
+    fn now(&self) -> Result<SystemTime, StoreError> {
+        Ok(SystemTime::now())
+    }
+    /// Calls `wake` whenever another process bumps the generation, where the backend can
+    /// tell at once (PostgreSQL's NOTIFY); the daemon's poll covers the others. `wake` runs
+    /// on the store's own thread: it must hand work off, never call the store itself.
+    fn on_change(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) {
+        let _ = wake;
+    }
     /// Bumps the generation (a change the daemon must reload for, e.g. a new list).
     fn touch(&self) -> Result<(), StoreError>;
     fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError>;

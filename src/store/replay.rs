@@ -17,7 +17,7 @@ pub enum ReplayState {
 }
 
 impl ReplayState {
-    fn parse(s: &str) -> ReplayState {
+    pub(super) fn parse(s: &str) -> ReplayState {
         // Anything but the tentative marker is final: an unknown state never weakens a record.
         if s == "tentative" {
             ReplayState::Tentative

@@ -2,7 +2,9 @@
 //! backend (SQLite now, PostgreSQL later) can tell which ones a database has.
 //!
 //! The SQL is written to run on PostgreSQL too where a portable form exists (`ON CONFLICT`,
-//! `BIGINT`, `ALTER TABLE … RENAME COLUMN`); the exceptions say so beside them.
+//! `BIGINT`, `ALTER TABLE … RENAME COLUMN`); the exceptions say so beside them. Both backends
+//! apply the same list, record it in the same `schema_migrations` table, and refuse a database
+//! that a newer listcrypt migrated further, so hosts can be upgraded one at a time.
 
 use super::StoreError;
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
@@ -14,6 +16,8 @@ struct Migration {
     /// Work SQL cannot do portably (SQLite has no SHA-256), run after `sql` in the same
     /// transaction.
     then: Option<fn(&Transaction<'_>) -> rusqlite::Result<()>>,
+    /// PostgreSQL's form of `sql` plus `then`, where it differs beyond the spelling of BLOB.
+    postgres: Option<&'static str>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -69,12 +73,18 @@ CREATE TABLE IF NOT EXISTS rate (
 );
 ",
         then: None,
+        postgres: None,
     },
     Migration {
         version: 2,
         name: "pending challenge tokens stored as SHA-256",
         sql: "ALTER TABLE pending RENAME COLUMN token TO token_sha256;",
         then: Some(hash_pending_tokens),
+        // PostgreSQL has SHA-256 built in (since 11): the same hex digest as `hash_token`.
+        postgres: Some(
+            "ALTER TABLE pending RENAME COLUMN token TO token_sha256;
+UPDATE pending SET token_sha256 = encode(sha256(convert_to(token_sha256, 'UTF8')), 'hex');",
+        ),
     },
     Migration {
         version: 3,
@@ -84,6 +94,7 @@ CREATE TABLE IF NOT EXISTS replies (list TEXT NOT NULL, sent BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS replies_list_sent ON replies (list, sent);
 ",
         then: None,
+        postgres: None,
     },
     Migration {
         version: 4,
@@ -99,6 +110,7 @@ UPDATE replay SET created = seen;
 CREATE INDEX IF NOT EXISTS replay_post ON replay (post_list, message_id);
 ",
         then: None,
+        postgres: None,
     },
 ];
 
@@ -169,6 +181,62 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// A migration's SQL for PostgreSQL: its own form if it has one, else the SQLite text with
+/// BLOB spelled BYTEA (the one type the two spell differently in this schema).
+fn postgres_sql(m: &Migration) -> String {
+    match m.postgres {
+        Some(sql) => sql.to_string(),
+        None => m.sql.replace(" BLOB ", " BYTEA "),
+    }
+}
+
+/// Any constant both hosts agree on: the advisory lock that serialises their migrations.
+const PG_MIGRATION_LOCK: i64 = 0x6c69_7374_6372_7970;
+
+/// PostgreSQL: applies every migration the database lacks in one transaction (its DDL is
+/// transactional), under an advisory lock so that hosts starting together migrate once.
+pub(super) async fn migrate_postgres(
+    client: &mut tokio_postgres::Client,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(CREATE_MIGRATIONS_TABLE).await?;
+    let found: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    let found = i64::from(found);
+    if found > LATEST {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: LATEST,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        tx.batch_execute(&postgres_sql(m)).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at)
+             VALUES ($1, $2, extract(epoch from now())::bigint)",
+            &[&(m.version as i32), &m.name],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Every migration's version and name, in order (tests compare `schema_migrations` to it).
+pub fn versions() -> Vec<(i64, String)> {
+    MIGRATIONS
+        .iter()
+        .map(|m| (m.version, m.name.to_string()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod milter;
 pub mod mime;
 pub mod net;
 pub mod postfix;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod sendmail;

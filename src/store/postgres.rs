@@ -1,0 +1,871 @@
+//! The PostgreSQL backend, for several MX hosts sharing one state: the same `Store` as SQLite,
+//! with the same semantics, made safe across hosts by the database itself (`INSERT … ON
+//! CONFLICT` for insert-if-absent, row locks on the generation counter, the database's clock).
+//!
+//! Design: the `Store` trait is synchronous and the daemon calls it from the blocking pool
+//! (`Daemon::blocking`, `block_in_place`), the CLI from plain threads. `PgStore` therefore owns
+//! a small tokio runtime of its own that drives `tokio-postgres` connections from a
+//! `deadpool-postgres` pool; each call is spawned there and its caller waits on a channel. No
+//! worker of the daemon's runtime ever runs database I/O, a caller in any context (blocking
+//! pool, `block_in_place`, no runtime at all) can use it without nesting runtimes, and the
+//! pool and the NOTIFY listener live as long as the store.
+//!
+//! The journal needs no claim (`FOR UPDATE SKIP LOCKED`) here: as in SQLite it records, per
+//! recipient, what the reinjection listener already took, with insert-if-absent, and only the
+//! host that runs the outbound side writes it.
+//!
+//! Outages: every call is bounded ([`Timeouts`]); a refused connection, a lost one or no
+//! answer in time is `StoreError::Unavailable`, which the milter answers with 451 4.3.0. The
+//! pool makes new connections on demand, so service resumes by itself when the database
+//! returns. The first failure and the recovery are logged once each.
+
+use super::{epoch_secs, Binding, ReplayClaim, ReplayState, Role, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_postgres::{Client, Transaction};
+
+/// The NOTIFY channel of generation bumps.
+const CHANNEL: &str = "listcrypt_generation";
+
+/// Connections each host keeps at most: sessions wait for one rather than flood the server.
+const POOL_SIZE: usize = 16;
+
+/// How long a store call may take, in parts.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Establishing a connection (TCP, TLS, authentication).
+    pub connect: Duration,
+    /// One statement on the server (`statement_timeout`, also lock waits).
+    pub statement: Duration,
+    /// One whole call, waiting for a pooled connection included.
+    pub call: Duration,
+}
+
+impl Timeouts {
+    /// Bounds that leave a message's work inside `message_timeout`: a call gets at most a
+    /// third of it, and never more than 15 s (a healthy database answers in milliseconds).
+    pub fn within(message_timeout: Duration) -> Timeouts {
+        let call = (message_timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(15));
+        Timeouts {
+            connect: call.min(Duration::from_secs(5)),
+            statement: call,
+            call,
+        }
+    }
+}
+
+type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 'a>>;
+
+pub struct PgStore {
+    pool: Pool,
+    settings: tokio_postgres::Config,
+    runtime: Option<tokio::runtime::Runtime>,
+    timeouts: Timeouts,
+    /// The database was unreachable at the last call: log its return once.
+    down: Arc<AtomicBool>,
+}
+
+impl PgStore {
+    /// Connects, checks the server answers, and brings the schema up to date (refusing one a
+    /// newer listcrypt wrote). `settings` carries the password already.
+    pub fn connect(
+        mut settings: tokio_postgres::Config,
+        timeouts: Timeouts,
+    ) -> Result<PgStore, StoreError> {
+        settings.connect_timeout(timeouts.connect);
+        // The server ends a statement (or a lock wait) that runs past the call's bound.
+        settings.options(format!(
+            "-c statement_timeout={} -c lock_timeout={}",
+            timeouts.statement.as_millis(),
+            timeouts.statement.as_millis()
+        ));
+        if settings.get_application_name().is_none() {
+            settings.application_name("listcrypt");
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("listcrypt-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start its runtime: {e}")))?;
+        let manager = Manager::from_config(
+            settings.clone(),
+            tls()?,
+            ManagerConfig {
+                // A connection that died while idle is found before a call gets it.
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(timeouts.call))
+            .create_timeout(Some(timeouts.call))
+            .recycle_timeout(Some(timeouts.call))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot make a pool: {e}")))?;
+        let store = PgStore {
+            pool,
+            settings,
+            runtime: Some(runtime),
+            timeouts,
+            down: Arc::new(AtomicBool::new(false)),
+        };
+        let pool = store.pool.clone();
+        store.run(async move {
+            let mut conn = pool.get().await.map_err(pool_error)?;
+            super::schema::migrate_postgres(&mut conn).await
+        })?;
+        Ok(store)
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        // Only `drop` takes the runtime.
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the store")
+            .handle()
+    }
+
+    /// Runs `work` on the store's runtime within the call bound, and waits for it.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let limit = self.timeouts.call;
+        self.handle().spawn(async move {
+            let result = match tokio::time::timeout(limit, work).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "no answer within {} ms",
+                    limit.as_millis()
+                ))),
+            };
+            let _ = tx.send(result);
+        });
+        let result = rx
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("its runtime stopped".into())));
+        self.observe(&result);
+        result
+    }
+
+    /// Logs the first failure of an outage and the first success after it.
+    fn observe<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Err(StoreError::Unavailable(why)) => {
+                if !self.down.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        "PostgreSQL unavailable ({why}); mail is deferred with 451 until it returns"
+                    );
+                }
+            }
+            Ok(_) | Err(_) => {
+                if result.is_ok() && self.down.swap(false, Ordering::AcqRel) {
+                    tracing::info!("PostgreSQL reachable again; service resumed");
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on a pooled connection, outside any explicit transaction.
+    fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c Client) -> Fut<'c, T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let conn = pool.get().await.map_err(pool_error)?;
+            Ok(f(&conn).await?)
+        })
+    }
+
+    /// Runs `f` in one transaction, committed when `f` succeeds.
+    fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t Transaction<'t>) -> Fut<'t, T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        self.run(async move {
+            let mut conn = pool.get().await.map_err(pool_error)?;
+            let tx = conn.transaction().await?;
+            let value = f(&tx).await?;
+            tx.commit().await?;
+            Ok(value)
+        })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime may block; the store can be dropped inside async code.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// TLS as `sslmode` asks: `disable` never uses it, `prefer` tries it, `require` insists.
+/// Certificates are checked against the system's roots and the host name.
+fn tls() -> Result<postgres_native_tls::MakeTlsConnector, StoreError> {
+    let connector = native_tls::TlsConnector::new()
+        .map_err(|e| StoreError::Unavailable(format!("cannot set up TLS: {e}")))?;
+    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => StoreError::from(e),
+        deadpool_postgres::PoolError::Timeout(_) => {
+            StoreError::Unavailable("no connection in time".into())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Whether `e` means the database cannot be reached (as opposed to an answer that is an
+/// error): a lost connection, an I/O error, SQLSTATE class 08 (connection exception) or
+/// 57P (the server is shutting down or starting).
+pub(super) fn is_outage(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08") || code.starts_with("57P");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error and its causes in one line (tokio-postgres puts the reason in the source).
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The database's clock as seconds since the epoch (constant within a transaction).
+const DB_NOW: &str = "SELECT extract(epoch from now())::bigint";
+
+async fn db_now(tx: &Transaction<'_>) -> Result<i64, tokio_postgres::Error> {
+    Ok(tx.query_one(DB_NOW, &[]).await?.get(0))
+}
+
+/// Bumps the generation and tells every listening host, both at commit.
+async fn bump(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE key = 'generation'",
+        &[],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+    Ok(())
+}
+
+/// Drops replay records past retention and, with `confirm_secs`, tentative ones past their
+/// window (as `replay::expire`).
+async fn replay_expire(
+    tx: &Transaction<'_>,
+    retain_secs: u64,
+    confirm_secs: Option<u64>,
+    now: i64,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "DELETE FROM replay WHERE seen < $1",
+        &[&now.saturating_sub(retain_secs as i64)],
+    )
+    .await?;
+    if let Some(window) = confirm_secs {
+        tx.execute(
+            "DELETE FROM replay WHERE state = 'tentative' AND created < $1",
+            &[&now.saturating_sub(window as i64)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn replay_state_of(
+    c: &(impl tokio_postgres::GenericClient + Sync),
+    list: &str,
+    digest: &[u8],
+) -> Result<Option<ReplayState>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            "SELECT state FROM replay WHERE list = $1 AND digest = $2",
+            &[&list, &digest],
+        )
+        .await?;
+    Ok(row.map(|r| ReplayState::parse(r.get(0))))
+}
+
+const RATE_RETAIN_SECS: i64 = 86_400 * 7;
+
+/// Owned copies of a call's arguments, moved into the work spawned on the store's runtime.
+macro_rules! owned {
+    ($($name:ident),*) => { $(let $name = $name.to_owned();)* };
+}
+
+impl super::Store for PgStore {
+    fn generation(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt("SELECT value FROM meta WHERE key = 'generation'", &[])
+                    .await?;
+                Ok(row.map(|r| r.get(0)).unwrap_or(0))
+            })
+        })
+    }
+
+    fn now(&self) -> Result<SystemTime, StoreError> {
+        let secs: f64 = self.read(|c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one("SELECT extract(epoch from clock_timestamp())::float8", &[])
+                    .await?;
+                Ok(row.get(0))
+            })
+        })?;
+        Ok(UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
+    }
+
+    fn on_change(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        let settings = self.settings.clone();
+        let down = self.down.clone();
+        self.handle().spawn(listen(settings, wake, down));
+    }
+
+    fn touch(&self) -> Result<(), StoreError> {
+        self.write(|tx| Box::pin(bump(tx)))
+    }
+
+    fn bindings(&self, list: &str) -> Result<Vec<Binding>, StoreError> {
+        owned!(list);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT list, address, fingerprint, role, state, show_key_id FROM bindings
+                     WHERE list = $1 ORDER BY address",
+                    &[&list],
+                )
+                .await
+            })
+        })?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.get(4);
+                Ok(Binding {
+                    list: r.get(0),
+                    address: r.get(1),
+                    fingerprint: r.get(2),
+                    role: Role::parse(r.get(3)),
+                    // An unknown state is an error, not a default (as in SQLite).
+                    state: state.parse().map_err(|e: super::UnknownBindingState| {
+                        StoreError::Corrupt(e.to_string())
+                    })?,
+                    show_key_id: r.get::<_, i32>(5) != 0,
+                })
+            })
+            .collect()
+    }
+
+    fn bind(&self, b: &Binding) -> Result<(), StoreError> {
+        let b = b.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO bindings (list, address, fingerprint, role, state, show_key_id, created)
+                     VALUES ($1, $2, $3, $4, $5, $6, extract(epoch from now())::bigint)
+                     ON CONFLICT (list, address) DO UPDATE SET fingerprint = excluded.fingerprint,
+                       role = excluded.role, state = excluded.state,
+                       show_key_id = excluded.show_key_id",
+                    &[
+                        &b.list,
+                        &b.address,
+                        &b.fingerprint,
+                        &b.role.as_str(),
+                        &b.state.as_str(),
+                        &(b.show_key_id as i32),
+                    ],
+                )
+                .await?;
+                bump(tx).await
+            })
+        })
+    }
+
+    fn unbind(&self, list: &str, address: &str) -> Result<bool, StoreError> {
+        owned!(list, address);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "DELETE FROM bindings WHERE list = $1 AND address = $2",
+                        &[&list, &address],
+                    )
+                    .await?;
+                // Outstanding challenges go too: a removed member cannot be re-bound by them.
+                let p = tx
+                    .execute(
+                        "DELETE FROM pending WHERE list = $1 AND address = $2",
+                        &[&list, &address],
+                    )
+                    .await?;
+                bump(tx).await?;
+                Ok(n + p > 0)
+            })
+        })
+    }
+
+    fn replay_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<bool, StoreError> {
+        owned!(list, digest);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = db_now(tx).await?;
+                replay_expire(tx, retain_secs, None, now).await?;
+                // The insert waits for a concurrent one of the same digest and then does
+                // nothing: exactly one host records it first.
+                let n = tx
+                    .execute(
+                        "INSERT INTO replay (list, digest, seen, state, created)
+                         VALUES ($1, $2, $3, 'final', $3) ON CONFLICT DO NOTHING",
+                        &[&list, &digest, &now],
+                    )
+                    .await?;
+                Ok(n == 0)
+            })
+        })
+    }
+
+    fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.replay_state(list, digest)?.is_some())
+    }
+
+    fn replay_claim(
+        &self,
+        claim: &ReplayClaim<'_>,
+        now: SystemTime,
+    ) -> Result<Option<ReplayState>, StoreError> {
+        let (scope, digest, list) = (claim.scope, claim.digest, claim.list);
+        owned!(scope, digest, list);
+        let message_id = claim.message_id.map(str::to_owned);
+        let (retain, confirm) = (claim.retain_secs, claim.confirm_secs);
+        let now = epoch_secs(now);
+        self.write(move |tx| {
+            Box::pin(async move {
+                replay_expire(tx, retain, Some(confirm), now).await?;
+                // Insert-if-absent first, so two hosts claiming the same post at once cannot
+                // both see it absent; a record found is reported as it stands.
+                loop {
+                    let inserted = tx
+                        .execute(
+                            "INSERT INTO replay
+                               (list, digest, seen, state, message_id, post_list, created)
+                             VALUES ($1, $2, $3, 'tentative', $4, $5, $3)
+                             ON CONFLICT DO NOTHING",
+                            &[&scope, &digest, &now, &message_id, &list],
+                        )
+                        .await?;
+                    if inserted == 1 {
+                        return Ok(None);
+                    }
+                    // Gone between the two statements (another host expired it): try again.
+                    if let Some(state) = replay_state_of(tx, &scope, &digest).await? {
+                        return Ok(Some(state));
+                    }
+                }
+            })
+        })
+    }
+
+    fn replay_state(&self, list: &str, digest: &[u8]) -> Result<Option<ReplayState>, StoreError> {
+        owned!(list, digest);
+        self.read(move |c| Box::pin(async move { replay_state_of(c, &list, &digest).await }))
+    }
+
+    fn replay_confirm(
+        &self,
+        list: &str,
+        message_ids: &[String],
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
+        if message_ids.is_empty() {
+            return Ok(0);
+        }
+        owned!(list, message_ids);
+        let now = epoch_secs(now);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "UPDATE replay SET state = 'final', seen = $1
+                         WHERE state = 'tentative' AND post_list = $2 AND message_id = ANY($3)",
+                        &[&now, &list, &message_ids],
+                    )
+                    .await?;
+                Ok(n as usize)
+            })
+        })
+    }
+
+    fn pending_put(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        owned!(list, address, fingerprint);
+        let hash = super::pending::hash_token(token);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = db_now(tx).await?;
+                tx.execute("DELETE FROM pending WHERE expires < $1", &[&now])
+                    .await?;
+                tx.execute(
+                    "INSERT INTO pending (list, address, fingerprint, token_sha256, expires)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (list, address, fingerprint)
+                     DO UPDATE SET token_sha256 = excluded.token_sha256, expires = excluded.expires",
+                    &[&list, &address, &fingerprint, &hash, &(now + ttl_secs as i64)],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn pending_for(&self, list: &str, address: &str) -> Result<Vec<String>, StoreError> {
+        owned!(list, address);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT fingerprint FROM pending WHERE list = $1 AND address = $2
+                     AND expires >= extract(epoch from now())::bigint",
+                    &[&list, &address],
+                )
+                .await
+            })
+        })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn pending_token_matches(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        owned!(list, address, fingerprint);
+        let hash = super::pending::hash_token(token);
+        self.read(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT 1 FROM pending WHERE list = $1 AND address = $2
+                         AND fingerprint = $3 AND token_sha256 = $4
+                         AND expires >= extract(epoch from now())::bigint",
+                        &[&list, &address, &fingerprint, &hash],
+                    )
+                    .await?;
+                Ok(row.is_some())
+            })
+        })
+    }
+
+    fn pending_list(&self, list: &str) -> Result<Vec<(String, String)>, StoreError> {
+        owned!(list);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT address, fingerprint FROM pending WHERE list = $1
+                     AND expires >= extract(epoch from now())::bigint ORDER BY address",
+                    &[&list],
+                )
+                .await
+            })
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn pending_remove(
+        &self,
+        list: &str,
+        address: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        owned!(list, address, fingerprint);
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM pending WHERE list = $1 AND address = $2 AND fingerprint = $3",
+                    &[&list, &address, &fingerprint],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn rate_last(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+    ) -> Result<Option<SystemTime>, StoreError> {
+        owned!(list, sender, kind);
+        let last: Option<i64> = self.read(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT last FROM rate WHERE list = $1 AND sender = $2 AND kind = $3",
+                        &[&list, &sender, &kind],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })?;
+        Ok(last.map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)))
+    }
+
+    fn rate_mark(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        owned!(list, sender, kind);
+        let at = epoch_secs(at);
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM rate WHERE last < $1",
+                    &[&(at - RATE_RETAIN_SECS)],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO rate (list, sender, kind, last) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (list, sender, kind) DO UPDATE SET last = excluded.last",
+                    &[&list, &sender, &kind, &at],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn list_replies_since(&self, list: &str, since: SystemTime) -> Result<u64, StoreError> {
+        owned!(list);
+        let since = epoch_secs(since);
+        let n: i64 = self.read(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_one(
+                        "SELECT COUNT(*) FROM replies WHERE list = $1 AND sent >= $2",
+                        &[&list, &since],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })
+        })?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn list_reply_record(&self, list: &str, at: SystemTime) -> Result<(), StoreError> {
+        owned!(list);
+        let at = epoch_secs(at);
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute("DELETE FROM replies WHERE sent < $1", &[&(at - 86_400)])
+                    .await?;
+                tx.execute(
+                    "INSERT INTO replies (list, sent) VALUES ($1, $2)",
+                    &[&list, &at],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn rate_forget(&self, list: &str, sender: &str, kind: &str) -> Result<(), StoreError> {
+        owned!(list, sender, kind);
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM rate WHERE list = $1 AND sender = $2 AND kind = $3",
+                    &[&list, &sender, &kind],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn rate_allow(
+        &self,
+        list: &str,
+        sender: &str,
+        kind: &str,
+        interval_secs: u64,
+    ) -> Result<bool, StoreError> {
+        owned!(list, sender, kind);
+        let interval = interval_secs as i64;
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = db_now(tx).await?;
+                tx.execute(
+                    "DELETE FROM rate WHERE last < $1",
+                    &[&(now - RATE_RETAIN_SECS)],
+                )
+                .await?;
+                // One statement decides and records: two hosts asked at once allow one reply.
+                let allowed = tx
+                    .execute(
+                        "INSERT INTO rate (list, sender, kind, last) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (list, sender, kind) DO UPDATE SET last = excluded.last
+                         WHERE excluded.last - rate.last >= $5",
+                        &[&list, &sender, &kind, &now, &interval],
+                    )
+                    .await?;
+                Ok(allowed == 1)
+            })
+        })
+    }
+
+    fn journal_sent(&self, sender: &str, digest: &[u8]) -> Result<Vec<String>, StoreError> {
+        owned!(sender, digest);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT recipient FROM journal WHERE sender = $1 AND digest = $2",
+                    &[&sender, &digest],
+                )
+                .await
+            })
+        })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn journal_record(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        queue_id: &str,
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        owned!(sender, digest, recipients, queue_id);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = db_now(tx).await?;
+                tx.execute(
+                    "DELETE FROM journal WHERE sent < $1",
+                    &[&(now - retain_secs as i64)],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO journal (sender, digest, recipient, queue_id, sent)
+                     SELECT $1, $2, r, $3, $4 FROM unnest($5::text[]) AS r
+                     ON CONFLICT DO NOTHING",
+                    &[&sender, &digest, &queue_id, &now, &recipients],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+}
+
+/// Keeps one connection LISTENing for generation bumps and calls `wake` for each (and once
+/// after every reconnect, since bumps during the gap were missed). Runs until the store's
+/// runtime stops.
+async fn listen(
+    settings: tokio_postgres::Config,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    down: Arc<AtomicBool>,
+) {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match listen_once(&settings, &wake).await {
+            Ok(()) => pause = Duration::from_millis(250),
+            Err(e) => {
+                // The store's calls log the outage itself; this only says why NOTIFY stopped.
+                if !down.load(Ordering::Acquire) {
+                    tracing::warn!(
+                        "PostgreSQL change notifications interrupted ({}); polling meanwhile",
+                        describe(&e)
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    settings: &tokio_postgres::Config,
+    wake: &Arc<dyn Fn() + Send + Sync>,
+) -> Result<(), tokio_postgres::Error> {
+    use std::future::poll_fn;
+    let Ok(tls) = tls() else {
+        // Nothing to listen with; the generation poll still finds every change.
+        return Ok(());
+    };
+    let (client, mut connection) = settings.connect(tls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The connection yields notifications only to whoever polls it.
+    let driver = tokio::spawn(async move {
+        loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    if tx.send(()).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    wake();
+    while rx.recv().await.is_some() {
+        wake();
+    }
+    drop(client);
+    match driver.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
