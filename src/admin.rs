@@ -662,12 +662,19 @@ pub fn process_inbound(
     }
     let store = open_store(config)?;
     let ledger = inbound::Peeking(&*store);
-    match tx.finish(
+    let verdict = tx.finish(
         &message,
         &config.limits,
         &ledger,
         std::time::SystemTime::now(),
-    ) {
+    );
+    // The milter's sender change too; on stderr, since stdout is the message Mailman gets.
+    if let Some(sender) = tx.envelope_sender(config.inbound_envelope_sender, &verdict) {
+        eprintln!(
+            "note: envelope sender <{sender}> in place of <{from}> (inbound_envelope_sender)"
+        );
+    }
+    match verdict {
         Verdict::Deliver {
             rewrite,
             hold: None,

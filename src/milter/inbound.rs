@@ -6,7 +6,8 @@ use super::SessionError;
 use crate::deadline::Deadline;
 use crate::inbound::{Recording, Target, Transaction, Verdict};
 use crate::metrics::{self, Direction, Outcome};
-use indymilter::{EomActions, SmtpReply, Status};
+use indymilter::{ContextActions, EomActions, SmtpReply, Status};
+use std::ffi::CString;
 use std::time::{Duration, SystemTime};
 
 pub(super) async fn finish(
@@ -28,19 +29,22 @@ pub(super) async fn finish(
         _ => String::new(),
     };
     let decided = |outcome| metrics::decision(&list, Direction::Inbound, outcome);
+    let setting = cx.config.inbound_envelope_sender;
     // Decryption and verification share the cores with every other message's crypto.
     let work = tokio::task::spawn_blocking(move || {
         crate::crypto_pool::global().run(|| {
-            tx.finish_until(
+            let verdict = tx.finish_until(
                 &bytes,
                 &limits,
                 &Recording(daemon.store()),
                 SystemTime::now(),
                 &deadline,
-            )
+            );
+            let envelope = tx.envelope_sender(setting, &verdict);
+            (verdict, envelope)
         })
     });
-    let verdict = with_progress(work, actions, timeout).await?;
+    let (verdict, envelope) = with_progress(work, actions, timeout).await?;
     let qid = &message.queue_id;
     let sender = &message.sender;
     match verdict {
@@ -51,6 +55,16 @@ pub(super) async fn finish(
             ..
         } => {
             apply(actions, &message.header_names, &rewrite).await?;
+            // Fail closed: a sender change the MTA refuses is our 451, never the author's DSN.
+            let summary = match &envelope {
+                Some(bounces) => {
+                    actions
+                        .change_sender(format!("<{bounces}>"), None::<CString>)
+                        .await?;
+                    format!("{summary}; envelope sender {bounces}")
+                }
+                None => summary,
+            };
             decided(if hold.is_some() {
                 Outcome::Hold
             } else {
