@@ -27,7 +27,7 @@ use support::mime;
 use support::net::free_ports;
 use support::postfix::make_searchable;
 use support::process::wait_for;
-use support::sendmail::{mailman_snippet, snippet, Sendmail, SendmailSettings};
+use support::sendmail::{mailman_snippet, snippet, Sendmail, SendmailSettings, OFFHOST_POSTMASTER};
 use support::sink::{Delivery, Sink};
 use support::smtp::{self, Dialogue};
 use support::text::tail;
@@ -92,6 +92,8 @@ impl World {
             &sendmail.socket_dir(),
             reinject_port,
         );
+        // README, "Sendmail", step 4: Sendmail's DSNs about decrypted posts go to Mailman.
+        listcrypt.set_config("inbound_envelope_sender", "\"list-bounces\"");
         let mut mailman = configure_mailman(&base, lmtp_port, rest_port, outbound_port);
         let members: Vec<&str> = MEMBERS.iter().map(|(_, email)| *email).collect();
         mailman.create_list(LIST, OWNER, &members);
@@ -530,62 +532,151 @@ fn bad_posts_are_refused(w: &World, secrets: &mut Vec<String>) {
     assert_refused(&d, 550, "5.7.1", "a post by a non-member");
 }
 
-/// E: Mailman's LMTP refuses a post listcrypt decrypted (the list is gone from Mailman), so
-/// Sendmail writes a DSN to alice, and no milter sees it. Without `nobodyreturn` it quotes
-/// the decrypted post (shown with a second .cf that lacks only that flag); with
-/// contrib/sendmail/listcrypt.mc it carries no body, only the header (README: "Sendmail").
-fn dsn_for_refused_post(w: &mut World, secrets: &mut Vec<String>) -> Vec<u8> {
-    let send_to_gone = |w: &World, tag: &str| -> (String, Delivery) {
-        let marker = unique_marker(tag);
+/// E: Mailman's LMTP refuses a post listcrypt decrypted (the list is gone from Mailman).
+/// Sendmail's DSN about it passes no milter. With `inbound_envelope_sender = "keep"` it goes
+/// to alice: without `nobodyreturn` it quotes the decrypted post (a second .cf that lacks
+/// only that flag), with it the header listcrypt handed Mailman, protected Subject included.
+/// With "list-bounces" (README, "Sendmail") it goes to GONE-bounces@, which Mailman refuses
+/// too, and the double bounce is dropped (`confDOUBLE_BOUNCE_ADDRESS`): nothing reaches
+/// anyone (without nobodyreturn, and sent off the host instead, it would quote the post).
+/// Returns the leaky DSNs made on purpose, which the final leak check skips.
+fn dsn_for_refused_post(w: &mut World, secrets: &mut Vec<String>) -> Vec<Vec<u8>> {
+    // (subject marker, body marker, the SMTP dialogue) of a post to GONE.
+    let send_to_gone = |w: &World, tag: &str| -> (String, String, Dialogue) {
+        let subject = unique_marker(&format!("{tag}-subject"));
+        let body = unique_marker(tag);
         let post = encrypted_post(
             &w.alice,
             GONE,
             &w.gone_fpr,
-            "Refused by Mailman",
-            &format!("Mailman will refuse this: {marker}\n"),
+            &format!("Refused by Mailman {subject}"),
+            &format!("Mailman will refuse this: {body}\n"),
         );
-        let before = dsns(w).len();
         let d = smtp::send(w.inbound(), &w.alice.email, &[GONE], &post);
         assert!(
             d.accepted(),
             "alice's post to {GONE} was not accepted:\n{d}"
         );
-        let dsn = wait_for("Sendmail's DSN to alice", DELIVERY_TIMEOUT, || {
+        (subject, body, d)
+    };
+    let next_dsn = |w: &World, before: usize| {
+        wait_for("Sendmail's DSN to alice", DELIVERY_TIMEOUT, || {
             dsns(w).get(before).cloned()
-        });
-        (marker, dsn)
+        })
     };
 
-    // Without nobodyreturn: the leak this configuration exists for.
+    // "keep": the leak the setting exists for, first with the body, then the header alone.
+    set_envelope_sender(w, "keep");
     w.sendmail
         .restart_with_cf("/etc/mail/without-nobodyreturn.cf");
-    let (marker, leaky) = send_to_gone(w, "dsnleak");
+    let before = dsns(w).len();
+    let (_, body, _) = send_to_gone(w, "dsnleak");
+    let with_body = next_dsn(w, before);
     support::files::write(
         &w.dir.path().join("dsn-without-nobodyreturn.eml"),
-        &leaky.data,
+        &with_body.data,
     );
     assert!(
-        leaky.text().contains(&marker),
+        with_body.text().contains(&body),
         "the DSN without nobodyreturn does not quote the decrypted post, so this test \
          shows nothing:\n{}",
-        leaky.text()
+        with_body.text()
     );
     w.sendmail.restart_with_cf("/etc/mail/sendmail.cf");
-
-    let (marker, dsn) = send_to_gone(w, "dsn");
-    secrets.push(marker.clone());
-    support::files::write(&w.dir.path().join("dsn-for-alice.eml"), &dsn.data);
-    let text = dsn.text();
-    assert!(
-        !text.contains(&marker),
-        "LEAK: Sendmail's DSN quotes the decrypted post:\n{text}"
-    );
+    let before = dsns(w).len();
+    let (subject, body, _) = send_to_gone(w, "dsnheader");
+    let header_only = next_dsn(w, before);
+    support::files::write(&w.dir.path().join("dsn-keep.eml"), &header_only.data);
+    let text = header_only.text();
     // RFC 6522: what nobodyreturn leaves is the returned message's header, not the message.
     assert!(
         text.contains("Content-Type: text/rfc822-headers") && !text.contains("message/rfc822"),
         "Sendmail's DSN returns more than the header:\n{text}"
     );
-    leaky.data
+    assert!(
+        !text.contains(&body),
+        "the DSN with nobodyreturn quotes the body:\n{text}"
+    );
+    assert!(
+        text.contains(&subject),
+        "with \"keep\" the DSN does not show the protected Subject listcrypt decrypted, so \
+         this test shows nothing:\n{text}"
+    );
+
+    // "list-bounces": the DSN goes to GONE-bounces@, which Mailman refuses too. Without
+    // nobodyreturn, and double bounces sent off the host instead of dropped, the whole DSN
+    // would go there, the decrypted post in it.
+    set_envelope_sender(w, "list-bounces");
+    w.sendmail
+        .restart_with_cf("/etc/mail/double-bounce-offhost.cf");
+    let (subject, body, _) = send_to_gone(w, "doublebounce");
+    let double_bounce = wait_for("the double bounce", DELIVERY_TIMEOUT, || {
+        w.sink
+            .deliveries_to(OFFHOST_POSTMASTER)
+            .into_iter()
+            .find(|d| d.text().contains(&body))
+    });
+    assert!(
+        double_bounce.text().contains(&subject),
+        "the double bounce quotes the body but not the protected Subject:\n{}",
+        double_bounce.text()
+    );
+    support::files::write(
+        &w.dir.path().join("double-bounce-offhost.eml"),
+        &double_bounce.data,
+    );
+    w.sendmail.restart_with_cf("/etc/mail/sendmail.cf");
+
+    // With listcrypt.mc as it is: no DSN for alice at all, and nothing of the post anywhere.
+    let gone_bounces = GONE.replace('@', "-bounces@");
+    let tries = |w: &World| {
+        w.sendmail
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("to=<{gone_bounces}>")) && l.contains("stat="))
+            .count()
+    };
+    let (before, tried) = (dsns(w).len(), tries(w));
+    let double_bounces = w.sink.deliveries_to(OFFHOST_POSTMASTER).len();
+    let (subject, body, d) = send_to_gone(w, "dsn");
+    secrets.extend([subject, body]);
+    let queue_id = d
+        .end_of_data()
+        .and_then(|r| r.text().split_whitespace().nth(1).map(String::from))
+        .unwrap_or_else(|| panic!("no queue id in Sendmail's reply:\n{d}"));
+    // Sendmail tries GONE-bounces@ (Mailman refuses it), then drops the double bounce.
+    wait_for(
+        "Sendmail's DSN to GONE-bounces@, refused by Mailman",
+        DELIVERY_TIMEOUT,
+        || (tries(w) > tried).then_some(()),
+    );
+    w.settle();
+    let log = w.listcrypt.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(&format!("{queue_id}: "))
+            && l.contains(&format!("envelope sender {gone_bounces}"))),
+        "listcrypt did not change {queue_id}'s envelope sender to {gone_bounces}:\n{log}"
+    );
+    assert_eq!(
+        w.sink.deliveries_to(OFFHOST_POSTMASTER).len(),
+        double_bounces,
+        "a double bounce left the host although listcrypt.mc drops them"
+    );
+    assert_eq!(
+        dsns(w).len(),
+        before,
+        "with \"list-bounces\" a DSN still reached alice:\n{:?}",
+        dsns(w).last().map(|d| d.text())
+    );
+    vec![with_body.data, header_only.data, double_bounce.data]
+}
+
+/// Restarts listcrypt with `inbound_envelope_sender = VALUE`.
+fn set_envelope_sender(w: &mut World, value: &str) {
+    w.listcrypt.stop();
+    w.listcrypt
+        .set_config("inbound_envelope_sender", &format!("\"{value}\""));
+    w.listcrypt.serve();
 }
 
 /// Deliveries with a null envelope sender to alice: Sendmail's DSNs.
@@ -686,13 +777,18 @@ fn encrypted_list_through_sendmail_and_mailman() {
     eprintln!("sendmail: B, C, F (plaintext, stranger, LIST+x refused) ok");
     let leaky = dsn_for_refused_post(&mut w, &mut secrets);
     eprintln!(
-        "sendmail: E (DSN without the post) ok, {:?}",
+        "sendmail: E (no DSN to the author with list-bounces; keep leaks) ok, {:?}",
         w.started.elapsed()
     );
     w.settle();
-    // The leak checker: nothing any scenario kept secret, in anything delivered (but the DSN
-    // made on purpose without nobodyreturn).
-    for d in w.sink.deliveries().iter().filter(|d| d.data != leaky) {
+    // The leak checker: nothing any scenario kept secret, in anything delivered (but the DSNs
+    // made on purpose with "keep").
+    for d in w
+        .sink
+        .deliveries()
+        .iter()
+        .filter(|d| !leaky.contains(&d.data))
+    {
         let text = d.text();
         for secret in &secrets {
             assert!(

@@ -22,6 +22,10 @@ pub const PACKAGES: [&str; 3] = ["sendmail-bin", "sendmail-cf", "m4"];
 pub const SOCKET_DIR: &str = "/run/listcrypt";
 /// The list domain of `contrib/sendmail/`'s examples, replaced by the test's.
 const EXAMPLE_DOMAIN: &str = "lists.example.org";
+/// listcrypt.mc's line that drops double bounces.
+const DROP_DOUBLE_BOUNCES: &str = "define(`confDOUBLE_BOUNCE_ADDRESS', `')";
+/// Where `double-bounce-offhost.cf` sends double bounces: the sink.
+pub const OFFHOST_POSTMASTER: &str = "postmaster@example.net";
 
 pub struct SendmailSettings {
     pub domain: String,
@@ -161,6 +165,17 @@ impl Sendmail {
             &chroot.path("/etc/mail/without-nobodyreturn.mc"),
             mc_text.replace("nobodyreturn,", ""),
         );
+        // Also double bounces to an address off the host (as a postmaster alias might forward
+        // them) instead of dropped, to show what dropping them prevents without nobodyreturn.
+        write(
+            &chroot.path("/etc/mail/double-bounce-offhost.mc"),
+            swap(
+                &mc_text.replace("nobodyreturn,", ""),
+                DROP_DOUBLE_BOUNCES,
+                &format!("define(`confDOUBLE_BOUNCE_ADDRESS', `{OFFHOST_POSTMASTER}')"),
+                "listcrypt.mc",
+            ),
+        );
 
         let mailertable = swap(
             &snippet("mailertable"),
@@ -202,6 +217,7 @@ impl Sendmail {
             "-c",
             "m4 /etc/mail/sendmail.mc > /etc/mail/sendmail.cf \
              && m4 /etc/mail/without-nobodyreturn.mc > /etc/mail/without-nobodyreturn.cf \
+             && m4 /etc/mail/double-bounce-offhost.mc > /etc/mail/double-bounce-offhost.cf \
              && makemap hash /etc/mail/access < /etc/mail/access \
              && makemap hash /etc/mail/mailertable < /etc/mail/mailertable",
         ]);
