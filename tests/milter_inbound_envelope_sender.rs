@@ -156,3 +156,90 @@ async fn keep_is_the_default_and_changes_nothing() {
     );
     daemon.stop().await;
 }
+
+/// A held post reaches Mailman decrypted too (for moderation), so it is changed as well.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_posts_leave_with_the_bounces_address_too() {
+    let site = Site::new();
+    site.create_list(LIST);
+    set_envelope_sender(&site, "list-bounces");
+    fs::write(
+        site.path("lists.d").join(format!("{LIST}.toml")),
+        "unknown_signer_action = \"hold\"\n",
+    )
+    .unwrap();
+    let dave = GpgMember::new(&site, "dave", false);
+    let post = dave.post("[...]", "Not bound yet.");
+
+    let out = support::process::run(
+        site.cli().args([
+            "process",
+            "inbound",
+            "--list",
+            LIST,
+            "--from",
+            &dave.address,
+        ]),
+        Some(&post),
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.code() == Some(1) && stdout.starts_with("hold "),
+        "process inbound: {stdout:?} {stderr:?}"
+    );
+    assert!(
+        stderr.contains(&format!("<{LIST_BOUNCES}>")),
+        "process inbound does not report the envelope sender change: {stderr:?}"
+    );
+
+    let daemon = milter::start(&site.config).await;
+    let (actions, status) =
+        transact(daemon.inbound, &dave.address, LIST, &Mail::parse(&post)).await;
+    milter::assert_goes_on(&status, "held post");
+    assert!(
+        Mail::parse(&post)
+            .apply(&actions)
+            .header("X-Listcrypt-Hold")
+            .is_some(),
+        "the post is not held: {:?}",
+        actions.actions
+    );
+    assert_eq!(
+        sender_changes(&actions),
+        vec![(format!("<{LIST_BOUNCES}>"), None)]
+    );
+    daemon.stop().await;
+}
+
+/// Fail closed: an MTA that would not let listcrypt change the sender gets no inbound service
+/// (Sendmail's F=T and Postfix's default_action=tempfail make that a 4xx), rather than posts
+/// whose DSNs could reach their authors.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mta_without_the_sender_change_gets_no_inbound_service() {
+    use indymilter_test::{Actions, ProtoOpts, TestConnection};
+    let site = Site::new();
+    site.create_list(LIST);
+    set_envelope_sender(&site, "list-bounces");
+    let daemon = milter::start(&site.config).await;
+    let opened = TestConnection::configure()
+        .available_actions(Actions::all() - Actions::CHANGE_SENDER)
+        .available_opts(ProtoOpts::all())
+        .exact_leading_space(true)
+        .open_tcp(daemon.inbound)
+        .await;
+    let served = match opened {
+        Err(_) => false,
+        Ok(mut conn) => conn
+            .connect("client.example.test", [127, 0, 0, 1])
+            .await
+            .is_ok_and(|s| s == Status::Continue),
+    };
+    assert!(
+        !served,
+        "the inbound listener served an MTA that cannot change the sender"
+    );
+    daemon.stop().await;
+}
