@@ -790,7 +790,14 @@ pub fn process_inbound(
     let ledger = inbound::Peeking(&*store);
     // The daemon's clock: the database's where hosts share one.
     let now = store.now()?;
-    match tx.finish(&message, &config.limits, &ledger, now) {
+    let verdict = tx.finish(&message, &config.limits, &ledger, now);
+    // The milter's sender change too; on stderr, since stdout is the message Mailman gets.
+    if let Some(sender) = tx.envelope_sender(config.inbound_envelope_sender, &verdict) {
+        eprintln!(
+            "note: envelope sender <{sender}> in place of <{from}> (inbound_envelope_sender)"
+        );
+    }
+    match verdict {
         Verdict::Deliver {
             rewrite,
             hold: None,

@@ -483,14 +483,20 @@ fn dot_stuff(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Postfix answers `250 2.0.0 Ok: queued as 4F2A1C0D12`.
+/// Postfix answers `250 2.0.0 Ok: queued as 4F2A1C0D12`, Sendmail `250 2.0.0 6B6H3WGl026126
+/// Message accepted for delivery` (srvrsmtp.c): the id is the word before that phrase.
 fn queue_id(reply: &str) -> String {
-    reply
+    let postfix = reply
         .split("queued as ")
         .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or("unknown")
-        .to_string()
+        .and_then(|s| s.split_whitespace().next());
+    let sendmail = || {
+        let (before, _) = reply.split_once(" Message accepted for delivery")?;
+        let id = before.split_whitespace().last()?;
+        // Not the enhanced status code of a reply that names no id.
+        (!id.chars().all(|c| c.is_ascii_digit() || c == '.')).then_some(id)
+    };
+    postfix.or_else(sendmail).unwrap_or("unknown").to_string()
 }
 
 #[cfg(test)]
@@ -512,6 +518,21 @@ mod tests {
     fn stuffing() {
         assert_eq!(dot_stuff(b"a\n.b\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
         assert_eq!(queue_id("250 2.0.0 Ok: queued as 4F2A1C0D12"), "4F2A1C0D12");
+    }
+
+    #[test]
+    fn sendmail_queue_id() {
+        // Sendmail 8.17's reply to the end of DATA, with and without the enhanced code.
+        assert_eq!(
+            queue_id("2.0.0 6B6H3WGl026126 Message accepted for delivery"),
+            "6B6H3WGl026126"
+        );
+        assert_eq!(
+            queue_id("250 6B6H3WGl026126 Message accepted for delivery"),
+            "6B6H3WGl026126"
+        );
+        assert_eq!(queue_id("2.0.0 Message accepted for delivery"), "unknown");
+        assert_eq!(queue_id("2.0.0 stored"), "unknown");
     }
 
     #[test]

@@ -66,13 +66,13 @@ pub async fn run(
     let inbound_task = indymilter::run(
         inbound,
         milter::callbacks(daemon.clone(), Side::Inbound),
-        milter::milter_config(),
+        milter::milter_config(Side::Inbound),
         wait(rx.clone()),
     );
     let outbound_task = indymilter::run(
         outbound,
         milter::callbacks(daemon.clone(), Side::Outbound),
-        milter::milter_config(),
+        milter::milter_config(Side::Outbound),
         wait(rx),
     );
     let trigger = async move {

@@ -180,6 +180,18 @@ pub enum OtherRecipients {
     Accept,
 }
 
+/// The envelope sender Mailman gets with a post or command the inbound listener accepted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboundEnvelopeSender {
+    /// The author's. For Postfix, whose own DSNs pass listcrypt (`non_smtpd_milters`).
+    #[default]
+    Keep,
+    /// `LIST-bounces@DOMAIN`: a DSN the MTA writes about the decrypted post goes back into
+    /// Mailman, never to the author in clear. For Sendmail, whose DSNs pass no milter.
+    ListBounces,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogTarget {
@@ -207,6 +219,8 @@ pub struct Config {
     pub unmanaged_outbound: Unmanaged,
     /// Inbound recipients in a list domain that are no list's address.
     pub list_domain_other_recipients: OtherRecipients,
+    /// The envelope sender of accepted posts toward Mailman (milter `SMFIR_CHGFROM`).
+    pub inbound_envelope_sender: InboundEnvelopeSender,
     /// Postfix's `recipient_delimiter` (any one of its characters starts an extension).
     pub recipient_delimiter: String,
     /// Mailman's `[mta] verp_format`, to recognise its VERP envelope senders.
@@ -247,6 +261,7 @@ impl Default for Config {
             user: String::new(),
             unmanaged_outbound: Unmanaged::Reject,
             list_domain_other_recipients: OtherRecipients::Reject,
+            inbound_envelope_sender: InboundEnvelopeSender::Keep,
             recipient_delimiter: crate::address::DEFAULT_RECIPIENT_DELIMITER.into(),
             verp_format: crate::address::DEFAULT_VERP_FORMAT.into(),
             policy_dir: "var/lists.d".into(),
@@ -580,6 +595,26 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c, want, "the sample file must state the built-in defaults");
+    }
+
+    #[test]
+    fn inbound_envelope_sender_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |value: &str| {
+            std::fs::write(&path, format!("inbound_envelope_sender = \"{value}\"\n")).unwrap();
+            Config::load(Some(&path)).map(|c| c.inbound_envelope_sender)
+        };
+        assert_eq!(
+            Config::default().inbound_envelope_sender,
+            InboundEnvelopeSender::Keep
+        );
+        assert_eq!(load("keep").unwrap(), InboundEnvelopeSender::Keep);
+        assert_eq!(
+            load("list-bounces").unwrap(),
+            InboundEnvelopeSender::ListBounces
+        );
+        assert!(load("list_bounces").is_err());
     }
 
     #[test]

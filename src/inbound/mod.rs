@@ -7,7 +7,7 @@ mod replay;
 mod signature;
 
 use crate::address::{self, ListAddress};
-use crate::config::{Action, Limits, OtherRecipients};
+use crate::config::{Action, InboundEnvelopeSender, Limits, OtherRecipients};
 use crate::keys::{Keyring, ListKeys};
 use crate::message::Rewrite;
 use crate::refusal::{Internal, RcptOutcome, Refusal};
@@ -150,6 +150,29 @@ impl Transaction {
         matches!(self.target, Target::List { post, command, .. } if post || command)
     }
 
+    /// The envelope sender Mailman gets with `verdict` in place of the author's, if any: the
+    /// list's bounces address for a post or command that goes on, so that a DSN the MTA
+    /// writes about it (quoting what listcrypt decrypted) goes back into Mailman.
+    pub fn envelope_sender(
+        &self,
+        setting: InboundEnvelopeSender,
+        verdict: &Verdict,
+    ) -> Option<String> {
+        let Target::List {
+            list,
+            post,
+            command,
+        } = &self.target
+        else {
+            return None;
+        };
+        let goes_on = matches!(verdict, Verdict::Deliver { .. }) && (*post || *command);
+        match (setting, goes_on) {
+            (InboundEnvelopeSender::ListBounces, true) => Some(bounces_address(&list.address)),
+            _ => None,
+        }
+    }
+
     /// The verdict on the whole message, for a transaction to one list.
     pub fn finish(
         &self,
@@ -199,6 +222,14 @@ impl Transaction {
             return Verdict::Tempfail(Internal::Timeout.into());
         }
         replay::apply(verdict, list, limits, replay, message, now)
+    }
+}
+
+/// `LIST-bounces@DOMAIN`, which Mailman's LMTP takes for the list's bounce processor.
+fn bounces_address(list: &str) -> String {
+    match list.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}-bounces@{domain}"),
+        None => format!("{list}-bounces"),
     }
 }
 

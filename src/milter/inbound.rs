@@ -7,7 +7,8 @@ use crate::deadline::Deadline;
 use crate::inbound::{Recording, Target, Transaction, Verdict};
 use crate::metrics::{self, Direction, Outcome};
 use crate::refusal::{Internal, Refusal};
-use indymilter::{EomActions, SmtpReply, Status};
+use indymilter::{ContextActions, EomActions, SmtpReply, Status};
+use std::ffi::CString;
 use std::time::Duration;
 
 pub(super) async fn finish(
@@ -29,6 +30,7 @@ pub(super) async fn finish(
         _ => String::new(),
     };
     let decided = |outcome| metrics::decision(&list, Direction::Inbound, outcome);
+    let setting = cx.config.inbound_envelope_sender;
     // Decryption and verification share the cores with every other message's crypto.
     let work = tokio::task::spawn_blocking(move || {
         // One clock reading per message, the database's where hosts share one (skew between
@@ -37,13 +39,17 @@ pub(super) async fn finish(
             Ok(now) => now,
             Err(e) => {
                 tracing::warn!("the store's clock is unavailable: {e}");
-                return Verdict::Tempfail(Refusal::Internal(Internal::State));
+                return (Verdict::Tempfail(Refusal::Internal(Internal::State)), None);
             }
         };
-        crate::crypto_pool::global()
-            .run(|| tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline))
+        crate::crypto_pool::global().run(|| {
+            let verdict =
+                tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline);
+            let envelope = tx.envelope_sender(setting, &verdict);
+            (verdict, envelope)
+        })
     });
-    let verdict = with_progress(work, actions, timeout).await?;
+    let (verdict, envelope) = with_progress(work, actions, timeout).await?;
     let qid = &message.queue_id;
     let sender = &message.sender;
     match verdict {
@@ -54,6 +60,16 @@ pub(super) async fn finish(
             ..
         } => {
             apply(actions, &message.header_names, &rewrite).await?;
+            // Fail closed: a sender change the MTA refuses is our 451, never the author's DSN.
+            let summary = match &envelope {
+                Some(bounces) => {
+                    actions
+                        .change_sender(format!("<{bounces}>"), None::<CString>)
+                        .await?;
+                    format!("{summary}; envelope sender {bounces}")
+                }
+                None => summary,
+            };
             decided(if hold.is_some() {
                 Outcome::Hold
             } else {

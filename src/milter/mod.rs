@@ -83,9 +83,14 @@ fn settle(
 }
 
 /// Actions the MTA must grant: header edits and body replacement (both sides), recipient
-/// deletion (batch splitting).
-fn needed_actions() -> Actions {
-    Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY | Actions::DELETE_RCPT
+/// deletion (batch splitting), and inbound the envelope sender (`inbound_envelope_sender`).
+fn needed_actions(side: Side) -> Actions {
+    let both =
+        Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY | Actions::DELETE_RCPT;
+    match side {
+        Side::Inbound => both | Actions::CHANGE_SENDER,
+        Side::Outbound => both,
+    }
 }
 
 /// The milter callbacks of one listener: negotiation and connection here, the transaction's
@@ -94,21 +99,32 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
     let cb = Callbacks::new()
         .on_negotiate(move |cx, actions, opts| {
             Box::pin(async move {
-                let needed = needed_actions();
+                let needed = needed_actions(side);
                 if !actions.contains(needed) || !opts.contains(ProtoOpts::LEADING_SPACE) {
                     tracing::error!(
                         "{side}: the MTA does not offer the milter actions listcrypt needs \
-                         (header change, body replacement, recipient deletion, leading space); refusing service"
+                         (header change, body replacement, recipient deletion, inbound sender \
+                         change, leading space); refusing service"
                     );
                 }
                 cx.requested_actions = needed;
                 cx.requested_opts |= ProtoOpts::LEADING_SPACE;
                 // Requesting macros replaces Postfix's defaults: ask only for what we use. A
                 // daemon port of 0 marks mail that Postfix made itself (DSNs).
-                cx.requested_macros
-                    .insert(MacroStage::Connect, CString::new("{daemon_port}").expect("no NUL"));
-                for stage in [MacroStage::Data, MacroStage::Eoh, MacroStage::Eom] {
-                    cx.requested_macros.insert(stage, CString::new("i").expect("no NUL"));
+                cx.requested_macros.insert(
+                    MacroStage::Connect,
+                    CString::new("{daemon_port}").expect("no NUL"),
+                );
+                // Sendmail knows the queue id from MAIL on (Postfix from DATA): RCPT refusals
+                // then name it, as Sendmail's own log lines do.
+                for stage in [
+                    MacroStage::Mail,
+                    MacroStage::Data,
+                    MacroStage::Eoh,
+                    MacroStage::Eom,
+                ] {
+                    cx.requested_macros
+                        .insert(stage, CString::new("i").expect("no NUL"));
                 }
                 Status::Continue
             })
@@ -133,9 +149,10 @@ fn transaction_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
                     .macros
                     .get(c"{daemon_port}")
                     .is_some_and(|p| p.to_bytes() == b"0");
+                let queue_id = queue_id_macro(&cx.macros);
                 match cx.data.as_mut() {
                     Some(s) => {
-                        let r = s.mail(args, internal, &mut cx.reply);
+                        let r = s.mail(args, internal, queue_id, &mut cx.reply);
                         settle(r, s, &mut cx.reply)
                     }
                     None => missing_session(&mut cx.reply),
@@ -156,10 +173,7 @@ fn transaction_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
         .on_data(|cx| {
             Box::pin(async move {
                 // Postfix knows the queue id from DATA on: the refusals that follow name it.
-                let queue_id = cx
-                    .macros
-                    .get(c"i")
-                    .map(|v| v.to_string_lossy().into_owned());
+                let queue_id = queue_id_macro(&cx.macros);
                 match cx.data.as_mut() {
                     Some(s) => {
                         let r = s.data(queue_id);
@@ -222,15 +236,23 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
     })
 }
 
+/// The MTA's queue id (macro `i`), if it sent a non-empty one.
+fn queue_id_macro(macros: &indymilter::Macros) -> Option<String> {
+    macros
+        .get(c"i")
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// Our own failure: never a silent pass, always `451 4.3.0` with a log line.
 fn missing_session(reply: &mut indymilter::SmtpReply) -> Status {
     tracing::error!("{NOQUEUE}: milter session state missing; temporary failure");
     actions::refuse(reply, Refusal::Internal(Internal::Failure))
 }
 
-pub fn milter_config() -> MilterConfig {
+pub fn milter_config(side: Side) -> MilterConfig {
     MilterConfig {
-        actions: needed_actions(),
+        actions: needed_actions(side),
         ..MilterConfig::default()
     }
 }

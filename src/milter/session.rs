@@ -137,7 +137,8 @@ pub fn client_name(host: &str, socket: &SocketInfo) -> String {
 pub struct Session {
     cx: Context,
     side: Side,
-    /// The MTA's queue id once DATA made it known (`NOQUEUE` before), for every log line.
+    /// The MTA's queue id once it named one (Postfix at DATA, Sendmail at MAIL; `NOQUEUE`
+    /// before), for every log line.
     queue_id: String,
     /// The SMTP client the MTA reported at connect, for lines written before a queue id.
     client: String,
@@ -188,10 +189,11 @@ impl Session {
         &mut self,
         args: Vec<CString>,
         internal: bool,
+        queue_id: Option<String>,
         reply: &mut SmtpReply,
     ) -> Result<Status, SessionError> {
         self.msg = None;
-        self.queue_id = NOQUEUE.into();
+        self.queue_id = queue_id.unwrap_or_else(|| NOQUEUE.into());
         let sender = bare_address(&raw_arg(&args));
         let keyring = self.cx.daemon.keyring()?;
         let mode = match self.side {
@@ -222,7 +224,8 @@ impl Session {
         match self.cx.config.unmanaged_outbound {
             Unmanaged::Accept => {
                 tracing::debug!(
-                    "{NOQUEUE}: outbound: sender {sender} is no managed list's; passing; client={} from=<{sender}>",
+                    "{}: outbound: sender {sender} is no managed list's; passing; client={} from=<{sender}>",
+                    self.queue_id,
                     self.client
                 );
                 Status::Accept
@@ -230,7 +233,8 @@ impl Session {
             Unmanaged::Reject => {
                 let r = Refusal::NotListMail;
                 tracing::info!(
-                    "{NOQUEUE}: outbound: mail from {sender} refused: {r}; client={} from=<{sender}>",
+                    "{}: outbound: mail from {sender} refused: {r}; client={} from=<{sender}>",
+                    self.queue_id,
                     self.client
                 );
                 refuse(reply, r)
@@ -254,9 +258,11 @@ impl Session {
             RcptOutcome::Accept => Ok(Status::Continue),
             RcptOutcome::Refuse(r) => {
                 let rcpt = bare_address(&raw);
-                // The envelope and client as Postfix's own NOQUEUE line has them, to match it.
+                // The envelope and client as Postfix's own NOQUEUE line has them, to match it
+                // (Sendmail's queue id instead of NOQUEUE: it has one from MAIL on).
                 tracing::info!(
-                    "{NOQUEUE}: {who}: recipient {rcpt} refused: {r}; client={} from=<{}> to=<{rcpt}>",
+                    "{}: {who}: recipient {rcpt} refused: {r}; client={} from=<{}> to=<{rcpt}>",
+                    self.queue_id,
                     self.client,
                     msg.sender
                 );

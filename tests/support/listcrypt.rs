@@ -105,6 +105,24 @@ impl Listcrypt {
         write(&path, lines.join("\n") + "\n");
     }
 
+    /// Sets the top-level `key = value` (a TOML value) in the config file, replacing the line
+    /// that sets it or adding one before the first table; a running daemon sees it after a
+    /// restart.
+    pub fn set_config(&self, key: &str, value: &str) {
+        let text = read_lossy(&self.config);
+        let (top, tables) = match text.find("\n[") {
+            Some(at) => text.split_at(at + 1),
+            None => (text.as_str(), ""),
+        };
+        let mut lines: Vec<String> = top
+            .lines()
+            .filter(|line| line.split_once('=').is_none_or(|(k, _)| k.trim() != key))
+            .map(String::from)
+            .collect();
+        lines.push(format!("{key} = {value}"));
+        write(&self.config, lines.join("\n") + "\n" + tables);
+    }
+
     /// Replaces the `[limits]` table at the end of the config file with `lines` (`key =
     /// value`); a running daemon sees it after a restart.
     pub fn set_limits(&self, lines: &[String]) {

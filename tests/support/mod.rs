@@ -10,6 +10,7 @@
 
 pub mod clients;
 pub mod corpus;
+pub mod debootstrap;
 pub mod environment;
 pub mod files;
 pub mod gpg;
@@ -23,6 +24,7 @@ pub mod postfix;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod sendmail;
 pub mod sink;
 pub mod site;
 pub mod smtp;
