@@ -6,6 +6,12 @@
 //! reinjection listener (an SMTP sink in this process), as in production; with `batch_size`
 //! 1000 everything is one batch. Timings are printed, never asserted. Under `cargo test` (no
 //! `--bench` argument) it runs once with 10 members, as a smoke test.
+//!
+//! Also printed: the process's CPU time per message (all threads, from /proc/self/stat) and
+//! how many PKESKs took the fast X25519 path or sequoia's own. Environment:
+//! `LISTCRYPT_BENCH_SECS` (budget per case, default 3), `LISTCRYPT_BENCH_EXPORT=DIR` writes
+//! the members' certificates there (`mN.pgp`) so that contrib/bench/outbound-limit.sh can time
+//! `gpg` on the same keys.
 
 use indymilter_test::{Actions, ProtoOpts, Status, TestConnection};
 use listcrypt::config::{Config, SocketSpec};
@@ -80,6 +86,16 @@ fn post() -> (Vec<(String, String)>, Vec<u8>) {
     (headers, body)
 }
 
+/// CPU time this process used so far, all threads (utime + stime, in USER_HZ = 100 ticks).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 async fn one_message(
     socket: &std::path::Path,
     members: &[String],
@@ -144,6 +160,11 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
+    let export = std::env::var_os("LISTCRYPT_BENCH_EXPORT");
+    // Config::load takes every other LISTCRYPT_* variable for a configuration key.
+    for k in ["LISTCRYPT_BENCH_SECS", "LISTCRYPT_BENCH_EXPORT"] {
+        std::env::remove_var(k);
+    }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let sink_port = sink();
@@ -185,6 +206,12 @@ fn main() {
             RecipientKeyId::Hidden,
         )
         .unwrap();
+        if let Some(dir) = &export {
+            use sequoia_openpgp::serialize::Serialize;
+            let mut f =
+                std::fs::File::create(std::path::Path::new(dir).join(format!("m{i}.pgp"))).unwrap();
+            cert.serialize(&mut f).unwrap();
+        }
         members.push(address);
     }
     println!("listcrypt milter bench: outbound end of message, 100 KiB post, X25519 members, unix socket, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -215,16 +242,24 @@ fn main() {
                 one_message(&root.join("out.sock"), rcpts, &headers, &body).await;
                 let mut times = Vec::new();
                 let budget = Instant::now();
+                let cpu_start = cpu_time();
                 while times.len() < 3 || (!smoke && budget.elapsed().as_secs_f64() < secs) {
                     times.push(one_message(&root.join("out.sock"), rcpts, &headers, &body).await);
                     if times.len() >= 200 {
                         break;
                     }
                 }
+                let cpu = match (cpu_start, cpu_time()) {
+                    (Some(a), Some(b)) => format!(
+                        "  cpu {:>8.3} ms/message",
+                        (b - a).as_secs_f64() * 1e3 / times.len() as f64
+                    ),
+                    _ => String::new(),
+                };
                 times.sort();
                 let median = times[times.len() / 2];
                 println!(
-                    "batch_size {batch_size:>4}  {n:>4} members: median {:>9.3} ms  min {:>9.3}  max {:>9.3}  n={:<4} {:>6.1} us/member",
+                    "batch_size {batch_size:>4}  {n:>4} members: median {:>9.3} ms  min {:>9.3}  max {:>9.3}  n={:<4} {:>6.1} us/member{cpu}",
                     median.as_secs_f64() * 1e3,
                     times[0].as_secs_f64() * 1e3,
                     times[times.len() - 1].as_secs_f64() * 1e3,
@@ -237,4 +272,6 @@ fn main() {
         });
     }
     println!("(MAIL + RCPTs + header + body + end of message, as the MTA would see it; includes SMTP reinjection of extra batches to a local sink)");
+    let (fast, sequoia) = listcrypt::pgp::pkesk_paths();
+    println!("PKESKs made: {fast} on the fast X25519 path, {sequoia} on sequoia's own path");
 }

@@ -9,7 +9,8 @@
 //! * inbound: `listcrypt::inbound::process` (MIME classify, decrypt, verify, rewrite) of a
 //!   100 KiB post signed by a member and encrypted to the list key;
 //! * components, to show where the outbound time goes: validating the recipients'
-//!   certificates (done per message) and bare PKESK generation.
+//!   certificates (done per message), bare PKESK generation by sequoia's own path, and
+//!   listcrypt's PKESKs (the fast X25519 path); the counts of PKESKs on each path are printed.
 //!
 //! Members are v4 certificates generated once, in-process (Ed25519 primary for certify+sign,
 //! Cv25519 subkey for transport+storage encryption, user ID `<mN@example.net>`), i.e. the shape
@@ -286,6 +287,34 @@ fn bare_pkesks(list: &ListKeys, n: usize) -> Vec<u8> {
     bare_pkesks_of(&list.members[..n])
 }
 
+/// listcrypt's own PKESKs (`pgp::encrypt_signed` of one unsigned byte, wildcard key ids): the
+/// fast X25519 path for these keys in OpenSSL builds, on the cores its crypto pool has free.
+fn listcrypt_pkesks(list: &ListKeys, n: usize) -> Vec<u8> {
+    let content = listcrypt::pgp::sign_content(b"x", None).expect("literal");
+    let keys: Vec<(Features, Vec<_>)> = list.members[..n]
+        .iter()
+        .map(|m| {
+            let keys = m
+                .cert
+                .keys()
+                .with_policy(&P, None)
+                .for_transport_encryption()
+                .map(|ka| ka.key().clone().role_into_unspecified())
+                .collect();
+            (Features::empty().set_seipdv1(), keys)
+        })
+        .collect();
+    let recipients: Vec<listcrypt::pgp::KeyedRecipient<'_>> = keys
+        .iter()
+        .map(|(features, keys)| listcrypt::pgp::KeyedRecipient {
+            features,
+            keys,
+            show_key_id: false,
+        })
+        .collect();
+    listcrypt::pgp::encrypt_signed(&content, &recipients).expect("encrypt")
+}
+
 fn bare_pkesks_of(members: &[Member]) -> Vec<u8> {
     let keys: Vec<Recipient> = members
         .iter()
@@ -439,6 +468,9 @@ fn main() {
         &format!("{:>7.1} us/member", s.median.as_secs_f64() * 1e6 / 100.0),
     );
 
+    let (fast, sequoia) = listcrypt::pgp::pkesk_paths();
+    println!("PKESKs made so far: {fast} on the fast X25519 path, {sequoia} on sequoia's own path");
+
     println!();
     println!("== outbound components (where the time goes) ==");
     for &n in &[100usize, 1000] {
@@ -455,6 +487,20 @@ fn main() {
             &format!("{:>7.1} us/PKESK", s.median.as_secs_f64() * 1e6 / n as f64),
         );
     }
+    // Ours: 10 recipients stay on one thread (one core's cost per PKESK); 1000 spread out.
+    for &n in &[10usize, 1000] {
+        let s = measure(budget / 2, || listcrypt_pkesks(&list, n));
+        report(
+            &format!("listcrypt PKESKs, {n:>4} X25519 recipients"),
+            &s,
+            &format!(
+                "{:>7.1} us/PKESK wall",
+                s.median.as_secs_f64() * 1e6 / n as f64
+            ),
+        );
+    }
+    let (fast, sequoia) = listcrypt::pgp::pkesk_paths();
+    println!("PKESKs made in all: {fast} on the fast X25519 path, {sequoia} on sequoia's own path");
     // Do PKESKs scale across cores? The same 1000 recipients split over all threads.
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
     if threads > 1 {

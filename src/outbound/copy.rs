@@ -58,16 +58,17 @@ pub fn encrypt_message(
     prepare(message, list, &mut Budget::new())?.encrypt(list, recipients)
 }
 
-/// A message made ready for encryption: the inner entity (`>From` restored) and the outer
-/// header edits. None of it depends on the recipients, so it is made once per message and
-/// every batch is encrypted from it.
+/// A message made ready for encryption: the inner entity (`>From` restored), signed by the
+/// list key, and the outer header edits. None of it depends on the recipients, so it is made
+/// once per message and every batch is encrypted from it.
 pub struct Prepared {
-    inner: Vec<u8>,
+    signed: pgp::SignedContent,
     remove: Vec<String>,
     obscured: Vec<(&'static str, String)>,
 }
 
-/// Prepares `message` for every batch; `>From` restoration draws on `budget`.
+/// Prepares `message` for every batch; `>From` restoration draws on `budget`. The signature
+/// is made here, once, holding a crypto permit like the encryption it serves.
 pub fn prepare(
     message: &[u8],
     list: &ListKeys,
@@ -78,8 +79,12 @@ pub fn prepare(
     let obscured = obscure_outer(&entity, hcp);
     let inner = inner_entity(&entity, list, &obscured, budget);
     let remove = outer_removals(&entity, hcp);
+    let signer = list.policy.sign_outgoing.then_some(&list.secret);
+    let signed = crate::crypto_pool::global()
+        .run(|| pgp::sign_content(&inner, signer))
+        .map_err(PlanError::Encrypt)?;
     Ok(Prepared {
-        inner,
+        signed,
         remove,
         obscured,
     })
@@ -92,9 +97,7 @@ impl Prepared {
             return Err(PlanError::NoRecipients);
         }
         let keyed = keyed_recipients(list, recipients)?;
-        let signer = list.policy.sign_outgoing.then_some(&list.secret);
-        let armored =
-            pgp::encrypt_sign_keys(&self.inner, &keyed, signer).map_err(PlanError::Encrypt)?;
+        let armored = pgp::encrypt_signed(&self.signed, &keyed).map_err(PlanError::Encrypt)?;
         let (content_type, body) = mime::multipart_encrypted(&armored);
         Ok(outer_rewrite(
             list,
@@ -621,12 +624,10 @@ pub(super) mod tests {
         }
         m.extend_from_slice(b"--mix--\r\n");
         let mut budget = Budget::new();
-        let prepared = prepare(&m, &list, &mut budget).unwrap();
+        let entity = Entity::parse(&m).unwrap();
+        let inner = inner_entity(&entity, &list, &[], &mut budget);
         assert_eq!(budget.used(), MAX_FROM_VERIFICATIONS);
-        assert!(
-            contains(&prepared.inner, b"\r\n>From 1\r\n"),
-            "left as sent"
-        );
+        assert!(contains(&inner, b"\r\n>From 1\r\n"), "left as sent");
         // A spent budget makes no further attempt.
         prepare(&m, &list, &mut budget).unwrap();
         assert_eq!(budget.used(), MAX_FROM_VERIFICATIONS);

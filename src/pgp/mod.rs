@@ -6,6 +6,8 @@
 mod cert;
 mod certstore;
 mod decrypt;
+#[cfg(feature = "crypto-openssl")]
+mod ecdh;
 mod encrypt;
 mod export;
 mod list;
@@ -23,7 +25,8 @@ pub use cert::{
 pub use certstore::{CertDir, CertStore};
 pub use decrypt::{decrypt_verify, verify_detached, Decrypted, Failure, GoodSignature, SigCheck};
 pub use encrypt::{
-    encrypt_sign, encrypt_sign_keys, sign_detached, BatchRecipient, EncryptError, KeyedRecipient,
+    encrypt_sign, encrypt_sign_keys, encrypt_signed, pkesk_paths, sign_content, sign_detached,
+    BatchRecipient, EncryptError, KeyedRecipient, SignedContent,
 };
 pub use export::{armored_public, autocrypt_keydata, binary_public, only_userid_for, sha1};
 pub use list::{KeyError, ListKeys, Member};
