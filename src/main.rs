@@ -50,9 +50,9 @@ enum Command {
         #[arg(long, default_value_t = 14)]
         days: u32,
     },
-    /// Check the Postfix (or Sendmail), Mailman and listcrypt wiring: one line per check (`ok CHECK`,
-    /// `warn CHECK: WHY — FIX`, `FAIL CHECK: WHY — FIX`); exit 1 on a FAIL. Run it as root or
-    /// as a member of group list (mailman.cfg is readable only by them).
+    /// Check the Postfix (or Sendmail), Mailman and listcrypt wiring: one line per check
+    /// (`ok CHECK`, `warn CHECK: WHY — FIX`, `FAIL CHECK: WHY — FIX`); exit 1 on a FAIL. Run it
+    /// as root or as a member of group list (mailman.cfg is readable only by them).
     ///
     /// Example: listcrypt doctor --postfix-config /etc/postfix --mailman-config /etc/mailman3/mailman.cfg
     Doctor(DoctorArgs),
