@@ -50,9 +50,9 @@ enum Command {
         #[arg(long, default_value_t = 14)]
         days: u32,
     },
-    /// Check the Postfix, Mailman and listcrypt wiring: one line per check (`ok CHECK`,
-    /// `warn CHECK: WHY — FIX`, `FAIL CHECK: WHY — FIX`); exit 1 on a FAIL. Run it as root or
-    /// as a member of group list (mailman.cfg is readable only by them).
+    /// Check the Postfix (or Sendmail), Mailman and listcrypt wiring: one line per check
+    /// (`ok CHECK`, `warn CHECK: WHY — FIX`, `FAIL CHECK: WHY — FIX`); exit 1 on a FAIL. Run it
+    /// as root or as a member of group list (mailman.cfg is readable only by them).
     ///
     /// Example: listcrypt doctor --postfix-config /etc/postfix --mailman-config /etc/mailman3/mailman.cfg
     Doctor(DoctorArgs),
@@ -204,6 +204,10 @@ struct DoctorArgs {
     /// Postfix configuration directory (`postconf -c DIR`); default: Postfix's own
     #[arg(long, value_name = "DIR")]
     postfix_config: Option<PathBuf>,
+    /// Check Sendmail instead of Postfix: its generated configuration, usually
+    /// /etc/mail/sendmail.cf (used by default when there is no postconf)
+    #[arg(long, value_name = "FILE", conflicts_with = "postfix_config")]
+    sendmail_cf: Option<PathBuf>,
     /// Mailman's configuration file
     #[arg(long, value_name = "FILE", default_value = "/etc/mailman3/mailman.cfg")]
     mailman_config: PathBuf,
@@ -213,6 +217,7 @@ impl DoctorArgs {
     fn options(self) -> admin::doctor::DoctorOptions {
         admin::doctor::DoctorOptions {
             postfix_config: self.postfix_config,
+            sendmail_cf: self.sendmail_cf,
             mailman_config: self.mailman_config,
         }
     }

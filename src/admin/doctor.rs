@@ -1,8 +1,10 @@
 //! `listcrypt doctor`: checks the Postfix wiring (`postconf`, `postconf -M`, `postconf -P`,
-//! `postmap -q`), Mailman's config file and REST API, and listcrypt's own settings, keys and
-//! bindings; one line per check, exit 1 on a FAIL.
+//! `postmap -q`) or Sendmail's (its generated .cf, `sendmail.rs`), Mailman's config file and
+//! REST API, and listcrypt's own settings, keys and bindings; one line per check, exit 1 on a
+//! FAIL.
 
 mod mailman_rest;
+mod sendmail;
 
 use crate::admin::exit;
 use crate::config::{Config, MailmanApi, Policy, SocketSpec};
@@ -19,7 +21,24 @@ use std::process::Command;
 pub struct DoctorOptions {
     /// `postconf -c DIR`; `None` for Postfix's default instance.
     pub postfix_config: Option<PathBuf>,
+    /// Sendmail's generated .cf; `None` checks Postfix (or /etc/mail/sendmail.cf when there
+    /// is no `postconf`).
+    pub sendmail_cf: Option<PathBuf>,
     pub mailman_config: PathBuf,
+}
+
+impl DoctorOptions {
+    /// The sendmail.cf to check instead of Postfix, if any.
+    fn sendmail(&self) -> Option<PathBuf> {
+        if self.sendmail_cf.is_some() || self.postfix_config.is_some() {
+            return self.sendmail_cf.clone();
+        }
+        let cf = Path::new(sendmail::DEFAULT_CF);
+        let postconf = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("postconf").is_file())
+        });
+        (!postconf && cf.exists()).then(|| cf.to_path_buf())
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -289,21 +308,27 @@ pub fn doctor(
             None
         }
     };
-    let postfix = match (Postfix::read(options.postfix_config.as_deref()), &sockets) {
-        (Err(e), _) => {
+    let sendmail_cf = options.sendmail();
+    // With Sendmail, postconf is not run at all.
+    let postfix_read = sendmail_cf
+        .is_none()
+        .then(|| Postfix::read(options.postfix_config.as_deref()));
+    let postfix = match (postfix_read, &sockets) {
+        (None, _) => None,
+        (Some(Err(e)), _) => {
             report.fail(
                 "postconf",
                 format!(
-                    "{e} — install Postfix, or give its configuration with --postfix-config DIR"
+                    "{e} — install Postfix, give its configuration with --postfix-config DIR, or check Sendmail with --sendmail-cf /etc/mail/sendmail.cf"
                 ),
             );
             None
         }
-        (Ok(pf), Some(sockets)) => {
+        (Some(Ok(pf)), Some(sockets)) => {
             postfix_checks(&pf, config, sockets, &mut report);
             Some(pf)
         }
-        (Ok(_), None) => None,
+        (Some(Ok(_)), None) => None,
     };
     let lists = lists_with_policies(config);
     let keys = load_keys(config);
@@ -314,6 +339,12 @@ pub fn doctor(
         );
     }
     let mailman = Mailman::read(config, &options.mailman_config, &mut report);
+    if let (Some(cf), Some(sockets)) = (&sendmail_cf, &sockets) {
+        let smtp_port = mailman
+            .setting("mta", "smtp_port")
+            .and_then(|p| p.parse().ok());
+        sendmail::sendmail_checks(cf, config, sockets, smtp_port, &mut report);
+    }
     if let (Some(pf), Some(sockets)) = (&postfix, &sockets) {
         mailman_site_checks(pf, sockets, &mailman, &lists, &mut report);
         routing_check(pf, &mailman, &lists, keys.as_ref().ok(), &mut report);
