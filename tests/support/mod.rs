@@ -11,6 +11,7 @@
 pub mod clients;
 pub mod corpus;
 pub mod environment;
+pub mod faults;
 pub mod files;
 pub mod gpg;
 pub mod listcrypt;
