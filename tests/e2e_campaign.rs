@@ -604,10 +604,8 @@ impl Mailboxes {
                 self.complete.insert(id.clone(), d.at);
             }
             if let Ok(armored) = payload {
-                if !self.samples.contains_key(&id) {
-                    if let Some(r) = d.rcpts.iter().find(|r| gpg_members.contains(*r)) {
-                        self.samples.insert(id, (r.clone(), armored));
-                    }
+                if let Some(r) = d.rcpts.iter().find(|r| gpg_members.contains(*r)) {
+                    self.samples.entry(id).or_insert((r.clone(), armored));
                 }
             }
         }
@@ -1608,7 +1606,7 @@ fn campaign_nothing_lost_duplicated_or_in_clear() {
         }
     }
     let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     line(
         "temporary answers (most frequent)",
         reasons
