@@ -1154,7 +1154,14 @@ fn queue_files(maillog: &str) -> HashMap<String, QueueFile> {
         if qid.is_empty() || !qid.chars().all(|c| c.is_ascii_hexdigit()) {
             continue;
         }
-        let program = head.rsplit(' ').next().unwrap_or("");
+        // `postfix/reinject/smtpd[PID`: the program without its PID.
+        let program = head
+            .rsplit(' ')
+            .next()
+            .unwrap_or("")
+            .split('[')
+            .next()
+            .unwrap_or("");
         if let Some(v) = what.strip_prefix("message-id=") {
             files.entry(qid.into()).or_default().message_id = v.trim().to_string();
         } else if what.starts_with("client=") && program.ends_with("/smtpd") {
@@ -1164,7 +1171,7 @@ fn queue_files(maillog: &str) -> HashMap<String, QueueFile> {
                 .trim_end_matches("/smtpd");
             files.entry(qid.into()).or_default().service = service.to_string();
         } else if let Some(to) = what.strip_prefix("to=<") {
-            if what.contains("status=sent") && program.starts_with("postfix/smtp[") {
+            if what.contains("status=sent") && program == "postfix/smtp" {
                 let rcpt = to.split('>').next().unwrap_or("").to_ascii_lowercase();
                 files.entry(qid.into()).or_default().delivered.push(rcpt);
             }
@@ -1373,7 +1380,18 @@ fn campaign_nothing_lost_duplicated_or_in_clear() {
         if late && replayed {
             return Explained::ReplayPastWindow;
         }
-        Explained::No(qids)
+        Explained::No(
+            qids.iter()
+                .map(|q| {
+                    format!(
+                        "{q} ({}, journaled {}, reported {})",
+                        files[q].service,
+                        journal.contains(q),
+                        finished.contains(q)
+                    )
+                })
+                .collect(),
+        )
     };
     for (n, p) in posts.iter().enumerate() {
         let row = by_kind.entry(p.kind).or_default();
