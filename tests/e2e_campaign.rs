@@ -1219,6 +1219,8 @@ enum Explained {
     InDoubt(Vec<String>),
     /// A replay accepted as new once the post's tentative record lapsed (the README's limit).
     ReplayPastWindow,
+    /// Mailman's transaction (the kept batch) queued twice across a Postfix restart.
+    MailmanRetry(Vec<String>),
     /// Not explained: these Postfix queue files delivered it.
     No(Vec<String>),
 }
@@ -1346,6 +1348,7 @@ fn campaign_nothing_lost_duplicated_or_in_clear() {
         }
     }
     let faulted = faults.kills + faults.connections_cut + faults.postfix_restarts > 0;
+    let postfix_restarts = faults.postfix_restarts;
     // Why a mailbox got a post twice, from Postfix's log, listcrypt's journal and its log.
     let explain = |n: usize, p: &Post, rcpt: &str| -> Explained {
         let mut qids = qids_of
@@ -1367,6 +1370,15 @@ fn campaign_nothing_lost_duplicated_or_in_clear() {
             .any(|f| f.message_id == p.id && f.service == "outbound" && f.delivered.is_empty());
         if faulted && retried && !cut.is_empty() {
             return Explained::InDoubt(cut);
+        }
+        // Mailman's own transaction queued twice: Postfix stopped after queueing it and
+        // before its 250 reached Mailman, which sent it again (SMTP's at-least-once).
+        let kept = qids
+            .iter()
+            .filter(|q| files[*q].service == "outbound")
+            .count();
+        if postfix_restarts > 0 && kept > 1 {
+            return Explained::MailmanRetry(qids);
         }
         let late = match (&p.outcome, mail.first.get(&p.id)) {
             (Outcome::Accepted(at), Some(first)) => {
@@ -1483,6 +1495,15 @@ fn campaign_nothing_lost_duplicated_or_in_clear() {
                                     "IN DOUBT: {rcpt} got {k} copies of post {n} ({}): batch {cut:?} was queued by Postfix, \
                                      but listcrypt neither journaled it nor finished its transaction (cut by a fault \
                                      between the final dot and the journal commit); Mailman's retry sent it again",
+                                    p.id
+                                ));
+                            }
+                            Explained::MailmanRetry(qids) => {
+                                in_doubt_dups += *k as usize - 1;
+                                explained.push(format!(
+                                    "IN DOUBT (Mailman to Postfix): {rcpt} got {k} copies of post {n} ({}): Mailman's \
+                                     transaction was queued as {qids:?}: Postfix was stopped after queueing it and \
+                                     before Mailman read its 250",
                                     p.id
                                 ));
                             }
