@@ -1777,6 +1777,20 @@ fn campaign_nothing_lost_duplicated_or_in_clear() {
     if !queue.contains("Mail queue is empty") {
         eprintln!("campaign: Postfix queue:\n{}", tail(&queue, 40));
     }
+    if !shunted.is_empty() {
+        // Why Mailman shunted: its runner's traceback, for the report.
+        let log = support::files::read_lossy(&c.mailman.var.join("logs/mailman.log"));
+        let lines: Vec<&str> = log.lines().collect();
+        if let Some(i) = lines
+            .iter()
+            .position(|l| l.contains("Uncaught runner exception") || l.contains("Traceback"))
+        {
+            eprintln!(
+                "campaign: Mailman's log where it shunted:\n{}",
+                lines[i.saturating_sub(3)..(i + 40).min(lines.len())].join("\n")
+            );
+        }
+    }
     for p in explained.iter().take(20) {
         eprintln!("campaign: {p}");
     }
