@@ -315,6 +315,9 @@ impl Campaign {
         let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
         mailman.create_list(LIST, OWNER, &refs);
         mailman.apply_encrypted_list_settings(LIST);
+        // Mailman's template cache races when its runners first fetch the same template
+        // together (see mailman_hooks.py): fetched once here, before they start.
+        mailman.hook(LIST, "warm_template_cache", &[]);
         mailman.start();
         postfix.start();
 
