@@ -94,6 +94,20 @@ impl SqUser {
         }
     }
 
+    /// `sq encrypt --recipient-cert CERT --signer-key KEY`: signed and encrypted, armored.
+    pub fn sign_encrypt(&self, recipient_cert: &Path, data: &[u8]) -> String {
+        let out = run_ok(
+            Command::new("sq")
+                .arg("encrypt")
+                .arg("--recipient-cert")
+                .arg(recipient_cert)
+                .arg("--signer-key")
+                .arg(&self.key),
+            Some(data),
+        );
+        String::from_utf8(out).expect("armor is ASCII")
+    }
+
     /// `sq decrypt --recipient-key KEY --signer-cert CERT...`; with `threshold` as `-n`
     /// (sq withholds the plaintext unless that many signatures verify).
     pub fn decrypt(&self, armored: &[u8], signers: &[&Path], threshold: usize) -> ClientOutcome {

@@ -239,6 +239,21 @@ impl Listcrypt {
         daemon.child.wait().ok()
     }
 
+    /// Whether the daemon died (e.g. after an outside `kill -9`): its exit status, once; the
+    /// daemon is then forgotten, so that `serve` can start the next one (a supervisor's loop).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.daemon.as_mut()?.child.try_wait().ok()??;
+        self.daemon = None;
+        Some(status)
+    }
+
+    /// The daemon's peak resident set so far (`VmHWM` of /proc/PID/status), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     pub fn log_text(&self) -> String {
         read_lossy(&self.log)
     }

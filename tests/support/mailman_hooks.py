@@ -58,3 +58,17 @@ def set_moderation_action(mlist, email, action):
         raise SystemExit('{} is not a member of {}'.format(email, mlist.fqdn_listname))
     member.moderation_action = Action[action]
     print('{} {}'.format(email, member.moderation_action.name))
+
+
+def warm_template_cache(mlist):
+    # Mailman's template cache (mailman/model/cache.py) has no unique key: two runners that
+    # fetch an uncached template at once both add a row, and every later lookup of it fails
+    # with "Multiple rows were found" and shunts the message. Fetch each template of the
+    # list once, before the runners start.
+    from mailman.interfaces.template import ITemplateManager
+    manager = getUtility(ITemplateManager)
+    names = ('list:member:regular:header', 'list:member:regular:footer',
+             'list:member:digest:header', 'list:member:digest:footer')
+    for name in names:
+        manager.get(name, mlist.list_id)
+    print('warmed {} templates of {}'.format(len(names), mlist.list_id))

@@ -12,6 +12,7 @@ pub mod clients;
 pub mod corpus;
 pub mod debootstrap;
 pub mod environment;
+pub mod faults;
 pub mod files;
 pub mod gpg;
 pub mod listcrypt;

@@ -14,6 +14,8 @@ pub struct Delivery {
     pub rcpts: Vec<String>,
     /// The message as sent, with CRLF line ends and dots unstuffed.
     pub data: Vec<u8>,
+    /// When the sink stored it (for end-to-end latencies).
+    pub at: Instant,
 }
 
 impl Delivery {
@@ -78,6 +80,12 @@ impl Sink {
 
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.deliveries.lock().unwrap().clone()
+    }
+
+    /// Removes and returns what arrived since the last call: a long campaign reads each
+    /// delivery once instead of keeping gigabytes of copies in memory.
+    pub fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.deliveries.lock().unwrap())
     }
 
     /// Deliveries (one per transaction) that include `rcpt` among their recipients.
@@ -187,6 +195,7 @@ fn serve(
                     mail_from: mail_from.take().unwrap_or_default(),
                     rcpts: std::mem::take(&mut rcpts),
                     data,
+                    at: Instant::now(),
                 });
                 b"250 2.0.0 stored\r\n"
             }

@@ -241,3 +241,63 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b".\r\n");
     out
 }
+
+/// Like `send`, and also how long the server took to answer the end of DATA (from the last
+/// byte of the message to its reply), for latency figures.
+pub fn send_timed(
+    port: u16,
+    mail_from: &str,
+    rcpts: &[&str],
+    message: &[u8],
+) -> (Dialogue, Option<Duration>) {
+    let mut d = Dialogue::default();
+    let mut eom = None;
+    let result = (|| -> std::io::Result<()> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(180)))?;
+        let mut out = stream.try_clone()?;
+        let mut input = BufReader::new(stream);
+        let mut commands: Vec<(String, Vec<u8>)> = vec![
+            ("EHLO".into(), b"EHLO client.example.net\r\n".to_vec()),
+            (
+                "MAIL".into(),
+                format!("MAIL FROM:<{mail_from}>\r\n").into_bytes(),
+            ),
+        ];
+        for rcpt in rcpts {
+            commands.push((
+                format!("RCPT {rcpt}"),
+                format!("RCPT TO:<{rcpt}>\r\n").into_bytes(),
+            ));
+        }
+        commands.push(("DATA".into(), b"DATA\r\n".to_vec()));
+        commands.push(("end of DATA".into(), dot_stuff(message)));
+        let greeting = read_reply(&mut input)?;
+        let ok = greeting.is_positive();
+        d.stages.push(("connect".into(), greeting));
+        if ok {
+            for (stage, bytes) in commands {
+                out.write_all(&bytes)?;
+                let sent = std::time::Instant::now();
+                let reply = read_reply(&mut input)?;
+                if stage == "end of DATA" {
+                    eom = Some(sent.elapsed());
+                }
+                let ok = reply.is_positive();
+                d.stages.push((stage, reply));
+                if !ok {
+                    break;
+                }
+            }
+        }
+        out.write_all(b"QUIT\r\n")?;
+        if let Ok(reply) = read_reply(&mut input) {
+            d.stages.push(("QUIT".into(), reply));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        d.io_error = Some(e.to_string());
+    }
+    (d, eom)
+}
