@@ -29,11 +29,12 @@ mod support;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::debootstrap::{minbase_root, move_debs, Chroot, DEBS};
 use support::environment::{repo_dir, which};
 use support::files::{mkdir, read_lossy, write};
 use support::gpg::GpgUser;
@@ -46,8 +47,6 @@ use support::smtp;
 use support::text::tail;
 use support::world::{encrypted_post, unique_marker, LIST, MEMBERS, OWNER};
 
-const CACHE: &str = "target/debootstrap-bookworm";
-const DEBS: &str = "target/debootstrap-bookworm-debs";
 /// The packaged `reinject_smtp` (debian/listcrypt.toml).
 const REINJECT_PORT: u16 = 10026;
 const SOCKET_DIR: &str = "/var/spool/postfix/listcrypt";
@@ -70,8 +69,8 @@ fn package_in_debian_chroot() {
         deb.display(),
         started.elapsed()
     );
-    let cache = cached_root();
-    let root = Chroot::new(&cache);
+    let cache = minbase_root();
+    let root = Chroot::fresh(&cache, "listcrypt-debchroot.");
     eprintln!(
         "debian_chroot: root {} ready ({:?})",
         root.root.display(),
@@ -178,205 +177,6 @@ fn build_deb() -> PathBuf {
         "cargo deb printed no package path: {printed:?}"
     );
     deb
-}
-
-/// The Debian mirror this machine's apt uses for bookworm (deb822 `.sources` or one-line
-/// `.list`), so the test downloads from where the machine's own packages come from.
-fn debian_mirror() -> String {
-    let mut files: Vec<PathBuf> = fs::read_dir("/etc/apt/sources.list.d")
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    files.sort();
-    files.push(PathBuf::from("/etc/apt/sources.list"));
-    for file in files {
-        let text = fs::read_to_string(&file).unwrap_or_default();
-        let name = file.to_string_lossy();
-        if name.ends_with(".sources") {
-            for stanza in text.split("\n\n") {
-                let field = |key: &str| {
-                    stanza
-                        .lines()
-                        .find_map(|l| l.strip_prefix(key))
-                        .map(|v| v.split_whitespace().map(String::from).collect::<Vec<_>>())
-                        .unwrap_or_default()
-                };
-                let debian = field("Types:").iter().any(|t| t == "deb")
-                    && field("Suites:").iter().any(|s| s == "bookworm");
-                if let (true, Some(uri)) = (debian, field("URIs:").first()) {
-                    return uri.clone();
-                }
-            }
-        } else if name.ends_with(".list") {
-            for line in text.lines() {
-                let words: Vec<&str> = line
-                    .split_whitespace()
-                    .filter(|w| !w.starts_with('['))
-                    .collect();
-                if words.len() >= 3 && words[0] == "deb" && words[2] == "bookworm" {
-                    return words[1].to_string();
-                }
-            }
-        }
-    }
-    panic!("no bookworm mirror in /etc/apt/sources.list.d or /etc/apt/sources.list");
-}
-
-/// The clean minbase tree, made once and then reused. Only the root's own apt settings
-/// change it: no service starts inside it (policy-rc.d(8)), and downloaded .debs move out.
-fn cached_root() -> PathBuf {
-    let cache = repo_dir().join(CACHE);
-    if cache.join("etc/debian_version").is_file() {
-        return cache;
-    }
-    let partial = repo_dir().join(format!("{CACHE}.partial"));
-    if partial.exists() {
-        fs::remove_dir_all(&partial).unwrap();
-    }
-    let mirror = debian_mirror();
-    let took = Instant::now();
-    run_ok(
-        Command::new("debootstrap")
-            .args(["--variant=minbase", "bookworm"])
-            .arg(&partial)
-            .arg(&mirror),
-        None,
-    );
-    eprintln!(
-        "debian_chroot: debootstrap from {mirror} took {:?}",
-        took.elapsed()
-    );
-    let policy = partial.join("usr/sbin/policy-rc.d");
-    write(
-        &policy,
-        "#!/bin/sh\n# No service starts in this build root.\nexit 101\n",
-    );
-    fs::set_permissions(&policy, fs::Permissions::from_mode(0o755)).unwrap();
-    move_debs(
-        &partial.join("var/cache/apt/archives"),
-        &repo_dir().join(DEBS),
-    );
-    fs::rename(&partial, &cache).unwrap();
-    cache
-}
-
-/// Moves the .deb files of `from` into `to` (apt's cache across runs).
-fn move_debs(from: &Path, to: &Path) {
-    mkdir(to, 0o755);
-    for entry in fs::read_dir(from).unwrap().flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "deb") {
-            let dest = to.join(entry.file_name());
-            if !dest.exists() {
-                fs::copy(&path, &dest).unwrap();
-            }
-            fs::remove_file(&path).unwrap();
-        }
-    }
-}
-
-/// A fresh copy of the cached tree with /proc mounted (systemd-tmpfiles needs it, as on any
-/// running system); unmounted before the copy is removed.
-struct Chroot {
-    dir: Option<tempfile::TempDir>,
-    root: PathBuf,
-    proc_mounted: bool,
-}
-
-impl Chroot {
-    fn new(cache: &Path) -> Chroot {
-        let dir = tempfile::Builder::new()
-            .prefix("listcrypt-debchroot.")
-            .tempdir_in("/tmp")
-            .unwrap();
-        make_searchable(dir.path());
-        let root = dir.path().join("root");
-        run_ok(Command::new("cp").arg("-a").arg(cache).arg(&root), None);
-        let mut chroot = Chroot {
-            dir: Some(dir),
-            root,
-            proc_mounted: false,
-        };
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "proc", "proc"])
-                .arg(chroot.root.join("proc")),
-            None,
-        );
-        chroot.proc_mounted = true;
-        chroot
-    }
-
-    /// A path inside the root, seen from the host.
-    fn path(&self, inside: &str) -> PathBuf {
-        self.root.join(inside.trim_start_matches('/'))
-    }
-
-    /// `chroot ROOT args...` with a clean environment.
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("chroot");
-        cmd.arg(&self.root)
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOME", "/root")
-            .env("LANG", "C.UTF-8")
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    }
-
-    /// Runs `args` in the root; panics with its output unless it exits 0; returns both outputs.
-    fn run_ok(&self, args: &[&str]) -> String {
-        self.run_ok_input(args, None)
-    }
-
-    fn run_ok_input(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
-        let out = run(&mut self.command(args), stdin);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "chroot: {args:?} failed ({}):\n{text}",
-            out.status
-        );
-        text
-    }
-}
-
-impl Drop for Chroot {
-    fn drop(&mut self) {
-        if self.proc_mounted {
-            let proc = self.root.join("proc");
-            let ok = Command::new("umount")
-                .arg(&proc)
-                .status()
-                .is_ok_and(|s| s.success())
-                || Command::new("umount")
-                    .arg("-l")
-                    .arg(&proc)
-                    .status()
-                    .is_ok_and(|s| s.success());
-            if !ok {
-                // Never delete through a mount point: leave the tree for a human.
-                let kept = self.dir.take().unwrap().keep();
-                eprintln!(
-                    "debian_chroot: cannot unmount {}; kept {}",
-                    proc.display(),
-                    kept.display()
-                );
-                return;
-            }
-        }
-        if std::env::var_os("KEEP_E2E_TMPDIR").is_some() {
-            let kept = self.dir.take().unwrap().keep();
-            eprintln!(
-                "debian_chroot: keeping {} (KEEP_E2E_TMPDIR)",
-                kept.display()
-            );
-        }
-    }
 }
 
 /// The host's user and group postfix, which the throwaway Postfix runs as.
@@ -546,12 +346,8 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &Chroot, tag: &str) -> Daemon {
-        let log = root
-            .dir
-            .as_ref()
-            .unwrap()
-            .path()
-            .join(format!("serve-{tag}.log"));
+        // Beside the root, in the run's tempdir.
+        let log = root.root.parent().unwrap().join(format!("serve-{tag}.log"));
         let file = fs::File::create(&log).unwrap();
         let stale = |name: &str| fs::symlink_metadata(root.path(SOCKET_DIR).join(name)).ok();
         assert!(

@@ -1,7 +1,7 @@
 //! Debian 12 roots made with `debootstrap --variant=minbase bookworm` from this machine's own
 //! mirror, cached under target/ and copied to a fresh root per run, for software that must not
-//! be installed on the test machine (Sendmail conflicts with the host's Postfix). The same steps
-//! as tests/debian_chroot.rs, which keeps its own copy.
+//! be installed on the test machine (Sendmail conflicts with the host's Postfix), and the clean
+//! root tests/debian_chroot.rs installs the package into.
 
 use super::environment::repo_dir;
 use super::files::{mkdir, write};
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 /// The minbase tree of tests/debian_chroot.rs, and apt's cache of .debs across runs.
 const MINBASE: &str = "target/debootstrap-bookworm";
-const DEBS: &str = "target/debootstrap-bookworm-debs";
+pub const DEBS: &str = "target/debootstrap-bookworm-debs";
 
 /// The Debian mirror this machine's apt uses for bookworm (deb822 `.sources` or `.list`).
 pub fn debian_mirror() -> String {
@@ -133,7 +133,7 @@ pub fn root_with_packages(name: &str, packages: &[&str]) -> PathBuf {
 }
 
 /// Moves the .deb files of `from` into `to` (apt's cache across runs).
-fn move_debs(from: &Path, to: &Path) {
+pub fn move_debs(from: &Path, to: &Path) {
     mkdir(to, 0o755);
     for entry in fs::read_dir(from).unwrap().flatten() {
         let path = entry.path();
@@ -205,7 +205,12 @@ impl Chroot {
 
     /// Runs `args` in the root; panics with its output unless it exits 0; returns both outputs.
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let out = run(&mut self.command(args), None);
+        self.run_ok_input(args, None)
+    }
+
+    /// [`Chroot::run_ok`] with `stdin` fed to the command.
+    pub fn run_ok_input(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+        let out = run(&mut self.command(args), stdin);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
