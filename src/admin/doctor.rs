@@ -8,19 +8,16 @@ mod mailman_rest;
 mod postfix;
 mod sendmail;
 
-use mailman::*;
-use postfix::*;
+use mailman::{mailman_list_checks, mailman_site_checks, Mailman};
+use postfix::{postfix_checks, routing_check, Postfix};
 
 use crate::admin::exit;
-use crate::config::{Config, MailmanApi, Policy, SocketSpec};
-use crate::keys::{normalize_address, Keyring};
-use crate::store::{Binding, BindingState, SqliteStore, Store};
-use mailman_rest::{entries, text, Rest};
-use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use crate::config::{Config, Policy, SocketSpec};
+use crate::keys::Keyring;
+use crate::store::{Binding, SqliteStore, Store};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Where the checked installations live.
 pub struct DoctorOptions {
@@ -323,8 +320,9 @@ fn list_key_checks(config: &Config, report: &mut Report) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use serde_json::json;
+    use super::mailman::{archive_finding, hold_finding, ListFindings};
+    use super::postfix::{list_addresses, Lmtp};
+    use serde_json::{json, Value};
 
     /// A header-matches collection as Mailman 3.3's REST API writes it (rest/header_matches.py:
     /// the header lower-cased, `action` left out when the rule has no chain of its own).

@@ -1,7 +1,15 @@
 //! Mailman's side of `doctor`: its config file, and over its REST API each list's settings and
 //! roster against listcrypt's bindings.
 
-use super::*;
+use super::mailman_rest::{entries, text, Rest};
+use super::postfix::{find_milter, Postfix};
+use super::{Keys, Report, Sockets};
+use crate::config::{Config, MailmanApi, Policy};
+use crate::keys::normalize_address;
+use crate::store::BindingState;
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 
 /// `[section] key` of an ini-style mailman.cfg; the last assignment wins, as in Mailman.
 pub(super) fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {

@@ -1,7 +1,13 @@
 //! Postfix's side of `doctor`: its milter wiring read with `postconf`, and how each list's
 //! addresses are routed to Mailman.
 
-use super::*;
+use super::mailman::Mailman;
+use super::{Keys, Report, Sockets};
+use crate::config::{Config, Policy, SocketSpec};
+use crate::keys::normalize_address;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// One master.cf entry: its fields and its `-o` overrides (`postconf -P`).
 pub(super) struct Service {

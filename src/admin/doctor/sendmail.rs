@@ -2,7 +2,8 @@
 //! .mc): milter definitions (`X` lines), per-listener filters, and the DSN settings that
 //! stand in for Postfix's milter-filtered DSNs.
 
-use super::{loopback, same_socket, Report, Sockets};
+use super::postfix::{loopback, same_socket};
+use super::{Report, Sockets};
 use crate::config::{Config, InboundEnvelopeSender, SocketSpec};
 use std::collections::HashMap;
 use std::path::Path;
@@ -302,7 +303,7 @@ fn listener_checks(
     smtp_port: Option<u16>,
     report: &mut Report,
 ) {
-    let reinject_port = super::reinject_port(config);
+    let reinject_port = super::postfix::reinject_port(config);
     let inbound_name = inbound.unwrap_or("listcrypt-in");
     let outbound_name = outbound.unwrap_or("listcrypt-out");
     let roles = roles(cf, reinject_port, smtp_port, outbound_name);
