@@ -337,15 +337,12 @@ async fn other_keys_foreign_signatures_new_user_ids_and_unverified_posts_are_ign
     daemon.stop().await;
 }
 
-/// A WKD server on loopback (draft §3.1 direct method) that serves `key` for `local`.
-async fn wkd_server(local: &str, key: Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
+/// An HTTP server on loopback that answers `GET path` with `key` and anything else with 404:
+/// a member's WKD (draft §3.1 direct method) or a VKS keyserver.
+async fn key_server(path: String, key: Vec<u8>) -> (u16, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let path = format!(
-        "/.well-known/openpgpkey/hu/{}?l={local}",
-        listcrypt::wkd::hash_local(local)
-    );
     let task = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let mut buf = vec![0u8; 4096];
@@ -371,14 +368,12 @@ async fn wkd_server(local: &str, key: Vec<u8>) -> (u16, tokio::task::JoinHandle<
     (port, task)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_network_refresh_fetches_the_members_wkd() {
-    let site = Site::new();
-    site.create_list(LIST);
-    let alice = GpgMember::new(&site, "alice", true);
+/// Alice with a new subkey, as a key server would serve her key: with mallory's
+/// certification of her user ID too (which must stay out). Returns (alice, subkey, served).
+fn served_update(site: &Site) -> (GpgMember, String, Vec<u8>) {
+    let alice = GpgMember::new(site, "alice", true);
     let subkey = add_subkey(&alice);
-    // What a WKD serves: the whole key, here with a third party's certification too (kept out).
-    let mallory = GpgMember::new(&site, "mallory", false);
+    let mallory = GpgMember::new(site, "mallory", false);
     let tmp = site.path("alice-updated.pgp");
     fs::write(&tmp, minimal(&alice.gpg, &alice.fingerprint, &[])).unwrap();
     mallory.gpg.import(&tmp);
@@ -386,28 +381,56 @@ async fn a_network_refresh_fetches_the_members_wkd() {
         .gpg
         .ok(&["--quick-sign-key", &alice.fingerprint], None);
     let served = mallory.gpg.ok(&["--export", &alice.fingerprint], None);
-    let (port, server) = wkd_server("alice", served).await;
+    (alice, subkey, served)
+}
+
+/// Starts the daemon with `[key_refresh]` set to `table` and waits for the subkey to arrive.
+async fn refreshed_from(site: &Site, alice: &GpgMember, subkey: &str, table: &str) {
     let config = fs::read_to_string(&site.config).unwrap();
-    fs::write(
-        &site.config,
-        format!(
-            "{config}[key_refresh]\ninterval = 1\nsources = [\"wkd\"]\n\
-             wkd_base_url = \"http://127.0.0.1:{port}\"\n"
-        ),
-    )
-    .unwrap();
-    assert!(!has_subkey(&stored(&site, &alice.fingerprint), &subkey));
+    fs::write(&site.config, format!("{config}[key_refresh]\n{table}")).unwrap();
+    assert!(!has_subkey(&stored(site, &alice.fingerprint), subkey));
     let daemon = milter::start(&site.config).await;
-    wait_for("the WKD refresh", || {
-        has_subkey(&stored(&site, &alice.fingerprint), &subkey)
+    wait_for("the network refresh", || {
+        has_subkey(&stored(site, &alice.fingerprint), subkey)
     })
     .await;
-    let cert = stored(&site, &alice.fingerprint);
+    let cert = stored(site, &alice.fingerprint);
     assert_eq!(
         cert.userids().next().unwrap().certifications().count(),
         0,
         "only the key's own signatures are taken"
     );
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_refresh_fetches_the_members_wkd() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let (alice, subkey, served) = served_update(&site);
+    let path = format!(
+        "/.well-known/openpgpkey/hu/{}?l=alice",
+        listcrypt::wkd::hash_local("alice")
+    );
+    let (port, server) = key_server(path, served).await;
+    let table =
+        format!("interval = 1\nsources = [\"wkd\"]\nwkd_base_url = \"http://127.0.0.1:{port}\"\n");
+    refreshed_from(&site, &alice, &subkey, &table).await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_refresh_fetches_from_a_vks_keyserver() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let (alice, subkey, served) = served_update(&site);
+    let path = format!(
+        "/vks/v1/by-fingerprint/{}",
+        alice.fingerprint.to_ascii_uppercase()
+    );
+    let (port, server) = key_server(path, served).await;
+    let table =
+        format!("interval = 1\nsources = [\"vks\"]\nvks_url = \"http://127.0.0.1:{port}\"\n");
+    refreshed_from(&site, &alice, &subkey, &table).await;
     server.abort();
 }
