@@ -54,3 +54,33 @@ impl KeyRefresh {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_http_or_https_with_a_host() {
+        assert_eq!(KeyRefresh::default().validate(), Ok(()));
+        let bad = KeyRefresh {
+            vks_url: "hkp://keys.example".into(),
+            ..KeyRefresh::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .starts_with("key_refresh.vks_url:"));
+        let bad = KeyRefresh {
+            wkd_base_url: "http://".into(),
+            ..KeyRefresh::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .starts_with("key_refresh.wkd_base_url:"));
+        let toml = "interval = 86400\nsources = [\"wkd\", \"vks\"]\n";
+        let parsed: KeyRefresh = toml::from_str(toml).unwrap();
+        assert_eq!(parsed.sources, [Source::Wkd, Source::Vks]);
+        assert!(toml::from_str::<KeyRefresh>("sources = [\"ldap\"]").is_err());
+    }
+}
