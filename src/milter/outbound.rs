@@ -36,9 +36,9 @@ pub(super) async fn finish(
     let sender = tx.sender().to_string();
     let (already, in_doubt) = cx
         .daemon
-        .blocking(move |d| {
+        .blocking(move |d| -> Result<_, crate::store::StoreError> {
             let sent = d.store().journal_sent(&sender, &digest)?;
-            Ok::<_, crate::store::StoreError>((sent, d.store().journal_in_doubt(&sender, &digest)?))
+            Ok((sent, d.store().journal_in_doubt(&sender, &digest)?))
         })
         .await??;
     let bytes = Arc::new(message.bytes);
@@ -259,7 +259,8 @@ fn message_id_for_log(message: &[u8]) -> String {
     let Some(id) = id else {
         return "<none>".into();
     };
-    let id: String = id.chars().filter(|c| !c.is_control()).take(256).collect();
+    // Whole (at most a header line long), so that a ledger can match it to the post.
+    let id: String = id.chars().filter(|c| !c.is_control()).collect();
     let bare = id.trim_start_matches('<').trim_end_matches('>');
     format!("<{bare}>")
 }
@@ -382,4 +383,27 @@ fn body_digest(message: &[u8]) -> [u8; 32] {
         Err(_) => h.update(message),
     }
     h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_id_for_log;
+
+    #[test]
+    fn the_log_names_the_message_id_in_angle_brackets_or_none() {
+        let id = |m: &[u8]| message_id_for_log(m);
+        assert_eq!(id(b"Message-ID: <a.1@x.test>\n\nbody\n"), "<a.1@x.test>");
+        // RFC 5322 §3.6.4 allows folding and comments around it; they are not the id.
+        assert_eq!(
+            id(b"Message-Id:\n <a.2@x.test> (a comment)\n\nbody\n"),
+            "<a.2@x.test>"
+        );
+        assert_eq!(id(b"Message-ID: a.3@x.test\n\nbody\n"), "<a.3@x.test>");
+        assert_eq!(
+            id(b"Message-ID: <a\x1b[31m.4@x.test>\n\n"),
+            "<a[31m.4@x.test>"
+        );
+        assert_eq!(id(b"Subject: none\n\nbody\n"), "<none>");
+        assert_eq!(id(b"Message-ID:  \n\nbody\n"), "<none>");
+    }
 }
