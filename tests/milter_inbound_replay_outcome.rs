@@ -3,7 +3,8 @@
 //! it); a duplicate before that may be the sender's retry of a copy lost after listcrypt's yes
 //! (a later milter's tempfail, a dropped connection), so it gets `451 4.7.1`, never a silent
 //! discard. Once Mailman is seen with the post, a duplicate follows `duplicate_action`; a
-//! tentative record with no evidence within `limits.replay_confirm_window` is dropped.
+//! tentative record with no evidence within `limits.replay_confirm_window` lapses (the retry is
+//! new), though evidence that comes later still makes it final.
 
 mod support;
 
@@ -157,6 +158,43 @@ async fn a_tentative_record_without_evidence_expires_and_the_retry_is_new() {
     let (actions, retry) = post_once(&mut conn, &alice.address, &post).await;
     milter::assert_goes_on(&retry, "retry after the window");
     assert!(milter::replaces_body(&actions), "the retry is decrypted");
+    conn.close().await.unwrap();
+    daemon.stop().await;
+}
+
+/// Finding F2 of the fault campaign: Mailman or Postfix is down for longer than the window, so
+/// the post's first copy leaves Mailman only after it, while other posts keep arriving. The
+/// late copy is evidence all the same: a replay after it is discarded, not distributed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_copy_later_than_the_window_still_makes_the_record_final() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let mut config = OpenOptions::new().append(true).open(&site.config).unwrap();
+    config
+        .write_all(b"[limits]\nreplay_confirm_window = 1\n")
+        .unwrap();
+    let alice = GpgMember::new(&site, "alice", true);
+    let post = Mail::parse(&alice.post("[...]", "Distributed after an outage."));
+    let next = Mail::parse(&alice.post("[...]", "Another post meanwhile."));
+
+    let daemon = milter::start(&site.config).await;
+    let mut conn = milter::connect(daemon.inbound).await;
+    let (actions, first) = post_once(&mut conn, &alice.address, &post).await;
+    milter::assert_goes_on(&first, "first copy");
+
+    // The outage outlasts the window (whole seconds); the list gets other mail meanwhile.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (_, other) = post_once(&mut conn, &alice.address, &next).await;
+    milter::assert_goes_on(&other, "another post during the outage");
+    mailman_emits(daemon.outbound, &alice.address, &post.apply(&actions)).await;
+
+    let (_, replay) = post_once(&mut conn, &alice.address, &post).await;
+    assert_eq!(
+        replay,
+        Status::Discard,
+        "Mailman emitted the post, late: a replay follows duplicate_action = discard: {}",
+        milter::reply_text(&replay)
+    );
     conn.close().await.unwrap();
     daemon.stop().await;
 }

@@ -122,6 +122,63 @@ fn a_replay_is_recorded_by_exactly_one_of_many_concurrent_claims(pair: Pair) {
     assert!(!b.replay_seen("*", b"other").unwrap());
 }
 
+/// Finding F2 of the fault campaign: Mailman (or Postfix) is down for longer than the
+/// confirmation window, so the post's first copy leaves Mailman late. Other posts meanwhile
+/// must not make the evidence find nothing: the late confirmation makes the record final and a
+/// replay after it is a replay (README, "The replay rule").
+fn a_confirmation_after_the_window_makes_the_lapsed_record_final((a, b): Pair) {
+    let t0 = SystemTime::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let claim = |digest: &'static [u8], id: &'static str| ReplayClaim {
+        scope: "*",
+        digest,
+        list: "enc@lists.example.org",
+        message_id: Some(id),
+        retain_secs: 14 * 86_400,
+        confirm_secs: 3600,
+    };
+    let late = claim(b"late", "<late@example.org>");
+    assert_eq!(a.replay_claim(&late, at(0)).unwrap(), None);
+    // Another post past the window, on the other host: the store tidies up on the way.
+    let other = claim(b"other", "<other@example.org>");
+    assert_eq!(b.replay_claim(&other, at(3601)).unwrap(), None);
+    let ids = ["<late@example.org>".to_string()];
+    assert_eq!(
+        b.replay_confirm("enc@lists.example.org", &ids, at(3700))
+            .unwrap(),
+        1,
+        "Mailman's first copy, an hour late, is evidence all the same"
+    );
+    assert_eq!(
+        a.replay_claim(&late, at(3800)).unwrap(),
+        Some(ReplayState::Final),
+        "a replay after the late first copy is a replay"
+    );
+    // Otherwise the window is unchanged: past it without evidence, the retry counts as new,
+    // and its record is tentative again until Mailman emits the post.
+    let lost = claim(b"lost", "<lost@example.org>");
+    assert_eq!(a.replay_claim(&lost, at(0)).unwrap(), None);
+    assert_eq!(
+        b.replay_claim(&lost, at(3600)).unwrap(),
+        Some(ReplayState::Tentative)
+    );
+    assert_eq!(b.replay_claim(&lost, at(3601)).unwrap(), None);
+    assert_eq!(
+        a.replay_claim(&lost, at(3602)).unwrap(),
+        Some(ReplayState::Tentative)
+    );
+    let ids = ["<lost@example.org>".to_string()];
+    assert_eq!(
+        a.replay_confirm("enc@lists.example.org", &ids, at(3700))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        b.replay_state("*", b"lost").unwrap(),
+        Some(ReplayState::Final)
+    );
+}
+
 fn one_automatic_reply_per_interval_whichever_host_asks(pair: Pair) {
     let allowed = at_once(&pair, 8, |s| {
         s.rate_allow("enc@lists.example.org", "bob@example.org", "key", 3600)
@@ -259,6 +316,7 @@ fn a_challenge_made_on_one_host_is_proven_on_the_other((a, b): Pair) {
 fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     bindings_written_by_one_are_seen_by_the_other(fresh("bindings"));
     a_replay_is_recorded_by_exactly_one_of_many_concurrent_claims(fresh("replay"));
+    a_confirmation_after_the_window_makes_the_lapsed_record_final(fresh("replay_late"));
     one_automatic_reply_per_interval_whichever_host_asks(fresh("rate"));
     the_journal_keeps_each_recipient_once_whoever_records_it(fresh("journal"));
     an_intent_is_in_doubt_until_its_batch_is_journaled(fresh("intent"));

@@ -3,8 +3,9 @@
 //! (or a notice carrying it) under its Message-ID, and final after that. A duplicate of a
 //! final record is handled by `duplicate_action`; a duplicate of a tentative one may be the
 //! sender's retry of a copy lost after listcrypt's yes, so it gets `451 4.7.1`; a tentative
-//! record with no evidence within `limits.replay_confirm_window` is dropped, so the next retry
-//! counts as new. The daemon records; a dry run only looks.
+//! record with no evidence within `limits.replay_confirm_window` lapses, so the next retry
+//! counts as new, but evidence arriving later (after a Mailman or Postfix outage) still makes
+//! it final. The daemon records; a dry run only looks.
 
 use super::{act, Verdict};
 use crate::config::{Action, Limits};

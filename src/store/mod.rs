@@ -300,8 +300,8 @@ pub trait Store: Send + Sync {
     /// Whether a digest is recorded (read-only, for dry runs).
     fn replay_seen(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
     /// A post's replay check: the state of an existing record for its digest, or `None` after
-    /// recording it as tentative. Expired records (retention, and tentative ones past their
-    /// confirmation window) are dropped first.
+    /// recording it as tentative. Records past retention are dropped first; a tentative record
+    /// past its confirmation window (lapsed) counts as absent and is taken over.
     fn replay_claim(
         &self,
         claim: &ReplayClaim<'_>,
@@ -310,7 +310,7 @@ pub trait Store: Send + Sync {
     /// The state of a digest's record (read-only, for dry runs).
     fn replay_state(&self, list: &str, digest: &[u8]) -> Result<Option<ReplayState>, StoreError>;
     /// Makes final the tentative records of posts to `list` with one of `message_ids` (Mailman
-    /// was seen emitting them); returns how many changed.
+    /// was seen emitting them), lapsed ones included; returns how many changed.
     fn replay_confirm(
         &self,
         list: &str,

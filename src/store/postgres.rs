@@ -284,12 +284,10 @@ async fn bump(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
     Ok(())
 }
 
-/// Drops replay records past retention and, with `confirm_secs`, tentative ones past their
-/// window (as `replay::expire`).
+/// Drops replay records past retention; a lapsed tentative record stays (as `replay::expire`).
 async fn replay_expire(
     tx: &Transaction<'_>,
     retain_secs: u64,
-    confirm_secs: Option<u64>,
     now: i64,
 ) -> Result<(), tokio_postgres::Error> {
     tx.execute(
@@ -297,13 +295,6 @@ async fn replay_expire(
         &[&now.saturating_sub(retain_secs as i64)],
     )
     .await?;
-    if let Some(window) = confirm_secs {
-        tx.execute(
-            "DELETE FROM replay WHERE state = 'tentative' AND created < $1",
-            &[&now.saturating_sub(window as i64)],
-        )
-        .await?;
-    }
     Ok(())
 }
 
@@ -624,7 +615,7 @@ impl super::Store for PgStore {
         self.write(move |tx| {
             Box::pin(async move {
                 let now = db_now(tx).await?;
-                replay_expire(tx, retain_secs, None, now).await?;
+                replay_expire(tx, retain_secs, now).await?;
                 // The insert waits for a concurrent one of the same digest and then does
                 // nothing: exactly one host records it first.
                 let n = tx
@@ -655,20 +646,18 @@ impl super::Store for PgStore {
         let now = epoch_secs(now);
         self.write(move |tx| {
             Box::pin(async move {
-                replay_expire(tx, retain, Some(confirm), now).await?;
-                // Insert-if-absent first, so two hosts claiming the same post at once cannot
-                // both see it absent; a record found is reported as it stands.
+                replay_expire(tx, retain, now).await?;
+                let lapsed = now.saturating_sub(confirm as i64);
+                // Insert-if-absent (or take over a lapsed record) first, so two hosts claiming
+                // the same post at once cannot both see it new; a record kept is reported.
                 loop {
-                    let inserted = tx
+                    let changed = tx
                         .execute(
-                            "INSERT INTO replay
-                               (list, digest, seen, state, message_id, post_list, created)
-                             VALUES ($1, $2, $3, 'tentative', $4, $5, $3)
-                             ON CONFLICT DO NOTHING",
-                            &[&scope, &digest, &now, &message_id, &list],
+                            super::replay::CLAIM_SQL,
+                            &[&scope, &digest, &now, &message_id, &list, &lapsed],
                         )
                         .await?;
-                    if inserted == 1 {
+                    if changed == 1 {
                         return Ok(None);
                     }
                     // Gone between the two statements (another host expired it): try again.

@@ -50,7 +50,7 @@ pub(super) fn record(
     retain_secs: u64,
     now: i64,
 ) -> rusqlite::Result<bool> {
-    expire(tx, retain_secs, None, now)?;
+    expire(tx, retain_secs, now)?;
     let n = tx.execute(
         "INSERT INTO replay (list, digest, seen, state, created) VALUES (?1, ?2, ?3, 'final', ?3)
          ON CONFLICT DO NOTHING",
@@ -59,25 +59,37 @@ pub(super) fn record(
     Ok(n == 0)
 }
 
+/// Records the claim as tentative when its digest has no record, or only a tentative one past
+/// its confirmation window (lapsed: the retry counts as new and takes the record over);
+/// the same statement on both backends.
+pub(super) const CLAIM_SQL: &str =
+    "INSERT INTO replay (list, digest, seen, state, message_id, post_list, created)
+     VALUES ($1, $2, $3, 'tentative', $4, $5, $3)
+     ON CONFLICT (list, digest) DO UPDATE
+       SET seen = excluded.seen, message_id = excluded.message_id,
+           post_list = excluded.post_list, created = excluded.created
+       WHERE replay.state = 'tentative' AND replay.created < $6";
+
 /// The state of an existing record, or `None` after recording the claim as tentative.
 pub(super) fn claim(
     tx: &Transaction<'_>,
     c: &ReplayClaim<'_>,
     now: i64,
 ) -> rusqlite::Result<Option<ReplayState>> {
-    expire(tx, c.retain_secs, Some(c.confirm_secs), now)?;
-    if let Some(state) = state(tx, c.scope, c.digest)? {
-        return Ok(Some(state));
-    }
-    tx.execute(
-        "INSERT INTO replay (list, digest, seen, state, message_id, post_list, created)
-         VALUES (?1, ?2, ?3, 'tentative', ?4, ?5, ?3)",
-        params![c.scope, c.digest, now, c.message_id, c.list],
+    expire(tx, c.retain_secs, now)?;
+    let lapsed = now.saturating_sub(c.confirm_secs as i64);
+    let changed = tx.execute(
+        CLAIM_SQL,
+        params![c.scope, c.digest, now, c.message_id, c.list, lapsed],
     )?;
-    Ok(None)
+    if changed == 1 {
+        return Ok(None);
+    }
+    state(tx, c.scope, c.digest)
 }
 
-/// Makes final every tentative record of a post to `list` with one of `message_ids`; its
+/// Makes final every tentative record of a post to `list` with one of `message_ids`, lapsed
+/// ones included (Mailman or Postfix may have been down for longer than the window); its
 /// retention starts again now. Returns how many records changed.
 pub(super) fn confirm(
     tx: &Transaction<'_>,
@@ -96,24 +108,13 @@ pub(super) fn confirm(
     Ok(n)
 }
 
-/// Drops records past their retention and, with `confirm_secs`, tentative records that saw
-/// no evidence in time (so the sender's next retry counts as new).
-fn expire(
-    tx: &Transaction<'_>,
-    retain_secs: u64,
-    confirm_secs: Option<u64>,
-    now: i64,
-) -> rusqlite::Result<()> {
+/// Drops records past their retention. A tentative record past its confirmation window is
+/// kept (a claim takes it over), so that evidence arriving late still makes it final.
+fn expire(tx: &Transaction<'_>, retain_secs: u64, now: i64) -> rusqlite::Result<()> {
     tx.execute(
         "DELETE FROM replay WHERE seen < ?1",
         params![now.saturating_sub(retain_secs as i64)],
     )?;
-    if let Some(window) = confirm_secs {
-        tx.execute(
-            "DELETE FROM replay WHERE state = 'tentative' AND created < ?1",
-            params![now.saturating_sub(window as i64)],
-        )?;
-    }
     Ok(())
 }
 
@@ -201,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tentative_post_without_evidence_is_dropped_after_the_window() {
+    fn a_tentative_post_without_evidence_lapses_after_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         let t0 = 1_800_000_000;
@@ -216,7 +217,7 @@ mod tests {
             s.replay_claim(&post(b"d1", "<a@y>"), at(t0 + 3601))
                 .unwrap(),
             None,
-            "past the window the retry is new, and recorded afresh"
+            "past the window the retry is new, and takes the record over"
         );
         assert_eq!(
             s.replay_state("*", b"d1").unwrap(),
