@@ -5,7 +5,7 @@ use super::auth::{authorize, Grant, Need, Scope};
 use super::extract::{Caller, JsonBody, PathArgs, QueryArgs};
 use super::problem::Problem;
 use super::{audit, key_problem, store_problem, Api};
-use crate::admin::{member_rows, MemberRow};
+use crate::keys::{member_rows, MemberRow};
 use crate::keys::{self, normalize_address, valid_address};
 use axum::extract::State;
 use axum::http::StatusCode;
