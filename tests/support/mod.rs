@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod clients;
+pub mod api;
 pub mod corpus;
 pub mod debootstrap;
 pub mod environment;
