@@ -204,3 +204,36 @@ fn malformed_requests_get_problem_documents() {
     assert_eq!(doc.status, 200);
     assert!(doc.json()["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc.body);
 }
+
+#[test]
+fn an_owner_starts_a_proven_binding_with_the_key_address_challenge() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let sink = Sink::start();
+    site.reinject_to(sink.port);
+    let bob = GpgMember::new(&site, "bob", false);
+    enable(&site);
+    let members_a = token(&site, &["--list", LIST, "--scope", "members"]);
+    let (_serving, addr) = serve(&site);
+    let cert = fs::read_to_string(&bob.cert).unwrap();
+    let t = Some(members_a.as_str());
+    // A key without a user ID for the address is refused before anything is sent.
+    let wrong = json!({"address": "carol@example.test", "certificate": cert});
+    send_json(addr, "POST", &members(LIST), t, &wrong).assert_problem(422);
+    let body = json!({"address": bob.address, "certificate": cert});
+    let a = send_json(addr, "POST", &members(LIST), t, &body);
+    assert_eq!(a.status, 202, "{a:?}");
+    assert_eq!(a.json()["fingerprint"], bob.fingerprint.as_str());
+    let mail = sink.wait_for_deliveries(&bob.address, 1, std::time::Duration::from_secs(10));
+    assert_eq!(mail[0].mail_from, "", "an automatic reply, as from the key address");
+    let out = bob.gpg.decrypt(&mail[0].data);
+    assert!(out.decrypted(), "{}", out.report());
+    assert!(out.text().contains("listcrypt-token: "), "{}", out.text());
+    // Pending until bob answers, as `member list` shows it.
+    let list = get(addr, &members(LIST), t).json();
+    assert_eq!(list[0]["address"], bob.address.as_str(), "{list}");
+    assert_eq!(list[0]["state"], "pending", "{list}");
+    // Asking again at once is the key address's rate limit.
+    send_json(addr, "POST", &members(LIST), t, &body).assert_problem(429);
+    assert_eq!(sink.deliveries_to(&bob.address).len(), 1);
+}
