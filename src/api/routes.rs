@@ -224,13 +224,23 @@ pub async fn key(
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// Days the retiring encryption subkeys stay valid (0..=3650; default 30).
-    #[serde(default = "default_grace")]
-    #[schema(minimum = 0, maximum = 3650)]
+    #[serde(default = "default_grace", deserialize_with = "whole_days")]
+    #[schema(value_type = u32, minimum = 0, maximum = 3650)]
     pub grace_days: u32,
 }
 
 fn default_grace() -> u32 {
     30
+}
+
+/// A whole number of days; JSON Schema's integers include `30.0`, so JSON numbers with a
+/// zero fraction count too.
+fn whole_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("grace_days {n} is not a whole number of days")))
 }
 
 /// Longest grace period: far-future expiries are refused by OpenPGP's 32-bit times anyway.
