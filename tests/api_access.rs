@@ -237,3 +237,25 @@ fn an_owner_starts_a_proven_binding_with_the_key_address_challenge() {
     send_json(addr, "POST", &members(LIST), t, &body).assert_problem(429);
     assert_eq!(sink.deliveries_to(&bob.address).len(), 1);
 }
+
+#[test]
+fn with_database_url_the_policy_is_read_only_through_the_api() {
+    let pg = support::postgres::Postgres::start();
+    pg.create_database("api");
+    let site = support::pg_site::host(&pg, "api", "mx1");
+    site.create_list(LIST);
+    enable(&site);
+    let admin = token(&site, &["--site-admin"]);
+    let (_serving, addr) = serve(&site);
+    let file = site.path("lists.d").join(format!("{LIST}.toml"));
+    let before = fs::read_to_string(&file).unwrap();
+    let doc = get(addr, &policy(LIST), Some(&admin));
+    assert_eq!(doc.status, 200, "{doc:?}");
+    assert_eq!(doc.json()["read_only"], true);
+    assert_eq!(doc.json()["text"], before.as_str());
+    let tight = before.replace("batch_size = 50", "batch_size = 20");
+    send_json(addr, "PUT", &policy(LIST), Some(&admin), &json!({"text": tight})).assert_problem(409);
+    assert_eq!(fs::read_to_string(&file).unwrap(), before);
+    // Tokens live in the shared database: the members of the list are readable.
+    assert_eq!(get(addr, &members(LIST), Some(&admin)).status, 200);
+}
