@@ -9,8 +9,8 @@
 #![deny(clippy::too_many_lines)]
 
 pub mod address;
-pub mod api;
 pub mod admin;
+pub mod api;
 pub mod atomic_file;
 pub mod bounce;
 pub mod config;

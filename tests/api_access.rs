@@ -35,10 +35,18 @@ fn tokens_are_confined_to_their_list_and_scopes() {
     let (_serving, addr) = serve(&site);
 
     // No token, a malformed one, a well-formed unknown one: 401 with a problem document.
-    for t in [None, Some("nonsense"), Some(&*format!("{}x", &read_a[..read_a.len() - 1]))] {
+    for t in [
+        None,
+        Some("nonsense"),
+        Some(&*format!("{}x", &read_a[..read_a.len() - 1])),
+    ] {
         let a = get(addr, &members(LIST), t);
         a.assert_problem(401);
-        assert!(a.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")), "{a:?}");
+        assert!(
+            a.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{a:?}"
+        );
     }
 
     // Its own list: readable, in `member list`'s words.
@@ -49,13 +57,16 @@ fn tokens_are_confined_to_their_list_and_scopes() {
     assert_eq!(list[0]["fingerprint"], alice.fingerprint.as_str());
     assert_eq!(list[0]["state"], "active");
     assert_eq!(list[0]["role"], "member");
-    let cli = String::from_utf8(
-        support::process::run_ok(site.cli().args(["member", "list", LIST]), None),
-    )
+    let cli = String::from_utf8(support::process::run_ok(
+        site.cli().args(["member", "list", LIST]),
+        None,
+    ))
     .unwrap();
     assert!(
         cli.contains(&format!(" {} ", list[0]["expires"].as_str().unwrap()))
-            || cli.trim_end().ends_with(list[0]["expires"].as_str().unwrap()),
+            || cli
+                .trim_end()
+                .ends_with(list[0]["expires"].as_str().unwrap()),
         "{cli} vs {list}"
     );
     let lists = get(addr, "/v1/lists", Some(&read_a)).json();
@@ -79,8 +90,14 @@ fn tokens_are_confined_to_their_list_and_scopes() {
     request(addr, "DELETE", &alice_path, Some(&read_a), None).assert_problem(403);
     let rotate = format!("/v1/lists/{LIST}/key/rotate");
     send_json(addr, "POST", &rotate, Some(&read_a), &json!({})).assert_problem(403);
-    send_json(addr, "PUT", &policy(LIST), Some(&read_a), &json!({"text": ""}))
-        .assert_problem(403);
+    send_json(
+        addr,
+        "PUT",
+        &policy(LIST),
+        Some(&read_a),
+        &json!({"text": ""}),
+    )
+    .assert_problem(403);
     let still = get(addr, &members(LIST), Some(&read_a)).json();
     assert_eq!(still.as_array().unwrap().len(), 1);
 
@@ -95,9 +112,10 @@ fn tokens_are_confined_to_their_list_and_scopes() {
     assert_eq!(log[0]["token_id"], id, "{log}");
     assert_eq!(log[0]["detail"], alice.address.as_str(), "{log}");
     // Alice is still bound on the other list.
-    let other = String::from_utf8(
-        support::process::run_ok(site.cli().args(["member", "list", OTHER]), None),
-    )
+    let other = String::from_utf8(support::process::run_ok(
+        site.cli().args(["member", "list", OTHER]),
+        None,
+    ))
     .unwrap();
     assert!(other.contains(&alice.address), "{other}");
 }
@@ -107,15 +125,33 @@ fn expired_and_revoked_tokens_are_refused() {
     let site = Site::new();
     site.create_list(LIST);
     enable(&site);
-    let expired = token(&site, &["--list", LIST, "--scope", "read", "--expires", "0"]);
+    let expired = token(
+        &site,
+        &["--list", LIST, "--scope", "read", "--expires", "0"],
+    );
     let revoked = token(&site, &["--site-admin"]);
     let good = token(&site, &["--site-admin", "--expires", "30"]);
     let id = revoked.split('_').nth(1).unwrap().to_string();
     let out = support::process::run_ok(site.cli().args(["token", "revoke", &id]), None);
-    assert_eq!(String::from_utf8(out).unwrap().trim(), format!("revoked {id}"));
-    let listed = String::from_utf8(support::process::run_ok(site.cli().args(["token", "list"]), None)).unwrap();
-    assert!(listed.lines().any(|l| l.starts_with(&id) && l.contains(" revoked ")), "{listed}");
-    assert!(!listed.contains(&revoked), "the secret is never shown again");
+    assert_eq!(
+        String::from_utf8(out).unwrap().trim(),
+        format!("revoked {id}")
+    );
+    let listed = String::from_utf8(support::process::run_ok(
+        site.cli().args(["token", "list"]),
+        None,
+    ))
+    .unwrap();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains(" revoked ")),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&revoked),
+        "the secret is never shown again"
+    );
     let (_serving, addr) = serve(&site);
     get(addr, &members(LIST), Some(&expired)).assert_problem(401);
     get(addr, &members(LIST), Some(&revoked)).assert_problem(401);
@@ -142,8 +178,17 @@ fn only_site_admin_tokens_loosen_and_owners_hear_of_every_change() {
     let before = fs::read_to_string(&file).unwrap();
 
     // Loosening with a list token: refused, named, nothing written, nobody told.
-    let loose = before.replace("unsigned_action = \"reject\"", "unsigned_action = \"accept\"");
-    let a = send_json(addr, "PUT", &policy(LIST), Some(&policy_a), &json!({"text": loose}));
+    let loose = before.replace(
+        "unsigned_action = \"reject\"",
+        "unsigned_action = \"accept\"",
+    );
+    let a = send_json(
+        addr,
+        "PUT",
+        &policy(LIST),
+        Some(&policy_a),
+        &json!({"text": loose}),
+    );
     let doc = a.assert_problem(403);
     assert_eq!(doc["loosened"], json!(["unsigned_action"]), "{doc}");
     assert_eq!(fs::read_to_string(&file).unwrap(), before);
@@ -151,7 +196,13 @@ fn only_site_admin_tokens_loosen_and_owners_hear_of_every_change() {
 
     // Tightening with the list token: written, reloaded, mailed encrypted to the owner.
     let tight = before.replace("batch_size = 50", "batch_size = 20");
-    let a = send_json(addr, "PUT", &policy(LIST), Some(&policy_a), &json!({"text": tight}));
+    let a = send_json(
+        addr,
+        "PUT",
+        &policy(LIST),
+        Some(&policy_a),
+        &json!({"text": tight}),
+    );
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.json()["changes"], json!(["batch_size: 50 -> 20"]));
     assert_eq!(fs::read_to_string(&file).unwrap(), tight);
@@ -160,25 +211,47 @@ fn only_site_admin_tokens_loosen_and_owners_hear_of_every_change() {
     assert!(!mail[0].text().contains("batch_size"), "encrypted");
     let out = owner.gpg.decrypt(&mail[0].data);
     assert!(out.decrypted(), "{}", out.report());
-    assert!(out.text().contains("batch_size: 50 -> 20"), "{}", out.text());
+    assert!(
+        out.text().contains("batch_size: 50 -> 20"),
+        "{}",
+        out.text()
+    );
 
     // The same loosening with a site-admin token goes through.
-    let a = send_json(addr, "PUT", &policy(LIST), Some(&admin), &json!({"text": loose}));
+    let a = send_json(
+        addr,
+        "PUT",
+        &policy(LIST),
+        Some(&admin),
+        &json!({"text": loose}),
+    );
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(fs::read_to_string(&file).unwrap(), loose);
     sink.wait_for_deliveries(&owner.address, 2, std::time::Duration::from_secs(10));
 
     // Invalid text: check-config's diagnostic with line and column, nothing written.
     let bad = "batch_size = 5\nunsigned_action = \"maybe\"\n";
-    for (method, path) in [("POST", format!("{}/validate", policy(LIST))), ("PUT", policy(LIST))] {
+    for (method, path) in [
+        ("POST", format!("{}/validate", policy(LIST))),
+        ("PUT", policy(LIST)),
+    ] {
         let doc = send_json(addr, method, &path, Some(&policy_a), &json!({"text": bad}))
             .assert_problem(422);
-        assert_eq!((doc["line"].as_u64(), doc["column"].as_u64()), (Some(2), Some(19)), "{doc}");
+        assert_eq!(
+            (doc["line"].as_u64(), doc["column"].as_u64()),
+            (Some(2), Some(19)),
+            "{doc}"
+        );
         assert!(doc["detail"].as_str().unwrap().contains(":2:19: "), "{doc}");
     }
     assert_eq!(fs::read_to_string(&file).unwrap(), loose);
     let log = get(addr, &format!("/v1/lists/{LIST}/audit"), Some(&admin)).json();
-    let actions: Vec<&str> = log.as_array().unwrap().iter().filter_map(|r| r["action"].as_str()).collect();
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
     assert_eq!(actions[..2], ["policy.replace", "policy.replace"], "{log}");
 }
 
@@ -191,18 +264,50 @@ fn malformed_requests_get_problem_documents() {
     let (_serving, addr) = serve(&site);
     let validate = format!("{}/validate", policy(LIST));
     let t = Some(admin.as_str());
-    request(addr, "POST", &validate, t, Some(("application/json", b"{\"text\": "))).assert_problem(400);
-    request(addr, "POST", &validate, t, Some(("application/json", b"[1, 2]"))).assert_problem(400);
-    request(addr, "POST", &validate, t, Some(("text/plain", b"{\"text\": \"\"}"))).assert_problem(415);
+    request(
+        addr,
+        "POST",
+        &validate,
+        t,
+        Some(("application/json", b"{\"text\": ")),
+    )
+    .assert_problem(400);
+    request(
+        addr,
+        "POST",
+        &validate,
+        t,
+        Some(("application/json", b"[1, 2]")),
+    )
+    .assert_problem(400);
+    request(
+        addr,
+        "POST",
+        &validate,
+        t,
+        Some(("text/plain", b"{\"text\": \"\"}")),
+    )
+    .assert_problem(415);
     // Over the 128 KiB body limit.
     let big = json!({"text": "#".repeat(200 * 1024)}).to_string();
-    request(addr, "POST", &validate, t, Some(("application/json", big.as_bytes()))).assert_problem(413);
+    request(
+        addr,
+        "POST",
+        &validate,
+        t,
+        Some(("application/json", big.as_bytes())),
+    )
+    .assert_problem(413);
     get(addr, "/v1/nothing-here", t).assert_problem(404);
     get(addr, &members("nosuch@lists.example.test"), t).assert_problem(404);
     request(addr, "PATCH", &members(LIST), t, None).assert_problem(405);
     let doc = get(addr, "/openapi.json", None);
     assert_eq!(doc.status, 200);
-    assert!(doc.json()["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc.body);
+    assert!(
+        doc.json()["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc.body
+    );
 }
 
 #[test]
@@ -225,7 +330,10 @@ fn an_owner_starts_a_proven_binding_with_the_key_address_challenge() {
     assert_eq!(a.status, 202, "{a:?}");
     assert_eq!(a.json()["fingerprint"], bob.fingerprint.as_str());
     let mail = sink.wait_for_deliveries(&bob.address, 1, std::time::Duration::from_secs(10));
-    assert_eq!(mail[0].mail_from, "", "an automatic reply, as from the key address");
+    assert_eq!(
+        mail[0].mail_from, "",
+        "an automatic reply, as from the key address"
+    );
     let out = bob.gpg.decrypt(&mail[0].data);
     assert!(out.decrypted(), "{}", out.report());
     assert!(out.text().contains("listcrypt-token: "), "{}", out.text());
@@ -254,7 +362,14 @@ fn with_database_url_the_policy_is_read_only_through_the_api() {
     assert_eq!(doc.json()["read_only"], true);
     assert_eq!(doc.json()["text"], before.as_str());
     let tight = before.replace("batch_size = 50", "batch_size = 20");
-    send_json(addr, "PUT", &policy(LIST), Some(&admin), &json!({"text": tight})).assert_problem(409);
+    send_json(
+        addr,
+        "PUT",
+        &policy(LIST),
+        Some(&admin),
+        &json!({"text": tight}),
+    )
+    .assert_problem(409);
     assert_eq!(fs::read_to_string(&file).unwrap(), before);
     // Tokens live in the shared database: the members of the list are readable.
     assert_eq!(get(addr, &members(LIST), Some(&admin)).status, 200);

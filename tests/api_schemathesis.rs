@@ -75,7 +75,11 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation_for_any_scope() {
     let (_serving, addr) = serve(&site);
     // Operations on the list that exists, so that requests get past the 404.
     let config = site.path("schemathesis.toml");
-    std::fs::write(&config, format!("[parameters]\n\"path.list\" = \"{LIST}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[parameters]\n\"path.list\" = \"{LIST}\"\n"),
+    )
+    .unwrap();
     for (scope, token) in &tokens {
         let out = Command::new(&bin)
             .arg("--config-file")
@@ -83,7 +87,14 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation_for_any_scope() {
             .arg("run")
             .arg(format!("http://{addr}/openapi.json"))
             .args(["-H", &format!("Authorization: Bearer {token}")])
-            .args(["--checks", CHECKS, "--max-examples", "25", "--seed", "20261206"])
+            .args([
+                "--checks",
+                CHECKS,
+                "--max-examples",
+                "25",
+                "--seed",
+                "20261206",
+            ])
             .args(["--phases", "examples,coverage,fuzzing", "--no-color"])
             .output()
             .expect("run schemathesis");

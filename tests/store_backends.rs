@@ -233,13 +233,18 @@ fn tokens_and_the_audit_log_are_shared((a, b): Pair) {
         .unwrap();
     assert_eq!(b.token_get(&token.id).unwrap(), Some(token.clone()));
     assert_eq!(b.token_get("nosuchtokenidxxx").unwrap(), None);
-    assert!(b
-        .token_create(&token, &record(0, "enc@lists.example.org", "again"))
-        .is_err(), "ids are unique");
+    assert!(
+        b.token_create(&token, &record(0, "enc@lists.example.org", "again"))
+            .is_err(),
+        "ids are unique"
+    );
     let revoke = record(0, "enc@lists.example.org", "token.revoke");
     assert!(b.token_revoke(&token.id, &revoke).unwrap());
     assert!(!a.token_revoke(&token.id, &revoke).unwrap(), "revoked once");
-    assert_eq!(a.token_get(&token.id).unwrap().unwrap().revoked, Some(revoke.at));
+    assert_eq!(
+        a.token_get(&token.id).unwrap().unwrap().revoked,
+        Some(revoke.at)
+    );
     assert_eq!(a.tokens().unwrap().len(), 1);
     b.audit_record(&record(0, "other@lists.example.org", "member.unbind"))
         .unwrap();

@@ -143,11 +143,19 @@ pub fn generate(
             id,
             sha256: digest(&token),
             site_admin,
-            list: if site_admin { String::new() } else { list.into() },
+            list: if site_admin {
+                String::new()
+            } else {
+                list.into()
+            },
             scopes: if site_admin {
                 String::new()
             } else {
-                scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+                scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             },
             created: now,
             expires,
@@ -167,7 +175,9 @@ pub fn token_id(token: &str) -> Option<&str> {
     let rest = token.strip_prefix(PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
     let b32 = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c))
+        s.len() == n
+            && s.bytes()
+                .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c))
     };
     // 10 bytes are 16 base32 letters, 32 bytes 52.
     (b32(id, 16) && b32(secret, 52)).then_some(id)
@@ -262,7 +272,10 @@ mod tests {
         );
         let members = list_grant("a@l", &[Scope::Members]);
         assert_eq!(authorize(&members, "a@l", Need::Read), Ok(()));
-        assert_eq!(authorize(&members, "a@l", Need::Change(Scope::Members)), Ok(()));
+        assert_eq!(
+            authorize(&members, "a@l", Need::Change(Scope::Members)),
+            Ok(())
+        );
         assert_eq!(
             authorize(&members, "a@l", Need::Change(Scope::Policy)),
             Err(Denied::Scope("policy"))
@@ -285,7 +298,10 @@ mod tests {
         assert_eq!(token_id(&t.token), Some(t.record.id.as_str()));
         assert!(t.token.starts_with("lct_"));
         let grant = verify(&t.token, Some(&t.record), now).unwrap();
-        assert_eq!(grant, list_grant("a@l", &[Scope::Read]).with_id(&t.record.id));
+        assert_eq!(
+            grant,
+            list_grant("a@l", &[Scope::Read]).with_id(&t.record.id)
+        );
         // One letter of the secret changed.
         let mut wrong = t.token.clone().into_bytes();
         let last = wrong.len() - 1;
@@ -303,7 +319,10 @@ mod tests {
         };
         assert_eq!(verify(&t.token, Some(&revoked), now), Err(Refused::Revoked));
         // The secret is never stored.
-        assert!(!t.record.sha256.contains(t.token.rsplit('_').next().unwrap()));
+        assert!(!t
+            .record
+            .sha256
+            .contains(t.token.rsplit('_').next().unwrap()));
     }
 
     #[test]

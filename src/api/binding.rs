@@ -27,7 +27,9 @@ fn one_cert(armored: &str) -> Result<crate::pgp::Cert, Problem> {
 
 fn offer_problem(e: KeyAddressError) -> Problem {
     match e {
-        KeyAddressError::Keys(KeyError::Unusable(why)) => unprocessable(format!("certificate: {why}")),
+        KeyAddressError::Keys(KeyError::Unusable(why)) => {
+            unprocessable(format!("certificate: {why}"))
+        }
         KeyAddressError::Keys(e) => key_problem("binding", e),
         KeyAddressError::Store(e) => store_problem("binding", e),
         e => Problem::internal("binding", e),
@@ -42,10 +44,16 @@ pub async fn start(
 ) -> Result<BindStarted, Problem> {
     let address = normalize_address(&req.address);
     if !valid_address(&address) {
-        return Err(unprocessable(format!("address {:?} is not valid", req.address)));
+        return Err(unprocessable(format!(
+            "address {:?} is not valid",
+            req.address
+        )));
     }
     let cert = one_cert(&req.certificate)?;
-    let keyring = api.daemon.keyring().map_err(|e| key_problem("keyring", e))?;
+    let keyring = api
+        .daemon
+        .keyring()
+        .map_err(|e| key_problem("keyring", e))?;
     let keys = keyring
         .lists
         .get(list)

@@ -89,7 +89,13 @@ fn key_problem(what: &str, e: KeyError) -> Problem {
 }
 
 /// Records a change made by token `token_id`.
-fn audit(d: &Daemon, token_id: &str, list: &str, action: &str, detail: &str) -> Result<(), Problem> {
+fn audit(
+    d: &Daemon,
+    token_id: &str,
+    list: &str,
+    action: &str,
+    detail: &str,
+) -> Result<(), Problem> {
     d.store()
         .audit_record(&AuditRecord {
             seq: 0,
@@ -135,7 +141,9 @@ impl utoipa::Modify for Common {
                 .description(why)
                 .content(
                     problem::CONTENT_TYPE,
-                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
                 )
                 .build()
         };
@@ -146,9 +154,15 @@ impl utoipa::Modify for Common {
             ("404", "No such list or member"),
             ("413", "Body over the size limit"),
             ("415", "Body not application/json"),
-            ("422", "Well-formed but refused (invalid policy, unusable key)"),
+            (
+                "422",
+                "Well-formed but refused (invalid policy, unusable key)",
+            ),
             ("429", "Rate limited (challenges)"),
-            ("503", "The store or the mail system is temporarily unavailable"),
+            (
+                "503",
+                "The store or the mail system is temporarily unavailable",
+            ),
         ];
         for item in doc.paths.paths.values_mut() {
             for op in [
@@ -189,7 +203,10 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/v1/lists", get(routes::lists))
         .route("/v1/lists/{list}", get(routes::list))
-        .route("/v1/lists/{list}/members", get(routes::members).post(routes::bind))
+        .route(
+            "/v1/lists/{list}/members",
+            get(routes::members).post(routes::bind),
+        )
         .route(
             "/v1/lists/{list}/members/{address}",
             axum::routing::delete(routes::unbind),
@@ -200,7 +217,10 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/lists/{list}/policy",
             get(policy_routes::get).put(policy_routes::put),
         )
-        .route("/v1/lists/{list}/policy/validate", post(policy_routes::check))
+        .route(
+            "/v1/lists/{list}/policy/validate",
+            post(policy_routes::check),
+        )
         .route("/v1/lists/{list}/audit", get(routes::audit_log))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such resource") })
         .method_not_allowed_fallback(|| async {
@@ -227,7 +247,9 @@ impl Server {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
-            tracing::warn!("admin API over plain HTTP on {addr}, not loopback: serve it through TLS only");
+            tracing::warn!(
+                "admin API over plain HTTP on {addr}, not loopback: serve it through TLS only"
+            );
         }
         tracing::info!("admin API over HTTP on {addr}, for a TLS front-end");
         let (stop, stopped) = watch::channel(false);
@@ -269,9 +291,8 @@ async fn accept_loop(listener: TcpListener, app: Router, mut stop: watch::Receiv
         let app = app.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                tower::ServiceExt::oneshot(app.clone(), req)
-            });
+            let service =
+                hyper::service::service_fn(move |req| tower::ServiceExt::oneshot(app.clone(), req));
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -81,13 +81,37 @@ pub fn loosenings(old: &Policy, new: &Policy) -> Vec<&'static str> {
     } = new;
     let mut out = Vec::new();
     let actions = [
-        ("nonencrypted_action", old.nonencrypted_action, *nonencrypted_action),
+        (
+            "nonencrypted_action",
+            old.nonencrypted_action,
+            *nonencrypted_action,
+        ),
         ("unsigned_action", old.unsigned_action, *unsigned_action),
-        ("unknown_signer_action", old.unknown_signer_action, *unknown_signer_action),
-        ("invalid_signature_action", old.invalid_signature_action, *invalid_signature_action),
-        ("expired_signature_action", old.expired_signature_action, *expired_signature_action),
-        ("revoked_signature_action", old.revoked_signature_action, *revoked_signature_action),
-        ("inline_pgp_action", old.inline_pgp_action, *inline_pgp_action),
+        (
+            "unknown_signer_action",
+            old.unknown_signer_action,
+            *unknown_signer_action,
+        ),
+        (
+            "invalid_signature_action",
+            old.invalid_signature_action,
+            *invalid_signature_action,
+        ),
+        (
+            "expired_signature_action",
+            old.expired_signature_action,
+            *expired_signature_action,
+        ),
+        (
+            "revoked_signature_action",
+            old.revoked_signature_action,
+            *revoked_signature_action,
+        ),
+        (
+            "inline_pgp_action",
+            old.inline_pgp_action,
+            *inline_pgp_action,
+        ),
         ("duplicate_action", old.duplicate_action, *duplicate_action),
         (
             "command_nonencrypted_action",
@@ -107,18 +131,18 @@ pub fn loosenings(old: &Policy, new: &Policy) -> Vec<&'static str> {
             *require_intended_recipient,
         ),
         ("sign_outgoing", old.sign_outgoing, *sign_outgoing),
-        ("hide_recipient_key_ids", old.hide_recipient_key_ids, *hide_recipient_key_ids),
+        (
+            "hide_recipient_key_ids",
+            old.hide_recipient_key_ids,
+            *hide_recipient_key_ids,
+        ),
     ];
     for (key, was, now) in flags {
         if was && !now {
             out.push(key);
         }
     }
-    let stripped = |name: &String| {
-        strip_headers
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
-    };
+    let stripped = |name: &String| strip_headers.iter().any(|h| h.eq_ignore_ascii_case(name));
     if !old.strip_headers.iter().all(stripped) {
         out.push("strip_headers");
     }
@@ -209,7 +233,10 @@ mod tests {
         for (text, key) in [
             ("sign_outgoing = false", "sign_outgoing"),
             ("hide_recipient_key_ids = false", "hide_recipient_key_ids"),
-            ("header_protection = \"hcp_no_confidentiality\"", "header_protection"),
+            (
+                "header_protection = \"hcp_no_confidentiality\"",
+                "header_protection",
+            ),
             ("padding = \"none\"", "padding"),
             ("strip_headers = []", "strip_headers"),
         ] {
@@ -224,8 +251,11 @@ mod tests {
 
     #[test]
     fn validation_is_check_configs_with_line_and_column() {
-        let d = validate("lists.d/a@l.toml", "batch_size = 5\nunsigned_action = \"maybe\"\n")
-            .unwrap_err();
+        let d = validate(
+            "lists.d/a@l.toml",
+            "batch_size = 5\nunsigned_action = \"maybe\"\n",
+        )
+        .unwrap_err();
         assert_eq!((d.line, d.column), (Some(2), Some(19)));
         assert!(d.text.starts_with("lists.d/a@l.toml:2:19: "), "{}", d.text);
         let d = validate("p", "batch_size = 0").unwrap_err();
@@ -236,7 +266,13 @@ mod tests {
 
     #[test]
     fn changes_name_each_changed_key() {
-        let c = changes(&Policy::default(), &with("batch_size = 10\npadding = \"none\""));
-        assert_eq!(c, vec!["batch_size: 50 -> 10", "padding: \"padme\" -> \"none\""]);
+        let c = changes(
+            &Policy::default(),
+            &with("batch_size = 10\npadding = \"none\""),
+        );
+        assert_eq!(
+            c,
+            vec!["batch_size: 50 -> 10", "padding: \"padme\" -> \"none\""]
+        );
     }
 }

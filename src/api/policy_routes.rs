@@ -165,7 +165,10 @@ fn notices(
     list: &str,
     changed: &[String],
 ) -> Result<Vec<OutMail>, Problem> {
-    let keyring = api.daemon.keyring().map_err(|e| key_problem("keyring", e))?;
+    let keyring = api
+        .daemon
+        .keyring()
+        .map_err(|e| key_problem("keyring", e))?;
     let Some(keys) = keyring.lists.get(list) else {
         return Err(Problem::unavailable("policy", "the list is not loaded yet"));
     };
@@ -173,11 +176,17 @@ fn notices(
         "The policy of {list} was changed through the admin API by token {}.\r\n\
          Changed keys:\r\n  {}\r\n",
         grant.id(),
-        if changed.is_empty() { "(none)".to_string() } else { changed.join("\r\n  ") }
+        if changed.is_empty() {
+            "(none)".to_string()
+        } else {
+            changed.join("\r\n  ")
+        }
     );
     keys.members
         .iter()
-        .filter(|m| m.role == Role::Owner && crate::keys::check_member_cert(&m.cert, &m.address).is_ok())
+        .filter(|m| {
+            m.role == Role::Owner && crate::keys::check_member_cert(&m.cert, &m.address).is_ok()
+        })
         .map(|m| {
             crate::key_address::notice(keys, &m.address, &m.cert, "List policy changed", &body)
                 .map_err(|e| Problem::internal("owner notice", e))

@@ -5,8 +5,8 @@ use super::auth::{authorize, Grant, Need, Scope};
 use super::extract::{Caller, JsonBody, PathArgs, QueryArgs};
 use super::problem::Problem;
 use super::{audit, key_problem, store_problem, Api};
-use crate::keys::{member_rows, MemberRow};
 use crate::keys::{self, normalize_address, valid_address};
+use crate::keys::{member_rows, MemberRow};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -54,7 +54,8 @@ impl From<MemberRow> for Member {
 /// Authorization comes first: a token for another list learns nothing about this one.
 pub(super) fn list_for(api: &Api, grant: &Grant, raw: &str, need: Need) -> Result<String, Problem> {
     let list = normalize_address(raw);
-    authorize(grant, &list, need).map_err(|e| Problem::new(StatusCode::FORBIDDEN, e.to_string()))?;
+    authorize(grant, &list, need)
+        .map_err(|e| Problem::new(StatusCode::FORBIDDEN, e.to_string()))?;
     if !valid_address(&list) || !api.daemon.config().policy_path(&list).is_file() {
         return Err(Problem::new(StatusCode::NOT_FOUND, "no such list"));
     }
@@ -79,8 +80,7 @@ pub async fn lists(
 ) -> Result<Json<Vec<ListInfo>>, Problem> {
     let out = api
         .run(move |d| {
-            let names =
-                keys::list_names(&d.config()).map_err(|e| key_problem("lists", e))?;
+            let names = keys::list_names(&d.config()).map_err(|e| key_problem("lists", e))?;
             names
                 .iter()
                 .filter(|l| grant.sees(l) && authorize(&grant, l, Need::Read).is_ok())
@@ -208,8 +208,8 @@ pub async fn key(
             let config = d.config();
             let home = keys::KeyHome::of(&config.keyring_dir, d.store());
             let cert = keys::load_list_key(home, &list).map_err(|e| key_problem("list key", e))?;
-            let armored = crate::pgp::armored_public(&cert)
-                .map_err(|e| Problem::internal("export", e))?;
+            let armored =
+                crate::pgp::armored_public(&cert).map_err(|e| Problem::internal("export", e))?;
             Ok(ListKey {
                 fingerprint: cert.fingerprint().to_hex(),
                 armored: String::from_utf8_lossy(&armored).into_owned(),
@@ -238,9 +238,15 @@ fn default_grace() -> u32 {
 fn whole_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
     n.as_u64()
-        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        })
         .and_then(|v| u32::try_from(v).ok())
-        .ok_or_else(|| serde::de::Error::custom(format!("grace_days {n} is not a whole number of days")))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("grace_days {n} is not a whole number of days"))
+        })
 }
 
 /// Longest grace period: far-future expiries are refused by OpenPGP's 32-bit times anyway.
@@ -279,12 +285,28 @@ pub async fn rotate(
             let grace = std::time::Duration::from_secs(u64::from(req.grace_days) * 86_400);
             let home = keys::KeyHome::of(&config.keyring_dir, d.store());
             let passphrases = keys::Passphrases::configured(&config);
-            let r = keys::rotate_subkey(home, &list, grace, keys::RotateMode::NewSubkey, &passphrases)
-                .map_err(|e| key_problem("rotate", e))?;
+            let r = keys::rotate_subkey(
+                home,
+                &list,
+                grace,
+                keys::RotateMode::NewSubkey,
+                &passphrases,
+            )
+            .map_err(|e| key_problem("rotate", e))?;
             // Running sessions pick the new key up with the next message.
             d.store().touch().map_err(|e| store_problem("rotate", e))?;
-            let new = r.new_subkey.as_ref().map(|f| f.to_hex()).unwrap_or_default();
-            audit(d, &id, &list, "key.rotate", &format!("new encryption subkey {new}"))?;
+            let new = r
+                .new_subkey
+                .as_ref()
+                .map(|f| f.to_hex())
+                .unwrap_or_default();
+            audit(
+                d,
+                &id,
+                &list,
+                "key.rotate",
+                &format!("new encryption subkey {new}"),
+            )?;
             Ok(r)
         })
         .await?;
@@ -326,7 +348,10 @@ pub async fn audit_log(
     QueryArgs(q): QueryArgs<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, Problem> {
     let list = list_for(&api, &grant, &raw, Need::Read)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, crate::store::MAX_AUDIT_PAGE as u32) as usize;
+    let limit = q
+        .limit
+        .unwrap_or(100)
+        .clamp(1, crate::store::MAX_AUDIT_PAGE as u32) as usize;
     let records = api
         .run(move |d| {
             d.store()

@@ -673,7 +673,10 @@ mod tests {
         load("api_listen = \"127.0.0.1:8025\"\n").unwrap();
         load("api_listen = \"[::1]:8025\"\n").unwrap();
         let err = load("api_listen = \"0.0.0.0:8025\"\n").unwrap_err();
-        assert!(err.contains("api_listen") && err.contains("loopback"), "{err}");
+        assert!(
+            err.contains("api_listen") && err.contains("loopback"),
+            "{err}"
+        );
         load("api_listen = \"192.0.2.1:8025\"\napi_allow_remote = true\n").unwrap();
         assert!(load("api_listen = \"localhost:8025\"\n").is_err());
     }

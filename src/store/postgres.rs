@@ -1109,7 +1109,13 @@ fn token_row(r: &tokio_postgres::Row) -> TokenRecord {
 async fn audit_put(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO audit (at, token_id, list, action, detail) VALUES ($1, $2, $3, $4, $5)",
-        &[&epoch_secs(a.at), &a.token_id, &a.list, &a.action, &a.detail],
+        &[
+            &epoch_secs(a.at),
+            &a.token_id,
+            &a.list,
+            &a.action,
+            &a.detail,
+        ],
     )
     .await?;
     Ok(())

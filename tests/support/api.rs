@@ -38,7 +38,10 @@ impl Answer {
         );
         let doc = self.json();
         assert_eq!(doc["status"], status, "{self:?}");
-        assert!(doc["title"].is_string() && doc["detail"].is_string(), "{self:?}");
+        assert!(
+            doc["title"].is_string() && doc["detail"].is_string(),
+            "{self:?}"
+        );
         doc
     }
 }
@@ -47,7 +50,11 @@ impl Answer {
 pub fn enable(site: &Site) {
     let text = std::fs::read_to_string(&site.config).unwrap();
     let text = text.replace("log_level = \"warn\"", "log_level = \"info\"");
-    std::fs::write(&site.config, format!("{text}api_listen = \"127.0.0.1:0\"\n")).unwrap();
+    std::fs::write(
+        &site.config,
+        format!("{text}api_listen = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
 }
 
 /// Starts `serve` and returns it with the API's address.
@@ -108,7 +115,13 @@ pub fn send_json(
     json: &serde_json::Value,
 ) -> Answer {
     let body = json.to_string();
-    request(addr, method, path, token, Some(("application/json", body.as_bytes())))
+    request(
+        addr,
+        method,
+        path,
+        token,
+        Some(("application/json", body.as_bytes())),
+    )
 }
 
 fn parse(raw: &[u8]) -> Answer {
@@ -129,7 +142,11 @@ fn parse(raw: &[u8]) -> Answer {
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { unchunk(body) } else { body.to_string() };
+    let body = if chunked {
+        unchunk(body)
+    } else {
+        body.to_string()
+    };
     Answer {
         status,
         headers,

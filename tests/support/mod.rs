@@ -8,8 +8,8 @@
 //! assertion still leaves nothing running.
 #![allow(dead_code)] // each test file uses a different subset
 
-pub mod clients;
 pub mod api;
+pub mod clients;
 pub mod corpus;
 pub mod debootstrap;
 pub mod environment;
