@@ -514,30 +514,7 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         }
         // Handlers first: a SIGHUP sent once the "serving" line is out must reload, not kill.
         let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
-        let http = match config.http_listen.as_str() {
-            "" => None,
-            listen => Some(
-                listcrypt::http::Server::start(listen, daemon.clone())
-                    .await
-                    .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind http {listen}"), e))?,
-            ),
-        };
-        let metrics = match config.metrics_listen.as_str() {
-            "" => None,
-            listen => Some(
-                listcrypt::http::Server::start_metrics(listen, daemon.clone())
-                    .await
-                    .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind metrics {listen}"), e))?,
-            ),
-        };
-        let api = match config.api_listen.as_str() {
-            "" => None,
-            listen => Some(
-                listcrypt::api::Server::start(listen, daemon.clone())
-                    .await
-                    .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind api {listen}"), e))?,
-            ),
-        };
+        let (http, metrics, api) = start_http(&config, &daemon).await?;
         tracing::info!(
             "listcrypt {} serving {} list(s): inbound on {inbound_spec}, outbound on {outbound_spec}",
             env!("CARGO_PKG_VERSION"),
@@ -561,6 +538,49 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         tracing::info!("listcrypt stopped");
         Ok(exit::OK)
     })
+}
+
+/// The HTTP listeners that are configured: WKD, metrics and the admin API.
+async fn start_http(
+    config: &Config,
+    daemon: &Arc<listcrypt::Daemon>,
+) -> Result<
+    (
+        Option<listcrypt::http::Server>,
+        Option<listcrypt::http::Server>,
+        Option<listcrypt::api::Server>,
+    ),
+    CommandError,
+> {
+    let unavailable = |what: &str, listen: &str| {
+        let what = format!("bind {what} {listen}");
+        move |e| CommandError::new(exit::UNAVAILABLE, what, e)
+    };
+    let http = match config.http_listen.as_str() {
+        "" => None,
+        listen => Some(
+            listcrypt::http::Server::start(listen, daemon.clone())
+                .await
+                .map_err(unavailable("http", listen))?,
+        ),
+    };
+    let metrics = match config.metrics_listen.as_str() {
+        "" => None,
+        listen => Some(
+            listcrypt::http::Server::start_metrics(listen, daemon.clone())
+                .await
+                .map_err(unavailable("metrics", listen))?,
+        ),
+    };
+    let api = match config.api_listen.as_str() {
+        "" => None,
+        listen => Some(
+            listcrypt::api::Server::start(listen, daemon.clone())
+                .await
+                .map_err(unavailable("api", listen))?,
+        ),
+    };
+    Ok((http, metrics, api))
 }
 
 /// systemd (Type=notify): READY=1 once the sockets are bound and the lists loaded, then

@@ -118,7 +118,7 @@ fn audit(
         routes::key, routes::rotate, policy_routes::get, policy_routes::check,
         policy_routes::put, routes::audit_log
     ),
-    components(schemas(Problem)),
+    components(schemas(problem::ProblemDocument)),
     modifiers(&Common),
     security(("bearer" = []))
 )]

@@ -57,84 +57,99 @@ fn protection_rank(h: HeaderProtection) -> u8 {
 
 /// The keys whose change from `old` to `new` loosens the policy (empty: it does not).
 pub fn loosenings(old: &Policy, new: &Policy) -> Vec<&'static str> {
-    // Destructured without `..`: a new policy key does not compile until it is classified.
+    // Every key named: a new policy key does not compile until it is classified here (the
+    // `*_action`s in `loosened_actions`, the flags and headers in `weaker_copies`).
     let Policy {
-        nonencrypted_action,
-        unsigned_action,
-        unknown_signer_action,
-        invalid_signature_action,
-        expired_signature_action,
-        revoked_signature_action,
-        inline_pgp_action,
-        duplicate_action,
-        command_nonencrypted_action,
-        require_intended_recipient,
-        strip_headers,
-        sign_outgoing,
-        hide_recipient_key_ids,
+        nonencrypted_action: _,
+        unsigned_action: _,
+        unknown_signer_action: _,
+        invalid_signature_action: _,
+        expired_signature_action: _,
+        revoked_signature_action: _,
+        inline_pgp_action: _,
+        duplicate_action: _,
+        command_nonencrypted_action: _,
+        require_intended_recipient: _,
+        strip_headers: _,
+        sign_outgoing: _,
+        hide_recipient_key_ids: _,
+        header_protection: _,
+        padding: _,
         batch_size: _,
         missing_key_action: _,
-        header_protection,
-        padding,
         autocrypt: _,
         key_suffix: _,
     } = new;
-    let mut out = Vec::new();
+    let mut out = loosened_actions(old, new);
+    out.extend(weaker_copies(old, new));
+    out
+}
+
+fn loosened_actions(old: &Policy, new: &Policy) -> Vec<&'static str> {
     let actions = [
         (
             "nonencrypted_action",
             old.nonencrypted_action,
-            *nonencrypted_action,
+            new.nonencrypted_action,
         ),
-        ("unsigned_action", old.unsigned_action, *unsigned_action),
+        ("unsigned_action", old.unsigned_action, new.unsigned_action),
         (
             "unknown_signer_action",
             old.unknown_signer_action,
-            *unknown_signer_action,
+            new.unknown_signer_action,
         ),
         (
             "invalid_signature_action",
             old.invalid_signature_action,
-            *invalid_signature_action,
+            new.invalid_signature_action,
         ),
         (
             "expired_signature_action",
             old.expired_signature_action,
-            *expired_signature_action,
+            new.expired_signature_action,
         ),
         (
             "revoked_signature_action",
             old.revoked_signature_action,
-            *revoked_signature_action,
+            new.revoked_signature_action,
         ),
         (
             "inline_pgp_action",
             old.inline_pgp_action,
-            *inline_pgp_action,
+            new.inline_pgp_action,
         ),
-        ("duplicate_action", old.duplicate_action, *duplicate_action),
+        (
+            "duplicate_action",
+            old.duplicate_action,
+            new.duplicate_action,
+        ),
         (
             "command_nonencrypted_action",
             old.command_nonencrypted_action,
-            *command_nonencrypted_action,
+            new.command_nonencrypted_action,
         ),
     ];
-    for (key, was, now) in actions {
-        if action_rank(now) > action_rank(was) {
-            out.push(key);
-        }
-    }
+    actions
+        .into_iter()
+        .filter(|(_, was, now)| action_rank(*now) > action_rank(*was))
+        .map(|(key, _, _)| key)
+        .collect()
+}
+
+/// Checks made less strict, or copies with less protection.
+fn weaker_copies(old: &Policy, new: &Policy) -> Vec<&'static str> {
+    let mut out = Vec::new();
     let flags = [
         (
             "require_intended_recipient",
             old.require_intended_recipient,
-            *require_intended_recipient,
+            new.require_intended_recipient,
         ),
-        ("sign_outgoing", old.sign_outgoing, *sign_outgoing),
+        ("sign_outgoing", old.sign_outgoing, new.sign_outgoing),
         (
             "hide_recipient_key_ids",
             old.hide_recipient_key_ids,
-            *hide_recipient_key_ids,
+            new.hide_recipient_key_ids,
         ),
     ];
     for (key, was, now) in flags {
@@ -142,14 +157,18 @@ pub fn loosenings(old: &Policy, new: &Policy) -> Vec<&'static str> {
             out.push(key);
         }
     }
-    let stripped = |name: &String| strip_headers.iter().any(|h| h.eq_ignore_ascii_case(name));
+    let stripped = |name: &String| {
+        new.strip_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+    };
     if !old.strip_headers.iter().all(stripped) {
         out.push("strip_headers");
     }
-    if protection_rank(*header_protection) < protection_rank(old.header_protection) {
+    if protection_rank(new.header_protection) < protection_rank(old.header_protection) {
         out.push("header_protection");
     }
-    if old.padding == Padding::Padme && *padding == Padding::None {
+    if old.padding == Padding::Padme && new.padding == Padding::None {
         out.push("padding");
     }
     out

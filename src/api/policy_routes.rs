@@ -99,7 +99,7 @@ pub async fn check(
     request_body = PolicyText,
     responses((status = 200, description = "Replaced and reloaded; the owners were told",
         body = PolicyChanged),
-        (status = 409, description = "Read-only: database_url is set", body = Problem,
+        (status = 409, description = "Read-only: database_url is set", body = super::problem::ProblemDocument,
         content_type = "application/problem+json")))]
 pub async fn put(
     State(api): State<Arc<Api>>,

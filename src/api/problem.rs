@@ -10,7 +10,8 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// RFC 9457 §3.1; `type` is `about:blank` (the status says it all) unless a member below
 /// adds to it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Problem {
+#[schema(as = Problem)]
+pub struct ProblemDocument {
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
@@ -26,9 +27,26 @@ pub struct Problem {
     pub loosened: Vec<String>,
 }
 
+/// A problem answer (boxed: handlers return it as their error, and it is large).
+#[derive(Debug, Clone)]
+pub struct Problem(Box<ProblemDocument>);
+
+impl std::ops::Deref for Problem {
+    type Target = ProblemDocument;
+    fn deref(&self) -> &ProblemDocument {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problem {
+    fn deref_mut(&mut self) -> &mut ProblemDocument {
+        &mut self.0
+    }
+}
+
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
-        Problem {
+        Problem(Box::new(ProblemDocument {
             kind: "about:blank".into(),
             title: status.canonical_reason().unwrap_or("Error").into(),
             status: status.as_u16(),
@@ -36,7 +54,7 @@ impl Problem {
             line: None,
             column: None,
             loosened: Vec::new(),
-        }
+        }))
     }
 
     pub fn status(&self) -> StatusCode {
@@ -62,7 +80,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let body = serde_json::to_vec(&*self.0).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
