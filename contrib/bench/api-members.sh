@@ -49,17 +49,18 @@ CONF
 lc() { "$LISTCRYPT" -c "$W/listcrypt.toml" "$@"; }
 lc list create "$LIST" >/dev/null
 
-echo "# $MEMBERS members: generating keys and binding them"
+echo "# $MEMBERS members: generating keys (one gpg run) and binding them"
 for ((i = 1; i <= MEMBERS; i++)); do
-    a="m$i@example.net"
-    gpg --homedir "$W/gnupg" --batch --quiet --passphrase '' \
-        --quick-gen-key "m$i <$a>" future-default default 2y 2>/dev/null
-    gpg --homedir "$W/gnupg" --armor --export "$a" >"$W/certs/$i.asc"
-    lc member add "$LIST" "$a" "$W/certs/$i.asc" >/dev/null
+    printf 'Key-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\nSubkey-Type: ecdh\nSubkey-Curve: cv25519\nSubkey-Usage: encrypt\nName-Real: m%d\nName-Email: m%d@example.net\nExpire-Date: 2y\n%%no-protection\n%%commit\n' "$i" "$i"
+done >"$W/keys.batch"
+gpg --homedir "$W/gnupg" --batch --quiet --gen-key "$W/keys.batch" 2>/dev/null
+for ((i = 1; i <= MEMBERS; i++)); do
+    gpg --homedir "$W/gnupg" --armor --export "m$i@example.net" >"$W/certs/$i.asc"
 done
+seq 1 "$MEMBERS" | xargs -P 2 -I{} "$LISTCRYPT" -c "$W/listcrypt.toml" member add "$LIST" "m{}@example.net" "$W/certs/{}.asc" >/dev/null
 TOKEN=$(lc token create --list "$LIST" --scope read)
 
-lc serve 2>"$W/serve.log" &
+"$LISTCRYPT" -c "$W/listcrypt.toml" serve 2>"$W/serve.log" &
 LC_PID=$!
 for ((i = 0; i < 100; i++)); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break

@@ -39,8 +39,12 @@ pub const MAX_BODY_BYTES: usize = 128 * 1024;
 /// Request line and headers.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// A whole connection (a key rotation or a reload takes well under a second).
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// One request, from its head to the answer (a key rotation or a reload takes well under a
+/// second); over it, 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A keep-alive connection is closed after the request in progress once it is this old, so a
+/// client cannot hold a connection slot for ever (idle ones go after HEADER_READ_TIMEOUT).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 const MAX_CONNECTIONS: usize = 64;
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -291,23 +295,50 @@ async fn accept_loop(listener: TcpListener, app: Router, mut stop: watch::Receiv
         let app = app.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |req| tower::ServiceExt::oneshot(app.clone(), req));
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!("api: {peer}: {e}"),
-                Err(_) => tracing::debug!("api: {peer}: timed out"),
-            }
+            serve_connection(stream, peer, app).await;
         });
         while connections.try_join_next().is_some() {}
     }
     let drain = async { while connections.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(STOP_GRACE, drain).await;
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: Router) {
+    let service = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move {
+            let answer =
+                tokio::time::timeout(REQUEST_TIMEOUT, tower::ServiceExt::oneshot(app, req));
+            Ok::<_, std::convert::Infallible>(match answer.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => axum::response::IntoResponse::into_response(Problem::unavailable(
+                    "request",
+                    format!("{peer}: over {} s", REQUEST_TIMEOUT.as_secs()),
+                )),
+            })
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+            // The request in progress is answered, then the connection closes.
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(REQUEST_TIMEOUT, conn).await {
+                Ok(r) => r,
+                Err(_) => return tracing::debug!("api: {peer}: timed out"),
+            }
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!("api: {peer}: {e}");
+    }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
