@@ -213,11 +213,16 @@ async fn send(api: &Arc<Api>, notices: &[OutMail]) -> Result<(), Problem> {
 /// file back (the caller's copy) by failing before any notice is sent.
 async fn replace(api: &Arc<Api>, path: PathBuf, text: Vec<u8>) -> Result<(), Problem> {
     api.run(move |d| {
+        use std::os::unix::fs::PermissionsExt;
         let before = std::fs::read(&path).map_err(|e| Problem::internal("policy", e))?;
-        crate::atomic_file::write(&path, &text, crate::atomic_file::PUBLIC)
+        // The file keeps the mode it had (the admin's umask when `list create` wrote it).
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(crate::atomic_file::PUBLIC);
+        crate::atomic_file::write(&path, &text, mode)
             .map_err(|e| Problem::internal("writing the policy", e))?;
         if let Err(e) = d.reload() {
-            let _ = crate::atomic_file::write(&path, &before, crate::atomic_file::PUBLIC);
+            let _ = crate::atomic_file::write(&path, &before, mode);
             return Err(Problem::internal("reloading", e));
         }
         Ok(())
