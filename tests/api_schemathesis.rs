@@ -82,6 +82,8 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation_for_any_scope() {
     .unwrap();
     for (scope, token) in &tokens {
         let out = Command::new(&bin)
+            // Its cache goes to the working directory: the site's, not the repository.
+            .current_dir(site.dir.path())
             .arg("--config-file")
             .arg(&config)
             .arg("run")
