@@ -730,10 +730,34 @@ pub fn member_rows(
     store: &dyn Store,
     list: &str,
 ) -> Result<Vec<MemberRow>, KeyError> {
+    member_rows_known(keyring_dir, store, list, None)
+}
+
+/// [`member_rows`], taking the certificates the running daemon has loaded for `list` from
+/// `known` instead of reading and parsing each again (the rest from the store, as the CLI).
+pub fn member_rows_known(
+    keyring_dir: &Path,
+    store: &dyn Store,
+    list: &str,
+    known: Option<&pgp::ListKeys>,
+) -> Result<Vec<MemberRow>, KeyError> {
     let certs = CertStore::of(keyring_dir, store);
-    let expires = |fingerprint: &str| match fingerprint.parse().ok().map(|f| certs.get(&f)) {
-        Some(Ok(Some(cert))) => expiry_text(&cert),
-        _ => "missing".into(),
+    let loaded: HashMap<String, &Cert> = known
+        .map(|l| {
+            l.members
+                .iter()
+                .map(|m| (m.cert.fingerprint().to_hex(), &m.cert))
+                .collect()
+        })
+        .unwrap_or_default();
+    let expires = |fingerprint: &str| {
+        if let Some(cert) = loaded.get(fingerprint) {
+            return expiry_text(cert);
+        }
+        match fingerprint.parse().ok().map(|f| certs.get(&f)) {
+            Some(Ok(Some(cert))) => expiry_text(&cert),
+            _ => "missing".into(),
+        }
     };
     let mut rows = Vec::new();
     for b in store.bindings(list)? {

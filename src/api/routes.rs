@@ -6,7 +6,7 @@ use super::extract::{Caller, JsonBody, PathArgs, QueryArgs};
 use super::problem::Problem;
 use super::{audit, key_problem, store_problem, Api};
 use crate::keys::{self, normalize_address, valid_address};
-use crate::keys::{member_rows, MemberRow};
+use crate::keys::{member_rows_known, MemberRow};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -113,9 +113,16 @@ pub async fn members(
     PathArgs(raw): PathArgs<String>,
 ) -> Result<Json<Vec<Member>>, Problem> {
     let list = list_for(&api, &grant, &raw, Need::Read)?;
+    // The daemon's snapshot has the bound certificates parsed already (a snapshot that
+    // cannot be had only costs the reads).
+    let known = api
+        .daemon
+        .keyring()
+        .ok()
+        .and_then(|k| k.lists.get(&list).cloned());
     let rows = api
         .run(move |d| {
-            member_rows(&d.config().keyring_dir, d.store(), &list)
+            member_rows_known(&d.config().keyring_dir, d.store(), &list, known.as_deref())
                 .map_err(|e| key_problem("members", e))
         })
         .await?;
