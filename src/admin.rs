@@ -14,6 +14,7 @@ use std::path::Path;
 
 pub mod backup;
 pub mod doctor;
+pub mod token;
 
 /// sysexits(3) codes, as DESIGN.md contracts them.
 pub mod exit {
@@ -409,31 +410,8 @@ pub fn member_list(config: &Config, list: &str, out: &mut dyn Write) -> Result<(
     let list = list_address(list)?;
     existing_list(config, &list)?;
     let store = open_store(config)?;
-    let certs = keys::CertStore::of(&config.keyring_dir, &*store);
-    for b in store.bindings(&list)? {
-        let expires = match b.fingerprint.parse().ok().map(|f| certs.get(&f)) {
-            Some(Ok(Some(cert))) => keys::expiry_text(&cert),
-            _ => "missing".into(),
-        };
-        let role = if b.show_key_id {
-            format!("{},show-key-id", b.role.as_str())
-        } else {
-            b.role.as_str().to_string()
-        };
-        writeln!(
-            out,
-            "{} {} {} {} {}",
-            b.address, b.fingerprint, role, b.state, expires
-        )
-        .ok();
-    }
-    // Keys offered by email and not yet proven (the challenge is out).
-    for (address, fingerprint) in store.pending_list(&list)? {
-        let expires = match fingerprint.parse().ok().map(|f| certs.get(&f)) {
-            Some(Ok(Some(cert))) => keys::expiry_text(&cert),
-            _ => "missing".into(),
-        };
-        writeln!(out, "{address} {fingerprint} member pending {expires}").ok();
+    for row in keys::member_rows(&config.keyring_dir, &*store, &list)? {
+        writeln!(out, "{}", row.line()).ok();
     }
     Ok(())
 }

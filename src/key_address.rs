@@ -606,6 +606,42 @@ impl Processor<'_> {
         self.challenge(req, cert, now)
     }
 
+    /// A proven binding started for `address` by one of the list's owners (the admin API):
+    /// the same challenge, caps and rate limits as a key `address` offered by mail. The
+    /// certificate must be usable for `address`; the binding is made only once the challenge
+    /// comes back signed by that key, as for a key offered by mail.
+    pub fn offer_for(
+        &self,
+        address: &str,
+        cert: &Cert,
+        now: SystemTime,
+    ) -> Result<Outcome, KeyAddressError> {
+        let sender = normalize_address(address);
+        let cert = own_signatures_only(cert)
+            .ok_or_else(|| KeyError::Crypto("offered certificate cannot be rebuilt".into()))?;
+        let size = pgp::serialized_len(&cert);
+        if size > MAX_OFFERED_CERT_BYTES {
+            return Err(KeyError::Unusable(format!(
+                "certificate of {size} bytes, over {MAX_OFFERED_CERT_BYTES}"
+            ))
+            .into());
+        }
+        check_member_cert(&cert, &sender).map_err(|why| KeyError::Unusable(why.to_string()))?;
+        let req = Request {
+            current: self.list.member(&sender).map(|m| m.cert.clone()),
+            sender,
+            content: Vec::new(),
+            good: Vec::new(),
+            pending: Vec::new(),
+            commands: Vec::new(),
+        };
+        match self.challenge(&req, cert, now) {
+            Ok(()) => Ok(self.quiet("no challenge made")),
+            Err(Stop::Answered(outcome)) => Ok(outcome),
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+
     /// Replacing a bound key takes an announcement signed by the bound key: otherwise whoever
     /// can read the member's mail on the wire could swap in a key of their own. The bound key
     /// itself (e.g. with an extended expiry) merges its owner's new self-signatures.

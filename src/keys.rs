@@ -695,6 +695,95 @@ pub fn add_member(
     Ok(binding)
 }
 
+/// One binding as `member list` prints it (and the admin API returns it), in the same words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRow {
+    pub address: String,
+    pub fingerprint: String,
+    /// `member` or `owner`.
+    pub role: String,
+    pub show_key_id: bool,
+    /// `active` or `pending` (a key offered and not yet proven).
+    pub state: String,
+    /// `expiry_text`: a date, `never`, `expired`, `revoked`…, or `missing`.
+    pub expires: String,
+}
+
+impl MemberRow {
+    /// `ADDRESS FINGERPRINT ROLE STATE EXPIRES`.
+    pub fn line(&self) -> String {
+        let role = if self.show_key_id {
+            format!("{},show-key-id", self.role)
+        } else {
+            self.role.clone()
+        };
+        format!(
+            "{} {} {role} {} {}",
+            self.address, self.fingerprint, self.state, self.expires
+        )
+    }
+}
+
+/// Every binding of `list`, then the keys offered by email and not yet proven.
+pub fn member_rows(
+    keyring_dir: &Path,
+    store: &dyn Store,
+    list: &str,
+) -> Result<Vec<MemberRow>, KeyError> {
+    member_rows_known(keyring_dir, store, list, None)
+}
+
+/// [`member_rows`], taking the certificates the running daemon has loaded for `list` from
+/// `known` instead of reading and parsing each again (the rest from the store, as the CLI).
+pub fn member_rows_known(
+    keyring_dir: &Path,
+    store: &dyn Store,
+    list: &str,
+    known: Option<&pgp::ListKeys>,
+) -> Result<Vec<MemberRow>, KeyError> {
+    let certs = CertStore::of(keyring_dir, store);
+    let loaded: HashMap<String, &Cert> = known
+        .map(|l| {
+            l.members
+                .iter()
+                .map(|m| (m.cert.fingerprint().to_hex(), &m.cert))
+                .collect()
+        })
+        .unwrap_or_default();
+    let expires = |fingerprint: &str| {
+        if let Some(cert) = loaded.get(fingerprint) {
+            return expiry_text(cert);
+        }
+        match fingerprint.parse().ok().map(|f| certs.get(&f)) {
+            Some(Ok(Some(cert))) => expiry_text(&cert),
+            _ => "missing".into(),
+        }
+    };
+    let mut rows = Vec::new();
+    for b in store.bindings(list)? {
+        rows.push(MemberRow {
+            expires: expires(&b.fingerprint),
+            role: b.role.as_str().into(),
+            show_key_id: b.show_key_id,
+            state: b.state.to_string(),
+            address: b.address,
+            fingerprint: b.fingerprint,
+        });
+    }
+    // Keys offered by email and not yet proven (the challenge is out).
+    for (address, fingerprint) in store.pending_list(list)? {
+        rows.push(MemberRow {
+            expires: expires(&fingerprint),
+            role: crate::store::Role::Member.as_str().into(),
+            show_key_id: false,
+            state: "pending".into(),
+            address,
+            fingerprint,
+        });
+    }
+    Ok(rows)
+}
+
 /// Expiry of a certificate as the `member list` column shows it.
 pub fn expiry_text(cert: &Cert) -> String {
     match pgp::primary_expiry(cert) {

@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod admin;
+pub mod api;
 pub mod atomic_file;
 pub mod bounce;
 pub mod config;

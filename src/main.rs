@@ -59,6 +59,9 @@ enum Command {
     /// Dry-run a pipeline on a message read from standard input.
     #[command(subcommand)]
     Process(ProcessCommand),
+    /// Admin API tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Publish the list keys as a Web Key Directory.
     #[command(subcommand)]
     Wkd(WkdCommand),
@@ -83,6 +86,38 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make an admin API token and print it; only its digest is stored, so it is shown once.
+    /// A list token acts on one list within its scopes (read, members, keys, policy; each
+    /// includes reading the list); a site-admin token acts on every list and may loosen
+    /// policies.
+    ///
+    /// Example: listcrypt token create --list enc@lists.example.org --scope members --scope read --expires 90
+    Create {
+        /// A token for every list, with every scope
+        #[arg(long, conflicts_with_all = ["list", "scope"], required_unless_present = "list")]
+        site_admin: bool,
+        /// The list the token acts on
+        #[arg(long, requires = "scope")]
+        list: Option<String>,
+        /// read, members, keys or policy (repeat for several)
+        #[arg(long, value_parser = ["read", "members", "keys", "policy"])]
+        scope: Vec<String>,
+        /// Days until the token expires (default: never)
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u32>,
+    },
+    /// One line per token: ID, whom it is for, expiry, revocation.
+    ///
+    /// Example: listcrypt token list
+    List,
+    /// Revoke a token by its id (the part after `lct_`, before the second `_`).
+    ///
+    /// Example: listcrypt token revoke 3q2e7xkq5mzfhg4a
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +351,7 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::Member(MemberCommand::List { list }) => {
             admin::member_list(&config, &list, &mut out).map(|_| exit::OK)
         }
+        Command::Token(command) => run_token(&config, command, &mut out),
         Command::Wkd(WkdCommand::Export { dir }) => {
             listcrypt::wkd::export_command(&config, &dir, &mut out)
                 .map(|_| exit::OK)
@@ -339,6 +375,41 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
             listcrypt::logging::init(listcrypt::config::LogTarget::Stderr, &quiet_level());
             admin::process_outbound(&config, &a.list, &a.from, &a.rcpt, &a.out, &mut out)
         }
+    }
+}
+
+/// The `token` verbs.
+fn run_token(
+    config: &Config,
+    command: TokenCommand,
+    out: &mut dyn std::io::Write,
+) -> Result<u8, CommandError> {
+    use admin::token::{self, TokenFor};
+    match command {
+        TokenCommand::Create {
+            site_admin,
+            list,
+            scope,
+            expires,
+        } => {
+            let who = match (site_admin, list) {
+                (true, _) => TokenFor::SiteAdmin,
+                (false, Some(list)) => TokenFor::List {
+                    list,
+                    scopes: scope,
+                },
+                (false, None) => {
+                    return Err(CommandError::new(
+                        exit::USAGE,
+                        "token create",
+                        "--site-admin or --list is required",
+                    ))
+                }
+            };
+            token::create(config, who, expires, out).map(|_| exit::OK)
+        }
+        TokenCommand::List => token::list(config, out).map(|_| exit::OK),
+        TokenCommand::Revoke { id } => token::revoke(config, &id, out).map(|_| exit::OK),
     }
 }
 
@@ -443,22 +514,7 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         }
         // Handlers first: a SIGHUP sent once the "serving" line is out must reload, not kill.
         let signals = signals(daemon.clone()).map_err(|e| CommandError::new(exit::SOFTWARE, "signals", e))?;
-        let http = match config.http_listen.as_str() {
-            "" => None,
-            listen => Some(
-                listcrypt::http::Server::start(listen, daemon.clone())
-                    .await
-                    .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind http {listen}"), e))?,
-            ),
-        };
-        let metrics = match config.metrics_listen.as_str() {
-            "" => None,
-            listen => Some(
-                listcrypt::http::Server::start_metrics(listen, daemon.clone())
-                    .await
-                    .map_err(|e| CommandError::new(exit::UNAVAILABLE, format!("bind metrics {listen}"), e))?,
-            ),
-        };
+        let (http, metrics, api) = start_http(&config, &daemon).await?;
         tracing::info!(
             "listcrypt {} serving {} list(s): inbound on {inbound_spec}, outbound on {outbound_spec}",
             env!("CARGO_PKG_VERSION"),
@@ -471,6 +527,9 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         for server in [http, metrics].into_iter().flatten() {
             server.stop().await;
         }
+        if let Some(api) = api {
+            api.stop().await;
+        }
         for spec in [&inbound_spec, &outbound_spec] {
             if let SocketSpec::Unix(p) = spec {
                 let _ = std::fs::remove_file(p);
@@ -479,6 +538,49 @@ fn serve(config: Config, source: Source, path: Option<PathBuf>) -> Result<u8, Co
         tracing::info!("listcrypt stopped");
         Ok(exit::OK)
     })
+}
+
+/// The HTTP listeners that are configured: WKD, metrics and the admin API.
+async fn start_http(
+    config: &Config,
+    daemon: &Arc<listcrypt::Daemon>,
+) -> Result<
+    (
+        Option<listcrypt::http::Server>,
+        Option<listcrypt::http::Server>,
+        Option<listcrypt::api::Server>,
+    ),
+    CommandError,
+> {
+    let unavailable = |what: &str, listen: &str| {
+        let what = format!("bind {what} {listen}");
+        move |e| CommandError::new(exit::UNAVAILABLE, what, e)
+    };
+    let http = match config.http_listen.as_str() {
+        "" => None,
+        listen => Some(
+            listcrypt::http::Server::start(listen, daemon.clone())
+                .await
+                .map_err(unavailable("http", listen))?,
+        ),
+    };
+    let metrics = match config.metrics_listen.as_str() {
+        "" => None,
+        listen => Some(
+            listcrypt::http::Server::start_metrics(listen, daemon.clone())
+                .await
+                .map_err(unavailable("metrics", listen))?,
+        ),
+    };
+    let api = match config.api_listen.as_str() {
+        "" => None,
+        listen => Some(
+            listcrypt::api::Server::start(listen, daemon.clone())
+                .await
+                .map_err(unavailable("api", listen))?,
+        ),
+    };
+    Ok((http, metrics, api))
 }
 
 /// systemd (Type=notify): READY=1 once the sockets are bound and the lists loaded, then

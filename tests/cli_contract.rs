@@ -99,6 +99,8 @@ fn help_examples_run() {
         &["wkd", "export"],
         &["member", "add"],
         &["member", "list"],
+        &["token", "create"],
+        &["token", "list"],
         &["certs", "export"],
         &["certs", "import"],
         &["check-config"],

@@ -13,7 +13,8 @@ mod support;
 
 use listcrypt::config::Config;
 use listcrypt::store::{
-    Binding, BindingState, PgStore, ReplayClaim, ReplayState, Role, Store, StoreError, Timeouts,
+    AuditRecord, Binding, BindingState, PgStore, ReplayClaim, ReplayState, Role, Store, StoreError,
+    Timeouts, TokenRecord,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -312,6 +313,55 @@ fn a_challenge_made_on_one_host_is_proven_on_the_other((a, b): Pair) {
         .is_empty());
 }
 
+/// An API token made on one host is found, and its revocation seen, on the other; audit
+/// records come back newest first, per list.
+fn tokens_and_the_audit_log_are_shared((a, b): Pair) {
+    let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+    let token = TokenRecord {
+        id: "abcdefghijklmnop".into(),
+        sha256: "00".repeat(32),
+        site_admin: false,
+        list: "enc@lists.example.org".into(),
+        scopes: "members read".into(),
+        created: at(1_700_000_000),
+        expires: Some(at(1_800_000_000)),
+        revoked: None,
+    };
+    let record = |seq: i64, list: &str, action: &str| AuditRecord {
+        seq,
+        at: at(1_700_000_000 + seq as u64),
+        token_id: "cli".into(),
+        list: list.into(),
+        action: action.into(),
+        detail: "d".into(),
+    };
+    a.token_create(&token, &record(0, "enc@lists.example.org", "token.create"))
+        .unwrap();
+    assert_eq!(b.token_get(&token.id).unwrap(), Some(token.clone()));
+    assert_eq!(b.token_get("nosuchtokenidxxx").unwrap(), None);
+    assert!(
+        b.token_create(&token, &record(0, "enc@lists.example.org", "again"))
+            .is_err(),
+        "ids are unique"
+    );
+    let revoke = record(0, "enc@lists.example.org", "token.revoke");
+    assert!(b.token_revoke(&token.id, &revoke).unwrap());
+    assert!(!a.token_revoke(&token.id, &revoke).unwrap(), "revoked once");
+    assert_eq!(
+        a.token_get(&token.id).unwrap().unwrap().revoked,
+        Some(revoke.at)
+    );
+    assert_eq!(a.tokens().unwrap().len(), 1);
+    b.audit_record(&record(0, "other@lists.example.org", "member.unbind"))
+        .unwrap();
+    let log = a.audit(Some("enc@lists.example.org"), 10).unwrap();
+    let actions: Vec<&str> = log.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["token.revoke", "token.create"]);
+    assert!(log[0].seq > log[1].seq);
+    assert_eq!(a.audit(None, 10).unwrap().len(), 3);
+    assert_eq!(a.audit(None, 1).unwrap()[0].action, "member.unbind");
+}
+
 /// The whole contract, each part on a fresh store from `fresh`.
 fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     bindings_written_by_one_are_seen_by_the_other(fresh("bindings"));
@@ -321,6 +371,7 @@ fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     the_journal_keeps_each_recipient_once_whoever_records_it(fresh("journal"));
     an_intent_is_in_doubt_until_its_batch_is_journaled(fresh("intent"));
     a_challenge_made_on_one_host_is_proven_on_the_other(fresh("pending"));
+    tokens_and_the_audit_log_are_shared(fresh("tokens"));
 }
 
 #[test]

@@ -239,6 +239,12 @@ pub struct Config {
     pub http_listen: String,
     /// `IP:PORT` of the OpenMetrics listener, loopback only; empty = off.
     pub metrics_listen: String,
+    /// `IP:PORT` of the admin REST API (plain HTTP, for a TLS front-end); empty = off.
+    /// Loopback only unless `api_allow_remote` is set.
+    pub api_listen: String,
+    /// Lets `api_listen` be a non-loopback address (a front-end on another host): tokens
+    /// then cross that network in clear unless it is protected.
+    pub api_allow_remote: bool,
     /// `postgresql://…` to share state between several MX hosts; empty = SQLite in `state_dir`.
     /// Never with a password in it: that comes from `database_password_file` or the systemd
     /// credential [`DATABASE_PASSWORD_CREDENTIAL`].
@@ -276,6 +282,8 @@ impl Default for Config {
             log_level: "info".into(),
             http_listen: String::new(),
             metrics_listen: String::new(),
+            api_listen: String::new(),
+            api_allow_remote: false,
             database_url: String::new(),
             database_password_file: PathBuf::new(),
             host_name: String::new(),
@@ -380,6 +388,20 @@ impl Config {
             // Counters name lists and traffic: nothing for other hosts to read.
             if !addr.ip().is_loopback() {
                 return Err(format!("metrics_listen: {addr} is not a loopback address"));
+            }
+        }
+        if !self.api_listen.is_empty() {
+            let addr = self
+                .api_listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("api_listen: {e} (expected IP:PORT, or empty)"))?;
+            // Bearer tokens travel in clear to this listener: only a loopback front-end, or
+            // one the admin vouches for.
+            if !addr.ip().is_loopback() && !self.api_allow_remote {
+                return Err(format!(
+                    "api_listen: {addr} is not a loopback address (set api_allow_remote = true \
+                     only if the network to the TLS front-end is trusted)"
+                ));
             }
         }
         if !self.database_url.is_empty() {
@@ -642,6 +664,27 @@ mod tests {
         let err = load("192.0.2.1:9100").unwrap_err();
         assert!(err.contains("loopback"), "{err}");
         assert!(load("localhost:9100").is_err(), "an IP address, not a name");
+    }
+
+    #[test]
+    fn api_listen_is_off_or_loopback_unless_remote_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        assert_eq!(Config::default().api_listen, "");
+        assert!(!Config::default().api_allow_remote);
+        load("api_listen = \"127.0.0.1:8025\"\n").unwrap();
+        load("api_listen = \"[::1]:8025\"\n").unwrap();
+        let err = load("api_listen = \"0.0.0.0:8025\"\n").unwrap_err();
+        assert!(
+            err.contains("api_listen") && err.contains("loopback"),
+            "{err}"
+        );
+        load("api_listen = \"192.0.2.1:8025\"\napi_allow_remote = true\n").unwrap();
+        assert!(load("api_listen = \"localhost:8025\"\n").is_err());
     }
 
     #[test]

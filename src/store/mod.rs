@@ -13,6 +13,8 @@ mod bindings;
 mod journal;
 mod pending;
 mod postgres;
+mod tokens;
+pub use tokens::{AuditRecord, TokenRecord, MAX_AUDIT_PAGE};
 mod rate;
 mod replay;
 mod schema;
@@ -405,6 +407,21 @@ pub trait Store: Send + Sync {
     fn journal_in_doubt(&self, sender: &str, digest: &[u8])
         -> Result<Vec<Vec<String>>, StoreError>;
     // --- end of journal intents ---
+
+    // --- admin API: tokens and the audit log (tokens.rs) ---
+    /// Stores a new token (its digest only), with the audit record of its creation.
+    fn token_create(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), StoreError>;
+    /// The token with this id, revoked or expired ones included.
+    fn token_get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Every token, oldest first.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes a token, with the audit record; `false` if none such was in force.
+    fn token_revoke(&self, id: &str, audit: &AuditRecord) -> Result<bool, StoreError>;
+    /// Appends one record to the audit log.
+    fn audit_record(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// The newest `limit` audit records (of `list` only, if given), newest first.
+    fn audit(&self, list: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    // --- end admin API ---
 }
 
 fn now_secs() -> i64 {
@@ -736,6 +753,41 @@ impl Store for SqliteStore {
         self.read(|c| journal::in_doubt(c, sender, digest))
     }
     // --- end of journal intents ---
+
+    // --- admin API: tokens and the audit log ---
+    fn token_create(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tokens::put(tx, token)?;
+            tokens::audit_put(tx, audit)
+        })
+    }
+
+    fn token_get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|c| tokens::get(c, id))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(tokens::all)
+    }
+
+    fn token_revoke(&self, id: &str, audit: &AuditRecord) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let revoked = tokens::revoke(tx, id, audit.at)?;
+            if revoked {
+                tokens::audit_put(tx, audit)?;
+            }
+            Ok(revoked)
+        })
+    }
+
+    fn audit_record(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.write(|tx| tokens::audit_put(tx, record))
+    }
+
+    fn audit(&self, list: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(|c| tokens::audit_get(c, list, limit))
+    }
+    // --- end admin API ---
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@
 //! pool makes new connections on demand, so service resumes by itself when the database
 //! returns. The first failure and the recovery are logged once each.
 
-use super::{epoch_secs, Binding, HostRecord, ReplayClaim, ReplayState, Role, StoreError, Stored};
+use super::{
+    epoch_secs, AuditRecord, Binding, HostRecord, ReplayClaim, ReplayState, Role, StoreError,
+    Stored, TokenRecord,
+};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::future::Future;
 use std::pin::Pin;
@@ -979,6 +982,7 @@ impl super::Store for PgStore {
                 )
                 .await?;
                 // --- end of journal intents ---
+
                 Ok(())
             })
         })
@@ -1040,7 +1044,144 @@ impl super::Store for PgStore {
         Ok(super::journal::group_by_batch(rows))
     }
     // --- end of journal intents ---
+
+    // --- admin API: tokens and the audit log ---
+    fn token_create(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), StoreError> {
+        let (token, audit) = (token.clone(), audit.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO api_tokens
+                     (id, sha256, site_admin, list, scopes, created, expires, revoked)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &token.id,
+                        &token.sha256,
+                        &i64::from(token.site_admin),
+                        &token.list,
+                        &token.scopes,
+                        &epoch_secs(token.created),
+                        &token.expires.map(epoch_secs),
+                        &token.revoked.map(epoch_secs),
+                    ],
+                )
+                .await?;
+                audit_put(tx, &audit).await
+            })
+        })
+    }
+
+    fn token_get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        owned!(id);
+        let row = self.read(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+            })
+        })?;
+        Ok(row.as_ref().map(token_row))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = self.read(|c| {
+            Box::pin(async move {
+                c.query(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created, id"),
+                    &[],
+                )
+                .await
+            })
+        })?;
+        Ok(rows.iter().map(token_row).collect())
+    }
+
+    fn token_revoke(&self, id: &str, audit: &AuditRecord) -> Result<bool, StoreError> {
+        owned!(id);
+        let audit = audit.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let n = tx
+                    .execute(
+                        "UPDATE api_tokens SET revoked = $2 WHERE id = $1 AND revoked IS NULL",
+                        &[&id, &epoch_secs(audit.at)],
+                    )
+                    .await?;
+                if n == 1 {
+                    audit_put(tx, &audit).await?;
+                }
+                Ok(n == 1)
+            })
+        })
+    }
+
+    fn audit_record(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.write(move |tx| Box::pin(async move { audit_put(tx, &record).await }))
+    }
+
+    fn audit(&self, list: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let list = list.map(str::to_owned);
+        let limit = limit.min(super::MAX_AUDIT_PAGE) as i64;
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT seq, at, token_id, list, action, detail FROM audit
+                     WHERE $1::text IS NULL OR list = $1 ORDER BY seq DESC LIMIT $2",
+                    &[&list, &limit],
+                )
+                .await
+            })
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRecord {
+                seq: r.get(0),
+                at: UNIX_EPOCH + Duration::from_secs(r.get::<_, i64>(1).max(0) as u64),
+                token_id: r.get(2),
+                list: r.get(3),
+                action: r.get(4),
+                detail: r.get(5),
+            })
+            .collect())
+    }
+    // --- end admin API ---
 }
+
+// --- admin API: tokens and the audit log ---
+const TOKEN_COLUMNS: &str = "id, sha256, site_admin, list, scopes, created, expires, revoked";
+
+fn token_row(r: &tokio_postgres::Row) -> TokenRecord {
+    let time = |s: i64| UNIX_EPOCH + Duration::from_secs(s.max(0) as u64);
+    TokenRecord {
+        id: r.get(0),
+        sha256: r.get(1),
+        site_admin: r.get::<_, i64>(2) != 0,
+        list: r.get(3),
+        scopes: r.get(4),
+        created: time(r.get(5)),
+        expires: r.get::<_, Option<i64>>(6).map(time),
+        revoked: r.get::<_, Option<i64>>(7).map(time),
+    }
+}
+
+async fn audit_put(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO audit (at, token_id, list, action, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &epoch_secs(a.at),
+            &a.token_id,
+            &a.list,
+            &a.action,
+            &a.detail,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+// --- end admin API ---
 
 /// Keeps one connection LISTENing for generation bumps and calls `wake` for each (and once
 /// after every reconnect, since bumps during the gap were missed). Runs until the store's

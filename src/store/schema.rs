@@ -172,6 +172,60 @@ CREATE INDEX IF NOT EXISTS journal_intent_created ON journal_intent (created);
         additive: true,
     },
     // --- end of journal intents ---
+    // --- admin API (tokens, audit log) ---
+    Migration {
+        version: 7,
+        name: "admin API tokens and audit log",
+        // New tables only. A token is kept as its id and the SHA-256 of the whole token.
+        sql: "
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    site_admin BIGINT NOT NULL,
+    list TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    expires BIGINT,
+    revoked BIGINT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at BIGINT NOT NULL,
+    token_id TEXT NOT NULL,
+    list TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_list ON audit (list, seq);
+",
+        then: None,
+        // PostgreSQL spells SQLite's AUTOINCREMENT key as an identity column.
+        postgres: Some(
+            "
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    site_admin BIGINT NOT NULL,
+    list TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    expires BIGINT,
+    revoked BIGINT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at BIGINT NOT NULL,
+    token_id TEXT NOT NULL,
+    list TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_list ON audit (list, seq);
+",
+        ),
+        additive: true,
+    },
+    // --- end admin API ---
 ];
 
 /// The newest schema version this code knows.

@@ -8,6 +8,7 @@
 //! assertion still leaves nothing running.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod api;
 pub mod clients;
 pub mod corpus;
 pub mod debootstrap;
