@@ -206,6 +206,53 @@ fn a_challenge_made_on_one_host_is_proven_on_the_other((a, b): Pair) {
         .is_empty());
 }
 
+// ---- certificate cache (issue 14) ----------------------------------------------------------
+
+/// A member's keys validated through one handle are answered from the cache through the
+/// other, byte for byte; rewriting an entry replaces it; the cache never bumps the generation
+/// (which would make every daemon reload its keyring again).
+fn the_certificate_cache_is_shared_and_changes_no_binding((a, b): Pair) {
+    use listcrypt::pgp::{CertCache, Wanted};
+    use sequoia_openpgp::cert::prelude::*;
+    use sequoia_openpgp::serialize::MarshalInto;
+    use sha2::Digest;
+    let (cert, _) = CertBuilder::new()
+        .set_cipher_suite(CipherSuite::Cv25519)
+        .add_userid("<carol@example.org>")
+        .add_transport_encryption_subkey()
+        .generate()
+        .unwrap();
+    let sha256: [u8; 32] = sha2::Sha256::digest(cert.to_vec().unwrap()).into();
+    let wanted = [Wanted {
+        address: "carol@example.org",
+        cert: &cert,
+        sha256: &sha256,
+    }];
+    let g0 = a.generation().unwrap();
+    let now = SystemTime::now();
+    let (first, used) = CertCache::new(&*a).encryption_keys(&wanted, now);
+    assert_eq!((used.validated, used.written), (1, 1));
+    let (second, used) = CertCache::new(&*b).encryption_keys(&wanted, now);
+    assert_eq!(used.hits, 1, "the other handle reads the entry");
+    let packets = |r: &Result<listcrypt::pgp::EncryptionKeys, _>| -> Vec<Vec<u8>> {
+        let keys = r.as_ref().unwrap();
+        keys.keys.iter().map(|k| k.to_vec().unwrap()).collect()
+    };
+    assert_eq!(packets(&first[0]), packets(&second[0]));
+    assert_eq!(packets(&first[0]).len(), 1);
+    let fpr = cert.fingerprint().to_hex();
+    let mut row = b
+        .cert_cache_get(std::slice::from_ref(&fpr))
+        .unwrap()
+        .remove(0);
+    row.valid_until -= 1;
+    a.cert_cache_put(std::slice::from_ref(&row)).unwrap();
+    assert_eq!(b.cert_cache_get(&[fpr]).unwrap(), vec![row]);
+    assert_eq!(b.generation().unwrap(), g0, "no binding changed");
+}
+
+// ---- end certificate cache ------------------------------------------------------------------
+
 /// The whole contract, each part on a fresh store from `fresh`.
 fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     bindings_written_by_one_are_seen_by_the_other(fresh("bindings"));
@@ -213,6 +260,7 @@ fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     one_automatic_reply_per_interval_whichever_host_asks(fresh("rate"));
     the_journal_keeps_each_recipient_once_whoever_records_it(fresh("journal"));
     a_challenge_made_on_one_host_is_proven_on_the_other(fresh("pending"));
+    the_certificate_cache_is_shared_and_changes_no_binding(fresh("certcache"));
 }
 
 #[test]
