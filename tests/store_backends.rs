@@ -247,7 +247,21 @@ fn the_certificate_cache_is_shared_and_changes_no_binding((a, b): Pair) {
         .remove(0);
     row.valid_until -= 1;
     a.cert_cache_put(std::slice::from_ref(&row)).unwrap();
-    assert_eq!(b.cert_cache_get(&[fpr]).unwrap(), vec![row]);
+    assert_eq!(
+        b.cert_cache_get(std::slice::from_ref(&fpr)).unwrap(),
+        vec![row.clone()]
+    );
+    // A row whose window ended is dropped by the next write.
+    let mut ended = row.clone();
+    ended.address = "gone@example.org".into();
+    ended.valid_until = 1;
+    a.cert_cache_put(&[ended]).unwrap();
+    assert_eq!(
+        b.cert_cache_get(std::slice::from_ref(&fpr)).unwrap().len(),
+        2
+    );
+    b.cert_cache_put(std::slice::from_ref(&row)).unwrap();
+    assert_eq!(a.cert_cache_get(&[fpr]).unwrap(), vec![row]);
     assert_eq!(b.generation().unwrap(), g0, "no binding changed");
 }
 

@@ -6,38 +6,39 @@
 use super::CachedCert;
 use rusqlite::{params, Connection, Transaction};
 
-/// The rows of every fingerprint in `fingerprints` (upper-case hex).
+/// The rows of every fingerprint in `fingerprints` (upper-case hex), in one statement.
 pub(super) fn get(conn: &Connection, fingerprints: &[String]) -> rusqlite::Result<Vec<CachedCert>> {
+    let wanted = serde_json::to_string(fingerprints)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     let mut select = conn.prepare_cached(
         "SELECT fingerprint, address, cert_sha256, tag, valid_from, valid_until, expires,
                 features, keys, check_sha256
-         FROM cert_cache WHERE fingerprint = ?1",
+         FROM cert_cache WHERE fingerprint IN (SELECT value FROM json_each(?1))",
     )?;
-    let mut out = Vec::new();
-    for fpr in fingerprints {
-        let rows = select.query_map(params![fpr], |r| {
-            Ok(CachedCert {
-                fingerprint: r.get(0)?,
-                address: r.get(1)?,
-                cert_sha256: r.get(2)?,
-                tag: r.get(3)?,
-                valid_from: r.get(4)?,
-                valid_until: r.get(5)?,
-                expires: r.get(6)?,
-                features: r.get(7)?,
-                keys: r.get(8)?,
-                check_sha256: r.get(9)?,
-            })
-        })?;
-        for row in rows {
-            out.push(row?);
-        }
-    }
-    Ok(out)
+    let rows = select.query_map(params![wanted], |r| {
+        Ok(CachedCert {
+            fingerprint: r.get(0)?,
+            address: r.get(1)?,
+            cert_sha256: r.get(2)?,
+            tag: r.get(3)?,
+            valid_from: r.get(4)?,
+            valid_until: r.get(5)?,
+            expires: r.get(6)?,
+            features: r.get(7)?,
+            keys: r.get(8)?,
+            check_sha256: r.get(9)?,
+        })
+    })?;
+    rows.collect()
 }
 
-/// Stores `entries`, each replacing the row of its fingerprint and address.
-pub(super) fn put(tx: &Transaction<'_>, entries: &[CachedCert]) -> rusqlite::Result<()> {
+/// Stores `entries`, each replacing the row of its fingerprint and address, and drops rows
+/// whose window ended before `now` (never used again: the table stays bounded).
+pub(super) fn put(tx: &Transaction<'_>, entries: &[CachedCert], now: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM cert_cache WHERE valid_until < ?1",
+        params![now],
+    )?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO cert_cache (fingerprint, address, cert_sha256, tag, valid_from,
                                  valid_until, expires, features, keys, check_sha256)

@@ -299,7 +299,8 @@ pub trait Store: Send + Sync {
     /// The certificate-cache rows of `fingerprints` (upper-case hex), any address.
     fn cert_cache_get(&self, fingerprints: &[String]) -> Result<Vec<CachedCert>, StoreError>;
     /// Stores `entries` (replacing each fingerprint and address's row) in one transaction,
-    /// without bumping the generation: the cache changes no binding.
+    /// without bumping the generation: the cache changes no binding. Rows whose window
+    /// ended are dropped on the way.
     fn cert_cache_put(&self, entries: &[CachedCert]) -> Result<(), StoreError>;
     // ---- end certificate cache ----
 
@@ -547,7 +548,7 @@ impl Store for SqliteStore {
     }
 
     fn cert_cache_put(&self, entries: &[CachedCert]) -> Result<(), StoreError> {
-        self.write(|tx| certcache::put(tx, entries))
+        self.write(|tx| certcache::put(tx, entries, now_secs()))
     }
     // ---- end certificate cache ----
 

@@ -370,6 +370,11 @@ impl super::Store for PgStore {
         let entries = entries.to_vec();
         self.write(move |tx| {
             Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM cert_cache WHERE valid_until < extract(epoch from now())::bigint",
+                    &[],
+                )
+                .await?;
                 let insert = tx
                     .prepare(
                         "INSERT INTO cert_cache (fingerprint, address, cert_sha256, tag,
