@@ -44,5 +44,6 @@ pub use sequoia_openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
 
 use sequoia_openpgp::policy::StandardPolicy;
 
-/// The policy every validity judgement uses.
+/// The policy every validity judgement uses. Configuring it differently must change
+/// `certcache::POLICY_NAME` too, or cached validations made under the old one are used.
 pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
