@@ -26,6 +26,9 @@ die() { echo "cold-start: $*" >&2; exit 1; }
 [[ ${BASH_VERSINFO[0]} -ge 5 ]] || die "needs bash 5 (EPOCHREALTIME)"
 [[ -x $BENCH && -x $LISTCRYPT ]] || die "$BENCH or $LISTCRYPT is not an executable"
 command -v gpg >/dev/null || die "gpg not found"
+# With RUST_BACKTRACE set, every anyhow error (sequoia makes and drops some while parsing)
+# captures a backtrace: a daemon under systemd runs without it, so the timing does too.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/listcrypt-cold-start.XXXXXX")
 export GNUPGHOME=$W/gnupg
@@ -91,8 +94,10 @@ for cache in kept empty; do
     done
 done
 
-echo "# process outbound vs gpg, 1000 members, $RUNS interleaved runs, median wall ms:"
+echo "# process outbound vs gpg, 1000 members, $RUNS interleaved runs, median wall ms"
+echo "# (cache emptied: includes the sqlite3 DELETE before each run):"
 time_pair lc_out gpg_out
 echo "#   cache kept:    listcrypt $A_MS  gpg $B_MS  ratio $(ratio "$A_MS" "$B_MS")"
 time_pair lc_out_cold gpg_out
 echo "#   cache emptied: listcrypt $A_MS  gpg $B_MS  ratio $(ratio "$A_MS" "$B_MS")"
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
