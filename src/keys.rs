@@ -995,7 +995,15 @@ mod tests {
                 })
                 .collect()
         };
-        let cold = keys_of(&Keyring::load(&config, &store).unwrap());
+        // A certificate bound to two addresses: both members get it.
+        let mut twice = store.bindings(list).unwrap()[0].clone();
+        twice.address = "alias@x.test".into();
+        store.bind(&twice).unwrap();
+        let k = Keyring::load(&config, &store).unwrap();
+        let alias = k.lists[list].member("alias@x.test").unwrap();
+        assert_eq!(alias.cert.fingerprint().to_hex(), twice.fingerprint);
+        assert_eq!(k.lists[list].members.len(), 4);
+        let cold = keys_of(&k);
         let fprs: Vec<String> = members
             .iter()
             .map(|(_, c)| c.fingerprint().to_hex())
