@@ -153,7 +153,110 @@ async fn one_message(
     took
 }
 
+/// `LISTCRYPT_BENCH_COLD_START=DIR` (contrib/bench/cold-start.sh): the first run sets DIR up
+/// (1000 members, batch_size 1000, their certificates in DIR/certs) and stops; every later
+/// run is a fresh process that starts the daemon on DIR and times its first outbound message
+/// and warm ones. `LISTCRYPT_BENCH_DROP_CACHE=1` empties the certificate cache first.
+fn cold_start(dir: &std::path::Path, drop_cache: bool) {
+    let config_path = dir.join("c.toml");
+    if !config_path.exists() {
+        return cold_start_setup(dir);
+    }
+    let config = Config::load(Some(&config_path)).unwrap();
+    let members: Vec<String> = (0..1000).map(|i| format!("m{i}@example.net")).collect();
+    if drop_cache {
+        let db = rusqlite::Connection::open(config.state_dir.join("state.sqlite")).unwrap();
+        db.execute("DELETE FROM cert_cache", []).unwrap();
+    }
+    let (headers, body) = post();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), None).unwrap());
+    let opened = start.elapsed();
+    runtime.block_on(async {
+        let socket = dir.join("out.sock");
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(dir.join("in.sock"));
+        let inbound = listcrypt::bind(&SocketSpec::Unix(dir.join("in.sock")), 0o600, None).await.unwrap();
+        let outbound = listcrypt::bind(&SocketSpec::Unix(socket.clone()), 0o600, None).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
+            let _ = rx.await;
+        }));
+        let first = one_message(&socket, &members, &headers, &body).await;
+        let mut warm = Vec::new();
+        for _ in 0..9 {
+            warm.push(one_message(&socket, &members, &headers, &body).await);
+        }
+        warm.sort();
+        let warm = warm[warm.len() / 2];
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "cold-start cache={} open_ms={:.1} first_ms={:.1} warm_median_ms={:.1} first/warm={:.2}",
+            if drop_cache { "empty" } else { "kept" },
+            ms(opened),
+            ms(first),
+            ms(warm),
+            first.as_secs_f64() / warm.as_secs_f64()
+        );
+        let _ = tx.send(());
+        let _ = task.await;
+    });
+}
+
+fn cold_start_setup(dir: &std::path::Path) {
+    let sink_port = sink();
+    let config_text = format!(
+        "inbound_socket = \"unix:{r}/in.sock\"\noutbound_socket = \"unix:{r}/out.sock\"\n\
+         reinject_smtp = \"127.0.0.1:{sink_port}\"\npolicy_dir = \"{r}/lists.d\"\n\
+         keyring_dir = \"{r}/keyrings\"\nstate_dir = \"{r}/state\"\nlog = \"stderr\"\nlog_level = \"warn\"\n",
+        r = dir.display()
+    );
+    std::fs::write(dir.join("c.toml"), &config_text).unwrap();
+    let config = Config::load(Some(&dir.join("c.toml"))).unwrap();
+    create_list_key(&config.keyring_dir, LIST).unwrap();
+    std::fs::create_dir_all(&config.policy_dir).unwrap();
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    let text = listcrypt::config::Policy::default_file_text(LIST)
+        .replace("batch_size = 50", "batch_size = 1000");
+    std::fs::write(config.policy_path(LIST), text).unwrap();
+    let store = SqliteStore::open(&config.state_dir).unwrap();
+    for i in 0..1000 {
+        let address = format!("m{i}@example.net");
+        let (cert, _) = CertBuilder::new()
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .add_userid(format!("<{address}>"))
+            .add_transport_encryption_subkey()
+            .generate()
+            .unwrap();
+        add_member(
+            &config,
+            &store,
+            LIST,
+            &address,
+            &cert,
+            Role::Member,
+            RecipientKeyId::Hidden,
+        )
+        .unwrap();
+        use sequoia_openpgp::serialize::Serialize;
+        let mut f = std::fs::File::create(dir.join("certs").join(format!("m{i}.pgp"))).unwrap();
+        cert.serialize(&mut f).unwrap();
+    }
+    println!("cold-start setup: 1000 members in {}", dir.display());
+}
+
 fn main() {
+    if let Some(dir) = std::env::var_os("LISTCRYPT_BENCH_COLD_START") {
+        let drop_cache = std::env::var_os("LISTCRYPT_BENCH_DROP_CACHE").is_some();
+        // Config::load takes every other LISTCRYPT_* variable for a configuration key.
+        std::env::remove_var("LISTCRYPT_BENCH_COLD_START");
+        std::env::remove_var("LISTCRYPT_BENCH_DROP_CACHE");
+        return cold_start(std::path::Path::new(&dir), drop_cache);
+    }
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this once as a smoke test.
     let smoke = !std::env::args().any(|a| a == "--bench");
     let secs: f64 = std::env::var("LISTCRYPT_BENCH_SECS")

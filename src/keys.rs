@@ -545,7 +545,8 @@ impl Keyring {
         for name in list_names(config)? {
             let policy = Policy::load(&config.policy_path(&name))?;
             let secret = load_list_key(home, &name)?;
-            let members = active_members(store, &certs, &name)?;
+            let (members, digests) = active_members(store, &certs, &name)?;
+            let encryption = cached_encryption_keys(store, &name, &members, &digests);
             let keys = match opened.open(&name, secret.clone(), passphrases) {
                 Ok(secret) => ListKeys::new(name.clone(), policy, secret, members),
                 Err(KeyError::Passphrase(why)) if locked == LockedKeys::Refuse => {
@@ -554,7 +555,7 @@ impl Keyring {
                 }
                 Err(e) => return Err(e),
             };
-            lists.insert(name, Arc::new(keys));
+            lists.insert(name, Arc::new(keys.with_encryption(encryption)));
         }
         *OPENED.lock().unwrap_or_else(|e| e.into_inner()) = opened.kept;
         Ok(Keyring {
@@ -617,12 +618,41 @@ impl Opened {
     }
 }
 
-/// The members of `list` with an active binding whose certificate is in the store.
+/// Every member's encryption keys as of now: from the certificate cache where it holds a
+/// trusted entry, else validated in full (and cached), so no message waits for validation.
+fn cached_encryption_keys(
+    store: &dyn Store,
+    list: &str,
+    members: &[Member],
+    digests: &[pgp::Sha256],
+) -> Vec<Result<EncryptionKeys, KeyProblem>> {
+    let wanted: Vec<pgp::Wanted<'_>> = members
+        .iter()
+        .zip(digests)
+        .map(|(m, sha256)| pgp::Wanted {
+            address: &m.address,
+            cert: &m.cert,
+            sha256,
+        })
+        .collect();
+    let cache = pgp::CertCache::new(store);
+    let (keys, used) = cache.encryption_keys(&wanted, std::time::SystemTime::now());
+    tracing::debug!(
+        "{list}: {} member key(s) from the certificate cache, {} validated, {} cached",
+        used.hits,
+        used.validated,
+        used.written
+    );
+    keys
+}
+
+/// The members of `list` with an active binding whose certificate is in the store, each
+/// with the SHA-256 of its certificate as stored (same order).
 fn active_members(
     store: &dyn Store,
     certs: &CertStore<'_>,
     name: &str,
-) -> Result<Vec<Member>, KeyError> {
+) -> Result<(Vec<Member>, Vec<pgp::Sha256>), KeyError> {
     let mut active = Vec::new();
     for b in store.bindings(name)? {
         if b.state != BindingState::Active {
@@ -634,27 +664,44 @@ fn active_members(
         active.push((b, fpr));
     }
     let fprs: Vec<Fingerprint> = active.iter().map(|(_, f)| f.clone()).collect();
-    let found: HashMap<Fingerprint, Cert> = certs
-        .get_many(&fprs)?
+    let mut found: HashMap<Fingerprint, (Cert, pgp::Sha256)> = certs
+        .get_many_digested(&fprs)?
         .into_iter()
-        .map(|c| (c.fingerprint(), c))
+        .map(|(c, d)| (c.fingerprint(), (c, d)))
         .collect();
+    // Moved out at its last binding, cloned before: a certificate clone costs a parse's tenth.
+    let mut uses: HashMap<&Fingerprint, usize> = HashMap::new();
+    for fpr in &fprs {
+        *uses.entry(fpr).or_default() += 1;
+    }
     let mut members = Vec::new();
-    for (b, fpr) in active {
-        match found.get(&fpr).cloned() {
-            Some(cert) => members.push(Member {
-                address: b.address.clone(),
-                cert,
-                role: b.role,
-                show_key_id: b.show_key_id,
-            }),
+    let mut digests = Vec::new();
+    for (b, fpr) in &active {
+        let left = uses.get_mut(fpr).map(|n| {
+            *n -= 1;
+            *n
+        });
+        let cert = match left {
+            Some(0) => found.remove(fpr),
+            _ => found.get(fpr).cloned(),
+        };
+        match cert {
+            Some((cert, digest)) => {
+                members.push(Member {
+                    address: b.address.clone(),
+                    cert,
+                    role: b.role,
+                    show_key_id: b.show_key_id,
+                });
+                digests.push(digest);
+            }
             None => tracing::warn!(
                 "{name}: certificate {fpr} for {} is missing from the cert store",
                 b.address
             ),
         }
     }
-    Ok(members)
+    Ok((members, digests))
 }
 
 /// Whether a member's copies name the recipient key in the clear (`member add
@@ -988,6 +1035,77 @@ mod tests {
         assert!(load(right(), LockedKeys::Fail).unwrap().lists[list]
             .locked()
             .is_none());
+    }
+
+    /// A restart loads the members' keys from the certificate cache, the same keys a cold
+    /// load found; a cache that cannot be read or written costs only time.
+    #[test]
+    fn keyring_loads_answer_from_the_certificate_cache_and_survive_without_it() {
+        use crate::pgp::testkit::general_purpose;
+        use sequoia_openpgp::serialize::MarshalInto;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            policy_dir: dir.path().join("lists.d"),
+            keyring_dir: dir.path().join("keyrings"),
+            state_dir: dir.path().join("state"),
+            ..Config::default()
+        };
+        let list = "enc@lists.example.test";
+        std::fs::create_dir_all(&config.policy_dir).unwrap();
+        std::fs::write(config.policy_path(list), Policy::default_file_text(list)).unwrap();
+        create_list_key(&config.keyring_dir, list).unwrap();
+        let store = crate::store::SqliteStore::open(&config.state_dir).unwrap();
+        let members: Vec<(String, Cert)> = (0..3)
+            .map(|i| {
+                let a = format!("m{i}@x.test");
+                let cert = general_purpose(&format!("<{a}>"));
+                (a, cert)
+            })
+            .collect();
+        for (a, cert) in &members {
+            add_member(
+                &config,
+                &store,
+                list,
+                a,
+                cert,
+                Role::Member,
+                RecipientKeyId::Hidden,
+            )
+            .unwrap();
+        }
+        let keys_of = |k: &Keyring| -> Vec<Vec<Vec<u8>>> {
+            members
+                .iter()
+                .map(|(a, _)| {
+                    let (_, keys) = k.lists[list].recipient(a).unwrap();
+                    let keys = keys.as_ref().unwrap();
+                    keys.keys.iter().map(|k| k.to_vec().unwrap()).collect()
+                })
+                .collect()
+        };
+        // A certificate bound to two addresses: both members get it.
+        let mut twice = store.bindings(list).unwrap()[0].clone();
+        twice.address = "alias@x.test".into();
+        store.bind(&twice).unwrap();
+        let k = Keyring::load(&config, &store).unwrap();
+        let alias = k.lists[list].member("alias@x.test").unwrap();
+        assert_eq!(alias.cert.fingerprint().to_hex(), twice.fingerprint);
+        assert_eq!(k.lists[list].members.len(), 4);
+        let cold = keys_of(&k);
+        let fprs: Vec<String> = members
+            .iter()
+            .map(|(_, c)| c.fingerprint().to_hex())
+            .collect();
+        assert_eq!(
+            store.cert_cache_get(&fprs).unwrap().len(),
+            3,
+            "written at load"
+        );
+        assert_eq!(keys_of(&Keyring::load(&config, &store).unwrap()), cold);
+        let db = rusqlite::Connection::open(config.state_dir.join("state.sqlite")).unwrap();
+        db.execute_batch("DROP TABLE cert_cache").unwrap();
+        assert_eq!(keys_of(&Keyring::load(&config, &store).unwrap()), cold);
     }
 
     #[test]

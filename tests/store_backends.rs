@@ -362,6 +362,67 @@ fn tokens_and_the_audit_log_are_shared((a, b): Pair) {
     assert_eq!(a.audit(None, 1).unwrap()[0].action, "member.unbind");
 }
 
+// ---- certificate cache (issue 14) ----------------------------------------------------------
+
+/// A member's keys validated through one handle are answered from the cache through the
+/// other, byte for byte; rewriting an entry replaces it; the cache never bumps the generation
+/// (which would make every daemon reload its keyring again).
+fn the_certificate_cache_is_shared_and_changes_no_binding((a, b): Pair) {
+    use listcrypt::pgp::{CertCache, Wanted};
+    use sequoia_openpgp::cert::prelude::*;
+    use sequoia_openpgp::serialize::MarshalInto;
+    use sha2::Digest;
+    let (cert, _) = CertBuilder::new()
+        .set_cipher_suite(CipherSuite::Cv25519)
+        .add_userid("<carol@example.org>")
+        .add_transport_encryption_subkey()
+        .generate()
+        .unwrap();
+    let sha256: [u8; 32] = sha2::Sha256::digest(cert.to_vec().unwrap()).into();
+    let wanted = [Wanted {
+        address: "carol@example.org",
+        cert: &cert,
+        sha256: &sha256,
+    }];
+    let g0 = a.generation().unwrap();
+    let now = SystemTime::now();
+    let (first, used) = CertCache::new(&*a).encryption_keys(&wanted, now);
+    assert_eq!((used.validated, used.written), (1, 1));
+    let (second, used) = CertCache::new(&*b).encryption_keys(&wanted, now);
+    assert_eq!(used.hits, 1, "the other handle reads the entry");
+    let packets = |r: &Result<listcrypt::pgp::EncryptionKeys, _>| -> Vec<Vec<u8>> {
+        let keys = r.as_ref().unwrap();
+        keys.keys.iter().map(|k| k.to_vec().unwrap()).collect()
+    };
+    assert_eq!(packets(&first[0]), packets(&second[0]));
+    assert_eq!(packets(&first[0]).len(), 1);
+    let fpr = cert.fingerprint().to_hex();
+    let mut row = b
+        .cert_cache_get(std::slice::from_ref(&fpr))
+        .unwrap()
+        .remove(0);
+    row.valid_until -= 1;
+    a.cert_cache_put(std::slice::from_ref(&row)).unwrap();
+    assert_eq!(
+        b.cert_cache_get(std::slice::from_ref(&fpr)).unwrap(),
+        vec![row.clone()]
+    );
+    // A row whose window ended is dropped by the next write.
+    let mut ended = row.clone();
+    ended.address = "gone@example.org".into();
+    ended.valid_until = 1;
+    a.cert_cache_put(&[ended]).unwrap();
+    assert_eq!(
+        b.cert_cache_get(std::slice::from_ref(&fpr)).unwrap().len(),
+        2
+    );
+    b.cert_cache_put(std::slice::from_ref(&row)).unwrap();
+    assert_eq!(a.cert_cache_get(&[fpr]).unwrap(), vec![row]);
+    assert_eq!(b.generation().unwrap(), g0, "no binding changed");
+}
+
+// ---- end certificate cache ------------------------------------------------------------------
+
 /// The whole contract, each part on a fresh store from `fresh`.
 fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     bindings_written_by_one_are_seen_by_the_other(fresh("bindings"));
@@ -372,6 +433,7 @@ fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     an_intent_is_in_doubt_until_its_batch_is_journaled(fresh("intent"));
     a_challenge_made_on_one_host_is_proven_on_the_other(fresh("pending"));
     tokens_and_the_audit_log_are_shared(fresh("tokens"));
+    the_certificate_cache_is_shared_and_changes_no_binding(fresh("certcache"));
 }
 
 #[test]

@@ -31,9 +31,14 @@ pub enum KeyProblem {
 
 /// Why a member certificate cannot be used for encryption now, or `Ok` if it can.
 pub fn check_member_cert(cert: &Cert, address: &str) -> Result<(), KeyProblem> {
+    check_member_cert_at(cert, address, SystemTime::now())
+}
+
+/// [`check_member_cert`] as of `time`.
+fn check_member_cert_at(cert: &Cert, address: &str, time: SystemTime) -> Result<(), KeyProblem> {
     let fpr = cert.fingerprint();
     let vc = cert
-        .with_policy(&POLICY, None)
+        .with_policy(&POLICY, time)
         .map_err(|e| KeyProblem::Invalid(fpr.clone(), e.to_string()))?;
     if let RevocationStatus::Revoked(_) = vc.revocation_status() {
         return Err(KeyProblem::Revoked(fpr));
@@ -95,10 +100,15 @@ pub struct EncryptionKeys {
 impl EncryptionKeys {
     /// `cert`'s usable encryption keys for `address`, or why it has none.
     pub fn of(cert: &Cert, address: &str) -> Result<EncryptionKeys, KeyProblem> {
+        EncryptionKeys::at(cert, address, SystemTime::now())
+    }
+
+    /// [`EncryptionKeys::of`] as of `time` (the certificate cache's validity windows).
+    pub fn at(cert: &Cert, address: &str, time: SystemTime) -> Result<EncryptionKeys, KeyProblem> {
         use openpgp::cert::Preferences;
-        check_member_cert(cert, address)?;
+        check_member_cert_at(cert, address, time)?;
         let vc = cert
-            .with_policy(&POLICY, None)
+            .with_policy(&POLICY, time)
             .map_err(|e| KeyProblem::Invalid(cert.fingerprint(), e.to_string()))?;
         let features = vc
             .features()

@@ -33,9 +33,17 @@ impl CertDir {
     }
 
     pub fn get(&self, fpr: &Fingerprint) -> Result<Option<Cert>, KeyError> {
+        Ok(self.get_digested(fpr)?.map(|(cert, _)| cert))
+    }
+
+    /// [`CertDir::get`] with the SHA-256 of the file's bytes (the certificate cache's key).
+    fn get_digested(&self, fpr: &Fingerprint) -> Result<Option<(Cert, Sha256)>, KeyError> {
         let path = self.path(fpr);
         match std::fs::read(&path) {
-            Ok(bytes) => parse(&bytes, &path.display().to_string()).map(Some),
+            Ok(bytes) => {
+                let cert = parse(&bytes, &path.display().to_string())?;
+                Ok(Some((cert, sha256(&bytes))))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(KeyError::Io {
                 path: path.display().to_string(),
@@ -125,11 +133,21 @@ impl<'a> CertStore<'a> {
 
     /// The certificates of `fingerprints` that are stored (in one query from the database).
     pub fn get_many(&self, fingerprints: &[Fingerprint]) -> Result<Vec<Cert>, KeyError> {
+        let certs = self.get_many_digested(fingerprints)?;
+        Ok(certs.into_iter().map(|(cert, _)| cert).collect())
+    }
+
+    /// [`CertStore::get_many`], each with the SHA-256 of its bytes as stored: the
+    /// certificate cache's key, so any change to a certificate misses its entries.
+    pub fn get_many_digested(
+        &self,
+        fingerprints: &[Fingerprint],
+    ) -> Result<Vec<(Cert, Sha256)>, KeyError> {
         match self {
             CertStore::Dir(dir) => {
                 let mut certs = Vec::new();
                 for fpr in fingerprints {
-                    certs.extend(dir.get(fpr)?);
+                    certs.extend(dir.get_digested(fpr)?);
                 }
                 Ok(certs)
             }
@@ -138,7 +156,10 @@ impl<'a> CertStore<'a> {
                 store
                     .certs_get(&hex)?
                     .iter()
-                    .map(|(fpr, bytes)| parse(bytes, &format!("certificate {fpr}")))
+                    .map(|(fpr, bytes)| {
+                        let cert = parse(bytes, &format!("certificate {fpr}"))?;
+                        Ok((cert, sha256(bytes)))
+                    })
                     .collect()
             }
         }
@@ -185,6 +206,14 @@ impl<'a> CertStore<'a> {
             }
         }
     }
+}
+
+/// A SHA-256 digest.
+pub type Sha256 = [u8; 32];
+
+fn sha256(bytes: &[u8]) -> Sha256 {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn parse(bytes: &[u8], what: &str) -> Result<Cert, KeyError> {

@@ -53,8 +53,8 @@ pub struct ListKeys {
     by_address: HashMap<String, usize>,
     by_keyid: HashMap<KeyID, Vec<usize>>,
     /// Per member (same index): the encryption keys, worked out at most once per snapshot
-    /// (on first use) so the RCPT path and encryption do not re-validate certificates per
-    /// message, and loading a snapshot does not validate members nobody writes to.
+    /// (at load, through the certificate cache; else on first use) so that the RCPT path
+    /// and encryption do not re-validate certificates per message.
     encryption: Vec<std::sync::OnceLock<Result<EncryptionKeys, KeyProblem>>>,
     /// Why the list key's secrets could not be opened (a wrong or missing passphrase):
     /// every transaction of the list is then refused with 451, never passed on.
@@ -82,6 +82,16 @@ impl ListKeys {
             encryption,
             locked: None,
         }
+    }
+
+    /// This list with its members' encryption keys worked out already (same order as
+    /// `members`; the certificate cache's answers at load).
+    pub fn with_encryption(mut self, keys: Vec<Result<EncryptionKeys, KeyProblem>>) -> ListKeys {
+        // Any other length cannot be matched to members: they are then worked out on use.
+        if keys.len() == self.members.len() {
+            self.encryption = keys.into_iter().map(std::sync::OnceLock::from).collect();
+        }
+        self
     }
 
     /// A list whose key stays encrypted (`secret` as read from disk) for `why`.

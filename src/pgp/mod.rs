@@ -4,6 +4,7 @@
 //! only the types re-exported below.
 
 mod cert;
+mod certcache;
 mod certstore;
 mod decrypt;
 #[cfg(feature = "crypto-openssl")]
@@ -22,7 +23,8 @@ pub use cert::{
     parse_certs, primary_expiry, read_cert_file, serialized_len, usable_until, EncryptionKeys,
     KeyProblem,
 };
-pub use certstore::{CertDir, CertStore};
+pub use certcache::{cache_tag, CacheUse, CertCache, Wanted};
+pub use certstore::{CertDir, CertStore, Sha256};
 pub use decrypt::{decrypt_verify, verify_detached, Decrypted, Failure, GoodSignature, SigCheck};
 pub use encrypt::{
     encrypt_sign, encrypt_sign_keys, encrypt_signed, pkesk_paths, sign_content, sign_detached,
@@ -42,5 +44,6 @@ pub use sequoia_openpgp::{Cert, Fingerprint, KeyHandle, KeyID};
 
 use sequoia_openpgp::policy::StandardPolicy;
 
-/// The policy every validity judgement uses.
+/// The policy every validity judgement uses. Configuring it differently must change
+/// `certcache::POLICY_NAME` too, or cached validations made under the old one are used.
 pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();

@@ -10,6 +10,7 @@
 
 mod backup;
 mod bindings;
+mod certcache;
 mod journal;
 mod pending;
 mod postgres;
@@ -212,6 +213,35 @@ pub struct HostRecord {
     pub seen: SystemTime,
 }
 
+// ---- certificate cache (issue 14) ----------------------------------------------------------
+
+/// One row of the certificate cache: a member's encryption keys as validated for `address`,
+/// trusted only while its certificate's digest, the tag and the checksum match and now is in
+/// `valid_from..valid_until` (`pgp::certcache` decides; the store only keeps rows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedCert {
+    /// Upper-case hex fingerprint of the certificate.
+    pub fingerprint: String,
+    pub address: String,
+    /// SHA-256 of the certificate as stored.
+    pub cert_sha256: Vec<u8>,
+    /// The OpenPGP policy and the versions that validated it.
+    pub tag: String,
+    /// Seconds since the epoch.
+    pub valid_from: i64,
+    pub valid_until: i64,
+    /// When the keys expire (`EncryptionKeys::until`), if ever.
+    pub expires: Option<i64>,
+    /// The certificate's Features subpacket body.
+    pub features: Vec<u8>,
+    /// The usable encryption keys, as OpenPGP public key packets.
+    pub keys: Vec<u8>,
+    /// SHA-256 over every other field: a damaged row is never used.
+    pub check_sha256: Vec<u8>,
+}
+
+// ---- end certificate cache ------------------------------------------------------------------
+
 fn not_kept(what: &str) -> StoreError {
     StoreError::Corrupt(format!(
         "{what} are kept under keyring_dir with SQLite, not in the state database"
@@ -267,6 +297,15 @@ pub trait Store: Send + Sync {
         let _ = (list, public, secret, expected);
         Err(not_kept("list keys"))
     }
+    // ---- certificate cache (issue 14) ----
+    /// The certificate-cache rows of `fingerprints` (upper-case hex), any address.
+    fn cert_cache_get(&self, fingerprints: &[String]) -> Result<Vec<CachedCert>, StoreError>;
+    /// Stores `entries` (replacing each fingerprint and address's row) in one transaction,
+    /// without bumping the generation: the cache changes no binding. Rows whose window
+    /// ended are dropped on the way.
+    fn cert_cache_put(&self, entries: &[CachedCert]) -> Result<(), StoreError>;
+    // ---- end certificate cache ----
+
     /// Records this host's policy digest (at start and reload).
     fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError>;
     /// Every host's last recorded policy digest, by host name.
@@ -537,6 +576,16 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 impl Store for SqliteStore {
+    // ---- certificate cache (issue 14) ----
+    fn cert_cache_get(&self, fingerprints: &[String]) -> Result<Vec<CachedCert>, StoreError> {
+        self.read(|c| certcache::get(c, fingerprints))
+    }
+
+    fn cert_cache_put(&self, entries: &[CachedCert]) -> Result<(), StoreError> {
+        self.write(|tx| certcache::put(tx, entries, now_secs()))
+    }
+    // ---- end certificate cache ----
+
     fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(

@@ -23,8 +23,8 @@
 //! returns. The first failure and the recovery are logged once each.
 
 use super::{
-    epoch_secs, AuditRecord, Binding, HostRecord, ReplayClaim, ReplayState, Role, StoreError,
-    Stored, TokenRecord,
+    epoch_secs, AuditRecord, Binding, CachedCert, HostRecord, ReplayClaim, ReplayState, Role,
+    StoreError, Stored, TokenRecord,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::future::Future;
@@ -1148,6 +1148,82 @@ impl super::Store for PgStore {
             .collect())
     }
     // --- end admin API ---
+
+    // ---- certificate cache (issue 14) ----
+    fn cert_cache_get(&self, fingerprints: &[String]) -> Result<Vec<CachedCert>, StoreError> {
+        owned!(fingerprints);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT fingerprint, address, cert_sha256, tag, valid_from, valid_until,
+                            expires, features, keys, check_sha256
+                     FROM cert_cache WHERE fingerprint = ANY($1)",
+                    &[&fingerprints],
+                )
+                .await
+            })
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| CachedCert {
+                fingerprint: r.get(0),
+                address: r.get(1),
+                cert_sha256: r.get(2),
+                tag: r.get(3),
+                valid_from: r.get(4),
+                valid_until: r.get(5),
+                expires: r.get(6),
+                features: r.get(7),
+                keys: r.get(8),
+                check_sha256: r.get(9),
+            })
+            .collect())
+    }
+
+    fn cert_cache_put(&self, entries: &[CachedCert]) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "DELETE FROM cert_cache WHERE valid_until < extract(epoch from now())::bigint",
+                    &[],
+                )
+                .await?;
+                let insert = tx
+                    .prepare(
+                        "INSERT INTO cert_cache (fingerprint, address, cert_sha256, tag,
+                           valid_from, valid_until, expires, features, keys, check_sha256)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                         ON CONFLICT (fingerprint, address) DO UPDATE SET
+                           cert_sha256 = excluded.cert_sha256, tag = excluded.tag,
+                           valid_from = excluded.valid_from, valid_until = excluded.valid_until,
+                           expires = excluded.expires, features = excluded.features,
+                           keys = excluded.keys, check_sha256 = excluded.check_sha256",
+                    )
+                    .await?;
+                for e in &entries {
+                    tx.execute(
+                        &insert,
+                        &[
+                            &e.fingerprint,
+                            &e.address,
+                            &e.cert_sha256,
+                            &e.tag,
+                            &e.valid_from,
+                            &e.valid_until,
+                            &e.expires,
+                            &e.features,
+                            &e.keys,
+                            &e.check_sha256,
+                        ],
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+    }
+    // ---- end certificate cache ----
 }
 
 // --- admin API: tokens and the audit log ---

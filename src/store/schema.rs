@@ -226,6 +226,32 @@ CREATE INDEX IF NOT EXISTS audit_list ON audit (list, seq);
         additive: true,
     },
     // --- end admin API ---
+    // ---- certificate cache (issue 14) ----------------------------------------------------
+    Migration {
+        version: 8,
+        name: "certificate cache: members' validated encryption keys",
+        // A new table nothing older reads: additive, min_reader stays. Only a cache: rows are
+        // checked against the certificate's digest and a tag before use, and may be deleted.
+        sql: "
+CREATE TABLE IF NOT EXISTS cert_cache (
+    fingerprint TEXT NOT NULL,
+    address TEXT NOT NULL,
+    cert_sha256 BLOB NOT NULL,
+    tag TEXT NOT NULL,
+    valid_from BIGINT NOT NULL,
+    valid_until BIGINT NOT NULL,
+    expires BIGINT,
+    features BLOB NOT NULL,
+    keys BLOB NOT NULL,
+    check_sha256 BLOB NOT NULL,
+    PRIMARY KEY (fingerprint, address)
+);
+",
+        then: None,
+        postgres: None,
+        additive: true,
+    },
+    // ---- end certificate cache -----------------------------------------------------------
 ];
 
 /// The newest schema version this code knows.
