@@ -9,6 +9,7 @@
 #![deny(clippy::too_many_lines)]
 
 pub mod address;
+pub mod archive;
 pub mod admin;
 pub mod atomic_file;
 pub mod bounce;

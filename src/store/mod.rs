@@ -8,6 +8,7 @@
 //! PostgreSQL instead (`database_url`): see `postgres` for that backend, which also keeps the
 //! member certificates and list keys (`keeps_keys`) that SQLite sites keep in `keyring_dir`.
 
+mod archive;
 mod backup;
 mod bindings;
 mod journal;
@@ -265,6 +266,18 @@ pub trait Store: Send + Sync {
         let _ = (list, public, secret, expected);
         Err(not_kept("list keys"))
     }
+    /// `list`'s archive certificate (binary, public only). SQLite sites keep it under
+    /// `keyring_dir` instead.
+    fn archive_key_get(&self, list: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = list;
+        Err(not_kept("archive keys"))
+    }
+    /// Stores (`Some`) or removes (`None`) `list`'s archive certificate (read per post, so
+    /// no generation bump).
+    fn archive_key_put(&self, list: &str, cert: Option<&[u8]>) -> Result<(), StoreError> {
+        let _ = (list, cert);
+        Err(not_kept("archive keys"))
+    }
     /// Records this host's policy digest (at start and reload).
     fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError>;
     /// Every host's last recorded policy digest, by host name.
@@ -388,6 +401,11 @@ pub trait Store: Send + Sync {
         queue_id: &str,
         retain_secs: u64,
     ) -> Result<(), StoreError>;
+    /// Whether the post with this digest is already in `list`'s archive.
+    fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
+    /// Records the post as archived; records older than `retain_secs` are dropped on the way.
+    fn archive_record(&self, list: &str, digest: &[u8], retain_secs: u64)
+        -> Result<(), StoreError>;
 }
 
 fn now_secs() -> i64 {
@@ -698,6 +716,19 @@ impl Store for SqliteStore {
                 now_secs(),
             )
         })
+    }
+
+    fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        self.read(|c| archive::seen(c, list, digest))
+    }
+
+    fn archive_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| archive::record(tx, list, digest, retain_secs, now_secs()))
     }
 }
 
