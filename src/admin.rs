@@ -12,6 +12,7 @@ use crate::wkd::WkdError;
 use std::io::{Read, Write};
 use std::path::Path;
 
+pub mod archive;
 pub mod backup;
 pub mod doctor;
 

@@ -23,8 +23,12 @@ pub const MAX_ENTRY_BYTES: usize = 64 << 20;
 pub enum ArchiveError {
     #[error("{0}: archiving is on but the list has no archive key (listcrypt list archive-key import)")]
     NoKey(String),
+    #[error("{0}: archive = \"address\" without archive_address")]
+    NoAddress(String),
     #[error("archive key: {0}")]
     Key(#[from] KeyError),
+    #[error("state store: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot encrypt to the archive key: {0}")]
     Encrypt(#[from] pgp::EncryptError),
     #[error("{path}: {source}")]
