@@ -250,6 +250,16 @@ impl LockedMbox {
 /// One mboxrd entry: the `From ` line, the message with LF line ends and every line that
 /// matches `>*From ` quoted with one more `>`, and a blank line after it.
 pub fn mboxrd_entry(sender: &str, at: std::time::SystemTime, message: &[u8]) -> Vec<u8> {
+    mbox_entry(sender, at, message, true)
+}
+
+/// One mboxo entry, as Python's `mailbox.mbox` (and so `hyperkitty_import`) reads and writes
+/// them: only lines starting `From ` get a `>`, since Python never removes one on reading.
+pub fn mboxo_entry(sender: &str, at: std::time::SystemTime, message: &[u8]) -> Vec<u8> {
+    mbox_entry(sender, at, message, false)
+}
+
+fn mbox_entry(sender: &str, at: std::time::SystemTime, message: &[u8], rd: bool) -> Vec<u8> {
     let date = chrono::DateTime::<chrono::Utc>::from(at).format("%a %b %e %H:%M:%S %Y");
     let sender = if sender.is_empty() || sender.contains(char::is_whitespace) {
         "MAILER-DAEMON"
@@ -261,7 +271,11 @@ pub fn mboxrd_entry(sender: &str, at: std::time::SystemTime, message: &[u8]) -> 
     for line in message.split_inclusive(|&b| b == b'\n') {
         let body = line.strip_suffix(b"\n").unwrap_or(line);
         let body = body.strip_suffix(b"\r").unwrap_or(body);
-        if body.iter().position(|&b| b != b'>').is_some_and(|i| body[i..].starts_with(b"From ")) {
+        let quoted = match rd {
+            true => body.iter().position(|&b| b != b'>'),
+            false => Some(0),
+        };
+        if quoted.is_some_and(|i| body[i..].starts_with(b"From ")) {
             out.push(b'>');
         }
         out.extend_from_slice(body);
@@ -347,7 +361,7 @@ pub struct Decrypted {
 }
 
 /// Decrypts every entry of an archive mbox with `key` (secrets opened) and writes the posts
-/// as a plain mboxrd, each once.
+/// as a plain mbox in the form Python's `mailbox` reads (mboxo), each once.
 pub fn decrypt_mbox(
     input: impl BufRead,
     mut output: impl Write,
@@ -367,7 +381,7 @@ pub fn decrypt_mbox(
         }
         let armored = armored_message(parsed.body).ok_or_else(|| bad("no OpenPGP message".into()))?;
         let post = decrypt_one(armored, key).map_err(bad)?;
-        let out = mboxrd_entry("", std::time::SystemTime::now(), &post);
+        let out = mboxo_entry("", std::time::SystemTime::now(), &post);
         output
             .write_all(&out)
             .map_err(|e| bad(format!("writing the output: {e}")))?;
@@ -497,6 +511,17 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], b"Subject: x\n\nFrom here\n>From there\n>>From afar\nFrom\n Fromage\n");
         assert_eq!(got[1], b"Subject: y\n\nbody\n");
+    }
+
+    #[test]
+    fn mboxo_quotes_only_from_lines() {
+        // Python's mailbox.mbox writes `From ` lines as `>From ` and reads `>` lines as they are.
+        let t = std::time::UNIX_EPOCH;
+        let entry = mboxo_entry("", t, b"S: x\r\n\r\nFrom a\r\n>From b\r\n");
+        assert_eq!(
+            entry,
+            b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nS: x\n\n>From a\n>From b\n\n"
+        );
     }
 
     #[test]

@@ -20,6 +20,27 @@ impl From<ArchiveError> for CommandError {
     }
 }
 
+/// `check-config`'s archive rule: a list that archives needs its archive key, or every post
+/// of it would wait (451).
+pub fn check(
+    config: &Config,
+    store: &dyn crate::store::Store,
+    list: &str,
+    policy: &crate::config::Policy,
+) -> Option<String> {
+    if policy.archive == crate::config::Archive::Off {
+        return None;
+    }
+    match archive::load_key(KeyHome::of(&config.keyring_dir, store), list) {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!(
+            "{list}: archive is on but the list has no archive key; posts wait until one is \
+             imported: listcrypt list archive-key import {list} FILE"
+        )),
+        Err(e) => Some(format!("{list}: {e}")),
+    }
+}
+
 /// `list archive-key import LIST FILE`: the public certificate every post is archived to.
 pub fn import_key(config: &Config, address: &str, file: &Path, out: &mut dyn Write) -> Result<()> {
     let list = list_address(address)?;
