@@ -206,6 +206,32 @@ fn a_challenge_made_on_one_host_is_proven_on_the_other((a, b): Pair) {
         .is_empty());
 }
 
+// --- encrypted archive (issue 15 item 5) ---
+fn a_post_is_archived_once_whoever_records_it(pair: Pair) {
+    let (a, b) = &pair;
+    assert!(!b.archived("enc@lists.example.org", b"p1").unwrap());
+    at_once(&pair, 4, |s| {
+        s.archive_record("enc@lists.example.org", b"p1", 3600)
+            .unwrap()
+    });
+    assert!(b.archived("enc@lists.example.org", b"p1").unwrap());
+    assert!(!a.archived("other@lists.example.org", b"p1").unwrap());
+    assert!(!a.archived("enc@lists.example.org", b"p2").unwrap());
+    // Archive keys live in the store only where it keeps keys (PostgreSQL).
+    if a.keeps_keys() {
+        assert_eq!(b.archive_key_get("enc@lists.example.org").unwrap(), None);
+        a.archive_key_put("enc@lists.example.org", Some(b"cert"))
+            .unwrap();
+        assert_eq!(
+            b.archive_key_get("enc@lists.example.org").unwrap().as_deref(),
+            Some(&b"cert"[..])
+        );
+        b.archive_key_put("enc@lists.example.org", None).unwrap();
+        assert_eq!(a.archive_key_get("enc@lists.example.org").unwrap(), None);
+    }
+}
+// --- end encrypted archive ---
+
 /// The whole contract, each part on a fresh store from `fresh`.
 fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     bindings_written_by_one_are_seen_by_the_other(fresh("bindings"));
@@ -213,6 +239,7 @@ fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     one_automatic_reply_per_interval_whichever_host_asks(fresh("rate"));
     the_journal_keeps_each_recipient_once_whoever_records_it(fresh("journal"));
     a_challenge_made_on_one_host_is_proven_on_the_other(fresh("pending"));
+    a_post_is_archived_once_whoever_records_it(fresh("archive"));
 }
 
 #[test]
