@@ -101,6 +101,45 @@ fn mbox_archive(w: &mut World, secret: &Path) {
         assert!(text.contains(marker.as_str()), "{marker} missing:\n{text}");
         assert!(text.contains("List-Id:"), "not the post as Mailman sent it:\n{text}");
     }
+    hyperkitty_import(w, &plain, &ids);
+}
+
+/// HyperKitty's own import command takes the decrypted mbox: one archived email per post.
+/// Django settings: HyperKitty's test settings, with a database file and no search index.
+fn hyperkitty_import(w: &World, mbox: &Path, ids: &[String]) {
+    let dir = w.dir.path().join("hyperkitty");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hk_settings.py"),
+        "from hyperkitty.tests.settings_test import *  # noqa\n\
+         DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': 'hk.db'}}\n\
+         HAYSTACK_CONNECTIONS = {'default': {'ENGINE': 'haystack.backends.simple_backend.SimpleEngine'}}\n\
+         HAYSTACK_SIGNAL_PROCESSOR = 'haystack.signals.BaseSignalProcessor'\n",
+    )
+    .unwrap();
+    let admin = |args: &[&str]| {
+        let mut cmd = Command::new("django-admin");
+        cmd.current_dir(&dir)
+            .env("PYTHONPATH", &dir)
+            .env("DJANGO_SETTINGS_MODULE", "hk_settings")
+            .args(args);
+        String::from_utf8_lossy(&run_ok(&mut cmd, None)).into_owned()
+    };
+    admin(&["migrate", "-v0"]);
+    let m = mbox.display().to_string();
+    admin(&["hyperkitty_import", "--no-sync-mailman", "-l", LIST, &m]);
+    let listed = admin(&[
+        "shell",
+        "-c",
+        "from hyperkitty.models import Email\n\
+         for e in Email.objects.order_by('archived_date', 'id'): print(e.mailinglist.name, '<' + e.message_id + '>')",
+    ]);
+    let want: Vec<String> = ids.iter().map(|id| format!("{LIST} {id}")).collect();
+    let mut got: Vec<&str> = listed.lines().collect();
+    let mut want_sorted: Vec<&str> = want.iter().map(String::as_str).collect();
+    got.sort();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted, "HyperKitty holds every post once");
 }
 
 fn address_archive(w: &mut World, archive: &GpgUser) {
@@ -126,6 +165,7 @@ fn address_archive(w: &mut World, archive: &GpgUser) {
 fn posts_are_archived_encrypted_once_through_postfix_and_mailman() {
     support::environment::require_environment(&[
         "postfix", "postconf", "postqueue", "postmap", "mailman", "gpg", "gpgconf", "python3",
+        "django-admin",
     ]);
     let mut w = World::start(WorldOptions {
         name: "e2e-archive",
