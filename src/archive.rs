@@ -21,7 +21,9 @@ pub const MAX_ENTRY_BYTES: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("{0}: archiving is on but the list has no archive key (listcrypt list archive-key import)")]
+    #[error(
+        "{0}: archiving is on but the list has no archive key (listcrypt list archive-key import)"
+    )]
     NoKey(String),
     #[error("{0}: archive = \"address\" without archive_address")]
     NoAddress(String),
@@ -132,10 +134,7 @@ pub fn parse_key(bytes: &[u8], what: &str) -> Result<Cert, KeyError> {
 }
 
 fn recipient(cert: &Cert, show_key_id: bool) -> pgp::BatchRecipient<'_> {
-    pgp::BatchRecipient {
-        cert,
-        show_key_id,
-    }
+    pgp::BatchRecipient { cert, show_key_id }
 }
 
 /// Stores (`Some`) or removes (`None`) the list's archive certificate.
@@ -228,7 +227,10 @@ impl LockedMbox {
     /// Appends one entry (mboxrd) and syncs it to disk; a failed write is cut off again, so
     /// the mbox never holds half an entry.
     pub fn append(&mut self, sender: &str, entry: &[u8]) -> Result<(), ArchiveError> {
-        let before = self.file.seek(std::io::SeekFrom::End(0)).map_err(self.err())?;
+        let before = self
+            .file
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(self.err())?;
         let bytes = mboxrd_entry(sender, std::time::SystemTime::now(), entry);
         let written = self
             .file
@@ -333,12 +335,19 @@ impl<R: BufRead> MboxReader<R> {
             if !self.started {
                 return Err(ArchiveError::Entry(1, "not an mbox (no From line)".into()));
             }
-            if line.iter().position(|&b| b != b'>').is_some_and(|i| i > 0 && line[i..].starts_with(b"From ")) {
+            if line
+                .iter()
+                .position(|&b| b != b'>')
+                .is_some_and(|i| i > 0 && line[i..].starts_with(b"From "))
+            {
                 line.remove(0);
             }
             entry.extend_from_slice(&line);
             if entry.len() > MAX_ENTRY_BYTES {
-                return Err(ArchiveError::Entry(self.index + 1, "entry too large".into()));
+                return Err(ArchiveError::Entry(
+                    self.index + 1,
+                    "entry too large".into(),
+                ));
             }
         }
     }
@@ -379,7 +388,8 @@ pub fn decrypt_mbox(
                 continue;
             }
         }
-        let armored = armored_message(parsed.body).ok_or_else(|| bad("no OpenPGP message".into()))?;
+        let armored =
+            armored_message(parsed.body).ok_or_else(|| bad("no OpenPGP message".into()))?;
         let post = decrypt_one(armored, key).map_err(bad)?;
         let out = mboxo_entry("", std::time::SystemTime::now(), &post);
         output
@@ -497,7 +507,8 @@ mod tests {
     #[test]
     fn mboxrd_quotes_from_lines_and_reads_them_back() {
         // RFC 4155 and the mboxrd convention: every line matching ^>*From gets one more >.
-        let message = b"Subject: x\r\n\r\nFrom here\r\n>From there\r\n>>From afar\r\nFrom\r\n Fromage\r\n";
+        let message =
+            b"Subject: x\r\n\r\nFrom here\r\n>From there\r\n>>From afar\r\nFrom\r\n Fromage\r\n";
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_765_000_000);
         let entry = mboxrd_entry("l-bounces@x.example", t, message);
         let text = String::from_utf8(entry.clone()).unwrap();
@@ -509,7 +520,10 @@ mod tests {
         two.extend_from_slice(&mboxrd_entry("", t, b"Subject: y\n\nbody"));
         let got = entries(&two);
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0], b"Subject: x\n\nFrom here\n>From there\n>>From afar\nFrom\n Fromage\n");
+        assert_eq!(
+            got[0],
+            b"Subject: x\n\nFrom here\n>From there\n>>From afar\nFrom\n Fromage\n"
+        );
         assert_eq!(got[1], b"Subject: y\n\nbody\n");
     }
 
@@ -527,7 +541,10 @@ mod tests {
     #[test]
     fn reader_refuses_what_is_no_mbox_and_bounds_entries() {
         assert!(entries(b"").is_empty());
-        assert!(MboxReader::new(&b"Subject: x\n"[..]).next().unwrap().is_err());
+        assert!(MboxReader::new(&b"Subject: x\n"[..])
+            .next()
+            .unwrap()
+            .is_err());
         let mut big = b"From x Sat Dec  6 05:46:40 2025\n".to_vec();
         big.extend(std::iter::repeat_n(b'a', MAX_ENTRY_BYTES + 10));
         assert!(MboxReader::new(&big[..]).next().unwrap().is_err());
@@ -544,6 +561,9 @@ mod tests {
         // Chunks of one post share the Message-ID whatever their footers.
         let other_footer = b"From: a@x\r\nMessage-ID: <1@x>\r\nX-Mailman-Rule-Misses: x\r\n\r\nhi\r\n-- \r\nfooter\r\n";
         assert_eq!(post_digest(post), post_digest(other_footer));
-        assert_ne!(post_digest(post), post_digest(b"Message-ID: <2@x>\r\n\r\nhi\r\n"));
+        assert_ne!(
+            post_digest(post),
+            post_digest(b"Message-ID: <2@x>\r\n\r\nhi\r\n")
+        );
     }
 }

@@ -9,8 +9,8 @@
 #![deny(clippy::too_many_lines)]
 
 pub mod address;
-pub mod archive;
 pub mod admin;
+pub mod archive;
 pub mod atomic_file;
 pub mod bounce;
 pub mod config;

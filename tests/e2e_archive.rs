@@ -66,7 +66,11 @@ fn set_archive(w: &mut World, policy: &[(&str, &str)]) {
         w.listcrypt.set_policy(LIST, k, v);
     }
     let out = w.listcrypt.cli(&["check-config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     w.listcrypt.serve();
 }
 
@@ -77,16 +81,27 @@ fn archive_key(w: &World) -> (GpgUser, PathBuf, PathBuf) {
     let secret = w.dir.path().join("archive-secret.asc");
     archive.gpg.export_secret(&archive.fpr, &secret);
     let p = public.display().to_string();
-    let out = w.listcrypt.cli(&["list", "archive-key", "import", LIST, &p]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = w
+        .listcrypt
+        .cli(&["list", "archive-key", "import", LIST, &p]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (archive, public, secret)
 }
 
 fn mbox_archive(w: &mut World, secret: &Path) {
     set_archive(w, &[("archive", "\"mbox\"")]);
-    let markers: Vec<String> = (1..=3).map(|i| unique_marker(&format!("mbox{i}"))).collect();
+    let markers: Vec<String> = (1..=3)
+        .map(|i| unique_marker(&format!("mbox{i}")))
+        .collect();
     let ids = post(w, &markers);
-    let mbox = w.dir.path().join(format!("listcrypt/state/archive/{LIST}.mbox"));
+    let mbox = w
+        .dir
+        .path()
+        .join(format!("listcrypt/state/archive/{LIST}.mbox"));
     let raw = String::from_utf8(std::fs::read(&mbox).expect("the archive mbox")).unwrap();
     for m in &markers {
         assert!(!raw.contains(m.as_str()), "LEAK: {m} in the archive mbox");
@@ -99,7 +114,10 @@ fn mbox_archive(w: &mut World, secret: &Path) {
     for ((_, text), marker) in posts.iter().zip(&markers) {
         // Mailman's post as distributed: its List-Id and the author's signed text.
         assert!(text.contains(marker.as_str()), "{marker} missing:\n{text}");
-        assert!(text.contains("List-Id:"), "not the post as Mailman sent it:\n{text}");
+        assert!(
+            text.contains("List-Id:"),
+            "not the post as Mailman sent it:\n{text}"
+        );
     }
     hyperkitty_import(w, &plain, &ids);
 }
@@ -154,17 +172,30 @@ fn address_archive(w: &mut World, archive: &GpgUser) {
     let ids = post(w, std::slice::from_ref(&marker));
     let copies = w.sink.deliveries_to(ARCHIVE_ADDRESS);
     assert_eq!(copies.len(), 1, "one archive copy:\n{}", w.sink.summary());
-    assert!(!copies[0].text().contains(marker.as_str()), "LEAK at the archive address");
+    assert!(
+        !copies[0].text().contains(marker.as_str()),
+        "LEAK at the archive address"
+    );
     let dec = archive.gpg.decrypt(&copies[0].data);
     assert!(dec.decrypted(), "{}", dec.report());
     let text = String::from_utf8_lossy(&dec.plaintext);
-    assert!(text.contains(marker.as_str()) && text.contains(ids[0].as_str()), "{text}");
+    assert!(
+        text.contains(marker.as_str()) && text.contains(ids[0].as_str()),
+        "{text}"
+    );
 }
 
 #[test]
 fn posts_are_archived_encrypted_once_through_postfix_and_mailman() {
     support::environment::require_environment(&[
-        "postfix", "postconf", "postqueue", "postmap", "mailman", "gpg", "gpgconf", "python3",
+        "postfix",
+        "postconf",
+        "postqueue",
+        "postmap",
+        "mailman",
+        "gpg",
+        "gpgconf",
+        "python3",
         "django-admin",
     ]);
     let mut w = World::start(WorldOptions {

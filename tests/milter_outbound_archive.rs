@@ -74,13 +74,10 @@ fn post(n: u32, text: &str) -> Mail {
 /// Mailman's welcome notice (Precedence: bulk, Auto-Submitted; no rule headers).
 fn notice() -> Mail {
     Mail::parse(
-        format!(
-            "From: enc-owner@lists.example.test\nTo: m1@example.test\nSubject: Welcome\n\
-             Message-ID: <notice-1@lists.example.test>\nPrecedence: bulk\n\
-             Auto-Submitted: auto-generated\nMIME-Version: 1.0\nContent-Type: text/plain\n\n\
-             welcome notice text\n"
-        )
-        .as_bytes(),
+        b"From: enc-owner@lists.example.test\nTo: m1@example.test\nSubject: Welcome\n\
+          Message-ID: <notice-1@lists.example.test>\nPrecedence: bulk\n\
+          Auto-Submitted: auto-generated\nMIME-Version: 1.0\nContent-Type: text/plain\n\n\
+          welcome notice text\n",
     )
 }
 
@@ -137,27 +134,43 @@ async fn a_post_in_three_transactions_is_archived_once_and_decrypts() {
         .collect();
     let (public, secret, pass, _gpg) = archive_key(&site);
     // The secret key is refused: it must never be on the list host.
-    let out = site.cli().args(["list", "archive-key", "import", LIST]).arg(&secret).output();
+    let out = site
+        .cli()
+        .args(["list", "archive-key", "import", LIST])
+        .arg(&secret)
+        .output();
     assert_eq!(out.unwrap().status.code(), Some(65));
-    run_ok(site.cli().args(["list", "archive-key", "import", LIST]).arg(&public), None);
+    run_ok(
+        site.cli()
+            .args(["list", "archive-key", "import", LIST])
+            .arg(&public),
+        None,
+    );
     set_policy(&site, "archive = \"mbox\"");
     run_ok(site.cli().arg("check-config"), None);
     let daemon = milter::start(&site.config).await;
 
     // Mailman splits a post into transactions (TLD buckets, max_recipients): here three.
-    let quoted = "first line\nFrom the start of a line\n>From quoted already\nsecret archive text 1\n";
+    let quoted =
+        "first line\nFrom the start of a line\n>From quoted already\nsecret archive text 1\n";
     deliver(&daemon, &members, &post(1, quoted)).await;
     deliver(&daemon, &members[..1], &post(2, "secret archive text 2\n")).await;
     deliver(&daemon, &members[..2], &notice()).await;
     deliver(&daemon, &members[..1], &digest()).await;
     daemon.stop().await;
 
-    let mbox = site.path("state").join("archive").join(format!("{LIST}.mbox"));
+    let mbox = site
+        .path("state")
+        .join("archive")
+        .join(format!("{LIST}.mbox"));
     let meta = std::fs::metadata(&mbox).expect("the archive mbox");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let raw = String::from_utf8(std::fs::read(&mbox).unwrap()).unwrap();
-    assert!(!raw.contains("secret archive text"), "the archive is encrypted");
+    assert!(
+        !raw.contains("secret archive text"),
+        "the archive is encrypted"
+    );
     assert_eq!(raw.matches("\nFrom ").count() + 1, 2, "two entries: {raw}");
 
     let plain = decrypt_archive(&site, &mbox, &secret, &pass);
@@ -165,7 +178,10 @@ async fn a_post_in_three_transactions_is_archived_once_and_decrypts() {
     let ids: Vec<&str> = posts.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(
         ids,
-        ["<archive-post-1@example.test>", "<archive-post-2@example.test>"],
+        [
+            "<archive-post-1@example.test>",
+            "<archive-post-2@example.test>"
+        ],
         "every post once, no notice, no digest"
     );
     // Python's mailbox reads mbox in the mboxo form: a body line `From ` (which Mailman itself
@@ -183,21 +199,32 @@ async fn an_archive_that_cannot_be_written_is_a_tempfail() {
     set_policy(&site, "archive = \"mbox\"");
     let daemon = milter::start(&site.config).await;
     // No archive key yet: the post waits (451), it does not go out unarchived.
-    let (_, status) = milter::transact(daemon.outbound, LIST_BOUNCES, &m1.address, &post(1, "x\n")).await;
+    let (_, status) =
+        milter::transact(daemon.outbound, LIST_BOUNCES, &m1.address, &post(1, "x\n")).await;
     milter::assert_reply(&status, "451", "4.3.0", "no archive key");
     // A notice is not archived, so it goes on.
     let (_, status) = milter::transact(daemon.outbound, LIST_BOUNCES, &m1.address, &notice()).await;
     milter::assert_goes_on(&status, "notice");
 
     let (public, ..) = archive_key(&site);
-    run_ok(site.cli().args(["list", "archive-key", "import", LIST]).arg(&public), None);
+    run_ok(
+        site.cli()
+            .args(["list", "archive-key", "import", LIST])
+            .arg(&public),
+        None,
+    );
     // The mbox cannot be opened (a directory in its place): 451 again.
-    let mbox = site.path("state").join("archive").join(format!("{LIST}.mbox"));
+    let mbox = site
+        .path("state")
+        .join("archive")
+        .join(format!("{LIST}.mbox"));
     std::fs::create_dir_all(&mbox).unwrap();
-    let (_, status) = milter::transact(daemon.outbound, LIST_BOUNCES, &m1.address, &post(1, "x\n")).await;
+    let (_, status) =
+        milter::transact(daemon.outbound, LIST_BOUNCES, &m1.address, &post(1, "x\n")).await;
     milter::assert_reply(&status, "451", "4.3.0", "archive not writable");
     std::fs::remove_dir(&mbox).unwrap();
-    let (_, status) = milter::transact(daemon.outbound, LIST_BOUNCES, &m1.address, &post(1, "x\n")).await;
+    let (_, status) =
+        milter::transact(daemon.outbound, LIST_BOUNCES, &m1.address, &post(1, "x\n")).await;
     milter::assert_goes_on(&status, "archive writable again");
     daemon.stop().await;
 }
@@ -211,7 +238,12 @@ async fn archive_address_gets_each_post_once_through_the_reinjection_listener() 
         .map(|n| GpgMember::new(&site, n, true))
         .collect();
     let (public, _, _, gpg) = archive_key(&site);
-    run_ok(site.cli().args(["list", "archive-key", "import", LIST]).arg(&public), None);
+    run_ok(
+        site.cli()
+            .args(["list", "archive-key", "import", LIST])
+            .arg(&public),
+        None,
+    );
     set_policy(
         &site,
         &format!("archive = \"address\"\narchive_address = \"{ARCHIVE_ADDRESS}\""),
@@ -241,6 +273,9 @@ async fn archive_address_gets_each_post_once_through_the_reinjection_listener() 
         })
         .unwrap();
     let plain = String::from_utf8_lossy(&out.stdout);
-    assert!(plain.contains("Message-ID: <archive-post-1@example.test>"), "{plain}");
+    assert!(
+        plain.contains("Message-ID: <archive-post-1@example.test>"),
+        "{plain}"
+    );
     assert!(plain.contains("secret archive text 1"), "{plain}");
 }

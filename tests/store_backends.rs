@@ -223,7 +223,9 @@ fn a_post_is_archived_once_whoever_records_it(pair: Pair) {
         a.archive_key_put("enc@lists.example.org", Some(b"cert"))
             .unwrap();
         assert_eq!(
-            b.archive_key_get("enc@lists.example.org").unwrap().as_deref(),
+            b.archive_key_get("enc@lists.example.org")
+                .unwrap()
+                .as_deref(),
             Some(&b"cert"[..])
         );
         b.archive_key_put("enc@lists.example.org", None).unwrap();

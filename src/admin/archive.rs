@@ -1,6 +1,6 @@
 //! `list archive-key import|show|remove` and `archive decrypt`.
 
-use super::{exit, existing_list, list_address, open_store, CommandError, Result};
+use super::{existing_list, exit, list_address, open_store, CommandError, Result};
 use crate::archive::{self, ArchiveError};
 use crate::config::{Config, PassphraseSource};
 use crate::keys::KeyHome;
@@ -49,8 +49,17 @@ pub fn import_key(config: &Config, address: &str, file: &Path, out: &mut dyn Wri
         .map_err(|e| CommandError::new(exit::IOERR, file.display().to_string(), e))?;
     let cert = archive::parse_key(&bytes, &file.display().to_string())?;
     let store = open_store(config)?;
-    archive::store_key(KeyHome::of(&config.keyring_dir, &*store), &list, Some(&cert))?;
-    writeln!(out, "archive key {} imported for {list}", cert.fingerprint()).ok();
+    archive::store_key(
+        KeyHome::of(&config.keyring_dir, &*store),
+        &list,
+        Some(&cert),
+    )?;
+    writeln!(
+        out,
+        "archive key {} imported for {list}",
+        cert.fingerprint()
+    )
+    .ok();
     Ok(())
 }
 

@@ -282,9 +282,15 @@ mod tests {
         let e = Policy::parse("x", "archive = \"address\"\narchive_address = \"nope\"");
         assert!(e.is_err());
         let e = Policy::parse("x", "archive_address = \"a@b.example\"");
-        assert!(e.is_err(), "an address without archive = address is a mistake");
-        let p = Policy::parse("x", "archive = \"address\"\narchive_address = \"a@b.example\"")
-            .unwrap();
+        assert!(
+            e.is_err(),
+            "an address without archive = address is a mistake"
+        );
+        let p = Policy::parse(
+            "x",
+            "archive = \"address\"\narchive_address = \"a@b.example\"",
+        )
+        .unwrap();
         assert_eq!(p.archive_address.as_deref(), Some("a@b.example"));
         let e = Policy::parse("l.toml", "archive = \"maildir\"").unwrap_err();
         assert!(e.to_string().starts_with("l.toml:1:"), "{e}");

@@ -36,7 +36,10 @@ pub(super) async fn post(
         return Ok(());
     }
     if !archive::is_post(message) {
-        tracing::debug!("{qid}: {}: not a post (digest or notice): not archived", list.address);
+        tracing::debug!(
+            "{qid}: {}: not a post (digest or notice): not archived",
+            list.address
+        );
         return Ok(());
     }
     let digest = archive::post_digest(message);
@@ -69,7 +72,10 @@ pub(super) async fn post(
         .await??;
     match sealed {
         None if mode == Archive::Mbox => {
-            tracing::info!("{qid}: {}: post archived in the mbox (or already there)", list.address);
+            tracing::info!(
+                "{qid}: {}: post archived in the mbox (or already there)",
+                list.address
+            );
             Ok(())
         }
         None => Ok(()),
