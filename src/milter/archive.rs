@@ -101,8 +101,12 @@ async fn send(
         block_in_place(|| store.archive_record(list, digest, RECORD_RETENTION_SECS))
             .map_err(|e| e.to_string())
     };
+    // The plain bounces address, never a member's VERP form: a bounce of the archive copy
+    // must not count against a member.
+    let (local, domain) = tx.list().parts();
+    let sender = format!("{local}-bounces@{domain}");
     let to = [to];
-    let sent = reinject::send_batch_then(&cx.config.reinject_smtp, tx.sender(), &to, entry, queued);
+    let sent = reinject::send_batch_then(&cx.config.reinject_smtp, &sender, &to, entry, queued);
     match sent.await {
         Ok(id) => {
             tracing::info!("{qid}: {list}: post archived, sent to the archive address as {id}");
