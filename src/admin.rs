@@ -464,7 +464,7 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
 }
 
 /// One `notify-expiry` mail: the list it speaks for, its rate kind, and the encrypted message.
-struct Notice {
+pub(crate) struct Notice {
     list: String,
     kind: &'static str,
     mail: crate::key_address::OutMail,
@@ -481,8 +481,8 @@ fn member_notices(
 ) -> Result<Vec<String>> {
     let mut unusable = Vec::new();
     for m in &list.members {
-        if let Err(why) = keys::check_member_cert(&m.cert, &m.address) {
-            unusable.push(format!("  {} ({}): {why}", m.address, m.cert.fingerprint()));
+        if let Some(line) = unusable_line(m) {
+            unusable.push(line);
             continue;
         }
         let Some(Some(until)) = keys::usable_until(&m.cert) else {
@@ -527,8 +527,15 @@ fn member_notices(
     Ok(unusable)
 }
 
-/// Tells each owner with a usable key which members have none (at most daily).
-fn owner_notices(
+/// The owners' notice line for a member whose key is unusable (expired, revoked…).
+pub(crate) fn unusable_line(m: &keys::Member) -> Option<String> {
+    let why = keys::check_member_cert(&m.cert, &m.address).err()?;
+    Some(format!("  {} ({}): {why}", m.address, m.cert.fingerprint()))
+}
+
+/// Tells each owner with a usable key which members have none (at most daily). Also used by
+/// the daemon's key refresh (`crate::refresh`) when a member's key became unusable.
+pub(crate) fn owner_notices(
     store: &dyn Store,
     list: &keys::ListKeys,
     unusable: &[String],
@@ -584,7 +591,16 @@ fn send_notices(config: &Config, store: &dyn Store, notices: &[Notice]) -> Resul
         .enable_all()
         .build()
         .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
-    runtime.block_on(async {
+    runtime.block_on(deliver_notices(config, store, notices))
+}
+
+/// [`send_notices`] inside a runtime (the daemon's key refresh).
+pub(crate) async fn deliver_notices(
+    config: &Config,
+    store: &dyn Store,
+    notices: &[Notice],
+) -> Result<()> {
+    {
         for (i, notice) in notices.iter().enumerate() {
             let sent = crate::reinject::send_batch(
                 &config.reinject_smtp,
@@ -602,7 +618,7 @@ fn send_notices(config: &Config, store: &dyn Store, notices: &[Notice]) -> Resul
             }
         }
         Ok::<(), CommandError>(())
-    })
+    }
 }
 
 /// One warning per other host whose recorded policy digest differs from this host's files:

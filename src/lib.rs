@@ -28,6 +28,7 @@ pub mod milter;
 pub mod mime;
 pub mod outbound;
 pub mod pgp;
+pub mod refresh;
 pub mod refusal;
 pub mod reinject;
 pub mod server;

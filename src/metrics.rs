@@ -65,6 +65,7 @@ struct Metrics {
     batch_size: Histogram,
     encryption: Histogram,
     reinjection_failures: Counter,
+    reinject_in_doubt: Counter,
     keyring_reloads: Counter,
     lists: Gauge,
     members: Gauge,
@@ -89,6 +90,7 @@ impl Metrics {
             // Seconds per outbound message: 1 ms up to about 33 s.
             encryption: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             reinjection_failures: Counter::default(),
+            reinject_in_doubt: Counter::default(),
             keyring_reloads: Counter::default(),
             lists: Gauge::default(),
             members: Gauge::default(),
@@ -130,6 +132,11 @@ impl Metrics {
             "reinjection_failures",
             "Batches the reinjection listener did not take",
             self.reinjection_failures.clone(),
+        );
+        r.register(
+            "reinject_in_doubt",
+            "Reinjected batches sent again because an earlier attempt may have queued them",
+            self.reinject_in_doubt.clone(),
         );
         r.register(
             "keyring_reloads",
@@ -179,6 +186,11 @@ pub fn encrypted(elapsed: Duration, batch_sizes: impl IntoIterator<Item = usize>
 
 pub fn reinjection_failure() {
     metrics().reinjection_failures.inc();
+}
+
+/// One in-doubt batch sent again (its recipients may get a second copy).
+pub fn reinject_in_doubt() {
+    metrics().reinject_in_doubt.inc();
 }
 
 /// A keyring rebuilt and installed (background or SIGHUP): counted, and its size taken.

@@ -1,6 +1,7 @@
 //! SMTP client for extra batches: each goes to the no-milter reinjection listener with the
 //! original envelope sender (so DSNs still reach Mailman's `-bounces`), and is journaled so
-//! that the sender's retry never sends it twice.
+//! that the sender's retry never sends it twice. An intent is journaled before the final dot,
+//! so a batch cut between the dot and the journal is known to be in doubt, never forgotten.
 //!
 //! Our own client rather than lettre's: listcrypt needs the envelope exactly as Postfix gave it
 //! (lettre's `Address` refuses some addresses Postfix accepts), every RCPT's own answer, and
@@ -92,10 +93,12 @@ pub enum ReinjectError {
         queue_id: String,
         reason: String,
     },
+    #[error("reinjection to {addr}: intent not journaled, so the message was not sent: {reason}")]
+    Intent { addr: String, reason: String },
 }
 
-/// The stage whose failure leaves the batch's fate unknown: the whole message went out, and
-/// the listener's verdict on it never came back.
+/// The stage whose failure leaves the batch's fate unknown: the final dot went out (or was
+/// going out), and the listener's verdict on it never came back.
 const END_OF_DATA: &str = "end of DATA";
 
 impl ReinjectError {
@@ -155,6 +158,11 @@ pub async fn send_batch(
     send_batch_then(addr, sender, recipients, message, |_| Ok(())).await
 }
 
+/// No intent to journal (replies and notices, which no retry repeats).
+fn no_intent(_: &[String]) -> Result<(), String> {
+    Ok(())
+}
+
 /// Like [`send_batch`], calling `queued` with the queue id as soon as the listener accepted
 /// the message — before QUIT, whose answer can take long and does not matter any more — so
 /// the journal records the batch with the smallest window for a duplicate.
@@ -171,6 +179,7 @@ pub async fn send_batch_then(
         recipients,
         message,
         OnRefusedRcpt::AbortBatch,
+        no_intent,
         |qid, _| queued(qid),
     )
     .await?;
@@ -179,14 +188,18 @@ pub async fn send_batch_then(
 }
 
 /// Sends `message` from `sender` (empty for the null sender `<>`) to `recipients`, each RCPT
-/// answered on its own. Right after the listener's 2yz to the message, `queued` gets the queue
-/// id and the recipients that were accepted; its error becomes [`ReinjectError::Journal`].
+/// answered on its own. Once the body is out, `intent` gets the accepted recipients before
+/// the final dot is sent; its error drops the connection without the dot (the listener
+/// discards the message) and becomes [`ReinjectError::Intent`]. Right after the listener's
+/// 2yz to the message, `queued` gets the queue id and the accepted recipients; its error
+/// becomes [`ReinjectError::Journal`].
 pub async fn deliver(
     addr: &str,
     sender: &str,
     recipients: &[String],
     message: &[u8],
     on_refused: OnRefusedRcpt,
+    intent: impl FnOnce(&[String]) -> Result<(), String>,
     queued: impl FnOnce(&str, &[String]) -> Result<(), String>,
 ) -> Result<Delivery, ReinjectError> {
     if recipients.is_empty() {
@@ -231,7 +244,15 @@ pub async fn deliver(
     }
     let data = c.command("DATA", "DATA").await?;
     c.check(data, 354, "DATA")?;
-    c.send(&dot_stuff(message), END_OF_DATA).await?;
+    c.send(&dot_stuff(message), "message body").await?;
+    // Without the dot the listener queues nothing: until the intent is durable, it stays out.
+    if let Err(reason) = intent(&accepted) {
+        return Err(ReinjectError::Intent {
+            addr: addr.into(),
+            reason,
+        });
+    }
+    c.send(b".\r\n", END_OF_DATA).await?;
     let end = c.reply(END_OF_DATA).await?;
     c.check(end.clone(), 250, END_OF_DATA)?;
     let queue_id = queue_id(&end.text);
@@ -464,7 +485,8 @@ enum ReadFailure {
     Reply(ReplyError),
 }
 
-/// RFC 5321 §4.5.2 transparency, CRLF line ends and the terminating dot.
+/// RFC 5321 §4.5.2 transparency and CRLF line ends, up to (not including) the terminating
+/// dot, which goes out on its own once the intent is journaled.
 fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let crlf = crate::mime::to_crlf(message);
     let mut out = Vec::with_capacity(crlf.len() + 64);
@@ -479,7 +501,6 @@ fn dot_stuff(message: &[u8]) -> Vec<u8> {
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
     out
 }
 
@@ -503,6 +524,7 @@ fn queue_id(reply: &str) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
@@ -516,7 +538,7 @@ mod tests {
 
     #[test]
     fn stuffing() {
-        assert_eq!(dot_stuff(b"a\n.b\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\n.b\n..c"), b"a\r\n..b\r\n...c\r\n");
         assert_eq!(queue_id("250 2.0.0 Ok: queued as 4F2A1C0D12"), "4F2A1C0D12");
     }
 
@@ -656,10 +678,21 @@ mod tests {
         refuse: &'static [&'static str],
         end: Option<&'static str>,
     ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let (addr, seen, _) = scripted(refuse, end).await;
+        (addr, seen)
+    }
+
+    /// [`listener`], plus a flag set once the client's side of the connection is closed.
+    async fn scripted(
+        refuse: &'static [&'static str],
+        end: Option<&'static str>,
+    ) -> (String, Arc<Mutex<Vec<String>>>, Arc<AtomicBool>) {
         let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = server.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let eof = closed.clone();
         tokio::spawn(async move {
             let (stream, _) = server.accept().await.unwrap();
             let (r, mut w) = stream.into_split();
@@ -699,8 +732,9 @@ mod tests {
                     .await
                     .unwrap();
             }
+            eof.store(true, Ordering::SeqCst);
         });
-        (addr, seen)
+        (addr, seen, closed)
     }
 
     fn batch() -> Vec<String> {
@@ -723,6 +757,7 @@ mod tests {
             &batch(),
             b"Subject: x\n\n.hidden dot\n",
             OnRefusedRcpt::Report,
+            |_| Ok(()),
             |qid, accepted| {
                 journaled = Some((qid.to_string(), accepted.to_vec()));
                 Ok(())
@@ -803,6 +838,7 @@ mod tests {
             &batch(),
             b"x\n",
             OnRefusedRcpt::Report,
+            |_| panic!("no message, no intent"),
             |_, _| panic!("nothing was queued"),
         )
         .await
@@ -833,6 +869,93 @@ mod tests {
             matches!(&err, ReinjectError::Journal { queue_id, .. } if queue_id == "4F2A1C0D12"),
             "{err}"
         );
+    }
+
+    /// Polls `done` for up to 5 s from a synchronous callback (the listener runs on another
+    /// worker thread meanwhile).
+    fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_intent_is_journaled_after_the_body_and_before_the_dot() {
+        let (addr, seen) = listener(
+            &["b@example.org"],
+            Some("250 2.0.0 Ok: queued as 4F2A1C0D12"),
+        )
+        .await;
+        let order = Mutex::new(Vec::new());
+        let delivery = deliver(
+            &addr,
+            "list-bounces@example.org",
+            &batch(),
+            b"Subject: x\n\nlast body line\n",
+            OnRefusedRcpt::Report,
+            |accepted| {
+                // The listener has the whole body, and no dot yet.
+                let body_in =
+                    wait_until(|| seen.lock().unwrap().iter().any(|l| l == "last body line"));
+                let dot = seen.lock().unwrap().iter().any(|l| l == ".");
+                let line = format!("intent {accepted:?} body={body_in} dot={dot}");
+                order.lock().unwrap().push(line);
+                Ok(())
+            },
+            |qid, _| {
+                order.lock().unwrap().push(format!("queued {qid}"));
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(delivery.queue_id.as_deref(), Some("4F2A1C0D12"));
+        assert_eq!(
+            order.into_inner().unwrap(),
+            [
+                r#"intent ["a@example.org", "c@example.org"] body=true dot=false"#,
+                "queued 4F2A1C0D12"
+            ]
+        );
+        assert!(seen.lock().unwrap().iter().any(|l| l == "."));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_intent_that_cannot_be_journaled_keeps_the_dot_back() {
+        let (addr, seen, closed) = scripted(&[], Some("250 2.0.0 Ok: queued as 4F2A1C0D12")).await;
+        let err = deliver(
+            &addr,
+            "",
+            &batch(),
+            b"Subject: x\n\nbody\n",
+            OnRefusedRcpt::Report,
+            |_| Err("database or disk is full".into()),
+            |_, _| panic!("nothing can be queued without the dot"),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, ReinjectError::Intent { reason, .. } if reason.contains("disk is full")),
+            "{err}"
+        );
+        assert!(!err.in_doubt(), "{err}");
+        assert!(err.refused_message().is_none());
+        // The connection is dropped in DATA: the listener never saw the end of the message.
+        let closed_in_time = tokio::time::timeout(Duration::from_secs(5), async {
+            while !closed.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(closed_in_time.is_ok(), "the connection is closed");
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.iter().any(|l| l == "body"), "{seen:?}");
+        assert!(!seen.iter().any(|l| l == "." || l == "QUIT"), "{seen:?}");
     }
 
     /// A listener that sends `greeting` and hangs up.

@@ -37,6 +37,8 @@ pub struct Daemon {
     /// The generation poller runs (started with the first session).
     watching: std::sync::Once,
     budget: Arc<Budget>,
+    /// Member key updates for the background refresh (`crate::refresh`).
+    key_updates: crate::refresh::Queue,
 }
 
 /// Bytes of messages held by all milter sessions at once, against `limits.max_inflight_bytes`.
@@ -103,6 +105,7 @@ impl Daemon {
             rebuilds: AtomicU64::new(0),
             watching: std::sync::Once::new(),
             budget: Arc::default(),
+            key_updates: crate::refresh::Queue::default(),
         })
     }
 
@@ -116,6 +119,11 @@ impl Daemon {
     /// The memory budget every session's message counts against.
     pub fn budget(&self) -> Arc<Budget> {
         self.budget.clone()
+    }
+
+    /// The queue the inbound milter offers captured Autocrypt headers on.
+    pub fn key_updates(&self) -> &crate::refresh::Queue {
+        &self.key_updates
     }
 
     pub fn store(&self) -> &dyn Store {

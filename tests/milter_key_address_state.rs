@@ -380,8 +380,9 @@ async fn a_dry_run_shows_the_reply_and_records_nothing() {
     daemon.stop().await;
 }
 
-/// The list's Autocrypt header (Autocrypt Level 1 `keydata`) in every outbound copy carries
-/// the list key without the certifications members published at the key address.
+/// The list's Autocrypt header (Autocrypt Level 1 `keydata`), on copies From the list (here
+/// Mailman's DMARC `munge_from`), carries the list key without the certifications members
+/// published at the key address.
 #[test]
 fn the_autocrypt_header_carries_the_list_key_without_certifications() {
     use listcrypt::config::Policy;
@@ -423,7 +424,7 @@ fn the_autocrypt_header_carries_the_list_key_without_certifications() {
             show_key_id: false,
         }],
     );
-    let post = "From: Alice <alice@example.test>\r\nTo: enc@lists.example.test\r\n\
+    let post = "From: Alice via Enc <enc@lists.example.test>\r\nTo: enc@lists.example.test\r\n\
                 Subject: hi\r\nMessage-ID: <p1@example.test>\r\nMIME-Version: 1.0\r\n\
                 Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n";
     let rewrite = listcrypt::outbound::encrypt_message(

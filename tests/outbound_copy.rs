@@ -92,10 +92,11 @@ fn baseline_copy() {
             "{leak} removed from the outside"
         );
     }
-    let autocrypt = header(&outer, "Autocrypt").expect("the list's Autocrypt header");
+    // Autocrypt Level 1 §2.3: a header whose addr is not the From address is invalid, so a
+    // copy From the author carries no list key (and the author's own header was removed).
     assert!(
-        autocrypt.starts_with("addr=enc@lists.example.test;"),
-        "{autocrypt}"
+        header(&outer, "Autocrypt").is_none(),
+        "no Autocrypt header on a copy From the author"
     );
     assert!(
         !outer.contains("addr=alice@example.test"),
@@ -162,6 +163,30 @@ fn shy_and_no_confidentiality_and_no_padding() {
     );
     assert!(header(&inner, "X-Listcrypt-Padding").is_none());
     assert!(header(&outer, "Autocrypt").is_none());
+}
+
+/// Mailman's DMARC mitigation `munge_from` (or mail the list sends as itself) puts the list
+/// address in From: then the list's key is announced, with `addr` equal to From as
+/// Autocrypt Level 1 §2.3 requires, so replies to the list can be encrypted.
+#[test]
+fn the_list_key_is_announced_when_from_is_the_list() {
+    let munged = POST.replace(
+        "From: Alice Example <alice@example.test>",
+        "From: Alice Example via Enc <enc@lists.example.test>",
+    );
+    let (outer, _, _) = copy_of(&munged, Policy::default());
+    let autocrypt = header(&outer, "Autocrypt").expect("the list's Autocrypt header");
+    assert!(
+        autocrypt.starts_with("addr=enc@lists.example.test;"),
+        "{autocrypt}"
+    );
+    assert!(autocrypt.contains("keydata="), "{autocrypt}");
+    let off = Policy {
+        autocrypt: false,
+        ..Policy::default()
+    };
+    let (outer, _, _) = copy_of(&munged, off);
+    assert!(header(&outer, "Autocrypt").is_none(), "autocrypt = false");
 }
 
 /// A post as Mailman hands it to the outbound smtpd: the poster's Received lines and client

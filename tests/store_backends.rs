@@ -168,6 +168,55 @@ fn the_journal_keeps_each_recipient_once_whoever_records_it(pair: Pair) {
         .is_empty());
 }
 
+/// F1 of the fault campaign: an intent written before a batch's final dot makes its
+/// recipients in doubt until the batch is journaled as queued; intents expire like the journal.
+fn an_intent_is_in_doubt_until_its_batch_is_journaled((a, b): Pair) {
+    const SENDER: &str = "enc-bounces@lists.example.org";
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let sorted = |mut batches: Vec<Vec<String>>| {
+        batches.iter_mut().for_each(|b| b.sort());
+        batches.sort();
+        batches
+    };
+    assert!(b.journal_in_doubt(SENDER, b"d1").unwrap().is_empty());
+    a.journal_intent(SENDER, b"d1", &strings(&["a@x", "b@x"]), 3600)
+        .unwrap();
+    a.journal_intent(SENDER, b"d1", &strings(&["c@x", "d@x"]), 3600)
+        .unwrap();
+    // The other handle (the retry, maybe on another host) sees two batches in doubt.
+    assert_eq!(
+        sorted(b.journal_in_doubt(SENDER, b"d1").unwrap()),
+        [strings(&["a@x", "b@x"]), strings(&["c@x", "d@x"])]
+    );
+    assert!(b.journal_in_doubt(SENDER, b"d2").unwrap().is_empty());
+    // The first batch's 250 came back: journaled, no longer in doubt; nor sent twice.
+    b.journal_record(SENDER, b"d1", &strings(&["a@x", "b@x"]), "Q1", 3600)
+        .unwrap();
+    assert_eq!(
+        a.journal_in_doubt(SENDER, b"d1").unwrap(),
+        [strings(&["c@x", "d@x"])]
+    );
+    // A recipient journaled by a listcrypt that writes no intents is not in doubt either.
+    b.journal_record(SENDER, b"d1", &strings(&["d@x"]), "Q2", 3600)
+        .unwrap();
+    assert_eq!(
+        a.journal_in_doubt(SENDER, b"d1").unwrap(),
+        [strings(&["c@x"])]
+    );
+    // Past the retention an intent is dropped (the clock has a one-second grain).
+    a.journal_intent(SENDER, b"d3", &strings(&["e@x"]), 3600)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    b.journal_intent(SENDER, b"d4", &strings(&["f@x"]), 1)
+        .unwrap();
+    assert!(a.journal_in_doubt(SENDER, b"d3").unwrap().is_empty());
+    assert!(a.journal_in_doubt(SENDER, b"d1").unwrap().is_empty());
+    assert_eq!(
+        a.journal_in_doubt(SENDER, b"d4").unwrap(),
+        [strings(&["f@x"])]
+    );
+}
+
 fn a_challenge_made_on_one_host_is_proven_on_the_other((a, b): Pair) {
     const TOKEN: &str = "mfrggzdfmztwq2lknnwg23tpobyxe43u";
     a.pending_put(
@@ -240,6 +289,7 @@ fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     a_replay_is_recorded_by_exactly_one_of_many_concurrent_claims(fresh("replay"));
     one_automatic_reply_per_interval_whichever_host_asks(fresh("rate"));
     the_journal_keeps_each_recipient_once_whoever_records_it(fresh("journal"));
+    an_intent_is_in_doubt_until_its_batch_is_journaled(fresh("intent"));
     a_challenge_made_on_one_host_is_proven_on_the_other(fresh("pending"));
     a_post_is_archived_once_whoever_records_it(fresh("archive"));
 }

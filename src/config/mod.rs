@@ -3,11 +3,13 @@
 //! The file is parsed with the `toml` crate first so that every diagnostic carries
 //! `file:line:column`; figment then layers `LISTCRYPT_<KEY>` environment overrides on top.
 
+mod key_refresh;
 mod mailman_api;
 mod passphrase;
 mod policy;
 mod socket;
 
+pub use key_refresh::{KeyRefresh, Source as KeyRefreshSource};
 pub use mailman_api::{ApiEndpoint, MailmanApi};
 pub use passphrase::{prompt as prompt_passphrase, PassphraseSource, CREDENTIAL_NAME};
 pub use policy::{Action, Archive, HeaderProtection, MissingKeyAction, Padding, Policy};
@@ -247,6 +249,8 @@ pub struct Config {
     pub host_name: String,
     /// Mailman's REST API (`doctor`, the owners' pages).
     pub mailman_api: MailmanApi,
+    /// Members' keys kept fresh in the background (Autocrypt headers, WKD, VKS).
+    pub key_refresh: KeyRefresh,
     pub limits: Limits,
 }
 
@@ -276,6 +280,7 @@ impl Default for Config {
             database_password_file: PathBuf::new(),
             host_name: String::new(),
             mailman_api: MailmanApi::default(),
+            key_refresh: KeyRefresh::default(),
             limits: Limits::default(),
         }
     }
@@ -389,6 +394,7 @@ impl Config {
             ));
         }
         self.mailman_api.endpoint()?;
+        self.key_refresh.validate()?;
         self.address_config().validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("log_level: {e}"))?;

@@ -241,6 +241,7 @@ fn pass_unchanged() -> Verdict {
         hold: None,
         summary: "owner or bounce mail passed".into(),
         replay: None,
+        signer: None,
     }
 }
 
@@ -253,6 +254,9 @@ pub enum Verdict {
         summary: String,
         /// Digest of the accepted author signature, for the replay record.
         replay: Option<[u8; 32]>,
+        /// The member whose bound key made the accepted signature (`None` when no good
+        /// signature was found): only they may refresh that key (`crate::refresh`).
+        signer: Option<Signer>,
     },
     Reject(Refusal),
     Discard(String),
@@ -270,6 +274,13 @@ impl Verdict {
             Verdict::Tempfail(r) => format!("tempfail {r}"),
         }
     }
+}
+
+/// A verified author: the bound address and the bound key's primary fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub address: String,
+    pub fingerprint: crate::pgp::Fingerprint,
 }
 
 pub struct Envelope<'a> {

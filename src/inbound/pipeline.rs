@@ -3,7 +3,7 @@
 //! A phase that settles the message returns its `Verdict` as the error.
 
 use super::signature::{judge_signatures, verify_inner_signed, Judgement};
-use super::{act, strip_own_headers, Envelope, Verdict, OWN_HEADERS};
+use super::{act, strip_own_headers, Envelope, Signer, Verdict, OWN_HEADERS};
 use crate::config::{Action, Limits};
 use crate::deadline::Deadline;
 use crate::keys::ListKeys;
@@ -415,6 +415,11 @@ fn verdict(
                 ),
                 // Commands are not replay-checked: Mailman's confirmations are one-shot already.
                 replay: (rules == Rules::Post).then(|| super::replay::digest(&sig, &list.address)),
+                // Only posts refresh the signer's key (`crate::refresh`).
+                signer: (rules == Rules::Post).then_some(Signer {
+                    address,
+                    fingerprint: signer,
+                }),
             }
         }
         Judgement::Command => deliver(rewrite, None, "command decrypted".into()),
@@ -430,10 +435,17 @@ fn verdict(
             hold: None,
             summary,
             replay,
+            signer,
         } if carrier == Carrier::Inline && list.policy.inline_pgp_action == Action::Hold => {
             let mut held = deliver(rewrite, Some("inline PGP post".into()), summary);
-            if let Verdict::Deliver { replay: r, .. } = &mut held {
+            if let Verdict::Deliver {
+                replay: r,
+                signer: s,
+                ..
+            } = &mut held
+            {
                 *r = replay;
+                *s = signer;
             }
             held
         }
@@ -451,6 +463,7 @@ fn deliver(mut rewrite: Rewrite, hold: Option<String>, summary: String) -> Verdi
         hold,
         summary,
         replay: None,
+        signer: None,
     }
 }
 
@@ -468,6 +481,7 @@ fn pass_original(hold: Option<String>, summary: String) -> Verdict {
         hold,
         summary,
         replay: None,
+        signer: None,
     }
 }
 

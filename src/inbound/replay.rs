@@ -220,6 +220,8 @@ fn duplicate(verdict: Verdict, list: &ListKeys) -> Verdict {
                 hold,
                 summary: format!("{summary}; duplicate"),
                 replay,
+                // A copy of an earlier post refreshes no key.
+                signer: None,
             }
         },
     )
@@ -269,6 +271,7 @@ mod tests {
             hold: None,
             summary: String::new(),
             replay: Some(d),
+            signer: None,
         };
         let limits = Limits::default();
         let ledger = Recording(&store);
@@ -310,6 +313,7 @@ mod tests {
             hold: None,
             summary: String::new(),
             replay: Some([7; 32]),
+            signer: None,
         };
         let limits = Limits::default();
         let ledger = Recording(&store);

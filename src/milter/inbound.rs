@@ -31,6 +31,7 @@ pub(super) async fn finish(
     };
     let decided = |outcome| metrics::decision(&list, Direction::Inbound, outcome);
     let setting = cx.config.inbound_envelope_sender;
+    let list_name = list.clone();
     // Decryption and verification share the cores with every other message's crypto.
     let work = tokio::task::spawn_blocking(move || {
         // One clock reading per message, the database's where hosts share one (skew between
@@ -46,6 +47,7 @@ pub(super) async fn finish(
             let verdict =
                 tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline);
             let envelope = tx.envelope_sender(setting, &verdict);
+            crate::refresh::offer_from_post(&daemon, &list_name, &verdict, &bytes);
             (verdict, envelope)
         })
     });

@@ -1,5 +1,7 @@
 //! Outbound end of message: skip recipients an earlier attempt already reinjected, encrypt
 //! every batch, reinject batches 2..n (journaled), and keep batch 1 in this transaction.
+//! Recipients of a batch an earlier attempt may have queued without journaling it (an intent
+//! without a record: in doubt) are sent again, and each such batch is logged and counted.
 
 use super::actions::{apply, delete_recipients, with_progress};
 use super::session::{Context, Message};
@@ -11,6 +13,7 @@ use crate::reinject::{self, Delivery, OnRefusedRcpt, ReinjectError};
 use crate::state::block_in_place;
 use crate::store::Store;
 use indymilter::{ContextActions, EomActions, Status};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +32,14 @@ pub(super) async fn finish(
     let ids = crate::inbound::emitted_message_ids(&message.bytes);
     confirm_replay(cx, qid, &list, ids).await?;
     let digest = body_digest(&message.bytes);
+    let msgid = message_id_for_log(&message.bytes);
     let sender = tx.sender().to_string();
-    let already = cx
+    let (already, in_doubt) = cx
         .daemon
-        .blocking(move |d| d.store().journal_sent(&sender, &digest))
+        .blocking(move |d| -> Result<_, crate::store::StoreError> {
+            let sent = d.store().journal_sent(&sender, &digest)?;
+            Ok((sent, d.store().journal_in_doubt(&sender, &digest)?))
+        })
         .await??;
     let bytes = Arc::new(message.bytes);
     // Archived before any copy goes out: a failure here is a 451, never an unarchived post.
@@ -58,7 +65,14 @@ pub(super) async fn finish(
         );
         return Ok(Status::Discard);
     };
-    let reinjected = reinject(qid, cx, store, &tx, &digest, &plan, &bytes, actions).await?;
+    for n in resent_in_doubt(&in_doubt, &plan) {
+        log_in_doubt(qid, &list, &msgid, n);
+    }
+    let post = Post {
+        digest: &digest,
+        msgid: &msgid,
+    };
+    let reinjected = reinject(qid, cx, store, &tx, &post, &plan, &bytes, actions).await?;
     for batch in plan.batches.iter().skip(1) {
         delete_recipients(actions, &batch.recipients).await?;
     }
@@ -94,6 +108,14 @@ async fn confirm_replay(
     Ok(())
 }
 
+/// What names a post in the journal and in its log lines.
+struct Post<'a> {
+    /// The journal key's message part ([`body_digest`]).
+    digest: &'a [u8; 32],
+    /// The Message-ID, for log lines ([`message_id_for_log`]).
+    msgid: &'a str,
+}
+
 /// Reinjects batches 2..n, journaling each right after the listener's 250. A recipient the
 /// listener refuses gets a content-free bounce to the list's bounces address (Mailman counts
 /// it against that member) instead of failing the whole post.
@@ -103,7 +125,7 @@ async fn reinject(
     cx: &Context,
     store: &dyn Store,
     tx: &Transaction,
-    digest: &[u8; 32],
+    post: &Post<'_>,
     plan: &Plan,
     message: &[u8],
     actions: &EomActions,
@@ -112,9 +134,9 @@ async fn reinject(
     for batch in plan.batches.iter().skip(1) {
         let _ = actions.progress().await;
         let copy = batch.rewrite.render(message);
-        let delivery = send_once(qid, cx, store, tx, digest, &batch.recipients, &copy).await?;
+        let delivery = send_once(qid, cx, store, tx, post, &batch.recipients, &copy).await?;
         for (rcpt, reply) in &delivery.refused {
-            bounce(qid, cx, store, tx, digest, rcpt, reply).await?;
+            bounce(qid, cx, store, tx, post.digest, rcpt, reply).await?;
         }
         if let Some(id) = delivery.queue_id {
             let n = batch.recipients.len() - delivery.refused.len();
@@ -124,24 +146,34 @@ async fn reinject(
     Ok(reinjected)
 }
 
-/// Sends one batch. When its fate is unknown (the connection broke after the whole message
-/// went out) it is sent once more: at least once, like Postfix itself, and logged as in doubt.
-/// A journal that cannot be written after the listener's 250 is logged, never a second copy.
+/// Sends one batch, journaling an intent before its final dot. When its fate is unknown (the
+/// connection broke after the dot) it is sent once more: at least once, like Postfix itself,
+/// and logged as in doubt. An intent that cannot be journaled keeps the dot back and fails the
+/// transaction (451); a record that cannot be journaled after the listener's 250 is logged,
+/// and its intent makes a retry of the post resend the batch as in doubt.
 async fn send_once(
     qid: &str,
     cx: &Context,
     store: &dyn Store,
     tx: &Transaction,
-    digest: &[u8; 32],
+    post: &Post<'_>,
     recipients: &[String],
     copy: &[u8],
 ) -> Result<Delivery, SessionError> {
+    let digest = post.digest;
     let addr = &cx.config.reinject_smtp;
-    let sender = tx.sender();
+    let (sender, list) = (tx.sender(), &tx.list().address);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // Called right after the listener's 250, inside the SMTP exchange.
+        // Atomic only because the future must be Send.
+        let intended = AtomicUsize::new(0);
+        // Called after the body and before the dot, then right after the listener's 250,
+        // inside the SMTP exchange.
+        let intent = |accepted: &[String]| {
+            intended.store(accepted.len(), Ordering::Relaxed);
+            block_in_place(|| intend(store, sender, digest, accepted))
+        };
         let journal = |qid: &str, accepted: &[String]| {
             block_in_place(|| journal(store, sender, digest, accepted, qid))
         };
@@ -151,6 +183,7 @@ async fn send_once(
             recipients,
             copy,
             OnRefusedRcpt::Report,
+            intent,
             journal,
         );
         match sent.await {
@@ -159,9 +192,7 @@ async fn send_once(
                 queue_id, reason, ..
             }) => {
                 tracing::error!(
-                    "{}: {}: batch queued as {queue_id} but not journaled ({reason}); a retry of this post could repeat it",
-                    qid,
-                    tx.list().address
+                    "{qid}: {list}: batch queued as {queue_id} but not journaled ({reason}); a retry of this post would send it again, logged as in doubt"
                 );
                 return Ok(Delivery {
                     queue_id: Some(queue_id),
@@ -172,9 +203,7 @@ async fn send_once(
                 if let Some(reply) = e.refused_message() {
                     // Too large for the listener, say: each recipient gets its bounce.
                     tracing::warn!(
-                        "{}: {}: batch refused at end of DATA ({}); its recipients are bounced",
-                        qid,
-                        tx.list().address,
+                        "{qid}: {list}: batch refused at end of DATA ({}); its recipients are bounced",
                         reply.code
                     );
                     metrics::reinjection_failure();
@@ -185,17 +214,81 @@ async fn send_once(
                     });
                 }
                 if !(e.in_doubt() && attempt == 1) {
-                    metrics::reinjection_failure();
+                    if !matches!(e, ReinjectError::Intent { .. }) {
+                        metrics::reinjection_failure();
+                    }
                     return Err(e.into());
                 }
-                tracing::warn!(
-                    "{}: {}: batch in doubt ({e}); sending it again",
-                    qid,
-                    tx.list().address
-                );
+                tracing::debug!("{qid}: {list}: batch in doubt: {e}");
+                log_in_doubt(qid, list, post.msgid, intended.load(Ordering::Relaxed));
             }
         }
     }
+}
+
+/// The one line (and count) per in-doubt batch sent again; the fault campaign's ledger parses
+/// it, so its form stays as it is.
+fn log_in_doubt(qid: &str, list: &str, msgid: &str, n: usize) {
+    metrics::reinject_in_doubt();
+    tracing::warn!(
+        "{qid}: {list}: reinjection in doubt for message-id {msgid}: {n} recipient(s) may get a second copy; resending"
+    );
+}
+
+/// For each batch an earlier attempt left in doubt, how many of its recipients this plan
+/// sends to (in batch 1 or reinjected): recipients already journaled are in no batch.
+fn resent_in_doubt(in_doubt: &[Vec<String>], plan: &Plan) -> Vec<usize> {
+    let planned: std::collections::HashSet<String> = plan
+        .batches
+        .iter()
+        .flat_map(|b| &b.recipients)
+        .map(|r| crate::keys::normalize_address(r))
+        .collect();
+    in_doubt
+        .iter()
+        .map(|batch| batch.iter().filter(|r| planned.contains(*r)).count())
+        .filter(|&n| n > 0)
+        .collect()
+}
+
+/// The post's Message-ID for a log line, angle brackets included (`<none>` without one),
+/// with nothing in it that could break the line.
+fn message_id_for_log(message: &[u8]) -> String {
+    let id = crate::mime::Entity::parse(message)
+        .ok()
+        .and_then(|e| e.get("Message-ID").map(crate::mime::header_text))
+        .and_then(|v| crate::inbound::message_id_key(&v));
+    let Some(id) = id else {
+        return "<none>".into();
+    };
+    // Whole (at most a header line long), so that a ledger can match it to the post.
+    let id: String = id.chars().filter(|c| !c.is_control()).collect();
+    let bare = id.trim_start_matches('<').trim_end_matches('>');
+    format!("<{bare}>")
+}
+
+/// Normalised like the journal's records, so that the record settles the intent.
+fn normalized(recipients: &[String]) -> Vec<String> {
+    recipients
+        .iter()
+        .map(|r| crate::keys::normalize_address(r))
+        .collect()
+}
+
+fn intend(
+    store: &dyn Store,
+    sender: &str,
+    digest: &[u8; 32],
+    recipients: &[String],
+) -> Result<(), String> {
+    store
+        .journal_intent(
+            sender,
+            digest,
+            &normalized(recipients),
+            JOURNAL_RETENTION_SECS,
+        )
+        .map_err(|e| e.to_string())
 }
 
 fn journal(
@@ -205,12 +298,14 @@ fn journal(
     recipients: &[String],
     qid: &str,
 ) -> Result<(), String> {
-    let normalized: Vec<String> = recipients
-        .iter()
-        .map(|r| crate::keys::normalize_address(r))
-        .collect();
     store
-        .journal_record(sender, digest, &normalized, qid, JOURNAL_RETENTION_SECS)
+        .journal_record(
+            sender,
+            digest,
+            &normalized(recipients),
+            qid,
+            JOURNAL_RETENTION_SECS,
+        )
         .map_err(|e| e.to_string())
 }
 
@@ -290,4 +385,27 @@ fn body_digest(message: &[u8]) -> [u8; 32] {
         Err(_) => h.update(message),
     }
     h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_id_for_log;
+
+    #[test]
+    fn the_log_names_the_message_id_in_angle_brackets_or_none() {
+        let id = |m: &[u8]| message_id_for_log(m);
+        assert_eq!(id(b"Message-ID: <a.1@x.test>\n\nbody\n"), "<a.1@x.test>");
+        // RFC 5322 §3.6.4 allows folding and comments around it; they are not the id.
+        assert_eq!(
+            id(b"Message-Id:\n <a.2@x.test> (a comment)\n\nbody\n"),
+            "<a.2@x.test>"
+        );
+        assert_eq!(id(b"Message-ID: a.3@x.test\n\nbody\n"), "<a.3@x.test>");
+        assert_eq!(
+            id(b"Message-ID: <a\x1b[31m.4@x.test>\n\n"),
+            "<a[31m.4@x.test>"
+        );
+        assert_eq!(id(b"Subject: none\n\nbody\n"), "<none>");
+        assert_eq!(id(b"Message-ID:  \n\nbody\n"), "<none>");
+    }
 }

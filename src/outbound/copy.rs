@@ -65,6 +65,8 @@ pub struct Prepared {
     signed: pgp::SignedContent,
     remove: Vec<String>,
     obscured: Vec<(&'static str, String)>,
+    /// The list's Autocrypt header goes on this message's copies ([`from_is_list`]).
+    autocrypt: bool,
 }
 
 /// Prepares `message` for every batch; `>From` restoration draws on `budget`. The signature
@@ -87,6 +89,7 @@ pub fn prepare(
         signed,
         remove,
         obscured,
+        autocrypt: list.policy.autocrypt && from_is_list(&entity, list),
     })
 }
 
@@ -99,8 +102,9 @@ impl Prepared {
         let keyed = keyed_recipients(list, recipients)?;
         let armored = pgp::encrypt_signed(&self.signed, &keyed).map_err(PlanError::Encrypt)?;
         let (content_type, body) = mime::multipart_encrypted(&armored);
+        let autocrypt = self.autocrypt.then(|| autocrypt_value(list)).flatten();
         Ok(outer_rewrite(
-            list,
+            autocrypt,
             content_type,
             body,
             self.remove.clone(),
@@ -259,7 +263,7 @@ fn outer_removals(entity: &Entity<'_>, hcp: HeaderProtection) -> Vec<String> {
 /// The outer header edits: every field outside the allow-list removed, MIME fields for the
 /// multipart/encrypted body, the obscured replacements and the list's Autocrypt key added.
 fn outer_rewrite(
-    list: &ListKeys,
+    autocrypt: Option<String>,
     content_type: String,
     body: Vec<u8>,
     mut remove: Vec<String>,
@@ -269,12 +273,10 @@ fn outer_rewrite(
         ("MIME-Version".to_string(), "1.0".to_string()),
         ("Content-Type".to_string(), content_type),
     ];
-    if list.policy.autocrypt {
-        // Autocrypt Level 1: the list's own key, so replies can be encrypted to the list.
-        // Members' Autocrypt fields are outside the allow-list, so they were removed.
-        if let Some(value) = autocrypt_value(list) {
-            add.push(("Autocrypt".into(), value));
-        }
+    // The list's own key, so replies can be encrypted to the list. Members' Autocrypt
+    // fields are outside the allow-list, so they were removed.
+    if let Some(value) = autocrypt {
+        add.push(("Autocrypt".into(), value));
     }
     for (name, value) in obscured {
         remove.push(name.to_string());
@@ -504,6 +506,20 @@ fn pad_header(inner: &mut Vec<u8>, n: usize) {
         col += 1;
     }
     inner.extend_from_slice(b"\r\n");
+}
+
+/// Whether the copy's From is the list's posting address (Mailman's DMARC `munge_from`, or
+/// mail the list sends as itself). Autocrypt Level 1 §2.3 makes clients treat a header whose
+/// `addr` differs from From as invalid, so on an author's post the list's key would be
+/// ignored (Thunderbird, K-9) or, if a client did not check, filed under the author.
+fn from_is_list(entity: &Entity<'_>, list: &ListKeys) -> bool {
+    let mut from = entity.headers.iter().filter(|h| h.is("From"));
+    match (from.next(), from.next()) {
+        (Some(h), None) => {
+            crate::message::first_address(h).is_some_and(|a| normalize_address(&a) == list.address)
+        }
+        _ => false,
+    }
 }
 
 /// `addr=LIST; prefer-encrypt=mutual; keydata=…` with the list's public key.

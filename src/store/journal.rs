@@ -34,8 +34,85 @@ pub(super) fn record(
     for r in recipients {
         stmt.execute(params![sender, digest, r, queue_id, now])?;
     }
+    // --- journal intents ---
+    // The batch is queued: its intents are settled, in the same transaction as the record.
+    tx.execute(
+        "DELETE FROM journal_intent WHERE created < ?1",
+        params![now - retain_secs as i64],
+    )?;
+    let mut settle = tx.prepare_cached(
+        "DELETE FROM journal_intent WHERE sender = ?1 AND digest = ?2 AND recipient = ?3",
+    )?;
+    for r in recipients {
+        settle.execute(params![sender, digest, r])?;
+    }
+    // --- end of journal intents ---
     Ok(())
 }
+
+// --- journal intents (in-doubt reinjections) ---
+
+/// Records that a batch's final dot is about to go out: until `record` settles them, its
+/// recipients are in doubt. The batch is named by its first recipient.
+pub(super) fn intend(
+    tx: &Transaction<'_>,
+    sender: &str,
+    digest: &[u8],
+    recipients: &[String],
+    retain_secs: u64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM journal_intent WHERE created < ?1",
+        params![now - retain_secs as i64],
+    )?;
+    let Some(batch) = recipients.first() else {
+        return Ok(());
+    };
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO journal_intent (sender, digest, recipient, batch, created)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (sender, digest, recipient)
+         DO UPDATE SET batch = excluded.batch, created = excluded.created",
+    )?;
+    for r in recipients {
+        stmt.execute(params![sender, digest, r, batch, now])?;
+    }
+    Ok(())
+}
+
+/// The intents the journal has no record for, grouped by the batch that wrote them.
+pub(super) fn in_doubt(
+    conn: &Connection,
+    sender: &str,
+    digest: &[u8],
+) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.batch, i.recipient FROM journal_intent i
+         WHERE i.sender = ?1 AND i.digest = ?2 AND NOT EXISTS (
+             SELECT 1 FROM journal j
+             WHERE j.sender = i.sender AND j.digest = i.digest AND j.recipient = i.recipient)
+         ORDER BY i.batch, i.recipient",
+    )?;
+    let rows = stmt.query_map(params![sender, digest], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    Ok(group_by_batch(rows.collect::<rusqlite::Result<Vec<_>>>()?))
+}
+
+/// `(batch, recipient)` rows sorted by batch, as one recipient list per batch.
+pub(super) fn group_by_batch(rows: Vec<(String, String)>) -> Vec<Vec<String>> {
+    let mut batches: Vec<(String, Vec<String>)> = Vec::new();
+    for (batch, recipient) in rows {
+        match batches.last_mut() {
+            Some((b, rs)) if *b == batch => rs.push(recipient),
+            _ => batches.push((batch, vec![recipient])),
+        }
+    }
+    batches.into_iter().map(|(_, rs)| rs).collect()
+}
+
+// --- end of journal intents ---
 
 #[cfg(test)]
 mod tests {

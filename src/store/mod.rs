@@ -401,11 +401,31 @@ pub trait Store: Send + Sync {
         queue_id: &str,
         retain_secs: u64,
     ) -> Result<(), StoreError>;
+
+    // --- journal intents (in-doubt reinjections) ---
+    /// Records, before a reinjected batch's final dot, that it may reach these recipients;
+    /// `journal_record` settles them once the listener answers 250. Intents older than
+    /// `retain_secs` are dropped on the way.
+    fn journal_intent(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        retain_secs: u64,
+    ) -> Result<(), StoreError>;
+    /// The recipients of this (sender, body digest) whose batch may have been queued without
+    /// being journaled (an intent, no record), one list per batch that wrote the intent.
+    fn journal_in_doubt(&self, sender: &str, digest: &[u8])
+        -> Result<Vec<Vec<String>>, StoreError>;
+    // --- end of journal intents ---
+
+    // --- encrypted archive (issue 15 item 5) ---
     /// Whether the post with this digest is already in `list`'s archive.
     fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
     /// Records the post as archived; records older than `retain_secs` are dropped on the way.
     fn archive_record(&self, list: &str, digest: &[u8], retain_secs: u64)
         -> Result<(), StoreError>;
+    // --- end encrypted archive ---
 }
 
 fn now_secs() -> i64 {
@@ -718,6 +738,27 @@ impl Store for SqliteStore {
         })
     }
 
+    // --- journal intents (in-doubt reinjections) ---
+    fn journal_intent(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| journal::intend(tx, sender, digest, recipients, retain_secs, now_secs()))
+    }
+
+    fn journal_in_doubt(
+        &self,
+        sender: &str,
+        digest: &[u8],
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        self.read(|c| journal::in_doubt(c, sender, digest))
+    }
+    // --- end of journal intents ---
+
+    // --- encrypted archive (issue 15 item 5) ---
     fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
         self.read(|c| archive::seen(c, list, digest))
     }
@@ -730,6 +771,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| archive::record(tx, list, digest, retain_secs, now_secs()))
     }
+    // --- end encrypted archive ---
 }
 
 #[cfg(test)]

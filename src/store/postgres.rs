@@ -1016,10 +1016,81 @@ impl super::Store for PgStore {
                     &[&sender, &digest, &queue_id, &now, &recipients],
                 )
                 .await?;
+                // --- journal intents ---
+                // The batch is queued: its intents are settled in the same transaction.
+                tx.execute(
+                    "DELETE FROM journal_intent WHERE created < $1",
+                    &[&(now - retain_secs as i64)],
+                )
+                .await?;
+                tx.execute(
+                    "DELETE FROM journal_intent
+                     WHERE sender = $1 AND digest = $2 AND recipient = ANY($3::text[])",
+                    &[&sender, &digest, &recipients],
+                )
+                .await?;
+                // --- end of journal intents ---
                 Ok(())
             })
         })
     }
+
+    // --- journal intents (in-doubt reinjections) ---
+    fn journal_intent(
+        &self,
+        sender: &str,
+        digest: &[u8],
+        recipients: &[String],
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        let Some(batch) = recipients.first() else {
+            return Ok(());
+        };
+        owned!(sender, digest, recipients, batch);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = db_now(tx).await?;
+                tx.execute(
+                    "DELETE FROM journal_intent WHERE created < $1",
+                    &[&(now - retain_secs as i64)],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO journal_intent (sender, digest, recipient, batch, created)
+                     SELECT $1, $2, r, $3, $4 FROM unnest($5::text[]) AS r
+                     ON CONFLICT (sender, digest, recipient)
+                     DO UPDATE SET batch = excluded.batch, created = excluded.created",
+                    &[&sender, &digest, &batch, &now, &recipients],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn journal_in_doubt(
+        &self,
+        sender: &str,
+        digest: &[u8],
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        owned!(sender, digest);
+        let rows = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT i.batch, i.recipient FROM journal_intent i
+                     WHERE i.sender = $1 AND i.digest = $2 AND NOT EXISTS (
+                         SELECT 1 FROM journal j WHERE j.sender = i.sender
+                         AND j.digest = i.digest AND j.recipient = i.recipient)
+                     ORDER BY i.batch, i.recipient",
+                    &[&sender, &digest],
+                )
+                .await
+            })
+        })?;
+        let rows = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(super::journal::group_by_batch(rows))
+    }
+    // --- end of journal intents ---
 
     // --- encrypted archive (issue 15 item 5) ---
     fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {

@@ -149,9 +149,32 @@ CREATE TABLE IF NOT EXISTS hosts (
         postgres: None,
         additive: true,
     },
-    // --- encrypted archive (issue 15 item 5) ---
+    // --- journal intents (in-doubt reinjections) ---
     Migration {
         version: 6,
+        name: "reinjection intents, written before the final dot",
+        // A new table only: a listcrypt that predates it neither writes nor reads intents,
+        // and an intent counts only while the journal lacks its recipient, so min_reader stays.
+        // `batch` is the batch's first recipient: it groups one batch's rows for the log.
+        sql: "
+CREATE TABLE IF NOT EXISTS journal_intent (
+    sender TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    recipient TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    PRIMARY KEY (sender, digest, recipient)
+);
+CREATE INDEX IF NOT EXISTS journal_intent_created ON journal_intent (created);
+",
+        then: None,
+        postgres: None,
+        additive: true,
+    },
+    // --- end of journal intents ---
+    // --- encrypted archive (issue 15 item 5) ---
+    Migration {
+        version: 7,
         name: "posts archived per list, and archive keys in the database",
         // New tables only. `archived` makes a post's several outbound transactions archive it
         // once; SQLite sites keep archive keys under keyring_dir (archive_keys stays empty).
@@ -173,6 +196,7 @@ CREATE TABLE IF NOT EXISTS archive_keys (
         postgres: None,
         additive: true,
     },
+    // --- end encrypted archive ---
 ];
 
 /// The newest schema version this code knows.

@@ -20,6 +20,9 @@ pub struct Running {
     pub outbound: SocketAddr,
     /// The OpenMetrics listener, when the config sets `metrics_listen`.
     pub metrics: Option<SocketAddr>,
+    /// The running daemon (e.g. to hold its background key refresh).
+    #[allow(dead_code)]
+    pub daemon: Arc<listcrypt::Daemon>,
     metrics_server: Option<listcrypt::http::Server>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
@@ -48,13 +51,19 @@ pub async fn start(config_path: &Path) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
     let inbound: AnyListener = EitherListener::Tcp(inbound);
     let outbound: AnyListener = EitherListener::Tcp(outbound);
-    let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(listcrypt::run(
+        inbound,
+        outbound,
+        daemon.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Running {
         inbound: inbound_addr,
         outbound: outbound_addr,
         metrics: metrics_server.as_ref().map(|s| s.local_addr()),
+        daemon,
         metrics_server,
         stop: Some(tx),
         task,
