@@ -51,20 +51,14 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
 }
 
 /// Whether Mailman distributes `message` as a list post: its posting chain stamps
-/// `X-Mailman-Rule-Hits`/`-Misses` on every accepted post, while digests and notices are new
-/// messages without them (notices also carry `Auto-Submitted` or `Precedence: bulk`).
+/// `X-Mailman-Rule-Hits`/`-Misses` on every post it accepts, while digests and notices are new
+/// messages without them. A post's own `Precedence` or `Auto-Submitted` (which Mailman keeps)
+/// does not matter: an author must not keep a post out of the archive.
 pub fn is_post(message: &[u8]) -> bool {
     let Ok(e) = crate::mime::Entity::parse(message) else {
         return false;
     };
-    let text = |name| e.get(name).map(crate::mime::header_text);
-    let rules = text("X-Mailman-Rule-Misses").or_else(|| text("X-Mailman-Rule-Hits"));
-    let auto = text("Auto-Submitted").is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
-    let bulk = text("Precedence").is_some_and(|v| {
-        let v = v.trim().to_ascii_lowercase();
-        v == "bulk" || v == "junk"
-    });
-    rules.is_some() && !auto && !bulk
+    e.get("X-Mailman-Rule-Misses").is_some() || e.get("X-Mailman-Rule-Hits").is_some()
 }
 
 /// The key under which a post is archived once: its Message-ID, which Mailman keeps on every
@@ -558,6 +552,9 @@ mod tests {
         assert!(!is_post(digest));
         let notice = b"From: l-owner@x\r\nPrecedence: bulk\r\nAuto-Submitted: auto-generated\r\n\r\nWelcome\r\n";
         assert!(!is_post(notice));
+        // Mailman keeps an author's own Precedence (cook_headers adds one only if absent).
+        let bulk_post = b"From: a@x\r\nPrecedence: bulk\r\nAuto-Submitted: auto-replied\r\nX-Mailman-Rule-Hits: x\r\n\r\nhi\r\n";
+        assert!(is_post(bulk_post));
         // Chunks of one post share the Message-ID whatever their footers.
         let other_footer = b"From: a@x\r\nMessage-ID: <1@x>\r\nX-Mailman-Rule-Misses: x\r\n\r\nhi\r\n-- \r\nfooter\r\n";
         assert_eq!(post_digest(post), post_digest(other_footer));
