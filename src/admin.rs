@@ -12,6 +12,7 @@ use crate::wkd::WkdError;
 use std::io::{Read, Write};
 use std::path::Path;
 
+pub mod archive;
 pub mod backup;
 pub mod doctor;
 pub mod token;
@@ -637,8 +638,9 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
     let store = open_store(config)?;
     let passphrases = keys::Passphrases::interactive(config);
     for list in &names {
-        if let Err(e) = Policy::load(&config.policy_path(list)) {
-            problems.push(e.to_string());
+        match Policy::load(&config.policy_path(list)) {
+            Err(e) => problems.push(e.to_string()),
+            Ok(p) => problems.extend(archive::check(config, &*store, list, &p)),
         }
         for w in keys::secret_key_warnings(config, list, config.daemon_uid()) {
             eprintln!("warning: {w}");

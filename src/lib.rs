@@ -11,6 +11,7 @@
 pub mod address;
 pub mod admin;
 pub mod api;
+pub mod archive;
 pub mod atomic_file;
 pub mod bounce;
 pub mod config;

@@ -75,6 +75,9 @@ enum Command {
     ///
     /// Example: listcrypt backup listcrypt-backup-2026-12-06
     Backup { dir: PathBuf },
+    /// The encrypted list archive (policy key `archive`).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Verify the backup in DIR against its manifest, then restore it; refuses a target that
     /// already holds lists, keys or state unless --force (which makes the target the backup:
     /// lists made since are removed), and a backup from a newer schema. Stop the daemon first.
@@ -87,6 +90,42 @@ enum Command {
         force: bool,
     },
 }
+
+// --- encrypted archive (issue 15 item 5) ---
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Read an encrypted archive mbox (<state_dir>/archive/LIST.mbox, or the archive
+    /// address's mailbox) on standard input and write the posts, decrypted with the archive
+    /// secret key, as a plain mbox on standard output, each post once (for hyperkitty_import).
+    ///
+    /// Example: listcrypt archive decrypt --key archive-secret.asc < enc@lists.example.org.mbox > enc.mbox
+    Decrypt {
+        /// The archive's secret key (armored or binary)
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Read the key's passphrase from the first line of FILE (else it is asked on the terminal)
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveKeyCommand {
+    /// Import the list's archive key: a public certificate whose secret key stays off the
+    /// list host; every post is archived encrypted to it.
+    ///
+    /// Example: listcrypt list archive-key import enc@lists.example.org archive.asc
+    Import { list: String, file: PathBuf },
+    /// Print the list's archive certificate, armored.
+    ///
+    /// Example: listcrypt list archive-key show enc@lists.example.org
+    Show { list: String },
+    /// Remove the list's archive key (posts of a list that still archives then wait).
+    ///
+    /// Example: listcrypt list archive-key remove enc@lists.example.org
+    Remove { list: String },
+}
+// --- end encrypted archive ---
 
 #[derive(Subcommand)]
 enum TokenCommand {
@@ -175,6 +214,9 @@ enum ListCommand {
     ///
     /// Example: listcrypt list export-key enc@lists.example.org > enc.asc
     ExportKey { address: String },
+    /// The list's archive key (import, show, remove).
+    #[command(subcommand)]
+    ArchiveKey(ArchiveKeyCommand),
     /// Add a new encryption subkey; current ones expire after the grace period (their
     /// secrets are kept until then, so mail already encrypted to them still decrypts);
     /// secrets of subkeys whose grace period ended are destroyed. Run it with --prune-only
@@ -363,6 +405,17 @@ fn run(cli: Cli) -> Result<u8, CommandError> {
         Command::Certs(CertsCommand::Import { dir }) => {
             admin::certs_import(&config, &dir, &mut out).map(|_| exit::OK)
         }
+        Command::Archive(ArchiveCommand::Decrypt {
+            key,
+            passphrase_file,
+        }) => admin::archive::decrypt(
+            &key,
+            passphrase_file.as_deref(),
+            std::io::stdin().lock(),
+            std::io::BufWriter::new(&mut out),
+            &mut std::io::stderr(),
+        )
+        .map(|_| exit::OK),
         Command::Backup { dir } => admin::backup::backup(&config, &dir, &mut out).map(|_| exit::OK),
         Command::Restore { dir, force } => {
             admin::backup::restore(&config, &dir, force, &mut out).map(|_| exit::OK)
@@ -443,6 +496,14 @@ fn run_list(
         ListCommand::ExportKey { address } => {
             admin::list_export_key(config, &address, out).map(|_| exit::OK)
         }
+        ListCommand::ArchiveKey(c) => match c {
+            ArchiveKeyCommand::Import { list, file } => {
+                admin::archive::import_key(config, &list, &file, out)
+            }
+            ArchiveKeyCommand::Show { list } => admin::archive::show_key(config, &list, out),
+            ArchiveKeyCommand::Remove { list } => admin::archive::remove_key(config, &list, out),
+        }
+        .map(|_| exit::OK),
     }
 }
 

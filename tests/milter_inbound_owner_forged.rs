@@ -18,6 +18,7 @@ async fn forged_listcrypt_fields_are_removed_from_owner_mail() {
         format!(
             "From: someone@example.test\nTo: {LIST_OWNER}\nSubject: hello owner\n\
              X-Listcrypt-Hold: forged\nX-Listcrypt-Signer: alice@example.test 0xFORGED\n\
+             X-Mailman-Rule-Misses: forged\nX-Mailman-Rule-Hits: forged\n\
              Content-Type: text/plain\n\nplease let me in\n"
         )
         .as_bytes(),
@@ -58,6 +59,15 @@ async fn forged_listcrypt_fields_are_removed_from_owner_mail() {
         "{:?}",
         actions.actions
     );
+    // Mailman's own marks of an accepted post: forged on owner mail, its forward to the
+    // owners would pass for a post and go into the encrypted archive (issue 15).
+    for field in ["X-Mailman-Rule-Misses", "X-Mailman-Rule-Hits"] {
+        assert!(
+            removed.iter().any(|n| n.eq_ignore_ascii_case(field)),
+            "{field}: {:?}",
+            actions.actions
+        );
+    }
     assert!(!milter::replaces_body(&actions), "the body is not touched");
     let out = mail.apply(&actions);
     assert_eq!(

@@ -422,6 +422,33 @@ fn the_certificate_cache_is_shared_and_changes_no_binding((a, b): Pair) {
 }
 
 // ---- end certificate cache ------------------------------------------------------------------
+// --- encrypted archive (issue 15 item 5) ---
+fn a_post_is_archived_once_whoever_records_it(pair: Pair) {
+    let (a, b) = &pair;
+    assert!(!b.archived("enc@lists.example.org", b"p1").unwrap());
+    at_once(&pair, 4, |s| {
+        s.archive_record("enc@lists.example.org", b"p1", 3600)
+            .unwrap()
+    });
+    assert!(b.archived("enc@lists.example.org", b"p1").unwrap());
+    assert!(!a.archived("other@lists.example.org", b"p1").unwrap());
+    assert!(!a.archived("enc@lists.example.org", b"p2").unwrap());
+    // Archive keys live in the store only where it keeps keys (PostgreSQL).
+    if a.keeps_keys() {
+        assert_eq!(b.archive_key_get("enc@lists.example.org").unwrap(), None);
+        a.archive_key_put("enc@lists.example.org", Some(b"cert"))
+            .unwrap();
+        assert_eq!(
+            b.archive_key_get("enc@lists.example.org")
+                .unwrap()
+                .as_deref(),
+            Some(&b"cert"[..])
+        );
+        b.archive_key_put("enc@lists.example.org", None).unwrap();
+        assert_eq!(a.archive_key_get("enc@lists.example.org").unwrap(), None);
+    }
+}
+// --- end encrypted archive ---
 
 /// The whole contract, each part on a fresh store from `fresh`.
 fn contract(mut fresh: impl FnMut(&str) -> Pair) {
@@ -434,6 +461,7 @@ fn contract(mut fresh: impl FnMut(&str) -> Pair) {
     a_challenge_made_on_one_host_is_proven_on_the_other(fresh("pending"));
     tokens_and_the_audit_log_are_shared(fresh("tokens"));
     the_certificate_cache_is_shared_and_changes_no_binding(fresh("certcache"));
+    a_post_is_archived_once_whoever_records_it(fresh("archive"));
 }
 
 #[test]

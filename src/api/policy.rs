@@ -79,6 +79,8 @@ pub fn loosenings(old: &Policy, new: &Policy) -> Vec<&'static str> {
         missing_key_action: _,
         autocrypt: _,
         key_suffix: _,
+        archive: _,
+        archive_address: _,
     } = new;
     let mut out = loosened_actions(old, new);
     out.extend(weaker_copies(old, new));
@@ -170,6 +172,10 @@ fn weaker_copies(old: &Policy, new: &Policy) -> Vec<&'static str> {
     }
     if old.padding == Padding::Padme && new.padding == Padding::None {
         out.push("padding");
+    }
+    // A new archive address receives a copy of every post: only the site chooses where.
+    if new.archive_address.is_some() && new.archive_address != old.archive_address {
+        out.push("archive_address");
     }
     out
 }

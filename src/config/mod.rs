@@ -12,7 +12,7 @@ mod socket;
 pub use key_refresh::{KeyRefresh, Source as KeyRefreshSource};
 pub use mailman_api::{ApiEndpoint, MailmanApi};
 pub use passphrase::{prompt as prompt_passphrase, PassphraseSource, CREDENTIAL_NAME};
-pub use policy::{Action, HeaderProtection, MissingKeyAction, Padding, Policy};
+pub use policy::{Action, Archive, HeaderProtection, MissingKeyAction, Padding, Policy};
 pub use socket::SocketSpec;
 
 use figment::providers::{Env, Format, Serialized, Toml};

@@ -48,6 +48,17 @@ pub enum Padding {
     None,
 }
 
+/// Where every distributed post is archived, encrypted to the list's archive key.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Archive {
+    Off,
+    /// Appended to `<state_dir>/archive/<list>.mbox`.
+    Mbox,
+    /// Sent to `archive_address` through the reinjection listener.
+    Address,
+}
+
 /// Client fingerprints and members' own Autocrypt headers: nothing Mailman needs, and they
 /// would reach every member (and the wire, outside the encryption).
 pub const DEFAULT_STRIP: &[&str] = &[
@@ -86,6 +97,9 @@ pub struct Policy {
     pub autocrypt: bool,
     /// Local-part suffix of listcrypt's key address: `LIST-<key_suffix>@DOMAIN`.
     pub key_suffix: String,
+    pub archive: Archive,
+    /// Where `archive = "address"` sends the encrypted posts.
+    pub archive_address: Option<String>,
 }
 
 impl Default for Policy {
@@ -116,6 +130,8 @@ impl Default for Policy {
             padding: Padding::Padme,
             autocrypt: true,
             key_suffix: "key".into(),
+            archive: Archive::Off,
+            archive_address: None,
         }
     }
 }
@@ -160,6 +176,7 @@ impl Policy {
                 message: format!("batch_size {} is outside 1..1000", policy.batch_size),
             });
         }
+        check_archive(shown, &policy)?;
         Ok(policy)
     }
 
@@ -198,8 +215,32 @@ padding = "padme"
 autocrypt = true
 # Key requests and bindings by mail go to LIST-<key_suffix>@DOMAIN (answered by listcrypt).
 key_suffix = "key"
+# Every post distributed is also encrypted to the list's archive key (listcrypt list
+# archive-key import) and kept: off | mbox (<state_dir>/archive/LIST.mbox) | address (sent to
+# archive_address, e.g. archive_address = "enc-archive@archive.example.org").
+archive = "off"
 "#
         )
+    }
+}
+
+/// `address` needs an address to send to, and an address is only for `address`.
+fn check_archive(shown: &str, policy: &Policy) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        path: shown.to_string(),
+        message,
+    };
+    match (&policy.archive, &policy.archive_address) {
+        (Archive::Address, None) => Err(invalid(
+            "archive = \"address\" needs archive_address".into(),
+        )),
+        (Archive::Address, Some(a)) if !crate::keys::valid_address(a) => Err(invalid(format!(
+            "archive_address {a:?} is not an email address"
+        ))),
+        (Archive::Off | Archive::Mbox, Some(_)) => Err(invalid(
+            "archive_address is set but archive is not \"address\"".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -229,5 +270,29 @@ mod tests {
         assert!(Policy::parse("x", "batch_size = 0").is_err());
         assert!(Policy::parse("x", "batch_size = 1001").is_err());
         assert!(Policy::parse("x", "batch_size = 1000").is_ok());
+    }
+
+    #[test]
+    fn archive_keys() {
+        let p = Policy::parse("x", "archive = \"mbox\"").unwrap();
+        assert_eq!(p.archive, Archive::Mbox);
+        assert_eq!(Policy::default().archive, Archive::Off);
+        let e = Policy::parse("x", "archive = \"address\"").unwrap_err();
+        assert!(e.to_string().contains("archive_address"), "{e}");
+        let e = Policy::parse("x", "archive = \"address\"\narchive_address = \"nope\"");
+        assert!(e.is_err());
+        let e = Policy::parse("x", "archive_address = \"a@b.example\"");
+        assert!(
+            e.is_err(),
+            "an address without archive = address is a mistake"
+        );
+        let p = Policy::parse(
+            "x",
+            "archive = \"address\"\narchive_address = \"a@b.example\"",
+        )
+        .unwrap();
+        assert_eq!(p.archive_address.as_deref(), Some("a@b.example"));
+        let e = Policy::parse("l.toml", "archive = \"maildir\"").unwrap_err();
+        assert!(e.to_string().starts_with("l.toml:1:"), "{e}");
     }
 }

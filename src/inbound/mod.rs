@@ -20,8 +20,14 @@ pub use replay::{
 };
 
 /// Headers listcrypt itself sets toward Mailman: incoming copies are always removed, so a
-/// poster cannot forge a verification result.
-pub const OWN_HEADERS: &[&str] = &["X-Listcrypt-Hold", "X-Listcrypt-Signer"];
+/// poster cannot forge a verification result. Also Mailman's marks of an accepted post, which
+/// Mailman adds itself: forged on owner mail they would put it into the encrypted archive.
+pub const OWN_HEADERS: &[&str] = &[
+    "X-Listcrypt-Hold",
+    "X-Listcrypt-Signer",
+    "X-Mailman-Rule-Hits",
+    "X-Mailman-Rule-Misses",
+];
 
 /// What an inbound recipient is, read as Postfix routes it and Mailman files it.
 pub enum Recipient {

@@ -2,6 +2,7 @@
 //! method, and turn its `Err` into `451 4.3.0` with one log line (`settle`, the only place).
 
 mod actions;
+mod archive;
 mod inbound;
 mod key_address;
 mod notification;
@@ -42,12 +43,15 @@ pub enum SessionError {
     Journal(String),
     #[error("key address: {0}")]
     KeyAddress(#[from] crate::key_address::KeyAddressError),
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 impl SessionError {
     fn cause(&self) -> Internal {
         match self {
             SessionError::Keys(_) | SessionError::Store(_) => Internal::State,
+            SessionError::Archive(crate::archive::ArchiveError::Store(_)) => Internal::State,
             SessionError::Timeout(_) => Internal::Timeout,
             SessionError::Plan(crate::outbound::PlanError::Timeout) => Internal::Timeout,
             _ => Internal::Failure,

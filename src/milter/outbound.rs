@@ -42,6 +42,8 @@ pub(super) async fn finish(
         })
         .await??;
     let bytes = Arc::new(message.bytes);
+    // Archived before any copy goes out: a failure here is a 451, never an unarchived post.
+    super::archive::post(cx, qid, &tx, &bytes).await?;
     let tx = Arc::new(tx);
     let timeout = Duration::from_secs(cx.config.limits.message_timeout);
     // The encryption checks it between batches: a timed-out or abandoned plan stops.

@@ -8,6 +8,7 @@
 //! PostgreSQL instead (`database_url`): see `postgres` for that backend, which also keeps the
 //! member certificates and list keys (`keeps_keys`) that SQLite sites keep in `keyring_dir`.
 
+mod archive;
 mod backup;
 mod bindings;
 mod certcache;
@@ -306,6 +307,18 @@ pub trait Store: Send + Sync {
     fn cert_cache_put(&self, entries: &[CachedCert]) -> Result<(), StoreError>;
     // ---- end certificate cache ----
 
+    /// `list`'s archive certificate (binary, public only). SQLite sites keep it under
+    /// `keyring_dir` instead.
+    fn archive_key_get(&self, list: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = list;
+        Err(not_kept("archive keys"))
+    }
+    /// Stores (`Some`) or removes (`None`) `list`'s archive certificate (read per post, so
+    /// no generation bump).
+    fn archive_key_put(&self, list: &str, cert: Option<&[u8]>) -> Result<(), StoreError> {
+        let _ = (list, cert);
+        Err(not_kept("archive keys"))
+    }
     /// Records this host's policy digest (at start and reload).
     fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError>;
     /// Every host's last recorded policy digest, by host name.
@@ -461,6 +474,13 @@ pub trait Store: Send + Sync {
     /// The newest `limit` audit records (of `list` only, if given), newest first.
     fn audit(&self, list: Option<&str>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
     // --- end admin API ---
+    // --- encrypted archive (issue 15 item 5) ---
+    /// Whether the post with this digest is already in `list`'s archive.
+    fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError>;
+    /// Records the post as archived; records older than `retain_secs` are dropped on the way.
+    fn archive_record(&self, list: &str, digest: &[u8], retain_secs: u64)
+        -> Result<(), StoreError>;
+    // --- end encrypted archive ---
 }
 
 fn now_secs() -> i64 {
@@ -837,6 +857,20 @@ impl Store for SqliteStore {
         self.read(|c| tokens::audit_get(c, list, limit))
     }
     // --- end admin API ---
+    // --- encrypted archive (issue 15 item 5) ---
+    fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        self.read(|c| archive::seen(c, list, digest))
+    }
+
+    fn archive_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| archive::record(tx, list, digest, retain_secs, now_secs()))
+    }
+    // --- end encrypted archive ---
 }
 
 #[cfg(test)]

@@ -460,6 +460,46 @@ impl super::Store for PgStore {
         })
     }
 
+    // --- encrypted archive (issue 15 item 5) ---
+    fn archive_key_get(&self, list: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        owned!(list);
+        self.read(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt("SELECT cert FROM archive_keys WHERE list = $1", &[&list])
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })
+    }
+
+    fn archive_key_put(&self, list: &str, cert: Option<&[u8]>) -> Result<(), StoreError> {
+        owned!(list);
+        let cert = cert.map(<[u8]>::to_vec);
+        self.write(move |tx| {
+            Box::pin(async move {
+                match cert {
+                    Some(cert) => {
+                        tx.execute(
+                            "INSERT INTO archive_keys (list, cert, updated)
+                             VALUES ($1, $2, extract(epoch from now())::bigint)
+                             ON CONFLICT (list) DO UPDATE SET cert = excluded.cert,
+                               updated = excluded.updated",
+                            &[&list, &cert],
+                        )
+                        .await?
+                    }
+                    None => {
+                        tx.execute("DELETE FROM archive_keys WHERE list = $1", &[&list])
+                            .await?
+                    }
+                };
+                Ok(())
+            })
+        })
+    }
+    // --- end encrypted archive ---
+
     fn host_record(&self, host: &str, policy_sha256: &str) -> Result<(), StoreError> {
         owned!(host, policy_sha256);
         self.write(move |tx| {
@@ -1224,6 +1264,47 @@ impl super::Store for PgStore {
         })
     }
     // ---- end certificate cache ----
+    // --- encrypted archive (issue 15 item 5) ---
+    fn archived(&self, list: &str, digest: &[u8]) -> Result<bool, StoreError> {
+        owned!(list, digest);
+        let row = self.read(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    "SELECT 1 FROM archived WHERE list = $1 AND digest = $2",
+                    &[&list, &digest],
+                )
+                .await
+            })
+        })?;
+        Ok(row.is_some())
+    }
+
+    fn archive_record(
+        &self,
+        list: &str,
+        digest: &[u8],
+        retain_secs: u64,
+    ) -> Result<(), StoreError> {
+        owned!(list, digest);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = db_now(tx).await?;
+                tx.execute(
+                    "DELETE FROM archived WHERE archived < $1",
+                    &[&(now - retain_secs as i64)],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO archived (list, digest, archived) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[&list, &digest, &now],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+    }
+    // --- end encrypted archive ---
 }
 
 // --- admin API: tokens and the audit log ---

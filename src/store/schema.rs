@@ -252,6 +252,31 @@ CREATE TABLE IF NOT EXISTS cert_cache (
         additive: true,
     },
     // ---- end certificate cache -----------------------------------------------------------
+    // --- encrypted archive (issue 15 item 5) ---
+    Migration {
+        version: 9,
+        name: "posts archived per list, and archive keys in the database",
+        // New tables only. `archived` makes a post's several outbound transactions archive it
+        // once; SQLite sites keep archive keys under keyring_dir (archive_keys stays empty).
+        sql: "
+CREATE TABLE IF NOT EXISTS archived (
+    list TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    archived BIGINT NOT NULL,
+    PRIMARY KEY (list, digest)
+);
+CREATE INDEX IF NOT EXISTS archived_at ON archived (archived);
+CREATE TABLE IF NOT EXISTS archive_keys (
+    list TEXT PRIMARY KEY,
+    cert BLOB NOT NULL,
+    updated BIGINT NOT NULL
+);
+",
+        then: None,
+        postgres: None,
+        additive: true,
+    },
+    // --- end encrypted archive ---
 ];
 
 /// The newest schema version this code knows.
