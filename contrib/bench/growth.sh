@@ -7,8 +7,8 @@
 #               smtpd_recipient_limit = 1000), extra batches reinjected into an SMTP sink.
 # Per member count: wall time, CPU per recipient (the whole process) and the peak RSS above
 # the resident size before the message (VmHWM reset with /proc/self/clear_refs). Each size is
-# measured once, warm (keys validated by a first message), so the CPU column has the 10 ms
-# resolution of /proc/self/stat: read it at 1,000 members and up.
+# measured warm (keys validated by a first message); smaller lists repeat the post up to
+# 10,000 recipients, so the CPU column (10 ms clock of /proc/self/stat) is read over >= 1 s.
 #
 # Usage: contrib/bench/growth.sh PIPELINE_BENCH MILTER_BENCH
 #   the executables printed by `cargo bench --bench pipeline --bench milter --no-run`.
