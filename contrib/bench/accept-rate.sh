@@ -18,7 +18,8 @@
 # replay record as new; otherwise the script fails, since such a rate would measure refusals.
 #
 # Output: per run accepted/N, wall seconds, messages/s, the inbound/no-milter ratio (against
-# the mean of both no-milter runs), CPU ms per message of listcrypt and of the sender, and how
+# the mean of both no-milter runs), CPU ms per message of the milter (listcrypt, or the no-op
+# milter on its run) and of the sender, and how
 # busy all cores were (on a shared machine other work shows up there). Everything runs on this
 # machine: the sender, Postfix and listcrypt share the cores, so where the cores are saturated
 # the ratio mostly reflects the extra CPU per message. Timings are never asserted anywhere.
@@ -303,27 +304,30 @@ replay_rows() {
 milter_events() { grep -cE 'milter-(reject|discard|hold)|milter.*(not responding|failed|timeout)' "$W/postfix/log/maillog" || true; }
 
 CLK_TCK=$(getconf CLK_TCK)
-lc_ticks() { awk '{ print $14 + $15 }' "/proc/$LC_PID/stat"; } # listcrypt's user+system CPU
+lc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # PID: user+system CPU of the milter
 
 cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat; } # busy idle
 
-# send LABEL PORT FILES... -> sets ACC REF SECS, LC_MS and PY_MS (listcrypt's and the sender's
+# send LABEL PORT FILES... -> sets ACC REF SECS, LC_MS and PY_MS (the listener's milter's, i.e.
+# listcrypt's or for noop the no-op milter's, and the sender's
 # CPU ms per message) and BUSY (% of all cores busy, whoever used them); prints one line
 send() {
     local label=$1 port=$2 out t0 t1 c0 c1
     shift 2
-    t0=$(lc_ticks)
+    local pid=$LC_PID
+    [[ $label == *noop ]] && pid=$NOOP_PID
+    t0=$(lc_ticks "$pid")
     c0=$(cpu_ticks)
     out=$("$PY" "$HERE/accept-rate/send.py" --port "$port" --sender "$MEMBER" --rcpt "$LIST" \
         --concurrency "$CONCURRENCY" --per-session "$PER_SESSION" "$@" 2>"$W/send.err") ||
         { cat "$W/send.err" >&2; die "sender failed on $label"; }
-    t1=$(lc_ticks)
+    t1=$(lc_ticks "$pid")
     c1=$(cpu_ticks)
     read -r ACC REF SECS PY_S <<<"$out"
     LC_MS=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')
     PY_MS=$(awk -v s="$PY_S" -v n="$#" 'BEGIN { printf "%.2f", s * 1000 / n }')
     BUSY=$(awk -v a="$c0" -v b="$c1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[1] - x[1] + y[2] - x[2]) }')
-    printf '#   %-13s %d/%d accepted, %d refused, in %s s; CPU ms/msg: listcrypt %s, sender %s; all cores %s%% busy; load %s\n' \
+    printf '#   %-13s %d/%d accepted, %d refused, in %s s; CPU ms/msg: milter %s, sender %s; all cores %s%% busy; load %s\n' \
         "$label" "$ACC" "$#" "$REF" "$SECS" "$LC_MS" "$PY_MS" "$BUSY" "$(cut -d' ' -f1-3 /proc/loadavg)"
     [[ -s $W/send.err ]] && sed 's/^/#   /' "$W/send.err"
     return 0
@@ -389,7 +393,7 @@ printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" '
     { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; rate[NR] = $2 / $3
       if ($1 == "inbound") m = NR; else if ($1 == "noop") o = NR; else { base += rate[NR]; nb++; plain[nb] = NR } }
     END {
-        printf "%-10s %10s %8s %8s %6s  %-27s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg listcrypt/sender", "cores busy"
+        printf "%-10s %10s %8s %8s %6s  %-27s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg milter/sender", "cores busy"
         for (i = 1; i <= NR; i++)
             printf "%-10s %10s %8.2f %8.1f %6s  %13.2f / %-11.2f %9s%%\n", label[i], acc[i] "/" n, sec[i], rate[i], \
                 (i == m || i == o ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], busy[i]
