@@ -12,6 +12,14 @@
 //! `LISTCRYPT_BENCH_SECS` (budget per case, default 3), `LISTCRYPT_BENCH_EXPORT=DIR` writes
 //! the members' certificates there (`mN.pgp`) so that contrib/bench/outbound-limit.sh can time
 //! `gpg` on the same keys.
+//!
+//! `LISTCRYPT_BENCH_MAILMAN=10,100,1000,10000` prints only the growth table (issue 14 item 5)
+//! as Mailman sends a post: transactions of at most 500 recipients (Mailman's `max_recipients`
+//! default, within Postfix's `smtpd_recipient_limit` of 1000) one after the other, the
+//! default `batch_size` (extra batches reinjected into the sink), repeated up to 10,000
+//! recipients. Per member count: wall time of all transactions of one post, CPU per recipient
+//! (the whole process: daemon, milter client, sink),
+//! and the peak RSS above the resident size before the message (the kernel's peak reset).
 
 use indymilter_test::{Actions, ProtoOpts, Status, TestConnection};
 use listcrypt::config::{Config, SocketSpec};
@@ -249,6 +257,76 @@ fn cold_start_setup(dir: &std::path::Path) {
     println!("cold-start setup: 1000 members in {}", dir.display());
 }
 
+/// A `/proc/self/status` field in KiB (VmRSS, VmHWM).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// Mailman's `max_recipients` default: one post reaches the MTA in transactions this large.
+const MAX_RECIPIENTS: usize = 500;
+
+/// The growth table through the milter: one warm post per member count, as Mailman sends it.
+async fn growth(
+    root: &std::path::Path,
+    daemon: Arc<listcrypt::Daemon>,
+    sizes: &[usize],
+    members: &[String],
+    headers: &[(String, String)],
+    body: &[u8],
+) {
+    let inbound = listcrypt::bind(&SocketSpec::Unix(root.join("in.sock")), 0o600, None)
+        .await
+        .unwrap();
+    let outbound = listcrypt::bind(&SocketSpec::Unix(root.join("out.sock")), 0o600, None)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
+        let _ = rx.await;
+    }));
+    let socket = root.join("out.sock");
+    println!(
+        "| members | transactions | time | CPU/recipient | peak RSS above start | RSS at start |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for &n in sizes {
+        let post = |socket: std::path::PathBuf| async move {
+            for chunk in members[..n].chunks(MAX_RECIPIENTS) {
+                one_message(&socket, chunk, headers, body).await;
+            }
+        };
+        // Warm-up: each member's keys validated once per keyring snapshot, as in production.
+        post(socket.clone()).await;
+        // Resets the kernel's peak RSS (VmHWM) to the current RSS (proc(5), clear_refs 5).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        // Small lists repeat the post: 10,000 recipients in all, for the 10 ms CPU clock.
+        let reps = (10_000 / n.max(1)).max(1);
+        let (rss, cpu, t) = (status_kib("VmRSS"), cpu_time(), Instant::now());
+        for _ in 0..reps {
+            post(socket.clone()).await;
+        }
+        let took = t.elapsed() / reps as u32;
+        let used = cpu_time().zip(cpu).map_or(Duration::ZERO, |(b, a)| b - a);
+        let peak = status_kib("VmHWM").saturating_sub(rss);
+        println!(
+            "| {n} | {} | {:.1} ms | {:.1} us | {:.1} MiB | {:.1} MiB |",
+            n.div_ceil(MAX_RECIPIENTS),
+            took.as_secs_f64() * 1e3,
+            used.as_secs_f64() * 1e6 / (n * reps) as f64,
+            peak as f64 / 1024.0,
+            rss as f64 / 1024.0
+        );
+    }
+    println!("(MAIL to end of message of every transaction of one post in turn; batch_size 50, extra batches reinjected into a local sink; CPU over 10,000 recipients)");
+    let _ = tx.send(());
+    let _ = task.await;
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os("LISTCRYPT_BENCH_COLD_START") {
         let drop_cache = std::env::var_os("LISTCRYPT_BENCH_DROP_CACHE").is_some();
@@ -265,7 +343,17 @@ fn main() {
         .unwrap_or(3.0);
     let export = std::env::var_os("LISTCRYPT_BENCH_EXPORT");
     // Config::load takes every other LISTCRYPT_* variable for a configuration key.
-    for k in ["LISTCRYPT_BENCH_SECS", "LISTCRYPT_BENCH_EXPORT"] {
+    let mailman = std::env::var("LISTCRYPT_BENCH_MAILMAN").ok();
+    let sizes: Vec<usize> = mailman
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    for k in [
+        "LISTCRYPT_BENCH_SECS",
+        "LISTCRYPT_BENCH_EXPORT",
+        "LISTCRYPT_BENCH_MAILMAN",
+    ] {
         std::env::remove_var(k);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -286,7 +374,17 @@ fn main() {
     let store = SqliteStore::open(&config.state_dir).unwrap();
     let t = Instant::now();
     let mut members = Vec::new();
-    for i in 0..if smoke { 10 } else { 1000 } {
+    let count = match sizes.iter().max() {
+        Some(&most) => most,
+        None if smoke => 10,
+        None => 1000,
+    };
+    std::fs::write(
+        &policy_path,
+        listcrypt::config::Policy::default_file_text(LIST),
+    )
+    .unwrap();
+    for i in 0..count {
         let address = format!("m{i}@example.net");
         let (cert, _) = CertBuilder::new()
             .set_cipher_suite(CipherSuite::Cv25519)
@@ -294,11 +392,6 @@ fn main() {
             .add_transport_encryption_subkey()
             .generate()
             .unwrap();
-        std::fs::write(
-            &policy_path,
-            listcrypt::config::Policy::default_file_text(LIST),
-        )
-        .unwrap();
         add_member(
             &config,
             &store,
@@ -319,7 +412,7 @@ fn main() {
     }
     println!("listcrypt milter bench: outbound end of message, 100 KiB post, X25519 members, unix socket, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!(
-        "setup: 1000 members generated and bound in {:.1} s",
+        "setup: {count} members generated and bound in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     let (headers, body) = post();
@@ -327,6 +420,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if !sizes.is_empty() {
+        let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), None).unwrap());
+        return runtime.block_on(growth(root, daemon, &sizes, &members, &headers, &body));
+    }
     for batch_size in [50u32, 1000] {
         let text = listcrypt::config::Policy::default_file_text(LIST)
             .replace("batch_size = 50", &format!("batch_size = {batch_size}"));

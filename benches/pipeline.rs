@@ -19,6 +19,11 @@
 //! case shows SEIPDv2 (sequoia's default features) for reference.
 //!
 //! Environment: `LISTCRYPT_BENCH_SECS` = measuring budget per case in seconds (default 1.5).
+//! `LISTCRYPT_BENCH_GROWTH=10,100,1000,10000` prints only the growth table (issue 14 item 5):
+//! per member count, the daemon's path (`plan_batches` with the default batch_size, then
+//! `encrypt_batches` on all cores) warm, repeated up to 10,000 recipients: wall time per
+//! message, CPU per recipient (all threads), and
+//! the peak RSS above the resident size before the run (the kernel's peak is reset first).
 
 use listcrypt::config::{Limits, Policy};
 use listcrypt::inbound::{self, Envelope, Verdict};
@@ -359,7 +364,91 @@ fn busy_percent() -> Option<u64> {
     Some(100 * (total - (i1 - i0).min(total)) / total)
 }
 
+/// This process's CPU time so far, all threads (utime + stime, USER_HZ = 100 ticks).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<&str> = rest.split(' ').collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((tick(11) + tick(12)) * 10)
+}
+
+/// A `/proc/self/status` field in KiB (VmRSS, VmHWM).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// The growth table: member counts from `spec`, the daemon's batching, one warm message each.
+fn growth(spec: &str) {
+    let sizes: Vec<usize> = spec
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let most = sizes.iter().copied().max().unwrap_or(0);
+    let keyring = tempfile::tempdir().expect("tempdir");
+    let list_cert = create_list_key(keyring.path(), LIST).expect("list key");
+    let t = Instant::now();
+    let certs = member_certs(most, Features::empty().set_seipdv1());
+    let list = ListKeys::new(
+        LIST.to_string(),
+        Policy::default(),
+        list_cert,
+        members(&certs),
+    );
+    drop(certs);
+    let recipients: Vec<String> = (0..most).map(|i| format!("m{i}@example.net")).collect();
+    let post = outbound_post(&body(POST_BYTES));
+    println!(
+        "growth (in-process: plan_batches + encrypt_batches, batch_size {}, 100 KiB post, {} cores); {most} members made in {:.1} s",
+        list.policy.batch_size,
+        std::thread::available_parallelism().map_or(1, |p| p.get()),
+        t.elapsed().as_secs_f64()
+    );
+    println!("| members | batches | time | CPU/recipient | output | peak RSS above start | RSS at start |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in sizes {
+        let batches = plan_batches(&list, &recipients[..n]);
+        // Warm-up: each member's keys validated once per keyring snapshot, as in the daemon.
+        drop(encrypt_batches(&post, &list, &batches).expect("encrypt"));
+        // Resets the kernel's peak RSS (VmHWM) to the current RSS (proc(5), clear_refs 5).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        // Small lists repeat the message: 10,000 recipients in all, for the 10 ms CPU clock.
+        let reps = (10_000 / n.max(1)).max(1);
+        let (rss, cpu, t) = (status_kib("VmRSS"), cpu_time(), Instant::now());
+        let mut bytes = 0;
+        for _ in 0..reps {
+            let out = encrypt_batches(&post, &list, &batches).expect("encrypt");
+            bytes = out
+                .iter()
+                .filter_map(|r| r.body.as_ref())
+                .map(Vec::len)
+                .sum();
+        }
+        let (took, used) = (t.elapsed() / reps as u32, cpu_time() - cpu);
+        let peak = status_kib("VmHWM").saturating_sub(rss);
+        println!(
+            "| {n} | {} | {:.1} ms | {:.1} us | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            batches.len(),
+            ms(took),
+            used.as_secs_f64() * 1e6 / (n * reps) as f64,
+            bytes as f64 / (1 << 20) as f64,
+            peak as f64 / 1024.0,
+            rss as f64 / 1024.0
+        );
+    }
+    println!("(time per message; CPU from /proc/self/stat over 10,000 recipients, small lists repeating the message; after a warm-up)");
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("LISTCRYPT_BENCH_GROWTH") {
+        return growth(&spec);
+    }
     let budget = Duration::from_secs_f64(
         std::env::var("LISTCRYPT_BENCH_SECS")
             .ok()

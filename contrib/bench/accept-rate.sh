@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Postfix accept rate for ~10 KiB encrypted posts: through listcrypt's inbound milter vs no
-# milter, in the same run, on the same Postfix, with the same message bytes.
+# milter and vs a no-op milter, in the same run, on the same Postfix, with the same bytes.
 #
 # One throwaway Postfix (everything chroot n, loopback only, delivery to discard: so delivery
-# costs nothing) with two smtpd listeners on free 127.0.0.1 ports:
+# costs nothing) with three smtpd listeners on free 127.0.0.1 ports:
 #   inbound   -o smtpd_milters=unix:$W/run/inbound.sock   (listcrypt serve, unix socket)
+#   noop      -o smtpd_milters=unix:$W/run/noop.sock      (examples/noop_milter.rs: the same
+#             milter library and stages as listcrypt, every answer Continue)
 #   nomilter  -o smtpd_milters=
 # N distinct posts (each a BODY_BYTES text body with its own counter, signed by the member
 # alice and encrypted to the list key with gpg -z 0, RFC 3156 multipart/encrypted) are made
 # before any timing. The sender (accept-rate/send.py, Python smtplib threads) sends all N to a
 # listener with CONCURRENCY sessions, one message per transaction. Order: warm-up on both
 # listeners with WARMUP posts of their own (a post the milter saw once would be a replay later),
-# then nomilter, inbound, nomilter again (drift), each with the same N posts; the queue is
+# then nomilter, noop, inbound, nomilter again (drift), each with the same N posts; the queue is
 # drained between runs. Every post on the inbound run must be accepted (250) and enter the
 # replay record as new; otherwise the script fails, since such a rate would measure refusals.
 #
 # Output: per run accepted/N, wall seconds, messages/s, the inbound/no-milter ratio (against
-# the mean of both no-milter runs), CPU ms per message of listcrypt and of the sender, and how
+# the mean of both no-milter runs), CPU ms per message of the milter (listcrypt, or the no-op
+# milter on its run) and of the sender, and how
 # busy all cores were (on a shared machine other work shows up there). Everything runs on this
 # machine: the sender, Postfix and listcrypt share the cores, so where the cores are saturated
 # the ratio mostly reflects the extra CPU per message. Timings are never asserted anywhere.
@@ -28,7 +31,9 @@
 #   PER_SESSION (messages per SMTP session, default 1), WARMUP (default 20), BODY_BYTES
 #   (default 10240),
 #   LISTCRYPT (binary; default target/release/listcrypt, built with cargo build --release if
-#   missing), KEEP=1 (keep the work directory).
+#   missing), NOOP_MILTER (default target/release/examples/noop_milter, built with cargo build
+#   --release --example noop_milter if missing), KEEP=1 (keep the work directory),
+#   PERF_OUT=FILE (`perf record -g` of listcrypt during the inbound run; the report goes there).
 # Needs: bash >= 4, postfix (postfix, postconf, postqueue), gpg, gpgconf, /usr/bin/python3,
 #   sqlite3 (optional: replay-record check).
 set -euo pipefail
@@ -44,6 +49,7 @@ PY=/usr/bin/python3
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 LISTCRYPT=${LISTCRYPT:-$REPO/target/release/listcrypt}
+NOOP_MILTER=${NOOP_MILTER:-$REPO/target/release/examples/noop_milter}
 
 die() { echo "accept-rate: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (throwaway Postfix instance)"
@@ -60,6 +66,11 @@ if [[ ! -x $LISTCRYPT ]]; then
     (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
     [[ -x $LISTCRYPT ]] || die "$LISTCRYPT still missing after the build"
 fi
+if [[ ! -x $NOOP_MILTER ]]; then
+    echo "# $NOOP_MILTER missing: cargo build --release --example noop_milter"
+    (cd "$REPO" && cargo build --release --example noop_milter) || die "building noop_milter failed"
+    [[ -x $NOOP_MILTER ]] || die "$NOOP_MILTER still missing after the build"
+fi
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/listcrypt-accept-rate.XXXXXX")
 chmod 755 "$W" # user postfix must reach the milter socket and the queue below it
@@ -67,6 +78,7 @@ ETC=$W/postfix/etc
 SPOOL=$W/postfix/spool
 ALICE_HOME=$W/gnupg-alice
 LC_PID=
+NOOP_PID=
 PF_STARTED=
 
 stop_pid() { # PID [SECONDS]: TERM, wait, KILL
@@ -92,6 +104,10 @@ cleanup() {
         stop_pid "$LC_PID" 10
         wait "$LC_PID" 2>/dev/null
     fi
+    if [[ -n $NOOP_PID ]]; then
+        stop_pid "$NOOP_PID" 5
+        wait "$NOOP_PID" 2>/dev/null
+    fi
     [[ -d $ALICE_HOME ]] && gpgconf --homedir "$ALICE_HOME" --kill all >/dev/null 2>&1
     if [[ ${KEEP:-0} == 1 ]]; then
         echo "# kept $W" >&2
@@ -105,6 +121,7 @@ trap 'exit 130' INT TERM
 
 # A private copy: a `cargo build` elsewhere during the run cannot swap the binary under us.
 cp "$LISTCRYPT" "$W/listcrypt"
+cp "$NOOP_MILTER" "$W/noop_milter"
 BIN_INFO="binary $(date -u -r "$LISTCRYPT" '+%F %T'), sha256 $(sha256sum "$W/listcrypt" | cut -c1-12)"
 BIN_VERSION=$("$W/listcrypt" --version 2>/dev/null | awk '{print $NF}')
 LISTCRYPT=$W/listcrypt
@@ -151,6 +168,13 @@ for ((i = 0; i < 200; i++)); do
     sleep 0.05
 done
 [[ -S $W/run/inbound.sock ]] || die "listcrypt made no inbound socket in 10 s"
+"$W/noop_milter" "$W/run/noop.sock" 2>"$W/log/noop.log" &
+NOOP_PID=$!
+for ((i = 0; i < 200; i++)); do
+    [[ -S $W/run/noop.sock ]] && break
+    sleep 0.05
+done
+[[ -S $W/run/noop.sock ]] || die "noop_milter made no socket in 10 s"
 
 # ---- posts (before any timing) -----------------------------------------------------------
 # posts/run: the N measured posts; posts/warm: WARMUP others, never sent again.
@@ -173,6 +197,8 @@ chmod 700 "$W/postfix/data"
 P_MILTER=$(free_port)
 P_PLAIN=$(free_port)
 while [[ $P_PLAIN == "$P_MILTER" ]]; do P_PLAIN=$(free_port); done
+P_NOOP=$(free_port)
+while [[ $P_NOOP == "$P_MILTER" || $P_NOOP == "$P_PLAIN" ]]; do P_NOOP=$(free_port); done
 cat >"$ETC/main.cf" <<EOF
 # Throwaway Postfix for contrib/bench/accept-rate.sh
 compatibility_level = 3.6
@@ -241,20 +267,23 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 127.0.0.1:$P_PLAIN inet n - n - - smtpd
   -o syslog_name=postfix/nomilter
   -o smtpd_milters=
+127.0.0.1:$P_NOOP inet n - n - - smtpd
+  -o syslog_name=postfix/noop
+  -o smtpd_milters=unix:$W/run/noop.sock
 EOF
 postconf -c "$ETC" -n >/dev/null 2>>"$LOG" || { cat "$LOG" >&2; die "postconf rejects main.cf"; }
 PF_STARTED=1
 run postfix -c "$ETC" start
 port_open() { "$PY" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; }
 for ((i = 0; i < 200; i++)); do
-    port_open "$P_MILTER" && port_open "$P_PLAIN" && break
+    port_open "$P_MILTER" && port_open "$P_PLAIN" && port_open "$P_NOOP" && break
     sleep 0.1
 done
-if ! { port_open "$P_MILTER" && port_open "$P_PLAIN"; }; then
+if ! { port_open "$P_MILTER" && port_open "$P_PLAIN" && port_open "$P_NOOP"; }; then
     tail -n 20 "$W/postfix/log/maillog" >&2
     die "Postfix listeners not up in 20 s"
 fi
-awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "# setup took %.1f s; Postfix listeners: inbound 127.0.0.1:%s, nomilter 127.0.0.1:%s\n", b - a, "'"$P_MILTER"'", "'"$P_PLAIN"'" }'
+awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "# setup took %.1f s; Postfix listeners: inbound 127.0.0.1:%s, nomilter 127.0.0.1:%s, noop 127.0.0.1:%s\n", b - a, "'"$P_MILTER"'", "'"$P_PLAIN"'", "'"$P_NOOP"'" }'
 
 drain() {
     local i
@@ -275,27 +304,30 @@ replay_rows() {
 milter_events() { grep -cE 'milter-(reject|discard|hold)|milter.*(not responding|failed|timeout)' "$W/postfix/log/maillog" || true; }
 
 CLK_TCK=$(getconf CLK_TCK)
-lc_ticks() { awk '{ print $14 + $15 }' "/proc/$LC_PID/stat"; } # listcrypt's user+system CPU
+lc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # PID: user+system CPU of the milter
 
 cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat; } # busy idle
 
-# send LABEL PORT FILES... -> sets ACC REF SECS, LC_MS and PY_MS (listcrypt's and the sender's
+# send LABEL PORT FILES... -> sets ACC REF SECS, LC_MS and PY_MS (the listener's milter's, i.e.
+# listcrypt's or for noop the no-op milter's, and the sender's
 # CPU ms per message) and BUSY (% of all cores busy, whoever used them); prints one line
 send() {
     local label=$1 port=$2 out t0 t1 c0 c1
     shift 2
-    t0=$(lc_ticks)
+    local pid=$LC_PID
+    [[ $label == *noop ]] && pid=$NOOP_PID
+    t0=$(lc_ticks "$pid")
     c0=$(cpu_ticks)
     out=$("$PY" "$HERE/accept-rate/send.py" --port "$port" --sender "$MEMBER" --rcpt "$LIST" \
         --concurrency "$CONCURRENCY" --per-session "$PER_SESSION" "$@" 2>"$W/send.err") ||
         { cat "$W/send.err" >&2; die "sender failed on $label"; }
-    t1=$(lc_ticks)
+    t1=$(lc_ticks "$pid")
     c1=$(cpu_ticks)
     read -r ACC REF SECS PY_S <<<"$out"
     LC_MS=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')
     PY_MS=$(awk -v s="$PY_S" -v n="$#" 'BEGIN { printf "%.2f", s * 1000 / n }')
     BUSY=$(awk -v a="$c0" -v b="$c1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[1] - x[1] + y[2] - x[2]) }')
-    printf '#   %-13s %d/%d accepted, %d refused, in %s s; CPU ms/msg: listcrypt %s, sender %s; all cores %s%% busy; load %s\n' \
+    printf '#   %-13s %d/%d accepted, %d refused, in %s s; CPU ms/msg: milter %s, sender %s; all cores %s%% busy; load %s\n' \
         "$label" "$ACC" "$#" "$REF" "$SECS" "$LC_MS" "$PY_MS" "$BUSY" "$(cut -d' ' -f1-3 /proc/loadavg)"
     [[ -s $W/send.err ]] && sed 's/^/#   /' "$W/send.err"
     return 0
@@ -310,6 +342,7 @@ must_accept_all() { # LABEL TOTAL
 # ---- runs --------------------------------------------------------------------------------
 echo "# warm-up: $WARMUP posts on each listener (posts not used again)"
 send warm-nomilter "$P_PLAIN" "${WARM_POSTS[@]}"
+send warm-noop "$P_NOOP" "${WARM_POSTS[@]}"
 send warm-inbound "$P_MILTER" "${WARM_POSTS[@]}"
 must_accept_all warm-inbound "$WARMUP"
 drain
@@ -318,7 +351,17 @@ RESULTS=()
 run_one() { # LABEL PORT
     local before after
     before=$(replay_rows)
+    local perf=
+    if [[ $1 == inbound && -n ${PERF_OUT:-} ]]; then
+        perf record -q -F 499 -g -p "$LC_PID" -o "$W/perf.data" 2>>"$LOG" &
+        perf=$!
+    fi
     send "$1" "$2" "${RUN_POSTS[@]}"
+    if [[ -n $perf ]]; then
+        kill -INT "$perf" 2>/dev/null
+        wait "$perf" 2>/dev/null || true
+        perf report -i "$W/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | head -n 400 >"$PERF_OUT" || true
+    fi
     drain
     after=$(replay_rows)
     RESULTS+=("$1 $ACC $SECS $LC_MS $PY_MS $BUSY")
@@ -332,6 +375,7 @@ run_one() { # LABEL PORT
 }
 EV0=$(milter_events)
 run_one nomilter "$P_PLAIN"
+run_one noop "$P_NOOP"
 run_one inbound "$P_MILTER"
 run_one nomilter2 "$P_PLAIN"
 EV1=$(milter_events)
@@ -346,12 +390,14 @@ echo
 echo "listcrypt $BIN_VERSION ($BIN_INFO; repo HEAD $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')), Postfix $(postconf -d -h mail_version), nproc $(nproc)"
 echo "N=$N posts x ~${SIZE} B (body $BODY_BYTES B, gpg sign+encrypt -z 0, RFC 3156), concurrency $CONCURRENCY, $PER_SESSION msg/session, milter over a unix socket, delivery discard:"
 printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" '
-    { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; rate[NR] = $2 / $3; if ($1 == "inbound") m = NR; else { base += rate[NR]; nb++ } }
+    { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; rate[NR] = $2 / $3
+      if ($1 == "inbound") m = NR; else if ($1 == "noop") o = NR; else { base += rate[NR]; nb++; plain[nb] = NR } }
     END {
-        printf "%-10s %10s %8s %8s %6s  %-27s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg listcrypt/sender", "cores busy"
+        printf "%-10s %10s %8s %8s %6s  %-27s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg milter/sender", "cores busy"
         for (i = 1; i <= NR; i++)
             printf "%-10s %10s %8.2f %8.1f %6s  %13.2f / %-11.2f %9s%%\n", label[i], acc[i] "/" n, sec[i], rate[i], \
-                (label[i] == "inbound" ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], busy[i]
+                (i == m || i == o ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], busy[i]
         printf "ratio inbound/nomilter: %.2fx of the mean of both nomilter runs (%.2fx of the first, %.2fx of the second)\n", \
-            rate[m] / (base / nb), rate[m] / rate[1], rate[m] / rate[3]
+            rate[m] / (base / nb), rate[m] / rate[plain[1]], rate[m] / rate[plain[2]]
+        printf "ratio noop/nomilter: %.2fx; inbound/noop: %.2fx\n", rate[o] / (base / nb), rate[m] / rate[o]
     }'

@@ -3,6 +3,7 @@
 # post through the milter protocol on a unix socket, batch_size 1000 = one batch) of this
 # build and, optionally, of an older one, beside one `gpg --throw-keyids -s -e` process to the
 # same keys, and the machine's raw X25519 rate (`openssl speed`), measured before and after.
+# Also gpg to one member (the cost of gpg once per member is 100 such runs at 100 members).
 #
 #   2-core X25519 limit for n members = n PKESKs x 2 operations / (2 cores x ops/s per core)
 #
@@ -81,7 +82,7 @@ gpg_ms() { # N: median wall time of RUNS runs, in ms
     done | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 declare -A GPG
-for n in 10 100 1000; do GPG[$n]=$(gpg_ms "$n"); done
+for n in 1 10 100 1000; do GPG[$n]=$(gpg_ms "$n"); done
 
 RATE2=$(x25519_rate)
 echo "# X25519 after: $RATE2 op/s per core"
@@ -104,6 +105,9 @@ for n in 10 100 1000; do
             old == "" ? "-" : sprintf("%.2fx", new / old), ocpu == "" ? "-" : ocpu " ms",
             cpu == "" ? "-" : cpu " ms", gpg, new / gpg, limit, new / limit }'
 done
+new100=$(pick "$W/new.txt" 100 median)
+awk -v one="${GPG[1]}" -v new="$new100" 'BEGIN {
+    printf "\n100 members vs gpg once per member (100 x %.1f ms = %.0f ms): %.0fx faster\n", one, 100 * one, 100 * one / new }'
 echo
 echo "(limit from the mean of the two X25519 rates; daemon times are medians of bench runs,"
 echo " MAIL to end of message; gpg: median of $RUNS runs, one process per message)"

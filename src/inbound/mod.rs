@@ -222,7 +222,10 @@ impl Transaction {
         let env = Envelope {
             sender: &self.sender,
         };
-        let verdict = pipeline::run_until(&env, message, list, limits, rules, now, deadline);
+        // The crypto permit covers decryption and verification only: the replay record's
+        // durable write below waits on the disk, and other posts' crypto can use the core.
+        let verdict = crate::crypto_pool::global()
+            .run(|| pipeline::run_until(&env, message, list, limits, rules, now, deadline));
         if deadline.expired() {
             // Our waiter answered 451 already: the sender retries, so record nothing.
             return Verdict::Tempfail(Internal::Timeout.into());

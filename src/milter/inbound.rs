@@ -32,7 +32,8 @@ pub(super) async fn finish(
     let decided = |outcome| metrics::decision(&list, Direction::Inbound, outcome);
     let setting = cx.config.inbound_envelope_sender;
     let list_name = list.clone();
-    // Decryption and verification share the cores with every other message's crypto.
+    // Decryption and verification share the cores with every other message's crypto (the
+    // transaction takes a crypto permit around them, not around the replay write).
     let work = tokio::task::spawn_blocking(move || {
         // One clock reading per message, the database's where hosts share one (skew between
         // hosts must not move signature, replay or token windows).
@@ -43,13 +44,10 @@ pub(super) async fn finish(
                 return (Verdict::Tempfail(Refusal::Internal(Internal::State)), None);
             }
         };
-        crate::crypto_pool::global().run(|| {
-            let verdict =
-                tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline);
-            let envelope = tx.envelope_sender(setting, &verdict);
-            crate::refresh::offer_from_post(&daemon, &list_name, &verdict, &bytes);
-            (verdict, envelope)
-        })
+        let verdict = tx.finish_until(&bytes, &limits, &Recording(daemon.store()), now, &deadline);
+        let envelope = tx.envelope_sender(setting, &verdict);
+        crate::refresh::offer_from_post(&daemon, &list_name, &verdict, &bytes);
+        (verdict, envelope)
     });
     let (verdict, envelope) = with_progress(work, actions, timeout).await?;
     let qid = &message.queue_id;

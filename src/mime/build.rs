@@ -13,7 +13,7 @@ pub fn multipart_encrypted(armored: &[u8]) -> (String, Vec<u8>) {
     let content_type = format!(
         "multipart/encrypted; protocol=\"application/pgp-encrypted\";\n\tboundary=\"{boundary}\""
     );
-    let mut body = Vec::with_capacity(armored.len() + 512);
+    let mut body = Vec::with_capacity(armored.len() + armored.len() / 32 + 512);
     body.extend_from_slice(b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n");
     body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
     body.extend_from_slice(b"Content-Type: application/pgp-encrypted\r\n");
@@ -23,7 +23,7 @@ pub fn multipart_encrypted(armored: &[u8]) -> (String, Vec<u8>) {
     body.extend_from_slice(b"Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\n");
     body.extend_from_slice(b"Content-Description: OpenPGP encrypted message\r\n");
     body.extend_from_slice(b"Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n");
-    body.extend_from_slice(&super::to_crlf(armored));
+    super::parse::to_crlf_into(armored, &mut body);
     if !body.ends_with(b"\r\n") {
         body.extend_from_slice(b"\r\n");
     }
