@@ -83,6 +83,17 @@ fn setup() -> (Site, Sink, GpgMember) {
 
 /// One request with a cookie and an Origin; the status.
 fn post_raw(addr: SocketAddr, path: &str, cookie: &str, origin: &str, body: &str) -> u16 {
+    post_answer(addr, path, cookie, origin, body).0
+}
+
+/// The status and the head of the answer.
+fn post_answer(
+    addr: SocketAddr,
+    path: &str,
+    cookie: &str,
+    origin: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
@@ -94,7 +105,39 @@ fn post_raw(addr: SocketAddr, path: &str, cookie: &str, origin: &str, body: &str
     .unwrap();
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
-    raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap()
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    let head = raw
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (status, head)
+}
+
+/// Sign-in attempts from one address: a few, then 429 with Retry-After.
+fn sign_in_is_rate_limited(addr: SocketAddr) {
+    let origin = format!("http://{addr}");
+    // A well-formed token that does not exist, with a valid double-submit pair.
+    let body = format!("csrf=x1&token=lct_{}_{}", "a".repeat(16), "b".repeat(52));
+    let answers: Vec<(u16, String)> = (0..8)
+        .map(|_| post_answer(addr, "/signin", "listcrypt_signin=x1", &origin, &body))
+        .collect();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert!(statuses.contains(&401), "{statuses:?}");
+    let limited = answers
+        .iter()
+        .find(|a| a.0 == 429)
+        .unwrap_or_else(|| panic!("never 429: {statuses:?}"));
+    let retry = limited
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(
+        retry.is_some_and(|s| (1..=13).contains(&s)),
+        "{}",
+        limited.1
+    );
 }
 
 fn sign_in(r: &mut Run, token: &str) {
@@ -140,6 +183,7 @@ fn owners_page_in_headless_chromium() {
     members_page(&mut r, &site, &alice, &bob);
     policy_pages(&mut r, &site, addr);
     other_list_and_revocation(&mut r, &site, &owner_a);
+    sign_in_is_rate_limited(addr);
 }
 
 fn public_page(r: &mut Run, site: &Site) {
