@@ -172,7 +172,7 @@ fn owners_page_in_headless_chromium() {
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-screenshots");
     let mut r = Run {
         b: Browser::start(),
-        // Browsers keep `Secure` cookies over plain HTTP for localhost only (a secure
+        // Browsers keep `Secure` cookies over plain HTTP only on loopback (a secure
         // context); in production the TLS front-end serves the page.
         base: format!("http://localhost:{}", addr.port()),
         axe: axe_source(),
@@ -366,6 +366,13 @@ fn other_list_and_revocation(r: &mut Run, site: &Site, owner_a: &str) {
         assert!(!r.b.text().contains("batch_size"), "{path}");
     }
     r.check_page("other-list-refused");
+    // Signing out (from a page of the signed-in owner) ends the session.
+    r.open("/");
+    r.b.submit("document.querySelector('form[action=\"/signout\"] button').click()");
+    r.open(&format!("/owner/{LIST}"));
+    assert!(r.b.text().contains("Sign in with"), "{}", r.b.text());
+    sign_in(r, owner_a);
+    assert_eq!(r.b.status, 200);
     // Revoked: the session ends at the next request.
     let id = owner_a.split('_').nth(1).unwrap();
     run_ok(site.cli().args(["token", "revoke", id]), None);

@@ -122,7 +122,8 @@ impl Browser {
     /// Runs `script` and waits for the page it leads to (a navigation or a form's answer).
     fn until_loaded(&mut self, method: &str, params: Value) {
         self.loads = 0;
-        self.call(method, params);
+        let r = self.call(method, params);
+        assert!(r.get("exceptionDetails").is_none(), "{method}: {r}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.loads == 0 {
             assert!(Instant::now() < deadline, "no page loaded after {method}");
