@@ -937,7 +937,7 @@ fn new_token() -> String {
         .to_ascii_lowercase()
 }
 
-fn key_address(list: &ListKeys) -> String {
+pub fn key_address(list: &ListKeys) -> String {
     let (local, domain) = list.parts();
     format!("{local}-{}@{domain}", list.policy.key_suffix)
 }

@@ -35,6 +35,7 @@ pub mod reinject;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod web;
 pub mod wkd;
 
 pub use server::{bind, run, AnyListener};

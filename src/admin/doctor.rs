@@ -3,8 +3,8 @@
 //! REST API, and listcrypt's own settings, keys and bindings; one line per check, exit 1 on a
 //! FAIL.
 
-mod mailman;
-mod mailman_rest;
+pub(crate) mod mailman;
+pub(crate) mod mailman_rest;
 mod postfix;
 mod sendmail;
 

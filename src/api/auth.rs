@@ -241,7 +241,7 @@ pub fn grant_of(record: &TokenRecord) -> Option<Grant> {
 }
 
 /// Compares without an early exit, so the time taken says nothing about where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

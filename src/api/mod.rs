@@ -8,11 +8,11 @@
 
 pub mod auth;
 mod binding;
-mod extract;
+pub mod extract;
 pub mod policy;
-mod policy_routes;
+pub mod policy_routes;
 pub mod problem;
-mod routes;
+pub mod routes;
 
 use crate::keys::KeyError;
 use crate::state::Daemon;
@@ -231,7 +231,8 @@ pub fn router(api: Arc<Api>) -> Router {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(api)
+        .with_state(api.clone())
+        .merge(crate::web::router(api))
 }
 
 /// The running API listener of `serve`, with its stop switch.
@@ -304,8 +305,10 @@ async fn accept_loop(listener: TcpListener, app: Router, mut stop: watch::Receiv
 }
 
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: Router) {
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
         let app = app.clone();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         async move {
             let answer =
                 tokio::time::timeout(REQUEST_TIMEOUT, tower::ServiceExt::oneshot(app, req));

@@ -52,7 +52,7 @@ impl From<MemberRow> for Member {
 
 /// The list's address, normalized, once the caller may act on it; then whether it exists.
 /// Authorization comes first: a token for another list learns nothing about this one.
-pub(super) fn list_for(api: &Api, grant: &Grant, raw: &str, need: Need) -> Result<String, Problem> {
+pub(crate) fn list_for(api: &Api, grant: &Grant, raw: &str, need: Need) -> Result<String, Problem> {
     let list = normalize_address(raw);
     authorize(grant, &list, need)
         .map_err(|e| Problem::new(StatusCode::FORBIDDEN, e.to_string()))?;

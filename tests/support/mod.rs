@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod api;
+pub mod browser;
 pub mod clients;
 pub mod corpus;
 pub mod debootstrap;

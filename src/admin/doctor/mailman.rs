@@ -116,7 +116,7 @@ pub(super) fn default(section: &str, key: &str) -> String {
         .map_or(String::new(), |(_, _, v)| v.to_string())
 }
 
-pub(super) fn connect(api: &MailmanApi) -> Result<Rest, String> {
+pub(crate) fn connect(api: &MailmanApi) -> Result<Rest, String> {
     let password = match api.password() {
         None => return Err("mailman_api.password_file is not set".into()),
         Some(Err(e)) => return Err(format!("{}: {e}", api.password_file.display())),
