@@ -5,6 +5,8 @@
 
 mod support;
 
+use sequoia_openpgp::parse::Parse;
+use sequoia_openpgp::Cert;
 use serde_json::json;
 use std::fs;
 use support::api::{enable, get, request, send_json, serve, token};
@@ -69,6 +71,25 @@ fn tokens_are_confined_to_their_list_and_scopes() {
                 .ends_with(list[0]["expires"].as_str().unwrap()),
         "{cli} vs {list}"
     );
+    // Certifications: none yet; once alice's certification of the list key is merged (as the
+    // key address merges one), the member row says so.
+    assert_eq!(list[0]["certifies_list_key"], false, "{list}");
+    alice
+        .gpg
+        .ok(&["--quick-sign-key", &alice.list_fingerprint], None);
+    let exported = alice.gpg.ok(&["--export", &alice.list_fingerprint], None);
+    let certified = Cert::from_bytes(&exported).unwrap();
+    let sigs: Vec<_> = certified
+        .userids()
+        .flat_map(|u| u.certifications().cloned())
+        .collect();
+    assert!(!sigs.is_empty(), "gpg exported no certification");
+    let config = listcrypt::config::Config::load(Some(&site.config)).unwrap();
+    let store = listcrypt::store::open(&config).unwrap();
+    let home = listcrypt::keys::KeyHome::of(&config.keyring_dir, &*store);
+    listcrypt::keys::add_list_certifications(home, LIST, sigs).unwrap();
+    let list = get(addr, &members(LIST), Some(&read_a)).json();
+    assert_eq!(list[0]["certifies_list_key"], true, "{list}");
     let lists = get(addr, "/v1/lists", Some(&read_a)).json();
     assert_eq!(lists.as_array().unwrap().len(), 1, "{lists}");
     assert_eq!(lists[0]["address"], LIST);

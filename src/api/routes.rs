@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
@@ -35,10 +36,14 @@ pub struct Member {
     pub state: String,
     /// `YYYY-MM-DD`, `never`, `invalid`, or `missing` (as `member list` prints it).
     pub expires: String,
+    /// Whether the list key, as published, carries this member key's certification of it
+    /// (sent to the key address and merged after its signature was checked).
+    pub certifies_list_key: bool,
 }
 
-impl From<MemberRow> for Member {
-    fn from(r: MemberRow) -> Member {
+impl Member {
+    fn of(r: MemberRow, certifiers: &HashSet<String>) -> Member {
+        let certifies_list_key = certifiers.contains(&r.fingerprint.to_ascii_uppercase());
         Member {
             address: r.address,
             fingerprint: r.fingerprint,
@@ -46,8 +51,19 @@ impl From<MemberRow> for Member {
             show_key_id: r.show_key_id,
             state: r.state,
             expires: r.expires,
+            certifies_list_key,
         }
     }
+}
+
+/// Upper-case fingerprints of the keys whose certifications the list key's user IDs carry
+/// (an issuer named only by key ID matches no fingerprint: it is not counted).
+fn list_key_certifiers(cert: &sequoia_openpgp::Cert) -> HashSet<String> {
+    cert.userids()
+        .flat_map(|u| u.certifications())
+        .flat_map(|s| s.issuer_fingerprints())
+        .map(|f| f.to_hex())
+        .collect()
 }
 
 /// The list's address, normalized, once the caller may act on it; then whether it exists.
@@ -122,11 +138,20 @@ pub async fn members(
         .and_then(|k| k.lists.get(&list).cloned());
     let rows = api
         .run(move |d| {
-            member_rows_known(&d.config().keyring_dir, d.store(), &list, known.as_deref())
-                .map_err(|e| key_problem("members", e))
+            let config = d.config();
+            let home = keys::KeyHome::of(&config.keyring_dir, d.store());
+            let list_key =
+                keys::load_list_key(home, &list).map_err(|e| key_problem("list key", e))?;
+            let certifiers = list_key_certifiers(&list_key);
+            let rows = member_rows_known(&config.keyring_dir, d.store(), &list, known.as_deref())
+                .map_err(|e| key_problem("members", e))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| Member::of(r, &certifiers))
+                .collect())
         })
         .await?;
-    Ok(Json(rows.into_iter().map(Member::from).collect()))
+    Ok(Json(rows))
 }
 
 /// A key to bind to an address, proven by the same challenge as a key sent to the key address.
