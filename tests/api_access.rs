@@ -264,6 +264,13 @@ fn only_site_admin_tokens_loosen_and_owners_hear_of_every_change() {
             "{doc}"
         );
         assert!(doc["detail"].as_str().unwrap().contains(":2:19: "), "{doc}");
+        // Owners get the line and column, not where the site keeps its policy files.
+        let detail = doc["detail"].as_str().unwrap();
+        assert!(detail.starts_with(&format!("{LIST}.toml:2:19: ")), "{doc}");
+        assert!(
+            !detail.contains(&*site.dir.path().to_string_lossy()),
+            "{doc}"
+        );
     }
     assert_eq!(fs::read_to_string(&file).unwrap(), loose);
     let log = get(addr, &format!("/v1/lists/{LIST}/audit"), Some(&admin)).json();

@@ -78,6 +78,14 @@ pub async fn get(
     }))
 }
 
+/// The policy file's name without its directory: diagnostics go to list owners, who need the
+/// line and column but not where `policy_dir` is on the host.
+fn shown_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 #[utoipa::path(post, path = "/v1/lists/{list}/policy/validate", tag = "policy",
     params(("list" = String, Path, description = "The list's posting address")),
     request_body = PolicyText,
@@ -89,8 +97,11 @@ pub async fn check(
     JsonBody(body): JsonBody<PolicyText>,
 ) -> Result<Json<Valid>, Problem> {
     let list = list_for(&api, &grant, &raw, Need::Read)?;
-    let shown = api.daemon.config().policy_path(&list).display().to_string();
-    validate(&shown, &body.text).map_err(invalid)?;
+    validate(
+        &shown_name(&api.daemon.config().policy_path(&list)),
+        &body.text,
+    )
+    .map_err(invalid)?;
     Ok(Json(Valid { valid: true }))
 }
 
@@ -117,7 +128,7 @@ pub async fn put(
         ));
     }
     let path = config.policy_path(&list);
-    let new = validate(&path.display().to_string(), &body.text).map_err(invalid)?;
+    let new = validate(&shown_name(&path), &body.text).map_err(invalid)?;
     // One change at a time: the comparison below is with the file it replaces.
     let _guard = api.policy_lock.lock().await;
     let old_text = read_policy(&path)?;
