@@ -19,6 +19,7 @@ pub mod crypto_pool;
 pub mod deadline;
 pub mod dsn;
 pub mod http;
+pub mod http_client;
 pub mod inbound;
 pub mod key_address;
 pub mod keys;

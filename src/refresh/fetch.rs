@@ -5,8 +5,6 @@
 use crate::config::KeyRefresh;
 use crate::wkd::Layout;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 
@@ -152,30 +150,11 @@ async fn request<T>(io: TokioIo<T>, url: &Url) -> Result<(u16, Bytes), String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(connection);
     let host = match (url.tls, url.port) {
         (true, 443) | (false, 80) => url.host.clone(),
         _ => url.authority(),
     };
-    let request = hyper::Request::get(&url.path)
-        .header(HOST, host)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_CERT_BYTES)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    driver.abort();
-    Ok((status, body))
+    crate::http_client::get(io, &host, &url.path, &[], MAX_CERT_BYTES).await
 }
 
 #[cfg(test)]

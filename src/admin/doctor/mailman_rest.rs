@@ -3,8 +3,7 @@
 
 use crate::config::MailmanApi;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{AUTHORIZATION, HOST};
+use hyper::header::AUTHORIZATION;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::time::Duration;
@@ -88,27 +87,8 @@ impl Rest {
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| format!("connect to {}: {e}", self.authority))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(connection);
-        let request = hyper::Request::get(path)
-            .header(HOST, &self.authority)
-            .header(AUTHORIZATION, &self.authorization)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        driver.abort();
-        Ok((status, body))
+        let auth = [(AUTHORIZATION, self.authorization.as_str())];
+        crate::http_client::get(TokioIo::new(stream), &self.authority, path, &auth, MAX_BODY).await
     }
 }
 
