@@ -232,7 +232,21 @@ fn cold_start_setup(dir: &std::path::Path) {
         .replace("batch_size = 50", "batch_size = 1000");
     std::fs::write(config.policy_path(LIST), text).unwrap();
     let store = SqliteStore::open(&config.state_dir).unwrap();
-    for i in 0..1000 {
+    add_members(&config, &store, 1000, Some(&dir.join("certs")));
+    println!("cold-start setup: 1000 members in {}", dir.display());
+}
+
+/// Binds `count` fresh Cv25519 members `m{i}@example.net` to LIST (their certificates also
+/// written to `export/m{i}.pgp` if given); returns their addresses.
+fn add_members(
+    config: &Config,
+    store: &SqliteStore,
+    count: usize,
+    export: Option<&std::path::Path>,
+) -> Vec<String> {
+    use sequoia_openpgp::serialize::Serialize;
+    let mut members = Vec::with_capacity(count);
+    for i in 0..count {
         let address = format!("m{i}@example.net");
         let (cert, _) = CertBuilder::new()
             .set_cipher_suite(CipherSuite::Cv25519)
@@ -241,8 +255,8 @@ fn cold_start_setup(dir: &std::path::Path) {
             .generate()
             .unwrap();
         add_member(
-            &config,
-            &store,
+            config,
+            store,
             LIST,
             &address,
             &cert,
@@ -250,11 +264,13 @@ fn cold_start_setup(dir: &std::path::Path) {
             RecipientKeyId::Hidden,
         )
         .unwrap();
-        use sequoia_openpgp::serialize::Serialize;
-        let mut f = std::fs::File::create(dir.join("certs").join(format!("m{i}.pgp"))).unwrap();
-        cert.serialize(&mut f).unwrap();
+        if let Some(dir) = export {
+            let mut f = std::fs::File::create(dir.join(format!("m{i}.pgp"))).unwrap();
+            cert.serialize(&mut f).unwrap();
+        }
+        members.push(address);
     }
-    println!("cold-start setup: 1000 members in {}", dir.display());
+    members
 }
 
 /// A `/proc/self/status` field in KiB (VmRSS, VmHWM).
@@ -373,7 +389,6 @@ fn main() {
     let policy_path = config.policy_path(LIST);
     let store = SqliteStore::open(&config.state_dir).unwrap();
     let t = Instant::now();
-    let mut members = Vec::new();
     let count = match sizes.iter().max() {
         Some(&most) => most,
         None if smoke => 10,
@@ -384,32 +399,12 @@ fn main() {
         listcrypt::config::Policy::default_file_text(LIST),
     )
     .unwrap();
-    for i in 0..count {
-        let address = format!("m{i}@example.net");
-        let (cert, _) = CertBuilder::new()
-            .set_cipher_suite(CipherSuite::Cv25519)
-            .add_userid(format!("<{address}>"))
-            .add_transport_encryption_subkey()
-            .generate()
-            .unwrap();
-        add_member(
-            &config,
-            &store,
-            LIST,
-            &address,
-            &cert,
-            Role::Member,
-            RecipientKeyId::Hidden,
-        )
-        .unwrap();
-        if let Some(dir) = &export {
-            use sequoia_openpgp::serialize::Serialize;
-            let mut f =
-                std::fs::File::create(std::path::Path::new(dir).join(format!("m{i}.pgp"))).unwrap();
-            cert.serialize(&mut f).unwrap();
-        }
-        members.push(address);
-    }
+    let members = add_members(
+        &config,
+        &store,
+        count,
+        export.as_deref().map(std::path::Path::new),
+    );
     println!("listcrypt milter bench: outbound end of message, 100 KiB post, X25519 members, unix socket, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!(
         "setup: {count} members generated and bound in {:.1} s",
