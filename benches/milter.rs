@@ -104,6 +104,37 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// A milter that answers Continue at every stage listcrypt's listeners take, holding nothing.
+fn noop_callbacks() -> indymilter::Callbacks<()> {
+    use indymilter::Status;
+    indymilter::Callbacks::new()
+        .on_connect(|_, _, _| Box::pin(async { Status::Continue }))
+        .on_mail(|_, _| Box::pin(async { Status::Continue }))
+        .on_rcpt(|_, _| Box::pin(async { Status::Continue }))
+        .on_data(|_| Box::pin(async { Status::Continue }))
+        .on_header(|_, _, _| Box::pin(async { Status::Continue }))
+        .on_eoh(|_| Box::pin(async { Status::Continue }))
+        .on_body(|_, _| Box::pin(async { Status::Continue }))
+        .on_eom(|_| Box::pin(async { Status::Continue }))
+}
+
+/// Each message's phases, for the per-phase medians: MAIL to DATA (the envelope, one round
+/// trip per recipient), header and body, end of message.
+static PHASES: std::sync::Mutex<Vec<[Duration; 3]>> = std::sync::Mutex::new(Vec::new());
+
+/// The medians of the phases recorded since the last call, in ms.
+fn phase_medians() -> [f64; 3] {
+    let mut all = std::mem::take(&mut *PHASES.lock().unwrap());
+    let mut out = [0.0; 3];
+    for (i, o) in out.iter_mut().enumerate() {
+        all.sort_by_key(|p| p[i]);
+        *o = all
+            .get(all.len() / 2)
+            .map_or(0.0, |p| p[i].as_secs_f64() * 1e3);
+    }
+    out
+}
+
 async fn one_message(
     socket: &std::path::Path,
     members: &[String],
@@ -134,6 +165,7 @@ async fn one_message(
         );
     }
     conn.data().await.unwrap();
+    let envelope = start.elapsed();
     // A new post each time (Mailman's distinct posts): the journal must not skip recipients.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -151,8 +183,13 @@ async fn one_message(
     for chunk in body.chunks(65_535) {
         conn.body(chunk.to_vec()).await.unwrap();
     }
+    let content = start.elapsed();
     let (_, status) = conn.eom().await.unwrap();
     let took = start.elapsed();
+    PHASES
+        .lock()
+        .unwrap()
+        .push([envelope, content - envelope, took - content]);
     assert!(
         matches!(status, Status::Continue | Status::Accept),
         "{status:?}"
@@ -431,11 +468,26 @@ fn main() {
             let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
                 let _ = rx.await;
             }));
+            // The milter protocol's own cost in this run: a milter that answers Continue to
+            // everything (examples/noop_milter.rs's callbacks), driven by the same client.
+            let noop = root.join("noop.sock");
+            let _ = std::fs::remove_file(&noop);
+            let (noop_tx, noop_rx) = tokio::sync::oneshot::channel::<()>();
+            let noop_task = tokio::spawn(indymilter::run(
+                tokio::net::UnixListener::bind(&noop).unwrap(),
+                noop_callbacks(),
+                Default::default(),
+                async move {
+                    let _ = noop_rx.await;
+                },
+            ));
             for n in [10usize, 100, 1000].into_iter().filter(|&n| n <= members.len()) {
                 let rcpts = &members[..n];
                 // Warm-up, then as many runs as fit the budget (at least 3).
                 one_message(&root.join("out.sock"), rcpts, &headers, &body).await;
                 let mut times = Vec::new();
+                phase_medians();
+                let (fast0, ahead0) = (listcrypt::pgp::pkesk_paths().0, listcrypt::pgp::pkesks_ahead());
                 let budget = Instant::now();
                 let cpu_start = cpu_time();
                 while times.len() < 3 || (!smoke && budget.elapsed().as_secs_f64() < secs) {
@@ -453,15 +505,34 @@ fn main() {
                 };
                 times.sort();
                 let median = times[times.len() / 2];
+                let [envelope, content, eom] = phase_medians();
+                let fast = listcrypt::pgp::pkesk_paths().0 - fast0;
+                let ahead = listcrypt::pgp::pkesks_ahead() - ahead0;
+                let ahead = 100.0 * ahead as f64 / fast.max(1) as f64;
                 println!(
-                    "batch_size {batch_size:>4}  {n:>4} members: median {:>9.3} ms  min {:>9.3}  max {:>9.3}  n={:<4} {:>6.1} us/member{cpu}",
+                    "batch_size {batch_size:>4}  {n:>4} members: median {:>9.3} ms  min {:>9.3}  max {:>9.3}  n={:<4} {:>6.1} us/member{cpu}  phases: envelope {envelope:.3} content {content:.3} eom {eom:.3} ms  made ahead {ahead:.0}%",
                     median.as_secs_f64() * 1e3,
                     times[0].as_secs_f64() * 1e3,
                     times[times.len() - 1].as_secs_f64() * 1e3,
                     times.len(),
                     median.as_secs_f64() * 1e6 / n as f64
                 );
+                if batch_size == 1000 {
+                    let mut times = Vec::new();
+                    phase_medians();
+                    while times.len() < 3 || (!smoke && times.len() < 50) {
+                        times.push(one_message(&noop, rcpts, &headers, &body).await);
+                    }
+                    times.sort();
+                    let [envelope, content, eom] = phase_medians();
+                    println!(
+                        "no-op milter     {n:>4} members: median {:>9.3} ms  phases: envelope {envelope:.3} content {content:.3} eom {eom:.3} ms",
+                        times[times.len() / 2].as_secs_f64() * 1e3
+                    );
+                }
             }
+            let _ = noop_tx.send(());
+            let _ = noop_task.await;
             let _ = tx.send(());
             let _ = task.await;
         });
@@ -469,4 +540,8 @@ fn main() {
     println!("(MAIL + RCPTs + header + body + end of message, as the MTA would see it; includes SMTP reinjection of extra batches to a local sink)");
     let (fast, sequoia) = listcrypt::pgp::pkesk_paths();
     println!("PKESKs made: {fast} on the fast X25519 path, {sequoia} on sequoia's own path");
+    println!(
+        "of the fast ones, {} from key encapsulations made during the envelope",
+        listcrypt::pgp::pkesks_ahead()
+    );
 }

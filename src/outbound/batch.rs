@@ -57,17 +57,19 @@ pub fn encrypt_batches_until(
     batches: &[Vec<String>],
     deadline: &Deadline,
 ) -> Result<Vec<Rewrite>, PlanError> {
-    encrypt_batches_within(message, list, batches, &mut Budget::new(), deadline)
+    encrypt_batches_within(message, list, batches, &mut Budget::new(), deadline, None)
 }
 
-/// [`encrypt_batches_until`] with the message's `>From` verification budget given: the inner
-/// entity is prepared once, whatever the number of batches.
+/// [`encrypt_batches_until`] with the message's `>From` verification budget given (the inner
+/// entity is prepared once, whatever the number of batches) and the key encapsulations made
+/// ahead, if any.
 pub(crate) fn encrypt_batches_within(
     message: &[u8],
     list: &ListKeys,
     batches: &[Vec<String>],
     budget: &mut Budget,
     deadline: &Deadline,
+    prekeys: Option<&crate::pgp::Prekeys>,
 ) -> Result<Vec<Rewrite>, PlanError> {
     if batches.is_empty() {
         return Ok(Vec::new());
@@ -81,7 +83,7 @@ pub(crate) fn encrypt_batches_within(
         if !deadline.admit() {
             return Err(PlanError::Timeout);
         }
-        pool.run(|| prepared.encrypt(list, batch))
+        pool.run(|| prepared.encrypt_ahead(list, batch, prekeys))
     };
     let threads = pool.size();
     if batches.len() <= 1 || threads <= 1 {
@@ -127,6 +129,7 @@ mod tests {
             &batches,
             &mut budget,
             &Deadline::none(),
+            None,
         )
         .unwrap();
         assert_eq!(rewrites.len(), 5);

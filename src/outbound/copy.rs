@@ -96,11 +96,22 @@ pub fn prepare(
 impl Prepared {
     /// The encrypted copy for one batch of `recipients`.
     pub fn encrypt(&self, list: &ListKeys, recipients: &[String]) -> Result<Rewrite, PlanError> {
+        self.encrypt_ahead(list, recipients, None)
+    }
+
+    /// [`Prepared::encrypt`] taking the key encapsulations made ahead in `prekeys`.
+    pub fn encrypt_ahead(
+        &self,
+        list: &ListKeys,
+        recipients: &[String],
+        prekeys: Option<&pgp::Prekeys>,
+    ) -> Result<Rewrite, PlanError> {
         if recipients.is_empty() {
             return Err(PlanError::NoRecipients);
         }
         let keyed = keyed_recipients(list, recipients)?;
-        let armored = pgp::encrypt_signed(&self.signed, &keyed).map_err(PlanError::Encrypt)?;
+        let armored =
+            pgp::encrypt_signed_ahead(&self.signed, &keyed, prekeys).map_err(PlanError::Encrypt)?;
         let (content_type, body) = mime::multipart_encrypted(&armored);
         let autocrypt = self.autocrypt.then(|| autocrypt_value(list)).flatten();
         Ok(outer_rewrite(

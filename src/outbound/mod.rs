@@ -42,6 +42,8 @@ pub struct Transaction {
     route: Option<Route>,
     /// As given at RCPT: Postfix's delete_recipient matches them verbatim.
     recipients: Vec<String>,
+    /// Key encapsulations made while the MTA sends the rest of the envelope.
+    prekeys: pgp::Prekeys,
 }
 
 impl Transaction {
@@ -59,6 +61,7 @@ impl Transaction {
             sender: sender.to_string(),
             route: None,
             recipients: Vec::new(),
+            prekeys: pgp::Prekeys::new(),
         }
     }
 
@@ -98,8 +101,9 @@ impl Transaction {
             return RcptOutcome::Refuse(Refusal::MixedTransaction);
         }
         if route == Route::Encrypt {
-            if let Err(refusal) = usable_key(&self.list, &addr) {
-                return RcptOutcome::Refuse(refusal);
+            match usable_key(&self.list, &addr) {
+                Ok(keys) => self.prekeys.offer(keys),
+                Err(refusal) => return RcptOutcome::Refuse(refusal),
             }
         }
         self.route = Some(route);
@@ -132,7 +136,16 @@ impl Transaction {
             });
         }
         let recipients = plan_batches(&self.list, &todo);
-        let rewrites = encrypt_batches_until(message, &self.list, &recipients, deadline)?;
+        // What the envelope's round trips left undone is made now, on every free core.
+        self.prekeys.finish();
+        let rewrites = batch::encrypt_batches_within(
+            message,
+            &self.list,
+            &recipients,
+            &mut Budget::new(),
+            deadline,
+            Some(&self.prekeys),
+        )?;
         let batches = recipients
             .into_iter()
             .zip(rewrites)
@@ -146,12 +159,13 @@ impl Transaction {
 }
 
 /// Whether an outside recipient has a usable bound key, or why it is refused at RCPT.
-fn usable_key(list: &ListKeys, addr: &str) -> Result<(), Refusal> {
+/// `addr`'s usable encryption keys, or the refusal.
+fn usable_key<'a>(list: &'a ListKeys, addr: &str) -> Result<&'a [pgp::EncryptionKey], Refusal> {
     let refuse = |why| Err(Refusal::RecipientKey(why, list.policy.missing_key_action));
     // Worked out once per keyring snapshot: no certificate validation per RCPT.
     match list.recipient(addr) {
         None => refuse(KeyRefusal::NotBound),
-        Some((_, Ok(keys))) if keys.usable() => Ok(()),
+        Some((_, Ok(keys))) if keys.usable() => Ok(&keys.keys),
         Some((_, Ok(_)) | (_, Err(KeyProblem::Expired(_)))) => refuse(KeyRefusal::Expired),
         Some((_, Err(KeyProblem::Revoked(_)))) => refuse(KeyRefusal::Revoked),
         Some((_, Err(_))) => refuse(KeyRefusal::Unusable),

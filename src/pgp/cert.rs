@@ -82,17 +82,16 @@ fn weak_key(algo: PublicKeyAlgorithm, bits: Option<usize>) -> Result<(), KeyProb
     }
 }
 
+/// One of a member's encryption keys.
+pub type EncryptionKey =
+    openpgp::packet::Key<openpgp::packet::key::PublicParts, openpgp::packet::key::UnspecifiedRole>;
+
 /// A member's usable encryption keys as of the snapshot.
 #[derive(Clone)]
 pub struct EncryptionKeys {
     /// What the certificate advertises (SEIPDv2 or not): decides the batch's packet version.
     pub features: openpgp::types::Features,
-    pub keys: Vec<
-        openpgp::packet::Key<
-            openpgp::packet::key::PublicParts,
-            openpgp::packet::key::UnspecifiedRole,
-        >,
-    >,
+    pub keys: Vec<EncryptionKey>,
     /// When the first of those keys (or the certificate) expires.
     pub until: Option<std::time::SystemTime>,
 }

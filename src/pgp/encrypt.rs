@@ -7,7 +7,7 @@ use openpgp::types::{AEADAlgorithm, Features, SymmetricAlgorithm};
 use openpgp::Cert;
 use sequoia_openpgp as openpgp;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncryptError {
@@ -136,6 +136,15 @@ pub fn encrypt_signed(
     content: &SignedContent,
     recipients: &[KeyedRecipient<'_>],
 ) -> Result<Vec<u8>, EncryptError> {
+    encrypt_signed_ahead(content, recipients, None)
+}
+
+/// [`encrypt_signed`] taking the key encapsulations made ahead in `prekeys` where there are.
+pub fn encrypt_signed_ahead(
+    content: &SignedContent,
+    recipients: &[KeyedRecipient<'_>],
+    prekeys: Option<&super::Prekeys>,
+) -> Result<Vec<u8>, EncryptError> {
     let mut jobs = Vec::new();
     for r in recipients {
         if r.keys.is_empty() {
@@ -150,7 +159,7 @@ pub fn encrypt_signed(
     let sym = SymmetricAlgorithm::AES256;
     let session_key = SessionKey::new(sym.key_size().map_err(crypto)?).map_err(crypto)?;
     // One PKESK per key: independent of each other, so they are made on the free cores.
-    let pkesks = make_pkesks(&jobs, sym, &session_key, v2)?;
+    let pkesks = make_pkesks(&jobs, sym, &session_key, v2, prekeys)?;
 
     let mut out = Vec::with_capacity(content.packets.len() * 4 / 3 + 1024 + 200 * recipients.len());
     {
@@ -217,6 +226,13 @@ fn signing_keypair(cert: &Cert) -> Result<openpgp::crypto::KeyPair, EncryptError
 /// PKESKs made by [`super::ecdh`] (v4 Cv25519 keys, OpenSSL builds) and by sequoia's own path.
 static PKESKS_FAST: AtomicU64 = AtomicU64::new(0);
 static PKESKS_SEQUOIA: AtomicU64 = AtomicU64::new(0);
+/// Of the fast ones, those whose key encapsulation was made ahead ([`super::Prekeys`]).
+static PKESKS_AHEAD: AtomicU64 = AtomicU64::new(0);
+
+/// How many of this process's fast-path PKESKs used an encapsulation made ahead.
+pub fn pkesks_ahead() -> u64 {
+    PKESKS_AHEAD.load(Ordering::Relaxed)
+}
 
 /// How many PKESKs this process made on each path, for benchmarks: (fast, sequoia's).
 pub fn pkesk_paths() -> (u64, u64) {
@@ -226,11 +242,13 @@ pub fn pkesk_paths() -> (u64, u64) {
     )
 }
 
-/// A PKESK for a v4 Cv25519 key at two X25519 operations, framed as sequoia frames it
+/// A PKESK for a v4 Cv25519 key at two X25519 operations (made `ahead` or now), framed as
+/// sequoia frames it
 /// (RFC 9580 §5.1: v3 carries the cipher octet inside the encryption, v6 does not).
 #[cfg(feature = "crypto-openssl")]
 fn fast_pkesk(
     to: &super::ecdh::Recipient,
+    ahead: Option<super::ecdh::Encapsulation>,
     key: &PublicKey,
     show: bool,
     sym: SymmetricAlgorithm,
@@ -252,7 +270,13 @@ fn fast_pkesk(
     framed.extend_from_slice(&checksum.to_be_bytes());
     // Cleared on drop.
     let framed = SessionKey::from(framed);
-    let esk = super::ecdh::encrypt(to, &framed)?;
+    let esk = match ahead {
+        Some(encapsulation) => {
+            PKESKS_AHEAD.fetch_add(1, Ordering::Relaxed);
+            super::ecdh::wrap(to, encapsulation, &framed)?
+        }
+        None => super::ecdh::encrypt(to, &framed)?,
+    };
     Ok(if v2 {
         let p = PKESK6::new(
             show.then(|| key.fingerprint()),
@@ -271,23 +295,27 @@ fn fast_pkesk(
 /// Recipients below which threads cost more than they save.
 const PARALLEL_PKESKS: usize = 16;
 
-type PublicKey =
+pub(super) type PublicKey =
     openpgp::packet::Key<openpgp::packet::key::PublicParts, openpgp::packet::key::UnspecifiedRole>;
 
 /// The serialized PKESK packets, in recipient order: key id (or fingerprint) only where the
 /// recipient asked for it, the wildcard otherwise.
-fn make_pkesks(
+pub(super) fn make_pkesks(
     jobs: &[(&PublicKey, bool)],
     sym: SymmetricAlgorithm,
     session_key: &SessionKey,
     v2: bool,
+    prekeys: Option<&super::Prekeys>,
 ) -> Result<Vec<Vec<u8>>, EncryptError> {
     use openpgp::packet::pkesk::{PKESK3, PKESK6};
     use openpgp::serialize::SerializeInto;
     let one = |(key, show): &(&PublicKey, bool)| -> Result<Vec<u8>, EncryptError> {
+        #[cfg(not(feature = "crypto-openssl"))]
+        let _ = prekeys;
         #[cfg(feature = "crypto-openssl")]
         if let Some(to) = super::ecdh::recipient(key) {
-            let packet = fast_pkesk(&to, key, *show, sym, session_key, v2)?;
+            let ahead = prekeys.and_then(|p| p.take(key, &to));
+            let packet = fast_pkesk(&to, ahead, key, *show, sym, session_key, v2)?;
             PKESKS_FAST.fetch_add(1, Ordering::Relaxed);
             return packet.to_vec().map_err(crypto);
         }
@@ -314,21 +342,40 @@ fn make_pkesks(
     if threads < 2 {
         return jobs.iter().map(one).collect();
     }
-    let chunk = jobs.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Result<Vec<_>, _>>()))
-            .collect();
-        let mut out = Vec::with_capacity(jobs.len());
-        for h in handles {
-            let part = h
-                .join()
-                .map_err(|_| EncryptError::Crypto("PKESK worker panicked".into()))??;
-            out.extend(part);
+    // Threads take the next few jobs as they go: the keys whose encapsulation was made ahead
+    // cost almost nothing, the others (the envelope's last recipients, together) the most.
+    const GRAB: usize = 8;
+    let next = AtomicUsize::new(0);
+    let run = || -> Result<Vec<(usize, Vec<u8>)>, EncryptError> {
+        let mut done = Vec::new();
+        loop {
+            let start = next.fetch_add(GRAB, Ordering::Relaxed);
+            if start >= jobs.len() {
+                return Ok(done);
+            }
+            for (i, job) in jobs.iter().enumerate().skip(start).take(GRAB) {
+                done.push((i, one(job)?));
+            }
         }
-        Ok(out)
-    })
+    };
+    let parts = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(run)).collect();
+        let mut parts = vec![run()];
+        for h in handles {
+            parts.push(
+                h.join()
+                    .map_err(|_| EncryptError::Crypto("PKESK worker panicked".into()))?,
+            );
+        }
+        Ok::<_, EncryptError>(parts)
+    })?;
+    let mut out: Vec<Vec<u8>> = vec![Vec::new(); jobs.len()];
+    for part in parts {
+        for (i, packet) in part? {
+            out[i] = packet;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -425,7 +472,7 @@ mod tests {
                 .map(|i| (&publics[i % publics.len()], i % 3 == 0))
                 .collect();
             let session_key = SessionKey::new(32).unwrap();
-            let pkesks = make_pkesks(&jobs, AES256, &session_key, v2).unwrap();
+            let pkesks = make_pkesks(&jobs, AES256, &session_key, v2, None).unwrap();
             for (i, bytes) in pkesks.iter().enumerate() {
                 let k = i % publics.len();
                 let openpgp::Packet::PKESK(p) = openpgp::Packet::from_bytes(bytes).unwrap() else {

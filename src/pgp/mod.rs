@@ -14,21 +14,23 @@ mod export;
 mod list;
 mod listkey;
 mod offered;
+mod prekey;
 mod protect;
 #[cfg(test)]
 pub(crate) mod testkit;
 
 pub use cert::{
     cert_policy_ok, certification_count, check_member_cert, has_key, key_ids, names_address,
-    parse_certs, primary_expiry, read_cert_file, serialized_len, usable_until, EncryptionKeys,
-    KeyProblem,
+    parse_certs, primary_expiry, read_cert_file, serialized_len, usable_until, EncryptionKey,
+    EncryptionKeys, KeyProblem,
 };
 pub use certcache::{cache_tag, CacheUse, CertCache, Wanted};
 pub use certstore::{CertDir, CertStore, Sha256};
 pub use decrypt::{decrypt_verify, verify_detached, Decrypted, Failure, GoodSignature, SigCheck};
 pub use encrypt::{
-    encrypt_sign, encrypt_sign_keys, encrypt_signed, pkesk_paths, sign_content, sign_detached,
-    BatchRecipient, EncryptError, KeyedRecipient, SignedContent,
+    encrypt_sign, encrypt_sign_keys, encrypt_signed, encrypt_signed_ahead, pkesk_paths,
+    pkesks_ahead, sign_content, sign_detached, BatchRecipient, EncryptError, KeyedRecipient,
+    SignedContent,
 };
 pub use export::{armored_public, autocrypt_keydata, binary_public, only_userid_for, sha1};
 pub use list::{KeyError, ListKeys, Member};
@@ -37,6 +39,7 @@ pub use listkey::{
     parse_list_key, read_list_key, rotate, unlock_reusing, OpenedSecrets, RotateMode, Rotation,
 };
 pub use offered::{member_certifications, own_signatures_only};
+pub use prekey::Prekeys;
 pub use protect::{protect, protection, unlock, Protection};
 pub use sequoia_openpgp::crypto::Password;
 pub use sequoia_openpgp::packet::Signature;
