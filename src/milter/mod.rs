@@ -67,22 +67,36 @@ fn settle(
 ) -> Status {
     match result {
         Ok(status) => status,
-        Err(e) if session.queue_id() == NOQUEUE => {
-            tracing::error!(
-                "{NOQUEUE}: {}: {e}; temporary failure; client={}",
-                session.side(),
-                session.client()
-            );
-            actions::refuse(reply, Refusal::Internal(e.cause()))
-        }
         Err(e) => {
-            tracing::error!(
-                "{}: {}: {e}; temporary failure",
-                session.queue_id(),
-                session.side()
-            );
+            log_failure(&e, session);
             actions::refuse(reply, Refusal::Internal(e.cause()))
         }
+    }
+}
+
+/// The log line of a failure of ours (its reply is `451 4.3.0`).
+fn log_failure(e: &SessionError, session: &Session) {
+    if session.queue_id() == NOQUEUE {
+        tracing::error!(
+            "{NOQUEUE}: {}: {e}; temporary failure; client={}",
+            session.side(),
+            session.client()
+        );
+    } else {
+        tracing::error!(
+            "{}: {}: {e}; temporary failure",
+            session.queue_id(),
+            session.side()
+        );
+    }
+}
+
+/// The first answered stage after a refused header field gives the refusal (logged when it
+/// was decided).
+fn deferred(session: &mut Session, reply: &mut indymilter::SmtpReply) -> Status {
+    match session.take_deferred() {
+        Some(r) => actions::refuse(reply, r),
+        None => Status::Continue,
     }
 }
 
@@ -100,8 +114,10 @@ fn needed_actions(side: Side) -> Actions {
 /// The milter callbacks of one listener: negotiation and connection here, the transaction's
 /// callbacks in `transaction_callbacks`.
 pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
+    let negotiated = daemon.clone();
     let cb = Callbacks::new()
         .on_negotiate(move |cx, actions, opts| {
+            let daemon = negotiated.clone();
             Box::pin(async move {
                 let needed = needed_actions(side);
                 if !actions.contains(needed) || !opts.contains(ProtoOpts::LEADING_SPACE) {
@@ -113,6 +129,15 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 }
                 cx.requested_actions = needed;
                 cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+                // Header fields without a round trip each, where the MTA offers it (Postfix
+                // and Sendmail do): a refusal decided at a header is given at the body or at
+                // end of message, which the SMTP client sees the same (after DATA).
+                if opts.contains(ProtoOpts::NOREPLY_HEADER) {
+                    cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
+                    let mut session = Session::new(daemon.clone(), side, String::new());
+                    session.set_headers_unanswered();
+                    cx.data = Some(session);
+                }
                 // Requesting macros replaces Postfix's defaults: ask only for what we use. A
                 // daemon port of 0 marks mail that Postfix made itself (DSNs).
                 cx.requested_macros.insert(
@@ -137,7 +162,10 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
             let daemon = daemon.clone();
             Box::pin(async move {
                 let client = session::client_name(&host.to_string_lossy(), &addr);
-                cx.data = Some(Session::new(daemon, side, client));
+                match cx.data.as_mut() {
+                    Some(session) => session.set_client(client),
+                    None => cx.data = Some(Session::new(daemon, side, client)),
+                }
                 Status::Continue
             })
         });
@@ -195,6 +223,20 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
     cb.on_header(|cx, name, value| {
         Box::pin(async move {
             match cx.data.as_mut() {
+                Some(s) if s.headers_unanswered() => {
+                    // Once refused, the rest of the header is not looked at.
+                    if !s.deferred() {
+                        match s.take_header(name, value) {
+                            Ok(None) => {}
+                            Ok(Some(r)) => s.defer(r),
+                            Err(e) => {
+                                log_failure(&e, s);
+                                s.defer(Refusal::Internal(e.cause()));
+                            }
+                        }
+                    }
+                    Status::Noreply
+                }
                 Some(s) => {
                     let r = s.header(name, value, &mut cx.reply);
                     settle(r, s, &mut cx.reply)
@@ -206,6 +248,7 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
     .on_body(|cx, chunk| {
         Box::pin(async move {
             match cx.data.as_mut() {
+                Some(s) if s.deferred() => deferred(s, &mut cx.reply),
                 Some(s) => {
                     let r = s.body(&chunk, &mut cx.reply);
                     settle(r, s, &mut cx.reply)
@@ -222,6 +265,7 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
                 .map(|v| v.to_string_lossy().into_owned())
                 .unwrap_or_else(|| NOQUEUE.into());
             match cx.data.as_mut() {
+                Some(s) if s.deferred() => deferred(s, &mut cx.reply),
                 Some(s) => {
                     let r = s.eom(&queue_id, &cx.actions, &mut cx.reply).await;
                     settle(r, s, &mut cx.reply)

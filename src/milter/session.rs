@@ -143,6 +143,11 @@ pub struct Session {
     /// The SMTP client the MTA reported at connect, for lines written before a queue id.
     client: String,
     msg: Option<Msg>,
+    /// The MTA sends header fields without waiting for answers (`SMFIP_NR_HDR`, negotiated
+    /// when it offers it): a refusal decided at a header waits in `deferred` for the next
+    /// stage that is answered (the body, or end of message).
+    headers_unanswered: bool,
+    deferred: Option<Refusal>,
 }
 
 /// The first ESMTP argument exactly as the MTA sent it (e.g. `<bob@example.org>`).
@@ -168,7 +173,36 @@ impl Session {
             queue_id: NOQUEUE.into(),
             client,
             msg: None,
+            headers_unanswered: false,
+            deferred: None,
         }
+    }
+
+    /// Set at negotiation, before the MTA names the client.
+    pub fn set_client(&mut self, client: String) {
+        self.client = client;
+    }
+
+    /// The MTA sends header fields without waiting for answers.
+    pub fn headers_unanswered(&self) -> bool {
+        self.headers_unanswered
+    }
+
+    pub fn set_headers_unanswered(&mut self) {
+        self.headers_unanswered = true;
+    }
+
+    /// A refusal decided at a header the MTA did not wait for, to be given at the next answer.
+    pub fn defer(&mut self, refusal: Refusal) {
+        self.deferred.get_or_insert(refusal);
+    }
+
+    pub fn deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    pub fn take_deferred(&mut self) -> Option<Refusal> {
+        self.deferred.take()
     }
 
     pub fn side(&self) -> Side {
@@ -193,6 +227,7 @@ impl Session {
         reply: &mut SmtpReply,
     ) -> Result<Status, SessionError> {
         self.msg = None;
+        self.deferred = None;
         self.queue_id = queue_id.unwrap_or_else(|| NOQUEUE.into());
         let sender = bare_address(&raw_arg(&args));
         let keyring = self.cx.daemon.keyring()?;
@@ -309,6 +344,18 @@ impl Session {
         value: CString,
         reply: &mut SmtpReply,
     ) -> Result<Status, SessionError> {
+        Ok(match self.take_header(name, value)? {
+            None => Status::Continue,
+            Some(r) => refuse(reply, r),
+        })
+    }
+
+    /// One header field: kept, or the message's refusal (logged here, once).
+    pub fn take_header(
+        &mut self,
+        name: CString,
+        value: CString,
+    ) -> Result<Option<Refusal>, SessionError> {
         let limit = self.size_limit();
         let msg = self
             .msg
@@ -317,7 +364,7 @@ impl Session {
         // The header counts against the size limit too (the MTA bounds it as well).
         msg.header_bytes += name.as_bytes().len() + value.as_bytes().len() + 4;
         if msg.size() > limit {
-            return Ok(self.too_large(reply));
+            return Ok(Some(self.too_large_refusal()));
         }
         // A header field with a bare CR or LF or a control character is refused here, as the
         // inbound pipeline refuses it for `process`: rebuilt as CRLF it would forge a field.
@@ -325,15 +372,15 @@ impl Session {
             let r = Refusal::MalformedHeader;
             tracing::info!("{}: {}: message refused: {r}", self.queue_id, self.side);
             self.msg = None;
-            return Ok(refuse(reply, r));
+            return Ok(Some(r));
         }
         let value = crate::mime::header_crlf(value.as_bytes());
         let field: [&[u8]; 4] = [name.as_bytes(), b":", &value, b"\r\n"];
         if !msg.append(&field, self.cx.config.limits.max_inflight_bytes) {
-            return Ok(self.over_budget(reply));
+            return Ok(Some(self.over_budget_refusal()));
         }
         msg.header_names.push(name.to_string_lossy().into_owned());
-        Ok(Status::Continue)
+        Ok(None)
     }
 
     /// Outbound mail must fit its encrypted copy in `max_outbound_copy_bytes` too.
@@ -373,21 +420,32 @@ impl Session {
 
     /// All sessions together hold as much as `max_inflight_bytes` allows: the client retries.
     fn over_budget(&mut self, reply: &mut SmtpReply) -> Status {
-        let r = Refusal::OverMemoryBudget;
-        tracing::info!("{}: {}: message deferred: {r}", self.queue_id(), self.side);
-        self.msg = None;
+        let r = self.over_budget_refusal();
         refuse(reply, r)
     }
 
+    fn over_budget_refusal(&mut self) -> Refusal {
+        let r = Refusal::OverMemoryBudget;
+        tracing::info!("{}: {}: message deferred: {r}", self.queue_id(), self.side);
+        self.msg = None;
+        r
+    }
+
     fn too_large(&mut self, reply: &mut SmtpReply) -> Status {
+        let r = self.too_large_refusal();
+        refuse(reply, r)
+    }
+
+    fn too_large_refusal(&mut self) -> Refusal {
         let r = Refusal::MessageTooLarge;
         tracing::info!("{}: {}: message refused: {r}", self.queue_id(), self.side);
         self.msg = None;
-        refuse(reply, r)
+        r
     }
 
     pub fn abort(&mut self) {
         self.msg = None;
+        self.deferred = None;
     }
 
     /// End of message: the mode's processor decides.
