@@ -492,6 +492,9 @@ fn now_secs() -> i64 {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Replay claims waiting for the connection: whoever gets it next commits them all in one
+    /// transaction (one disk sync for concurrent posts; see `replay_claim`).
+    claims: Mutex<Vec<replay::Queued>>,
 }
 
 /// The database file inside the state directory.
@@ -533,6 +536,7 @@ impl SqliteStore {
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            claims: Mutex::new(Vec::new()),
         })
     }
 
@@ -577,6 +581,10 @@ fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
             other => return other,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Seconds since the epoch (0 before it).
@@ -674,12 +682,27 @@ impl Store for SqliteStore {
         self.read(|c| replay::seen(c, list, digest))
     }
 
+    /// Group commit: the claim joins the queue, and whoever holds the connection next (this
+    /// caller, or one that was waiting before it) claims everything queued in one transaction,
+    /// in queue order, and answers each once the commit is on disk. A caller that finds its
+    /// answer already there when it gets the connection was served by that commit.
     fn replay_claim(
         &self,
         claim: &ReplayClaim<'_>,
         now: SystemTime,
     ) -> Result<Option<ReplayState>, StoreError> {
-        self.write(|tx| replay::claim(tx, claim, epoch_secs(now)))
+        let queued = replay::Queued::new(claim, epoch_secs(now));
+        let answer = queued.answer.clone();
+        lock(&self.claims).push(queued);
+        let mut conn = self.conn();
+        if let Some(done) = replay::take_answer(&answer) {
+            return done;
+        }
+        let batch = std::mem::take(&mut *lock(&self.claims));
+        replay::claim_all(&mut conn, batch);
+        drop(conn);
+        replay::take_answer(&answer)
+            .unwrap_or_else(|| Err(StoreError::Unavailable("replay claim not answered".into())))
     }
 
     fn replay_state(&self, list: &str, digest: &[u8]) -> Result<Option<ReplayState>, StoreError> {
@@ -876,6 +899,58 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// Group commit: 32 claims at once on one handle, eight per post, are answered as if one
+    /// after the other: one new per post, the rest see its tentative record; the batches
+    /// (however they formed) left exactly four records, and a leader's claims answer its
+    /// followers, who never wait for ever.
+    #[test]
+    fn concurrent_claims_commit_together_and_each_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let now = SystemTime::now();
+        let barrier = Arc::new(std::sync::Barrier::new(32));
+        let handles: Vec<_> = (0..32u8)
+            .map(|i| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let digest = [i % 4];
+                    let id = format!("<p{}@example.org>", i % 4);
+                    let claim = ReplayClaim {
+                        scope: "*",
+                        digest: &digest,
+                        list: "enc@lists.example.org",
+                        message_id: Some(&id),
+                        retain_secs: 86_400,
+                        confirm_secs: 3600,
+                    };
+                    barrier.wait();
+                    (i % 4, s.replay_claim(&claim, now).unwrap())
+                })
+            })
+            .collect();
+        let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for post in 0..4u8 {
+            let mine: Vec<_> = answers.iter().filter(|(p, _)| *p == post).collect();
+            assert_eq!(mine.len(), 8);
+            let new = mine.iter().filter(|(_, a)| a.is_none()).count();
+            assert_eq!(new, 1, "post {post}: {mine:?}");
+            assert!(mine
+                .iter()
+                .all(|(_, a)| matches!(a, None | Some(ReplayState::Tentative))));
+            assert_eq!(
+                s.replay_state("*", &[post]).unwrap(),
+                Some(ReplayState::Tentative)
+            );
+        }
+        let rows: i64 = s
+            .conn()
+            .query_row("SELECT count(*) FROM replay", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 4);
+        assert!(lock(&s.claims).is_empty(), "nothing left waiting");
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -4,7 +4,9 @@
 //! behind it) and becomes final once Mailman is seen to have it; key-address commands are
 //! final at once.
 
+use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::sync::{Arc, Mutex};
 
 /// How sure the ledger is that the recorded message reached Mailman.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,14 +80,98 @@ pub(super) fn claim(
 ) -> rusqlite::Result<Option<ReplayState>> {
     expire(tx, c.retain_secs, now)?;
     let lapsed = now.saturating_sub(c.confirm_secs as i64);
-    let changed = tx.execute(
-        CLAIM_SQL,
-        params![c.scope, c.digest, now, c.message_id, c.list, lapsed],
-    )?;
+    let changed = tx.prepare_cached(CLAIM_SQL)?.execute(params![
+        c.scope,
+        c.digest,
+        now,
+        c.message_id,
+        c.list,
+        lapsed
+    ])?;
     if changed == 1 {
         return Ok(None);
     }
     state(tx, c.scope, c.digest)
+}
+
+type Answer = Arc<Mutex<Option<Result<Option<ReplayState>, StoreError>>>>;
+
+/// A claim waiting for the SQLite connection (group commit), with the slot for its answer.
+pub(super) struct Queued {
+    scope: String,
+    digest: Vec<u8>,
+    list: String,
+    message_id: Option<String>,
+    retain_secs: u64,
+    confirm_secs: u64,
+    now: i64,
+    pub(super) answer: Answer,
+}
+
+impl Queued {
+    pub(super) fn new(c: &ReplayClaim<'_>, now: i64) -> Queued {
+        Queued {
+            scope: c.scope.to_string(),
+            digest: c.digest.to_vec(),
+            list: c.list.to_string(),
+            message_id: c.message_id.map(str::to_string),
+            retain_secs: c.retain_secs,
+            confirm_secs: c.confirm_secs,
+            now,
+            answer: Answer::default(),
+        }
+    }
+
+    fn claim(&self) -> ReplayClaim<'_> {
+        ReplayClaim {
+            scope: &self.scope,
+            digest: &self.digest,
+            list: &self.list,
+            message_id: self.message_id.as_deref(),
+            retain_secs: self.retain_secs,
+            confirm_secs: self.confirm_secs,
+        }
+    }
+}
+
+pub(super) fn take_answer(answer: &Answer) -> Option<Result<Option<ReplayState>, StoreError>> {
+    answer.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// Claims every queued record in one IMMEDIATE transaction, in order (each sees the ones
+/// before it), and answers each after the commit. Any failure rolls the whole batch back and
+/// answers every claim with an error: none of them was recorded, all of them are retried.
+pub(super) fn claim_all(conn: &mut Connection, batch: Vec<Queued>) {
+    let run = |conn: &mut Connection| -> rusqlite::Result<Vec<Option<ReplayState>>> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let states = batch
+            .iter()
+            .map(|q| claim(&tx, &q.claim(), q.now))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok(states)
+    };
+    let answers: Vec<Result<Option<ReplayState>, StoreError>> = match run(conn) {
+        Ok(states) => states.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let first = StoreError::from(e);
+            let text = first.to_string();
+            let busy = matches!(first, StoreError::Busy(_));
+            std::iter::once(first)
+                .chain((1..batch.len()).map(|_| {
+                    if busy {
+                        StoreError::Unavailable(format!("{text} (busy)"))
+                    } else {
+                        StoreError::Unavailable(text.clone())
+                    }
+                }))
+                .map(Err)
+                .collect()
+        }
+    };
+    for (q, a) in batch.iter().zip(answers) {
+        *q.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
+    }
 }
 
 /// Makes final every tentative record of a post to `list` with one of `message_ids`, lapsed
@@ -111,10 +197,8 @@ pub(super) fn confirm(
 /// Drops records past their retention. A tentative record past its confirmation window is
 /// kept (a claim takes it over), so that evidence arriving late still makes it final.
 fn expire(tx: &Transaction<'_>, retain_secs: u64, now: i64) -> rusqlite::Result<()> {
-    tx.execute(
-        "DELETE FROM replay WHERE seen < ?1",
-        params![now.saturating_sub(retain_secs as i64)],
-    )?;
+    tx.prepare_cached("DELETE FROM replay WHERE seen < ?1")?
+        .execute(params![now.saturating_sub(retain_secs as i64)])?;
     Ok(())
 }
 
@@ -129,11 +213,8 @@ pub(super) fn state(
     digest: &[u8],
 ) -> rusqlite::Result<Option<ReplayState>> {
     let s: Option<String> = conn
-        .query_row(
-            "SELECT state FROM replay WHERE list = ?1 AND digest = ?2",
-            params![list, digest],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT state FROM replay WHERE list = ?1 AND digest = ?2")?
+        .query_row(params![list, digest], |r| r.get(0))
         .optional()?;
     Ok(s.as_deref().map(ReplayState::parse))
 }
