@@ -1,8 +1,9 @@
-//! Header fields without a round trip each (`SMFIP_NR_HDR`): listcrypt asks for it when the
-//! MTA offers it, as Postfix and Sendmail do, and a refusal decided at a header field reaches
-//! the MTA at the next answered stage (the body, or end of message when there is none), with
-//! the same SMTP reply as before. An MTA that does not offer it gets an answer per field.
-//! Expected replies are DESIGN.md's: a header field with a bare CR is `554 5.6.0`.
+//! Connect, header fields and body chunks without a round trip each (`SMFIP_NR_CONN`, `_HDR`,
+//! `_BODY`): listcrypt asks for them when the MTA offers them, as Postfix and Sendmail do, and
+//! a refusal decided at a header field or body chunk reaches the MTA at the next answered
+//! stage (end of message), with the same SMTP reply as before. An MTA that offers none of them
+//! gets an answer per stage. Expected replies are DESIGN.md's: a header field with a bare CR is
+//! `554 5.6.0`; a message over `max_message_bytes` is `552 5.3.4`.
 
 mod support;
 
@@ -23,7 +24,12 @@ async fn open(addr: SocketAddr, opts: ProtoOpts) -> TestConnection {
         .await
         .expect("open milter connection");
     let status = conn.connect("client.example.test", [127, 0, 0, 1]).await;
-    assert_eq!(status.unwrap(), Status::Continue);
+    let want = if conn.negotiated_opts().contains(ProtoOpts::NOREPLY_CONNECT) {
+        Status::Noreply
+    } else {
+        Status::Continue
+    };
+    assert_eq!(status.unwrap(), want);
     assert_eq!(
         conn.mail(["<mallory@example.test>"]).await.unwrap(),
         Status::Continue
@@ -48,12 +54,18 @@ const HEADERS: &[(&str, &str)] = &[
 async fn a_header_refusal_waits_for_the_next_answer_when_the_mta_does_not_wait() {
     let site = Site::new();
     site.create_list(LIST);
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    std::fs::write(
+        &site.config,
+        format!("{text}\n[limits]\nmax_message_bytes = {LIMIT}\n"),
+    )
+    .unwrap();
     let daemon = milter::start(&site.config).await;
 
-    // Postfix's offer: every option. NR_HDR is taken; no field gets an answer, and the
-    // refusal comes with the first body chunk.
+    // Postfix's offer: every option. The three are taken; no field or chunk gets an answer,
+    // and the refusal comes at end of message.
     let mut conn = open(daemon.inbound, ProtoOpts::all()).await;
-    assert!(conn.negotiated_opts().contains(ProtoOpts::NOREPLY_HEADER));
+    assert!(conn.negotiated_opts().contains(UNANSWERED));
     for (name, value) in HEADERS {
         assert_eq!(conn.header(*name, *value).await.unwrap(), Status::Noreply);
     }
@@ -61,12 +73,10 @@ async fn a_header_refusal_waits_for_the_next_answer_when_the_mta_does_not_wait()
         assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
     }
     let status = conn.body(b"body\r\n".to_vec()).await.unwrap();
-    milter::assert_reply(
-        &status,
-        "554",
-        "5.6.0",
-        "bare CR in a header field, at the body",
-    );
+    assert_eq!(status, Status::Noreply);
+    let (actions, status) = conn.eom().await.unwrap();
+    milter::assert_reply(&status, "554", "5.6.0", "bare CR in a header field, at EOM");
+    assert!(actions.actions.is_empty(), "nothing changed: {actions:?}");
     conn.abort().await.unwrap();
 
     // The next transaction on the same connection starts clean: a good header goes on.
@@ -88,7 +98,7 @@ async fn a_header_refusal_waits_for_the_next_answer_when_the_mta_does_not_wait()
     }
     assert_eq!(
         conn.body(b"body\r\n".to_vec()).await.unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     conn.abort().await.unwrap();
     conn.close().await.unwrap();
@@ -106,9 +116,9 @@ async fn a_header_refusal_waits_for_the_next_answer_when_the_mta_does_not_wait()
     assert!(actions.actions.is_empty(), "nothing changed: {actions:?}");
     conn.close().await.unwrap();
 
-    // An MTA that does not offer NR_HDR: the field itself is answered.
-    let mut conn = open(daemon.inbound, ProtoOpts::all() - ProtoOpts::NOREPLY_HEADER).await;
-    assert!(!conn.negotiated_opts().contains(ProtoOpts::NOREPLY_HEADER));
+    // An MTA that offers none of them: the field itself is answered.
+    let mut conn = open(daemon.inbound, ProtoOpts::all() - UNANSWERED).await;
+    assert!(!conn.negotiated_opts().intersects(UNANSWERED));
     let (name, value) = HEADERS[0];
     assert_eq!(conn.header(name, value).await.unwrap(), Status::Continue);
     let (name, value) = HEADERS[1];
@@ -121,5 +131,30 @@ async fn a_header_refusal_waits_for_the_next_answer_when_the_mta_does_not_wait()
     );
     conn.close().await.unwrap();
 
+    // A body over the limit, unanswered: refused at end of message.
+    let mut conn = open(daemon.inbound, ProtoOpts::all()).await;
+    assert_eq!(
+        conn.header("Subject", " big").await.unwrap(),
+        Status::Noreply
+    );
+    if !conn.negotiated_opts().contains(ProtoOpts::NO_EOH) {
+        assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
+    }
+    let chunk = vec![b'a'; 65_535];
+    for _ in 0..(LIMIT / chunk.len() + 2) {
+        assert_eq!(conn.body(chunk.clone()).await.unwrap(), Status::Noreply);
+    }
+    let (_, status) = conn.eom().await.unwrap();
+    milter::assert_reply(&status, "552", "5.3.4", "over max_message_bytes, at EOM");
+    conn.close().await.unwrap();
+
     daemon.stop().await;
 }
+
+/// The stages listcrypt need not answer.
+const UNANSWERED: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_BODY);
+
+/// `max_message_bytes` in this test's configuration.
+const LIMIT: usize = 200_000;

@@ -136,9 +136,11 @@ async fn transaction(
         .await
         .expect("open milter connection");
     let client: SocketAddr = "127.0.0.1:40123".parse().unwrap();
-    assert_eq!(
-        conn.connect("localhost", client).await.unwrap(),
-        Status::Continue
+    // No answer where listcrypt took NR_CONN, as it does when offered.
+    let status = conn.connect("localhost", client).await.unwrap();
+    assert!(
+        matches!(status, Status::Continue | Status::Noreply),
+        "{status:?}"
     );
     let from = format!("<{LIST_BOUNCES}>");
     assert_eq!(conn.mail([from.as_str()]).await.unwrap(), Status::Continue);

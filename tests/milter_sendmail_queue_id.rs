@@ -59,7 +59,11 @@ async fn rcpt_refusal_names_the_queue_id_sendmail_sent_with_mail() {
     // Sendmail names a client without a verified host name `[address]`.
     let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 40123);
     let status = conn.connect("[192.0.2.7]", client).await.expect("connect");
-    assert_eq!(status, Status::Continue);
+    // No answer where listcrypt took NR_CONN, as it does when offered.
+    assert!(
+        matches!(status, Status::Continue | Status::Noreply),
+        "{status:?}"
+    );
     conn.macros(MacroStage::Mail, [("i", QUEUE_ID)])
         .await
         .unwrap();

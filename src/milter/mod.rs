@@ -91,14 +91,38 @@ fn log_failure(e: &SessionError, session: &Session) {
     }
 }
 
-/// The first answered stage after a refused header field gives the refusal (logged when it
-/// was decided).
+/// A stage the MTA does not wait for: a refusal decided here waits for the next answered
+/// one, and once refused, the rest of the message is not looked at.
+fn unanswered(
+    session: &mut Session,
+    stage: impl FnOnce(&mut Session) -> Result<Option<Refusal>, SessionError>,
+) -> Status {
+    if !session.deferred() {
+        match stage(session) {
+            Ok(None) => {}
+            Ok(Some(r)) => session.defer(r),
+            Err(e) => {
+                log_failure(&e, session);
+                session.defer(Refusal::Internal(e.cause()));
+            }
+        }
+    }
+    Status::Noreply
+}
+
+/// The first answered stage after a refused header field or body chunk gives the refusal
+/// (logged when it was decided).
 fn deferred(session: &mut Session, reply: &mut indymilter::SmtpReply) -> Status {
     match session.take_deferred() {
         Some(r) => actions::refuse(reply, r),
         None => Status::Continue,
     }
 }
+
+/// The stages listcrypt does not need to answer, where the MTA offers it.
+const UNANSWERED: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_BODY);
 
 /// Actions the MTA must grant: header edits and body replacement (both sides), recipient
 /// deletion (batch splitting), and inbound the envelope sender (`inbound_envelope_sender`).
@@ -129,13 +153,16 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 }
                 cx.requested_actions = needed;
                 cx.requested_opts |= ProtoOpts::LEADING_SPACE;
-                // Header fields without a round trip each, where the MTA offers it (Postfix
-                // and Sendmail do): a refusal decided at a header is given at the body or at
-                // end of message, which the SMTP client sees the same (after DATA).
-                if opts.contains(ProtoOpts::NOREPLY_HEADER) {
-                    cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
+                // Connect, header fields and body chunks without a round trip each, where the
+                // MTA offers it (Postfix and Sendmail do): connect is never refused, and a
+                // refusal decided at a header field or body chunk is given at the next answer
+                // (end of message at the latest), which the SMTP client sees the same: after
+                // DATA.
+                let unanswered = opts & UNANSWERED;
+                if !unanswered.is_empty() {
+                    cx.requested_opts |= unanswered;
                     let mut session = Session::new(daemon.clone(), side, String::new());
-                    session.set_headers_unanswered();
+                    session.set_unanswered(unanswered);
                     cx.data = Some(session);
                 }
                 // Requesting macros replaces Postfix's defaults: ask only for what we use. A
@@ -163,7 +190,12 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
             Box::pin(async move {
                 let client = session::client_name(&host.to_string_lossy(), &addr);
                 match cx.data.as_mut() {
-                    Some(session) => session.set_client(client),
+                    Some(session) => {
+                        session.set_client(client);
+                        if session.unanswered(ProtoOpts::NOREPLY_CONNECT) {
+                            return Status::Noreply;
+                        }
+                    }
                     None => cx.data = Some(Session::new(daemon, side, client)),
                 }
                 Status::Continue
@@ -223,19 +255,8 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
     cb.on_header(|cx, name, value| {
         Box::pin(async move {
             match cx.data.as_mut() {
-                Some(s) if s.headers_unanswered() => {
-                    // Once refused, the rest of the header is not looked at.
-                    if !s.deferred() {
-                        match s.take_header(name, value) {
-                            Ok(None) => {}
-                            Ok(Some(r)) => s.defer(r),
-                            Err(e) => {
-                                log_failure(&e, s);
-                                s.defer(Refusal::Internal(e.cause()));
-                            }
-                        }
-                    }
-                    Status::Noreply
+                Some(s) if s.unanswered(ProtoOpts::NOREPLY_HEADER) => {
+                    unanswered(s, |s| s.take_header(name, value))
                 }
                 Some(s) => {
                     let r = s.header(name, value, &mut cx.reply);
@@ -248,6 +269,9 @@ fn content_callbacks(cb: Callbacks<Session>) -> Callbacks<Session> {
     .on_body(|cx, chunk| {
         Box::pin(async move {
             match cx.data.as_mut() {
+                Some(s) if s.unanswered(ProtoOpts::NOREPLY_BODY) => {
+                    unanswered(s, |s| s.take_body(&chunk))
+                }
                 Some(s) if s.deferred() => deferred(s, &mut cx.reply),
                 Some(s) => {
                     let r = s.body(&chunk, &mut cx.reply);

@@ -10,7 +10,7 @@ use crate::keys::ListKeys;
 use crate::refusal::{RcptOutcome, Refusal};
 use crate::state::{Daemon, Reservation};
 use bytes::Bytes;
-use indymilter::{EomActions, SmtpReply, SocketInfo, Status};
+use indymilter::{EomActions, ProtoOpts, SmtpReply, SocketInfo, Status};
 use std::ffi::CString;
 use std::fmt;
 use std::sync::Arc;
@@ -143,10 +143,10 @@ pub struct Session {
     /// The SMTP client the MTA reported at connect, for lines written before a queue id.
     client: String,
     msg: Option<Msg>,
-    /// The MTA sends header fields without waiting for answers (`SMFIP_NR_HDR`, negotiated
-    /// when it offers it): a refusal decided at a header waits in `deferred` for the next
-    /// stage that is answered (the body, or end of message).
-    headers_unanswered: bool,
+    /// Stages the MTA sends without waiting for answers (`SMFIP_NR_CONN`, `_HDR`, `_BODY`,
+    /// negotiated when it offers them): a refusal decided at a header field or body chunk
+    /// waits in `deferred` for the next stage that is answered (the body, or end of message).
+    unanswered: ProtoOpts,
     deferred: Option<Refusal>,
 }
 
@@ -173,7 +173,7 @@ impl Session {
             queue_id: NOQUEUE.into(),
             client,
             msg: None,
-            headers_unanswered: false,
+            unanswered: ProtoOpts::empty(),
             deferred: None,
         }
     }
@@ -183,13 +183,14 @@ impl Session {
         self.client = client;
     }
 
-    /// The MTA sends header fields without waiting for answers.
-    pub fn headers_unanswered(&self) -> bool {
-        self.headers_unanswered
+    /// Whether the MTA waits for no answer at `stage` (one `NOREPLY_*` option).
+    pub fn unanswered(&self, stage: ProtoOpts) -> bool {
+        self.unanswered.contains(stage)
     }
 
-    pub fn set_headers_unanswered(&mut self) {
-        self.headers_unanswered = true;
+    /// The `NOREPLY_*` options negotiated.
+    pub fn set_unanswered(&mut self, stages: ProtoOpts) {
+        self.unanswered = stages;
     }
 
     /// A refusal decided at a header the MTA did not wait for, to be given at the next answer.
@@ -393,16 +394,24 @@ impl Session {
     }
 
     pub fn body(&mut self, chunk: &Bytes, reply: &mut SmtpReply) -> Result<Status, SessionError> {
+        Ok(match self.take_body(chunk)? {
+            None => Status::Continue,
+            Some(r) => refuse(reply, r),
+        })
+    }
+
+    /// One body chunk: kept (or not needed), or the message's refusal (logged here, once).
+    pub fn take_body(&mut self, chunk: &Bytes) -> Result<Option<Refusal>, SessionError> {
         let limit = self.size_limit();
         let msg = self.msg.as_mut().ok_or(SessionError::OutOfOrder("body"))?;
         if msg.size() + chunk.len() as u64 > limit {
-            return Ok(self.too_large(reply));
+            return Ok(Some(self.too_large_refusal()));
         }
         // Owner and bounce mail, and Mailman's loopback, pass as they are: only the header
         // matters to us.
         match &msg.mode {
-            Mode::Inbound(tx) if !tx.needs_body() => return Ok(Status::Continue),
-            Mode::Loopback => return Ok(Status::Continue),
+            Mode::Inbound(tx) if !tx.needs_body() => return Ok(None),
+            Mode::Loopback => return Ok(None),
             _ => {}
         }
         // The blank line that ends the header goes in before the first chunk.
@@ -411,29 +420,19 @@ impl Session {
             &[separator, chunk],
             self.cx.config.limits.max_inflight_bytes,
         ) {
-            return Ok(self.over_budget(reply));
+            return Ok(Some(self.over_budget_refusal()));
         }
         msg.in_body = true;
         msg.body_bytes += chunk.len();
-        Ok(Status::Continue)
+        Ok(None)
     }
 
     /// All sessions together hold as much as `max_inflight_bytes` allows: the client retries.
-    fn over_budget(&mut self, reply: &mut SmtpReply) -> Status {
-        let r = self.over_budget_refusal();
-        refuse(reply, r)
-    }
-
     fn over_budget_refusal(&mut self) -> Refusal {
         let r = Refusal::OverMemoryBudget;
         tracing::info!("{}: {}: message deferred: {r}", self.queue_id(), self.side);
         self.msg = None;
         r
-    }
-
-    fn too_large(&mut self, reply: &mut SmtpReply) -> Status {
-        let r = self.too_large_refusal();
-        refuse(reply, r)
     }
 
     fn too_large_refusal(&mut self) -> Refusal {
