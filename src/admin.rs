@@ -4,6 +4,7 @@
 use crate::config::{Config, ConfigError, Policy};
 use crate::inbound::{self, Target, Verdict};
 use crate::keys::{self, normalize_address, valid_address, KeyError, Keyring};
+use crate::notices::{self, Notice, NoticeError};
 use crate::outbound;
 use crate::pgp;
 use crate::refusal::{RcptOutcome, Refusal};
@@ -430,137 +431,18 @@ pub fn notify_expiry(config: &Config, days: u32, out: &mut dyn Write) -> Result<
     )?;
     let now = std::time::SystemTime::now();
     let horizon = now + std::time::Duration::from_secs(u64::from(days) * 86_400);
-    let mut notices = Vec::new();
+    let mut outgoing = Vec::new();
     let mut lists: Vec<_> = keyring.lists.values().cloned().collect();
     lists.sort_by(|a, b| a.address.cmp(&b.address));
     for list in &lists {
-        let unusable = member_notices(&*store, list, horizon, &mut notices, out)?;
-        owner_notices(&*store, list, &unusable, &mut notices, out)?;
+        let unusable = notices::member_notices(&*store, list, horizon, &mut outgoing, out)?;
+        notices::owner_notices(&*store, list, &unusable, &mut outgoing, out)?;
     }
-    send_notices(config, &*store, &notices)?;
+    send_notices(config, &*store, &outgoing)?;
     Ok(exit::OK)
 }
 
-/// One `notify-expiry` mail: the list it speaks for, its rate kind, and the encrypted message.
-pub(crate) struct Notice {
-    list: String,
-    kind: &'static str,
-    mail: crate::key_address::OutMail,
-}
-
-/// Tells each member whose key expires before `horizon` (at most weekly); returns one line per
-/// member whose key is unusable already, for the owners.
-fn member_notices(
-    store: &dyn Store,
-    list: &keys::ListKeys,
-    horizon: std::time::SystemTime,
-    notices: &mut Vec<Notice>,
-    out: &mut dyn Write,
-) -> Result<Vec<String>> {
-    let mut unusable = Vec::new();
-    for m in &list.members {
-        if let Some(line) = unusable_line(m) {
-            unusable.push(line);
-            continue;
-        }
-        let Some(Some(until)) = keys::usable_until(&m.cert) else {
-            continue;
-        };
-        if until > horizon || !store.rate_allow(&list.address, &m.address, "expiry", 6 * 86_400)? {
-            continue;
-        }
-        let date = keys::format_date(
-            until
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        );
-        let body = format!(
-            "Your key {fpr}, bound to {addr} on the encrypted list {list},\r\n\
-             can be used for encryption until {date}. After that you will receive no\r\n\
-             more mail from the list. Extend its expiry and send the updated public key\r\n\
-             to {list_local}-{suffix}@{domain}, or bind a new key there.\r\n",
-            fpr = m.cert.fingerprint(),
-            addr = m.address,
-            list = list.address,
-            list_local = list.parts().0,
-            suffix = list.policy.key_suffix,
-            domain = list.parts().1,
-        );
-        let mail =
-            crate::key_address::notice(list, &m.address, &m.cert, "Your key expires soon", &body)
-                .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
-        writeln!(
-            out,
-            "{}: {} key expires {date}: notified",
-            list.address, m.address
-        )
-        .ok();
-        notices.push(Notice {
-            list: list.address.clone(),
-            kind: "expiry",
-            mail,
-        });
-    }
-    Ok(unusable)
-}
-
-/// The owners' notice line for a member whose key is unusable (expired, revoked…).
-pub(crate) fn unusable_line(m: &keys::Member) -> Option<String> {
-    let why = keys::check_member_cert(&m.cert, &m.address).err()?;
-    Some(format!("  {} ({}): {why}", m.address, m.cert.fingerprint()))
-}
-
-/// Tells each owner with a usable key which members have none (at most daily). Also used by
-/// the daemon's key refresh (`crate::refresh`) when a member's key became unusable.
-pub(crate) fn owner_notices(
-    store: &dyn Store,
-    list: &keys::ListKeys,
-    unusable: &[String],
-    notices: &mut Vec<Notice>,
-    out: &mut dyn Write,
-) -> Result<()> {
-    if unusable.is_empty() {
-        return Ok(());
-    }
-    for owner in list.members.iter().filter(|m| m.role == Role::Owner) {
-        if keys::check_member_cert(&owner.cert, &owner.address).is_err()
-            || !store.rate_allow(&list.address, &owner.address, "unusable", 86_400)?
-        {
-            continue;
-        }
-        let body = format!(
-            "These members of {} have no usable key; they receive no list mail:\r\n{}\r\n",
-            list.address,
-            unusable.join("\r\n")
-        );
-        let mail = crate::key_address::notice(
-            list,
-            &owner.address,
-            &owner.cert,
-            "Members without a usable key",
-            &body,
-        )
-        .map_err(|e| CommandError::new(exit::SOFTWARE, "notice", e))?;
-        writeln!(
-            out,
-            "{}: owner {} told about {} unusable key(s)",
-            list.address,
-            owner.address,
-            unusable.len()
-        )
-        .ok();
-        notices.push(Notice {
-            list: list.address.clone(),
-            kind: "unusable",
-            mail,
-        });
-    }
-    Ok(())
-}
-
-/// Sends the notices in order through the reinjection listener; on the first failure the
-/// rest are forgotten by the rate limiter, so the next run tries them again.
+/// Sends the notices in order through the reinjection listener (see [`notices::deliver`]).
 fn send_notices(config: &Config, store: &dyn Store, notices: &[Notice]) -> Result<()> {
     if notices.is_empty() {
         return Ok(());
@@ -569,33 +451,16 @@ fn send_notices(config: &Config, store: &dyn Store, notices: &[Notice]) -> Resul
         .enable_all()
         .build()
         .map_err(|e| CommandError::new(exit::SOFTWARE, "runtime", e))?;
-    runtime.block_on(deliver_notices(config, store, notices))
+    Ok(runtime.block_on(notices::deliver(config, store, notices))?)
 }
 
-/// [`send_notices`] inside a runtime (the daemon's key refresh).
-pub(crate) async fn deliver_notices(
-    config: &Config,
-    store: &dyn Store,
-    notices: &[Notice],
-) -> Result<()> {
-    {
-        for (i, notice) in notices.iter().enumerate() {
-            let sent = crate::reinject::send_batch(
-                &config.reinject_smtp,
-                "",
-                std::slice::from_ref(&notice.mail.to),
-                &notice.mail.message,
-            )
-            .await;
-            if let Err(e) = sent {
-                // Not sent: the next run tries these again instead of waiting a period.
-                for n in &notices[i..] {
-                    let _ = store.rate_forget(&n.list, &n.mail.to, n.kind);
-                }
-                return Err(CommandError::new(exit::TEMPFAIL, "send", e));
-            }
+impl From<NoticeError> for CommandError {
+    fn from(e: NoticeError) -> Self {
+        match e {
+            NoticeError::Store(e) => e.into(),
+            NoticeError::Build(e) => CommandError::new(exit::SOFTWARE, "notice", e),
+            NoticeError::Send(e) => CommandError::new(exit::TEMPFAIL, "send", e),
         }
-        Ok::<(), CommandError>(())
     }
 }
 

@@ -636,7 +636,7 @@ async fn start_http(
     let api = match config.api_listen.as_str() {
         "" => None,
         listen => Some(
-            listcrypt::api::Server::start(listen, daemon.clone())
+            listcrypt::api::Server::start(listen, daemon.clone(), listcrypt::web::router)
                 .await
                 .map_err(unavailable("api", listen))?,
         ),

@@ -4,7 +4,6 @@
 //! FAIL.
 
 pub(crate) mod mailman;
-pub(crate) mod mailman_rest;
 mod postfix;
 mod sendmail;
 

@@ -231,9 +231,12 @@ pub fn router(api: Arc<Api>) -> Router {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(api.clone())
-        .merge(crate::web::router(api))
+        .with_state(api)
 }
+
+/// Routes served beside the API on its listener (the owners' page, `crate::web::router`),
+/// made from the same state.
+pub type Pages = fn(Arc<Api>) -> Router;
 
 /// The running API listener of `serve`, with its stop switch.
 pub struct Server {
@@ -243,9 +246,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `listen` (`IP:PORT`; port 0 picks one). The configuration has checked that it
-    /// is loopback unless `api_allow_remote`.
-    pub async fn start(listen: &str, daemon: Arc<Daemon>) -> io::Result<Server> {
+    /// Binds `listen` (`IP:PORT`; port 0 picks one) and serves the API and `pages`. The
+    /// configuration has checked that it is loopback unless `api_allow_remote`.
+    pub async fn start(listen: &str, daemon: Arc<Daemon>, pages: Pages) -> io::Result<Server> {
         let addr: SocketAddr = listen
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
@@ -258,7 +261,8 @@ impl Server {
         }
         tracing::info!("admin API over HTTP on {addr}, for a TLS front-end");
         let (stop, stopped) = watch::channel(false);
-        let app = router(Api::new(daemon));
+        let api = Api::new(daemon);
+        let app = router(api.clone()).merge(pages(api));
         let task = tokio::spawn(accept_loop(listener, app, stopped));
         Ok(Server { addr, stop, task })
     }

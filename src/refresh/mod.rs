@@ -252,9 +252,9 @@ pub async fn tell_owners(daemon: &Arc<Daemon>, fpr: &Fingerprint) {
             .members
             .iter()
             .filter(|m| &m.cert.fingerprint() == fpr)
-            .filter_map(crate::admin::unusable_line)
+            .filter_map(crate::notices::unusable_line)
             .collect();
-        let made = crate::admin::owner_notices(
+        let made = crate::notices::owner_notices(
             daemon.store(),
             list,
             &lines,
@@ -262,11 +262,11 @@ pub async fn tell_owners(daemon: &Arc<Daemon>, fpr: &Fingerprint) {
             &mut std::io::sink(),
         );
         if let Err(e) = made {
-            tracing::warn!("{}: owners' notice not made: {}", list.address, e.why);
+            tracing::warn!("{}: owners' notice not made: {e}", list.address);
         }
     }
-    if let Err(e) = crate::admin::deliver_notices(&config, daemon.store(), &notices).await {
-        tracing::warn!("owners' notice of an unusable key not sent: {}", e.why);
+    if let Err(e) = crate::notices::deliver(&config, daemon.store(), &notices).await {
+        tracing::warn!("owners' notice of an unusable key not sent: {e}");
     }
 }
 

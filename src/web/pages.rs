@@ -236,7 +236,7 @@ enum Roster {
 }
 
 async fn mailman_unbound(web: &Web, list: &str, rows: &[Member]) -> Roster {
-    use crate::admin::doctor::mailman_rest::{entries, text};
+    use crate::mailman_rest::{entries, text};
     let api = web.api.daemon.config().mailman_api.clone();
     if api.password().is_none() {
         return Roster::NotConfigured;
@@ -251,7 +251,7 @@ async fn mailman_unbound(web: &Web, list: &str, rows: &[Member]) -> Roster {
         .api
         .daemon
         .blocking(move |_| {
-            let rest = crate::admin::doctor::mailman::connect(&api)?;
+            let rest = crate::mailman_rest::connect(&api)?;
             let roster = rest
                 .get(&format!("lists/{list}/roster/member"))
                 .map_err(|e| e.to_string())?;

@@ -1,11 +1,11 @@
 //! Mailman's side of `doctor`: its config file, and over its REST API each list's settings and
 //! roster against listcrypt's bindings.
 
-use super::mailman_rest::{entries, text, Rest};
 use super::postfix::{find_milter, Postfix};
 use super::{Keys, Report, Sockets};
-use crate::config::{Config, MailmanApi, Policy};
+use crate::config::{Config, Policy};
 use crate::keys::normalize_address;
+use crate::mailman_rest::{connect, entries, text, Rest};
 use crate::store::BindingState;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -114,15 +114,6 @@ pub(super) fn default(section: &str, key: &str) -> String {
         .iter()
         .find(|(s, k, _)| *s == section && *k == key)
         .map_or(String::new(), |(_, _, v)| v.to_string())
-}
-
-pub(crate) fn connect(api: &MailmanApi) -> Result<Rest, String> {
-    let password = match api.password() {
-        None => return Err("mailman_api.password_file is not set".into()),
-        Some(Err(e)) => return Err(format!("{}: {e}", api.password_file.display())),
-        Some(Ok(p)) => p,
-    };
-    Rest::new(api, &password).map_err(|e| e.to_string())
 }
 
 pub(super) fn mailman_site_checks(

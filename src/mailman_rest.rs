@@ -1,5 +1,6 @@
 //! A small blocking client for Mailman 3's REST API (`[mailman_api]`): GET with basic auth,
-//! JSON answers, over hyper's HTTP/1 client on a loopback connection.
+//! JSON answers, over hyper's HTTP/1 client on a loopback connection. `doctor` checks
+//! Mailman's settings with it; the owners' page shows Mailman's roster.
 
 use crate::config::MailmanApi;
 use bytes::Bytes;
@@ -107,4 +108,14 @@ pub fn text(value: Option<&Value>) -> Option<String> {
         Value::Null => None,
         other => Some(other.to_string()),
     }
+}
+
+/// A client for `api` with its password file read, or why there is none.
+pub(crate) fn connect(api: &MailmanApi) -> Result<Rest, String> {
+    let password = match api.password() {
+        None => return Err("mailman_api.password_file is not set".into()),
+        Some(Err(e)) => return Err(format!("{}: {e}", api.password_file.display())),
+        Some(Ok(p)) => p,
+    };
+    Rest::new(api, &password).map_err(|e| e.to_string())
 }
