@@ -159,6 +159,7 @@ pub fn callbacks(daemon: Arc<Daemon>, side: Side) -> Callbacks<Session> {
                 // (end of message at the latest), which the SMTP client sees the same: after
                 // DATA.
                 let unanswered = opts & UNANSWERED;
+                tracing::debug!("{side}: the MTA waits for no answer at {unanswered:?}");
                 if !unanswered.is_empty() {
                     cx.requested_opts |= unanswered;
                     let mut session = Session::new(daemon.clone(), side, String::new());
