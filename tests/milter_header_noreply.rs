@@ -30,6 +30,12 @@ async fn open(addr: SocketAddr, opts: ProtoOpts) -> TestConnection {
         Status::Continue
     };
     assert_eq!(status.unwrap(), want);
+    transaction(&mut conn).await;
+    conn
+}
+
+/// MAIL, RCPT to the list and DATA, each going on.
+async fn transaction(conn: &mut TestConnection) {
     assert_eq!(
         conn.mail(["<mallory@example.test>"]).await.unwrap(),
         Status::Continue
@@ -38,9 +44,7 @@ async fn open(addr: SocketAddr, opts: ProtoOpts) -> TestConnection {
         conn.rcpt([format!("<{LIST}>")]).await.unwrap(),
         Status::Continue
     );
-    let status = conn.data().await.unwrap();
-    assert_eq!(status, Status::Continue);
-    conn
+    assert_eq!(conn.data().await.unwrap(), Status::Continue);
 }
 
 /// Headers of a post whose second field carries a bare CR (a forged field once rebuilt).
@@ -80,15 +84,7 @@ async fn a_header_refusal_waits_for_the_next_answer_when_the_mta_does_not_wait()
     conn.abort().await.unwrap();
 
     // The next transaction on the same connection starts clean: a good header goes on.
-    assert_eq!(
-        conn.mail(["<mallory@example.test>"]).await.unwrap(),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.rcpt([format!("<{LIST}>")]).await.unwrap(),
-        Status::Continue
-    );
-    assert_eq!(conn.data().await.unwrap(), Status::Continue);
+    transaction(&mut conn).await;
     assert_eq!(
         conn.header("Subject", " fine").await.unwrap(),
         Status::Noreply
