@@ -1001,20 +1001,26 @@ mod tests {
         }
     }
 
-    /// A reload reuses an opened key only with the same passphrase: a wrong one is an error
-    /// (or, for a running daemon, a locked list), even though the file did not change.
-    #[test]
-    fn a_wrong_passphrase_is_never_masked_by_an_earlier_load() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A configuration under `root` with one list's policy file (no key yet).
+    fn one_list_site(root: &std::path::Path) -> (Config, &'static str) {
         let config = Config {
-            policy_dir: dir.path().join("lists.d"),
-            keyring_dir: dir.path().join("keyrings"),
-            state_dir: dir.path().join("state"),
+            policy_dir: root.join("lists.d"),
+            keyring_dir: root.join("keyrings"),
+            state_dir: root.join("state"),
             ..Config::default()
         };
         let list = "enc@lists.example.test";
         std::fs::create_dir_all(&config.policy_dir).unwrap();
         std::fs::write(config.policy_path(list), Policy::default_file_text(list)).unwrap();
+        (config, list)
+    }
+
+    /// A reload reuses an opened key only with the same passphrase: a wrong one is an error
+    /// (or, for a running daemon, a locked list), even though the file did not change.
+    #[test]
+    fn a_wrong_passphrase_is_never_masked_by_an_earlier_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, list) = one_list_site(dir.path());
         let store = crate::store::SqliteStore::open(&config.state_dir).unwrap();
         let right = || Passphrases::given(Password::from("right"));
         let wrong = || Passphrases::given(Password::from("wrong"));
@@ -1044,15 +1050,7 @@ mod tests {
         use crate::pgp::testkit::general_purpose;
         use sequoia_openpgp::serialize::MarshalInto;
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            policy_dir: dir.path().join("lists.d"),
-            keyring_dir: dir.path().join("keyrings"),
-            state_dir: dir.path().join("state"),
-            ..Config::default()
-        };
-        let list = "enc@lists.example.test";
-        std::fs::create_dir_all(&config.policy_dir).unwrap();
-        std::fs::write(config.policy_path(list), Policy::default_file_text(list)).unwrap();
+        let (config, list) = one_list_site(dir.path());
         create_list_key(&config.keyring_dir, list).unwrap();
         let store = crate::store::SqliteStore::open(&config.state_dir).unwrap();
         let members: Vec<(String, Cert)> = (0..3)

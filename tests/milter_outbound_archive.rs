@@ -128,10 +128,7 @@ fn python_read(mbox: &Path) -> Vec<(String, String)> {
 async fn a_post_in_three_transactions_is_archived_once_and_decrypts() {
     let site = Site::new();
     site.create_list(LIST);
-    let members: Vec<GpgMember> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|n| GpgMember::new(&site, n, true))
-        .collect();
+    let members = GpgMember::three_bound(&site);
     let (public, secret, pass, _gpg) = archive_key(&site);
     // The secret key is refused: it must never be on the list host.
     let out = site
@@ -233,10 +230,7 @@ async fn an_archive_that_cannot_be_written_is_a_tempfail() {
 async fn archive_address_gets_each_post_once_through_the_reinjection_listener() {
     let site = Site::new();
     site.create_list(LIST);
-    let members: Vec<GpgMember> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|n| GpgMember::new(&site, n, true))
-        .collect();
+    let members = GpgMember::three_bound(&site);
     let (public, _, _, gpg) = archive_key(&site);
     run_ok(
         site.cli()

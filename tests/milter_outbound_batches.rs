@@ -25,10 +25,7 @@ fn deleted(actions: &[EomAction]) -> Vec<String> {
 async fn extra_batches_are_reinjected_once() {
     let site = Site::new();
     site.create_list(LIST);
-    let members: Vec<GpgMember> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|n| GpgMember::new(&site, n, true))
-        .collect();
+    let members = GpgMember::three_bound(&site);
     site.set_batch_size(LIST, 1);
     let sink = sink::Sink::start();
     site.reinject_to(sink.port);

@@ -171,10 +171,7 @@ fn deleted(actions: &[EomAction]) -> Vec<String> {
 async fn a_batch_cut_after_its_dot_is_resent_on_retry_and_logged_as_in_doubt() {
     let site = Site::new();
     site.create_list(LIST);
-    let members: Vec<GpgMember> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|n| GpgMember::new(&site, n, true))
-        .collect();
+    let members = GpgMember::three_bound(&site);
     let [m1, m2, m3] = [0, 1, 2].map(|i| members[i].address.to_ascii_lowercase());
     // Batch 1 (m1) stays in the transaction; m2 and m3 are reinjected, one batch each.
     site.set_batch_size(LIST, 1);

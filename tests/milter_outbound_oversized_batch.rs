@@ -15,10 +15,7 @@ use support::site::{Site, LIST, LIST_BOUNCES};
 async fn a_batch_refused_for_its_size_bounces_each_recipient() {
     let site = Site::new();
     site.create_list(LIST);
-    let members: Vec<GpgMember> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|n| GpgMember::new(&site, n, true))
-        .collect();
+    let members = GpgMember::three_bound(&site);
     site.set_batch_size(LIST, 1);
     // A 20 kB post armours to more than 26 kB: every copy is over the listener's 12 kB, while
     // a content-free DSN is well under it.

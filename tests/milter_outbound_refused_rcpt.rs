@@ -15,10 +15,7 @@ use support::site::{Site, LIST, LIST_BOUNCES};
 async fn a_refused_recipient_is_bounced_not_the_whole_post() {
     let site = Site::new();
     site.create_list(LIST);
-    let members: Vec<GpgMember> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|n| GpgMember::new(&site, n, true))
-        .collect();
+    let members = GpgMember::three_bound(&site);
     site.set_batch_size(LIST, 1);
     // Batches keep the order of the RCPTs: m1 stays, m2 and m3 are reinjected; m3 is refused.
     let refused = members[2].address.to_ascii_lowercase();

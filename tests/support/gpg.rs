@@ -242,6 +242,14 @@ pub struct GpgMember {
 }
 
 impl GpgMember {
+    /// `m1`, `m2` and `m3`, each bound on `LIST`: the outbound tests' usual list.
+    pub fn three_bound(site: &Site) -> Vec<GpgMember> {
+        ["m1", "m2", "m3"]
+            .iter()
+            .map(|n| GpgMember::new(site, n, true))
+            .collect()
+    }
+
     /// Creates `name@example.test`'s key, imports the list key, and binds the member on
     /// `LIST` when `bind`.
     pub fn new(site: &Site, name: &str, bind: bool) -> GpgMember {
