@@ -33,7 +33,9 @@
 #   LISTCRYPT (binary; default target/release/listcrypt, built with cargo build --release if
 #   missing), NOOP_MILTER (default target/release/examples/noop_milter, built with cargo build
 #   --release --example noop_milter if missing), KEEP=1 (keep the work directory),
-#   PERF_OUT=FILE (`perf record -g` of listcrypt during the inbound run; the report goes there).
+#   PERF_OUT=FILE (`perf record -g` of listcrypt during the inbound run; the report goes there;
+#   with KEEP=1 perf.data stays in the work directory), PERF_FREQ (samples/s, default 499),
+#   CSW=1 (the milter's context switches per message, from `perf stat`, on the milter runs).
 # Needs: bash >= 4, postfix (postfix, postconf, postqueue), gpg, gpgconf, /usr/bin/python3,
 #   sqlite3 (optional: replay-record check).
 set -euo pipefail
@@ -316,6 +318,11 @@ send() {
     shift 2
     local pid=$LC_PID
     [[ $label == *noop ]] && pid=$NOOP_PID
+    local stat=
+    if [[ -n ${CSW:-} && $label != *nomilter* ]]; then
+        perf stat -x, -e context-switches -p "$pid" -o "$W/csw.txt" 2>>"$LOG" &
+        stat=$!
+    fi
     t0=$(lc_ticks "$pid")
     c0=$(cpu_ticks)
     out=$("$PY" "$HERE/accept-rate/send.py" --port "$port" --sender "$MEMBER" --rcpt "$LIST" \
@@ -323,6 +330,11 @@ send() {
         { cat "$W/send.err" >&2; die "sender failed on $label"; }
     t1=$(lc_ticks "$pid")
     c1=$(cpu_ticks)
+    if [[ -n $stat ]]; then
+        kill -INT "$stat" 2>/dev/null
+        wait "$stat" 2>/dev/null || true
+        awk -F, -v n="$#" -v l="$label" '$3 == "context-switches" { printf "#   %s: milter context switches per message: %.1f\n", l, $1 / n }' "$W/csw.txt"
+    fi
     read -r ACC REF SECS PY_S <<<"$out"
     LC_MS=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')
     PY_MS=$(awk -v s="$PY_S" -v n="$#" 'BEGIN { printf "%.2f", s * 1000 / n }')
@@ -353,7 +365,7 @@ run_one() { # LABEL PORT
     before=$(replay_rows)
     local perf=
     if [[ $1 == inbound && -n ${PERF_OUT:-} ]]; then
-        perf record -q -F 499 -g -p "$LC_PID" -o "$W/perf.data" 2>>"$LOG" &
+        perf record -q -F "${PERF_FREQ:-499}" -g -p "$LC_PID" -o "$W/perf.data" 2>>"$LOG" &
         perf=$!
     fi
     send "$1" "$2" "${RUN_POSTS[@]}"
