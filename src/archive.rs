@@ -401,8 +401,8 @@ pub fn decrypt_mbox(
 fn armored_message(body: &[u8]) -> Option<&[u8]> {
     const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
     const END: &[u8] = b"-----END PGP MESSAGE-----";
-    let start = body.windows(BEGIN.len()).position(|w| w == BEGIN)?;
-    let len = body[start..].windows(END.len()).position(|w| w == END)?;
+    let start = crate::mime::find(body, BEGIN)?;
+    let len = crate::mime::find(&body[start..], END)?;
     Some(&body[start..start + len + END.len()])
 }
 

@@ -896,9 +896,7 @@ fn key_block(part: &[u8], mimetype: &str) -> Option<Vec<u8>> {
         .and_then(|p| p.get_body_raw())
         .ok()?;
     let looks_like_key = mimetype == "application/pgp-keys"
-        || decoded
-            .windows(36)
-            .any(|w| w == b"-----BEGIN PGP PUBLIC KEY BLOCK-----");
+        || crate::mime::contains(&decoded, b"-----BEGIN PGP PUBLIC KEY BLOCK-----");
     looks_like_key.then_some(decoded)
 }
 

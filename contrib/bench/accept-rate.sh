@@ -35,7 +35,8 @@
 #   --release --example noop_milter if missing), KEEP=1 (keep the work directory),
 #   PERF_OUT=FILE (`perf record -g` of listcrypt during the inbound run; the report goes there;
 #   with KEEP=1 perf.data stays in the work directory), PERF_FREQ (samples/s, default 499),
-#   CSW=1 (the milter's context switches per message, from `perf stat`, on the milter runs).
+#   CSW=1 (the milter's context switches and system calls per message, from `perf stat`, on
+#   the milter runs; STAT_EVENTS overrides the event list).
 # Needs: bash >= 4, postfix (postfix, postconf, postqueue), gpg, gpgconf, /usr/bin/python3,
 #   sqlite3 (optional: replay-record check).
 set -euo pipefail
@@ -320,7 +321,7 @@ send() {
     [[ $label == *noop ]] && pid=$NOOP_PID
     local stat=
     if [[ -n ${CSW:-} && $label != *nomilter* ]]; then
-        perf stat -x, -e context-switches -p "$pid" -o "$W/csw.txt" 2>>"$LOG" &
+        perf stat -x, -e "${STAT_EVENTS:-context-switches,raw_syscalls:sys_enter}" -p "$pid" -o "$W/csw.txt" 2>>"$LOG" &
         stat=$!
     fi
     t0=$(lc_ticks "$pid")
@@ -333,7 +334,7 @@ send() {
     if [[ -n $stat ]]; then
         kill -INT "$stat" 2>/dev/null
         wait "$stat" 2>/dev/null || true
-        awk -F, -v n="$#" -v l="$label" '$3 == "context-switches" { printf "#   %s: milter context switches per message: %.1f\n", l, $1 / n }' "$W/csw.txt"
+        awk -F, -v n="$#" -v l="$label" '$1 ~ /^[0-9]/ { printf "#   %s: milter %s per message: %.1f\n", l, $3, $1 / n }' "$W/csw.txt"
     fi
     read -r ACC REF SECS PY_S <<<"$out"
     LC_MS=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')

@@ -491,8 +491,8 @@ fn inline_block(message: &[u8]) -> Option<Vec<u8>> {
     let body = parsed.get_body_raw().ok()?;
     let begin = b"-----BEGIN PGP MESSAGE-----";
     let end = b"-----END PGP MESSAGE-----";
-    let start = body.windows(begin.len()).position(|w| w == begin)?;
-    let stop = body[start..].windows(end.len()).position(|w| w == end)? + start + end.len();
+    let start = mime::find(&body, begin)?;
+    let stop = mime::find(&body[start..], end)? + start + end.len();
     Some(body[start..stop].to_vec())
 }
 
@@ -509,10 +509,7 @@ fn signed_copy(plaintext: &[u8], sig: &pgp::GoodSignature) -> Option<(String, Ve
         return None;
     }
     let boundary = mime::new_boundary();
-    if canonical
-        .windows(boundary.len())
-        .any(|w| w == boundary.as_bytes())
-    {
+    if mime::contains(&canonical, boundary.as_bytes()) {
         return None;
     }
     let micalg = format!("pgp-{}", sig.hash_name.to_ascii_lowercase());

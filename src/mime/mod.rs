@@ -10,6 +10,17 @@ pub use parse::{
     walk_entity, Entity, Header, MimeError, Shape,
 };
 
+/// Where `needle` first occurs in `hay` (memchr's two-way search: linear in the input, where
+/// comparing at every offset costs the needle's length per byte).
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
 /// MIME header fields that belong to the body (RFC 2045, 2183, 3282, 2557, 1864): they move
 /// with the entity when it is wrapped into or taken out of encryption.
 pub const CONTENT_HEADERS: &[&str] = &[

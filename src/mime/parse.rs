@@ -263,7 +263,8 @@ pub fn classify(message: &[u8], max_depth: u32, max_parts: u32) -> Result<Shape,
     let ct = entity.content_type();
     if ct.mimetype != "multipart/encrypted" {
         walk_entity(message, max_depth, max_parts)?;
-        if contains(entity.body, b"-----BEGIN PGP MESSAGE-----") && ct.mimetype.starts_with("text/")
+        if super::contains(entity.body, b"-----BEGIN PGP MESSAGE-----")
+            && ct.mimetype.starts_with("text/")
         {
             return Ok(Shape::InlinePgp);
         }
@@ -311,10 +312,6 @@ pub fn classify(message: &[u8], max_depth: u32, max_parts: u32) -> Result<Shape,
         .get_body_raw()
         .map_err(|_| MimeError::Malformed("bad transfer encoding in encrypted part"))?;
     Ok(Shape::PgpMime { ciphertext })
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

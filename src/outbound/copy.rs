@@ -360,7 +360,9 @@ fn restore_signed(
 ) -> Option<Vec<u8>> {
     let parts = mime::split_multipart(body, boundary).ok()?;
     tracing::debug!("author-signed part: {} parts", parts.len());
-    if parts.len() != 2 || !(parts[0].starts_with(b">From ") || contains(parts[0], b"\n>From ")) {
+    if parts.len() != 2
+        || !(parts[0].starts_with(b">From ") || mime::contains(parts[0], b"\n>From "))
+    {
         return None;
     }
     let sig = mailparse::parse_mail(parts[1]).ok()?.get_body_raw().ok()?;
@@ -384,13 +386,7 @@ fn restore_signed(
     if signed.starts_with(b">From ") {
         starts.push(0);
     }
-    starts.extend(
-        signed
-            .windows(7)
-            .enumerate()
-            .filter(|(_, w)| w == b"\n>From ")
-            .map(|(i, _)| i + 1),
-    );
+    starts.extend(memchr::memmem::find_iter(signed, b"\n>From ").map(|i| i + 1));
     if starts.len() > MAX_FROM_CANDIDATES {
         return None;
     }
@@ -426,10 +422,6 @@ fn restore_signed(
 
 /// `>From` lines beyond which restoring is not attempted (the combinations to choose from).
 const MAX_FROM_CANDIDATES: usize = 8;
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// The outer header fields a header confidentiality policy replaces, with their new values
 /// (RFC 9788 §3.2): every policy but `hcp_no_confidentiality` obscures the Subject; `hcp_shy`
@@ -654,7 +646,7 @@ pub(super) mod tests {
         let entity = Entity::parse(&m).unwrap();
         let inner = inner_entity(&entity, &list, &[], &mut budget);
         assert_eq!(budget.used(), MAX_FROM_VERIFICATIONS);
-        assert!(contains(&inner, b"\r\n>From 1\r\n"), "left as sent");
+        assert!(mime::contains(&inner, b"\r\n>From 1\r\n"), "left as sent");
         // A spent budget makes no further attempt.
         prepare(&m, &list, &mut budget).unwrap();
         assert_eq!(budget.used(), MAX_FROM_VERIFICATIONS);
