@@ -634,6 +634,14 @@ fn main() {
         &s,
         &format!("in {} KiB", msg.len() / 1024),
     );
+    // The size of contrib/bench/accept-rate.sh's posts.
+    let small = inbound_post(&body[..10 * 1024], &certs[0], &list_cert);
+    let s = measure(budget, || inbound::process(&env, &small, &list, &limits));
+    report(
+        &format!("inbound  10 KiB, {MAX_MEMBERS} members bound"),
+        &s,
+        &format!("in {} KiB", small.len() / 1024),
+    );
 
     if let Some(busy) = busy_percent() {
         println!();
