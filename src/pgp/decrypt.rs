@@ -307,6 +307,10 @@ pub fn decrypt_verify(
         outer_signatures: 0,
         detached: false,
     };
+    // Armor as clients write it is decoded in one pass; anything else goes to sequoia's
+    // reader (which also reads binary messages).
+    let binary = super::dearmor::message(ciphertext);
+    let ciphertext = binary.as_deref().unwrap_or(ciphertext);
     let builder = DecryptorBuilder::from_bytes(ciphertext)
         .map_err(|e| Failure::Malformed(short(&e)))?
         // Memory follows buffer_size (reference/openpgp.md); we read everything anyway and

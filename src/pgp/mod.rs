@@ -6,6 +6,7 @@
 mod cert;
 mod certcache;
 mod certstore;
+mod dearmor;
 mod decrypt;
 #[cfg(feature = "crypto-openssl")]
 mod ecdh;
