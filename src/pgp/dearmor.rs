@@ -53,9 +53,10 @@ pub fn message(text: &[u8]) -> Option<Vec<u8>> {
             }
             break;
         }
-        if line.is_empty() || !line.iter().all(|&b| is_base64(b) || b == b'=') {
+        if line.is_empty() {
             return None;
         }
+        // Characters outside base64, and padding before the end, fail the decoding below.
         base64.extend_from_slice(line);
         // Padding, or a data line not a multiple of 4 long, ends the data.
         ended = line.ends_with(b"=") || line.len() % 4 != 0;
