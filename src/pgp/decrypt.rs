@@ -2,6 +2,7 @@ use super::ListKeys;
 use super::POLICY;
 use openpgp::cert::amalgamation::ValidAmalgamation;
 use openpgp::crypto::SessionKey;
+use openpgp::packet::key::{SecretParts, UnspecifiedRole};
 use openpgp::packet::Tag;
 use openpgp::packet::{PKESK, SKESK};
 use openpgp::parse::stream::{
@@ -274,10 +275,7 @@ impl DecryptionHelper for Helper<'_> {
                 if !addressed {
                     continue;
                 }
-                let Ok(mut pair) = ka.key().clone().into_keypair() else {
-                    continue;
-                };
-                if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
+                if let Some((algo, sk)) = unwrap_session_key(pkesk, ka.key(), sym_algo) {
                     self.probe.unwrapped.set(Some(algo));
                     if decrypt(algo, &sk) {
                         self.probe.decrypted.set(true);
@@ -288,6 +286,21 @@ impl DecryptionHelper for Helper<'_> {
         }
         Err(anyhow::anyhow!("no list key can decrypt this message"))
     }
+}
+
+/// The session key in `pkesk` for the list's secret `key`: one X25519 operation for a v4
+/// Cv25519 key (`ecdh::ListDecryptor`, OpenSSL build), sequoia's decryptor for anything else.
+fn unwrap_session_key(
+    pkesk: &PKESK,
+    key: &openpgp::packet::Key<SecretParts, UnspecifiedRole>,
+    sym_algo: Option<SymmetricAlgorithm>,
+) -> Option<(Option<SymmetricAlgorithm>, SessionKey)> {
+    #[cfg(feature = "crypto-openssl")]
+    if let Some(mut decryptor) = super::ecdh::ListDecryptor::new(key) {
+        return pkesk.decrypt(&mut decryptor, sym_algo);
+    }
+    let mut pair = key.clone().into_keypair().ok()?;
+    pkesk.decrypt(&mut pair, sym_algo)
 }
 
 /// Decrypts `ciphertext` with the list's keys and checks the signatures inside, within the

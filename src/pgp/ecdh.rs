@@ -166,9 +166,20 @@ pub(super) fn encapsulate(to: &Recipient) -> Result<Encapsulation, EncryptError>
 /// X25519(secret, the recipient's point) (RFC 7748 §5), refusing the all-zero result of a
 /// low-order point (§6.1) as OpenSSL does.
 fn shared_secret(to: &Recipient, secret: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, EncryptError> {
-    let mut point = match &to.edwards {
+    x25519(&to.point, to.edwards.as_ref(), secret)
+}
+
+/// X25519(secret, point), with `edwards` the point's Edwards form where it has one (curve
+/// points; twist points take the ladder). Branches on the public point only: dalek's
+/// multiplications are constant-time in the scalar.
+fn x25519(
+    point: &MontgomeryPoint,
+    edwards: Option<&EdwardsPoint>,
+    secret: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>, EncryptError> {
+    let mut point = match edwards {
         Some(e) => e.mul_clamped(*secret).to_montgomery(),
-        None => to.point.mul_clamped(*secret),
+        None => point.mul_clamped(*secret),
     };
     let shared = Zeroizing::new(point.0);
     point.zeroize();
@@ -230,6 +241,80 @@ fn pad(session_key: &[u8]) -> Protected {
     m[..session_key.len()].copy_from_slice(session_key);
     m
 }
+
+/// The list's side of a PKESK to one of its v4 ECDH keys on Cv25519: one X25519 operation,
+/// then sequoia's own KDF, key unwrap and unpadding (`decrypt_unwrap`). Sequoia's OpenSSL path
+/// imports the secret first, which derives its public key again: a second scalar
+/// multiplication. Measured in one run: 40 µs here against 80 µs for OpenSSL's import and
+/// derivation.
+pub(super) struct ListDecryptor {
+    public: PublicKey,
+    /// The native (little-endian) X25519 scalar; cleared on drop.
+    scalar: Zeroizing<[u8; 32]>,
+}
+
+impl ListDecryptor {
+    /// `None` for anything but an unencrypted v4 ECDH Cv25519 secret key: sequoia's own
+    /// decryptor takes those.
+    pub(super) fn new(key: &SecretKey) -> Option<ListDecryptor> {
+        let mpi::PublicKey::ECDH {
+            curve: Curve::Cv25519,
+            ..
+        } = key.mpis()
+        else {
+            return None;
+        };
+        if key.version() != 4 || key.pk_algo() != PublicKeyAlgorithm::ECDH {
+            return None;
+        }
+        let openpgp::packet::key::SecretKeyMaterial::Unencrypted(secret) = key.secret() else {
+            return None;
+        };
+        let scalar = secret.map(|m| match m {
+            mpi::SecretKeyMaterial::ECDH { scalar } => {
+                // OpenPGP stores the scalar big-endian, leading zeros stripped; X25519 takes
+                // 32 bytes little-endian.
+                let mut padded = scalar.value_padded(32);
+                padded.reverse();
+                let mut native = Zeroizing::new([0u8; 32]);
+                native.copy_from_slice(&padded[..]);
+                Some(native)
+            }
+            _ => None,
+        })?;
+        Some(ListDecryptor {
+            public: key.parts_as_public().clone(),
+            scalar,
+        })
+    }
+}
+
+impl openpgp::crypto::Decryptor for ListDecryptor {
+    fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    fn decrypt(
+        &mut self,
+        ciphertext: &mpi::Ciphertext,
+        plaintext_len: Option<usize>,
+    ) -> openpgp::Result<openpgp::crypto::SessionKey> {
+        let mpi::Ciphertext::ECDH { e, .. } = ciphertext else {
+            return Err(openpgp::Error::InvalidArgument("not an ECDH ciphertext".into()).into());
+        };
+        let (point, _) = e.decode_point(&Curve::Cv25519)?;
+        let point = MontgomeryPoint(point.try_into()?);
+        // The Edwards form (a square root, about 10 µs) and the faster multiplication beat
+        // the ladder (measured 40 against 53–69 µs); a low-order point is refused.
+        let shared = x25519(&point, point.to_edwards(0).as_ref(), &self.scalar)
+            .map_err(|e| openpgp::Error::InvalidArgument(e.to_string()))?;
+        let secret = Protected::from(&shared[..]);
+        openpgp::crypto::ecdh::decrypt_unwrap(&self.public, &secret, ciphertext, plaintext_len)
+    }
+}
+
+pub(super) type SecretKey =
+    openpgp::packet::Key<openpgp::packet::key::SecretParts, openpgp::packet::key::UnspecifiedRole>;
 
 #[cfg(test)]
 pub(super) mod tests {
@@ -473,5 +558,86 @@ pub(super) mod tests {
         for _ in 0..100 {
             assert!(seen.insert(encapsulate(&to).unwrap().public));
         }
+    }
+
+    /// The list's decryptor opens what sequoia's own encryption (and ours) made for each KDF,
+    /// as sequoia's own decryptor does, and nothing made for another key or with a
+    /// low-order ephemeral point.
+    #[test]
+    fn list_decryptor_agrees_with_sequoias() {
+        use openpgp::crypto::{Decryptor, SessionKey};
+        use openpgp::packet::pkesk::PKESK3;
+        use openpgp::packet::PKESK;
+        use HashAlgorithm::*;
+        use SymmetricAlgorithm::*;
+        for (hash, sym) in [
+            (SHA256, AES128),
+            (SHA256, AES256),
+            (SHA384, AES192),
+            (SHA512, AES256),
+        ] {
+            let key = cv25519_key(hash, sym);
+            let public = key.clone().parts_into_public();
+            let mut ours = ListDecryptor::new(&key).expect("a v4 Cv25519 key");
+            let mut sequoias = key.clone().into_keypair().unwrap();
+            for _ in 0..20 {
+                let sk = SessionKey::new(32).unwrap();
+                // Sequoia's PKESK, and one of ours, framed the same (RFC 9580 §5.1.3).
+                let theirs = PKESK3::for_recipient(AES256, &sk, &public).unwrap();
+                let (algo, back) = PKESK::from(theirs.clone())
+                    .decrypt(&mut ours, None)
+                    .expect("sequoia's PKESK opens");
+                assert_eq!(
+                    (algo, &back[..]),
+                    (Some(AES256), &sk[..]),
+                    "{hash:?}/{sym:?}"
+                );
+                let mut framed = vec![u8::from(AES256)];
+                framed.extend_from_slice(&sk);
+                let sum = sk
+                    .iter()
+                    .map(|&b| u16::from(b))
+                    .fold(0u16, u16::wrapping_add);
+                framed.extend_from_slice(&sum.to_be_bytes());
+                let ct = encrypt(&recipient(&public).unwrap(), &framed).unwrap();
+                assert_eq!(
+                    &ours.decrypt(&ct, None).unwrap()[..],
+                    &sequoias.decrypt(&ct, None).unwrap()[..]
+                );
+            }
+            // Made for another key: not opened.
+            let other = cv25519_key(hash, sym).parts_into_public();
+            let sk = SessionKey::new(32).unwrap();
+            let theirs = PKESK3::for_recipient(AES256, &sk, &other).unwrap();
+            assert!(PKESK::from(theirs).decrypt(&mut ours, None).is_none());
+            // A low-order ephemeral point (u = 0 and u = 1): refused, as OpenSSL refuses it.
+            for u in [0u8, 1] {
+                let mut point = [0u8; 32];
+                point[0] = u;
+                let ct = mpi::Ciphertext::ECDH {
+                    e: MPI::new_compressed_point(&point),
+                    key: vec![0; 48].into_boxed_slice(),
+                };
+                assert!(ours.decrypt(&ct, None).is_err());
+                assert!(sequoias.decrypt(&ct, None).is_err());
+            }
+        }
+        // Other keys stay with sequoia's decryptor.
+        let (cert, _) = CertBuilder::new()
+            .set_cipher_suite(CipherSuite::P256)
+            .add_transport_encryption_subkey()
+            .generate()
+            .unwrap();
+        let p256 = cert.keys().subkeys().secret().next().unwrap().key().clone();
+        assert!(ListDecryptor::new(&p256.role_into_unspecified()).is_none());
+        let (cert, _) = CertBuilder::new()
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .set_profile(openpgp::Profile::RFC9580)
+            .unwrap()
+            .add_transport_encryption_subkey()
+            .generate()
+            .unwrap();
+        let v6 = cert.keys().subkeys().secret().next().unwrap().key().clone();
+        assert!(ListDecryptor::new(&v6.role_into_unspecified()).is_none());
     }
 }
