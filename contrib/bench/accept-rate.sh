@@ -31,7 +31,10 @@
 #   PER_SESSION (messages per SMTP session, default 1), WARMUP (default 20), BODY_BYTES
 #   (default 10240),
 #   LISTCRYPT (binary; default target/release/listcrypt, built with cargo build --release if
-#   missing), NOOP_MILTER (default target/release/examples/noop_milter, built with cargo build
+#   missing), BASELINE (a second build, e.g. the session's starting one: then a listener
+#   baseline runs it, with its own state directory, on the same posts right after inbound, and
+#   the table gives baseline/inbound; the keyring and policies are shared),
+#   NOOP_MILTER (default target/release/examples/noop_milter, built with cargo build
 #   --release --example noop_milter if missing), KEEP=1 (keep the work directory),
 #   PERF_OUT=FILE (`perf record -g` of listcrypt during the inbound run; the report goes there;
 #   with KEEP=1 perf.data stays in the work directory), PERF_FREQ (samples/s, default 499),
@@ -81,6 +84,7 @@ ETC=$W/postfix/etc
 SPOOL=$W/postfix/spool
 ALICE_HOME=$W/gnupg-alice
 LC_PID=
+BASE_PID=
 NOOP_PID=
 PF_STARTED=
 
@@ -107,6 +111,10 @@ cleanup() {
         stop_pid "$LC_PID" 10
         wait "$LC_PID" 2>/dev/null
     fi
+    if [[ -n $BASE_PID ]]; then
+        stop_pid "$BASE_PID" 10
+        wait "$BASE_PID" 2>/dev/null
+    fi
     if [[ -n $NOOP_PID ]]; then
         stop_pid "$NOOP_PID" 5
         wait "$NOOP_PID" 2>/dev/null
@@ -125,6 +133,11 @@ trap 'exit 130' INT TERM
 # A private copy: a `cargo build` elsewhere during the run cannot swap the binary under us.
 cp "$LISTCRYPT" "$W/listcrypt"
 cp "$NOOP_MILTER" "$W/noop_milter"
+if [[ -n ${BASELINE:-} ]]; then
+    [[ -x $BASELINE ]] || die "BASELINE=$BASELINE is not an executable"
+    cp "$BASELINE" "$W/listcrypt-baseline"
+    BIN_INFO_BASE="sha256 $(sha256sum "$W/listcrypt-baseline" | cut -c1-12)"
+fi
 BIN_INFO="binary $(date -u -r "$LISTCRYPT" '+%F %T'), sha256 $(sha256sum "$W/listcrypt" | cut -c1-12)"
 BIN_VERSION=$("$W/listcrypt" --version 2>/dev/null | awk '{print $NF}')
 LISTCRYPT=$W/listcrypt
@@ -163,6 +176,9 @@ run gpga --import "$W/list.asc"
 LIST_FPR=$(gpga --with-colons --show-keys "$W/list.asc" 2>>"$LOG" | awk -F: '$1=="fpr"{print $10; exit}')
 [[ -n $LIST_FPR ]] || die "no fingerprint for the list key"
 
+# The baseline gets its own copy of the state (list, member binding), taken before either
+# daemon runs, so that each keeps its own replay record.
+[[ -n ${BASELINE:-} ]] && cp -a "$W/state" "$W/state-baseline"
 "$LISTCRYPT" -c "$CFG" serve 2>"$W/log/listcrypt.log" &
 LC_PID=$!
 for ((i = 0; i < 200; i++)); do
@@ -171,6 +187,18 @@ for ((i = 0; i < 200; i++)); do
     sleep 0.05
 done
 [[ -S $W/run/inbound.sock ]] || die "listcrypt made no inbound socket in 10 s"
+if [[ -n ${BASELINE:-} ]]; then
+    sed -e "s|$W/run/inbound.sock|$W/run/baseline.sock|" -e "s|$W/run/outbound.sock|$W/run/baseline-outbound.sock|" \
+        -e "s|^state_dir = .*|state_dir = \"$W/state-baseline\"|" "$CFG" >"$W/listcrypt-baseline.toml"
+    "$W/listcrypt-baseline" -c "$W/listcrypt-baseline.toml" serve 2>"$W/log/listcrypt-baseline.log" &
+    BASE_PID=$!
+    for ((i = 0; i < 200; i++)); do
+        [[ -S $W/run/baseline.sock ]] && break
+        kill -0 "$BASE_PID" 2>/dev/null || { cat "$W/log/listcrypt-baseline.log" >&2; die "listcrypt-baseline serve exited"; }
+        sleep 0.05
+    done
+    [[ -S $W/run/baseline.sock ]] || die "listcrypt-baseline made no inbound socket in 10 s"
+fi
 "$W/noop_milter" "$W/run/noop.sock" 2>"$W/log/noop.log" &
 NOOP_PID=$!
 for ((i = 0; i < 200; i++)); do
@@ -202,6 +230,8 @@ P_PLAIN=$(free_port)
 while [[ $P_PLAIN == "$P_MILTER" ]]; do P_PLAIN=$(free_port); done
 P_NOOP=$(free_port)
 while [[ $P_NOOP == "$P_MILTER" || $P_NOOP == "$P_PLAIN" ]]; do P_NOOP=$(free_port); done
+P_B=$(free_port)
+while [[ $P_B == "$P_MILTER" || $P_B == "$P_PLAIN" || $P_B == "$P_NOOP" ]]; do P_B=$(free_port); done
 cat >"$ETC/main.cf" <<EOF
 # Throwaway Postfix for contrib/bench/accept-rate.sh
 compatibility_level = 3.6
@@ -273,6 +303,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 127.0.0.1:$P_NOOP inet n - n - - smtpd
   -o syslog_name=postfix/noop
   -o smtpd_milters=unix:$W/run/noop.sock
+127.0.0.1:$P_B inet n - n - - smtpd
+  -o syslog_name=postfix/baseline
+  -o smtpd_milters=unix:$W/run/baseline.sock
 EOF
 postconf -c "$ETC" -n >/dev/null 2>>"$LOG" || { cat "$LOG" >&2; die "postconf rejects main.cf"; }
 PF_STARTED=1
@@ -297,9 +330,9 @@ drain() {
     postqueue -c "$ETC" -p | tail -n 5 >&2
     die "queue not empty after 120 s"
 }
-replay_rows() {
+replay_rows() { # [STATE DIR]
     if command -v sqlite3 >/dev/null; then
-        sqlite3 -readonly "$W/state/state.sqlite" "SELECT count(*) FROM replay" 2>/dev/null || echo "?"
+        sqlite3 -readonly "${1:-$W/state}/state.sqlite" "SELECT count(*) FROM replay" 2>/dev/null || echo "?"
     else
         echo "?"
     fi
@@ -319,6 +352,7 @@ send() {
     shift 2
     local pid=$LC_PID
     [[ $label == *noop ]] && pid=$NOOP_PID
+    [[ $label == *baseline ]] && pid=$BASE_PID
     local stat=
     if [[ -n ${CSW:-} && $label != *nomilter* ]]; then
         perf stat -x, -e "${STAT_EVENTS:-context-switches,raw_syscalls:sys_enter}" -p "$pid" -o "$W/csw.txt" 2>>"$LOG" &
@@ -358,12 +392,17 @@ send warm-nomilter "$P_PLAIN" "${WARM_POSTS[@]}"
 send warm-noop "$P_NOOP" "${WARM_POSTS[@]}"
 send warm-inbound "$P_MILTER" "${WARM_POSTS[@]}"
 must_accept_all warm-inbound "$WARMUP"
+if [[ -n ${BASELINE:-} ]]; then
+    send warm-baseline "$P_B" "${WARM_POSTS[@]}"
+    must_accept_all warm-baseline "$WARMUP"
+fi
 drain
 
 RESULTS=()
 run_one() { # LABEL PORT
-    local before after
-    before=$(replay_rows)
+    local before after state=$W/state
+    [[ $1 == baseline ]] && state=$W/state-baseline
+    before=$(replay_rows "$state")
     local perf=
     if [[ $1 == inbound && -n ${PERF_OUT:-} ]]; then
         perf record -q -F "${PERF_FREQ:-499}" -g -p "$LC_PID" -o "$W/perf.data" 2>>"$LOG" &
@@ -376,9 +415,9 @@ run_one() { # LABEL PORT
         perf report -i "$W/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | head -n 400 >"$PERF_OUT" || true
     fi
     drain
-    after=$(replay_rows)
+    after=$(replay_rows "$state")
     RESULTS+=("$1 $ACC $SECS $LC_MS $PY_MS $BUSY")
-    if [[ $1 == inbound ]]; then
+    if [[ $1 == inbound || $1 == baseline ]]; then
         must_accept_all "$1" "$N"
         if [[ $before != "?" && $after != "?" ]]; then
             (((after - before) == N)) || die "inbound: replay record grew by $((after - before)), not $N: posts were not all new"
@@ -390,27 +429,33 @@ EV0=$(milter_events)
 run_one nomilter "$P_PLAIN"
 run_one noop "$P_NOOP"
 run_one inbound "$P_MILTER"
+[[ -n ${BASELINE:-} ]] && run_one baseline "$P_B"
 run_one nomilter2 "$P_PLAIN"
 EV1=$(milter_events)
 ((EV1 == EV0)) || { grep -E 'milter-|milter.*(not responding|failed|timeout)' "$W/postfix/log/maillog" | tail -n 5 >&2; die "Postfix logged $((EV1 - EV0)) milter reject/discard/hold/failure events during the runs"; }
-if grep -qiE ' (ERROR|WARN) ' "$W/log/listcrypt.log"; then
-    echo "# listcrypt logged warnings:"
-    grep -iE ' (ERROR|WARN) ' "$W/log/listcrypt.log" | tail -n 5 | sed 's/^/#   /'
-fi
+for f in "$W"/log/listcrypt*.log; do
+    if grep -qiE ' (ERROR|WARN) ' "$f"; then
+        echo "# $(basename "$f" .log) logged warnings:"
+        grep -iE ' (ERROR|WARN) ' "$f" | tail -n 5 | sed 's/^/#   /'
+    fi
+done
 
 # ---- table -------------------------------------------------------------------------------
 echo
 echo "listcrypt $BIN_VERSION ($BIN_INFO; repo HEAD $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')), Postfix $(postconf -d -h mail_version), nproc $(nproc)"
+[[ -n ${BASELINE:-} ]] && echo "baseline: BASELINE=$BASELINE ($BIN_INFO_BASE)"
 echo "N=$N posts x ~${SIZE} B (body $BODY_BYTES B, gpg sign+encrypt -z 0, RFC 3156), concurrency $CONCURRENCY, $PER_SESSION msg/session, milter over a unix socket, delivery discard:"
 printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" '
     { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; rate[NR] = $2 / $3
-      if ($1 == "inbound") m = NR; else if ($1 == "noop") o = NR; else { base += rate[NR]; nb++; plain[nb] = NR } }
+      if ($1 == "inbound") m = NR; else if ($1 == "baseline") b = NR; else if ($1 == "noop") o = NR; else { base += rate[NR]; nb++; plain[nb] = NR } }
     END {
         printf "%-10s %10s %8s %8s %6s  %-27s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg milter/sender", "cores busy"
         for (i = 1; i <= NR; i++)
             printf "%-10s %10s %8.2f %8.1f %6s  %13.2f / %-11.2f %9s%%\n", label[i], acc[i] "/" n, sec[i], rate[i], \
-                (i == m || i == o ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], busy[i]
+                (i == m || i == o || i == b ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], busy[i]
         printf "ratio inbound/nomilter: %.2fx of the mean of both nomilter runs (%.2fx of the first, %.2fx of the second)\n", \
             rate[m] / (base / nb), rate[m] / rate[plain[1]], rate[m] / rate[plain[2]]
         printf "ratio noop/nomilter: %.2fx; inbound/noop: %.2fx\n", rate[o] / (base / nb), rate[m] / rate[o]
+        if (b) printf "baseline (BASELINE): %.2fx nomilter, %.2fx noop; baseline/inbound: %.2fx the rate, %.2fx the milter CPU per message\n", \
+            rate[b] / (base / nb), rate[b] / rate[o], rate[b] / rate[m], cpu[b] / cpu[m]
     }'

@@ -82,9 +82,14 @@ def main():
                             s.rset()
                         else:
                             try:
+                                # smtplib raises only when DATA itself is refused; the reply
+                                # after the message (where a milter refuses) is returned.
                                 code, msg = s.data(messages[i])
-                                with lock:
-                                    state["accepted"] += 1
+                                if code == 250:
+                                    with lock:
+                                        state["accepted"] += 1
+                                else:
+                                    refuse(i, "end of data: " + reply(code, msg))
                             except smtplib.SMTPDataError as e:
                                 refuse(i, "DATA: " + reply(e.smtp_code, e.smtp_error))
                     sent += 1
