@@ -341,6 +341,7 @@ milter_events() { grep -cE 'milter-(reject|discard|hold)|milter.*(not responding
 
 CLK_TCK=$(getconf CLK_TCK)
 lc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # PID: user+system CPU of the milter
+sys_ticks() { awk '{ print $15 }' "/proc/$1/stat"; }      # PID: its system CPU alone
 
 cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat; } # busy idle
 
@@ -348,7 +349,7 @@ cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exi
 # listcrypt's or for noop the no-op milter's, and the sender's
 # CPU ms per message) and BUSY (% of all cores busy, whoever used them); prints one line
 send() {
-    local label=$1 port=$2 out t0 t1 c0 c1
+    local label=$1 port=$2 out t0 t1 s0 s1 c0 c1
     shift 2
     local pid=$LC_PID
     [[ $label == *noop ]] && pid=$NOOP_PID
@@ -359,16 +360,19 @@ send() {
         stat=$!
     fi
     t0=$(lc_ticks "$pid")
+    s0=$(sys_ticks "$pid")
     c0=$(cpu_ticks)
     out=$("$PY" "$HERE/accept-rate/send.py" --port "$port" --sender "$MEMBER" --rcpt "$LIST" \
         --concurrency "$CONCURRENCY" --per-session "$PER_SESSION" "$@" 2>"$W/send.err") ||
         { cat "$W/send.err" >&2; die "sender failed on $label"; }
     t1=$(lc_ticks "$pid")
+    s1=$(sys_ticks "$pid")
     c1=$(cpu_ticks)
     if [[ -n $stat ]]; then
         kill -INT "$stat" 2>/dev/null
         wait "$stat" 2>/dev/null || true
         awk -F, -v n="$#" -v l="$label" '$1 ~ /^[0-9]/ { printf "#   %s: milter %s per message: %.1f\n", l, $3, $1 / n }' "$W/csw.txt"
+        awk -v a="$s0" -v b="$s1" -v hz="$CLK_TCK" -v n="$#" -v l="$label" 'BEGIN { printf "#   %s: milter system CPU ms per message: %.2f\n", l, (b - a) * 1000 / hz / n }'
     fi
     read -r ACC REF SECS PY_S <<<"$out"
     LC_MS=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')
