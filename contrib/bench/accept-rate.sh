@@ -409,7 +409,7 @@ run_one() { # LABEL PORT
     before=$(replay_rows "$state")
     local perf=
     if [[ $1 == inbound && -n ${PERF_OUT:-} ]]; then
-        perf record -q -F "${PERF_FREQ:-499}" -g -p "$LC_PID" -o "$W/perf.data" 2>>"$LOG" &
+        perf record -q -F "${PERF_FREQ:-499}" ${PERF_ARGS:--g} -p "$LC_PID" -o "$W/perf.data" 2>>"$LOG" &
         perf=$!
     fi
     send "$1" "$2" "${RUN_POSTS[@]}"
