@@ -38,6 +38,7 @@
 #   --release --example noop_milter if missing), KEEP=1 (keep the work directory),
 #   PERF_OUT=FILE (`perf record -g` of listcrypt during the inbound run; the report goes there;
 #   with KEEP=1 perf.data stays in the work directory), PERF_FREQ (samples/s, default 499),
+#   PERF_ARGS (perf record's call-graph options, default -g; e.g. "--call-graph dwarf"),
 #   CSW=1 (the milter's context switches and system calls per message, from `perf stat`, on
 #   the milter runs; STAT_EVENTS overrides the event list).
 # Needs: bash >= 4, postfix (postfix, postconf, postqueue), gpg, gpgconf, /usr/bin/python3,

@@ -16,9 +16,57 @@ use data_encoding::BASE64;
 const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
 const END: &[u8] = b"-----END PGP MESSAGE-----";
 
-/// The binary OpenPGP message inside well-formed `PGP MESSAGE` armor, or `None` for anything
-/// else (the caller then hands the text to sequoia's armor reader).
+/// The binary OpenPGP message inside well-formed `PGP MESSAGE` armor that starts with a session
+/// key packet, or `None` for anything else (the caller then hands the text to sequoia's armor
+/// reader).
+///
+/// Sequoia looks at the first packet header of what it is given and tries ASCII armor again
+/// when that header is not valid; on armored input it decodes once. So only bytes whose first
+/// header sequoia takes as valid go this way (a PKESK or SKESK with a definite length in
+/// sequoia's bounds, what every client writes first): armor inside armor is never decoded
+/// twice.
 pub fn message(text: &[u8]) -> Option<Vec<u8>> {
+    decode(text).filter(|binary| starts_with_session_key_packet(binary))
+}
+
+/// A PKESK (tag 1) or SKESK (tag 3) header, old or new format, with a definite length that
+/// sequoia's `Header::valid` accepts for that tag.
+fn starts_with_session_key_packet(binary: &[u8]) -> bool {
+    let Some((&ctb, rest)) = binary.split_first() else {
+        return false;
+    };
+    if ctb & 0x80 == 0 {
+        return false;
+    }
+    let (tag, length) = if ctb & 0x40 != 0 {
+        // New format (RFC 9580 §4.2.1): one, two or five octets; partial lengths are for data
+        // packets only.
+        let length = match rest {
+            [o, ..] if *o < 192 => Some(usize::from(*o)),
+            [o, p, ..] if *o < 224 => Some(((usize::from(*o) - 192) << 8) + usize::from(*p) + 192),
+            [255, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d]) as usize),
+            _ => None,
+        };
+        (ctb & 0x3f, length)
+    } else {
+        // Old format (§4.2.2): one, two or four octets; 3 is indeterminate.
+        let length = match (ctb & 3, rest) {
+            (0, [a, ..]) => Some(usize::from(*a)),
+            (1, [a, b, ..]) => Some(usize::from(u16::from_be_bytes([*a, *b]))),
+            (2, [a, b, c, d, ..]) => Some(u32::from_be_bytes([*a, *b, *c, *d]) as usize),
+            _ => None,
+        };
+        ((ctb >> 2) & 0x0f, length)
+    };
+    match (tag, length) {
+        (1, Some(l)) => (5..10 * 1024).contains(&l),
+        (3, Some(l)) => (3..10 * 1024).contains(&l),
+        _ => false,
+    }
+}
+
+/// The bytes inside well-formed `PGP MESSAGE` armor, whatever they are.
+fn decode(text: &[u8]) -> Option<Vec<u8>> {
     let mut lines = Lines::new(text.trim_ascii_start());
     if lines.next()? != BEGIN {
         return None;
@@ -153,7 +201,7 @@ mod tests {
             let data = bytes(n, n as u8);
             for headers in [&[][..], &[("Comment", "made by a test")][..]] {
                 let text = sequoia_armor(&data, headers);
-                assert_eq!(message(&text).as_deref(), Some(&data[..]), "length {n}");
+                assert_eq!(decode(&text).as_deref(), Some(&data[..]), "length {n}");
             }
         }
     }
@@ -168,12 +216,12 @@ mod tests {
     #[test]
     fn the_checksum_is_skipped_not_checked_as_in_sequoia() {
         let plain = b"hello, world!".to_vec();
-        assert_eq!(message(GPG_STYLE), Some(plain.clone()));
+        assert_eq!(decode(GPG_STYLE), Some(plain.clone()));
         // A wrong checksum: sequoia reads the same bytes (RFC 9580 §6.1: never a reason to
         // refuse), and so do we.
         let wrong = String::from_utf8_lossy(GPG_STYLE).replace("=OM1d", "=AAAA");
         assert_eq!(sequoia_dearmor(wrong.as_bytes()), Some(plain.clone()));
-        assert_eq!(message(wrong.as_bytes()), Some(plain));
+        assert_eq!(decode(wrong.as_bytes()), Some(plain));
     }
 
     #[test]
@@ -182,7 +230,7 @@ mod tests {
             .replace('\n', " \t\r\n")
             .replace("-----BEGIN", "\r\n  \n-----BEGIN");
         let text = format!("{text}\r\n\r\n");
-        assert_eq!(message(text.as_bytes()), Some(b"hello, world!".to_vec()));
+        assert_eq!(decode(text.as_bytes()), Some(b"hello, world!".to_vec()));
         assert_eq!(
             sequoia_dearmor(text.as_bytes()),
             Some(b"hello, world!".to_vec())
@@ -217,10 +265,10 @@ mod tests {
             String::new(),
         ];
         for text in &unusual {
-            assert_eq!(message(text.as_bytes()), None, "{text:?}");
+            assert_eq!(decode(text.as_bytes()), None, "{text:?}");
         }
         // A binary message is not armor either.
-        assert_eq!(message(&[0xc1, 0x5e, 0x03]), None);
+        assert_eq!(decode(&[0xc1, 0x5e, 0x03]), None);
     }
 
     #[test]
@@ -233,7 +281,7 @@ mod tests {
             for b in [b'\n', b' ', b'=', b'A', b'-', b'\r', b':'] {
                 let mut text = base.clone();
                 text[i] = b;
-                if let Some(fast) = message(&text) {
+                if let Some(fast) = decode(&text) {
                     assert_eq!(sequoia_dearmor(&text), Some(fast), "byte {i} set to {b}");
                     agreed += 1;
                 }
@@ -243,5 +291,64 @@ mod tests {
             agreed > 100,
             "only {agreed} mutations were read by the fast path"
         );
+    }
+
+    /// An encrypted message as clients write it (PKESK or SKESK first) takes the fast path,
+    /// with the bytes sequoia's reader gives; armor inside armor, and anything whose first
+    /// header sequoia would not take as valid, go to sequoia's reader.
+    #[test]
+    fn only_bytes_sequoia_reads_as_binary_take_the_fast_path() {
+        use sequoia_openpgp::cert::prelude::*;
+        use sequoia_openpgp::policy::StandardPolicy;
+        use sequoia_openpgp::serialize::stream::{Encryptor, LiteralWriter, Message};
+        let (cert, _) = CertBuilder::general_purpose(Some("m <m@example.net>"))
+            .generate()
+            .unwrap();
+        let p = StandardPolicy::new();
+        let encrypt = |password: bool| -> Vec<u8> {
+            let mut binary = Vec::new();
+            let m = Message::new(&mut binary);
+            let m = if password {
+                Encryptor::with_passwords(m, Some("pw")).build().unwrap()
+            } else {
+                let recipients = cert.keys().with_policy(&p, None).for_transport_encryption();
+                Encryptor::for_recipients(m, recipients).build().unwrap()
+            };
+            let mut w = LiteralWriter::new(m).build().unwrap();
+            w.write_all(b"hello").unwrap();
+            w.finalize().unwrap();
+            binary
+        };
+        for binary in [encrypt(false), encrypt(true)] {
+            let text = sequoia_armor(&binary, &[]);
+            assert_eq!(message(&text), Some(binary.clone()));
+            assert_eq!(sequoia_dearmor(&text), Some(binary.clone()));
+            // Armored twice: decoded once here is armor again, which sequoia would decode a
+            // second time; sequoia's reader takes it, as before.
+            let twice = sequoia_armor(&text, &[]);
+            assert_eq!(decode(&twice), Some(text.clone()));
+            assert_eq!(message(&twice), None);
+        }
+        // First headers: PKESK and SKESK with definite lengths in sequoia's bounds only.
+        let cases: &[(&[u8], bool)] = &[
+            (&[0x85, 0x01, 0x0c], true), // old format, tag 1, two-octet length 268
+            (&[0x84, 0x5e], true),       // old format, one-octet length 94
+            (&[0x8c, 0x0d], true),       // old format, tag 3 (SKESK)
+            (&[0xc1, 0x5e], true),       // new format, tag 1, one octet
+            (&[0xc1, 0xc0, 0x00], true), // new format, two octets: 192
+            (&[0xc1, 0xff, 0, 0, 0x27, 0xff], true), // five octets: 10239
+            (&[0xc1, 0xff, 0, 0, 0x28, 0x00], false), // 10240: over sequoia's bound
+            (&[0xc1, 0x04], false),      // shorter than any PKESK
+            (&[0x87], false),            // old format, indeterminate length
+            (&[0xc1, 0xe0], false),      // new format, partial length
+            (&[0xc1], false),            // no length at all
+            (&[0x85, 0x01], false),      // truncated length
+            (&[0xd2, 0x5e], false),      // SEIPD first
+            (&[0x90, 0x0d], false),      // one-pass signature first
+            (&[0x2d, 0x2d], false),      // text
+        ];
+        for (bytes, fast) in cases {
+            assert_eq!(starts_with_session_key_packet(bytes), *fast, "{bytes:02x?}");
+        }
     }
 }
