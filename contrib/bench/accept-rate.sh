@@ -180,25 +180,26 @@ LIST_FPR=$(gpga --with-colons --show-keys "$W/list.asc" 2>>"$LOG" | awk -F: '$1=
 # The baseline gets its own copy of the state (list, member binding), taken before either
 # daemon runs, so that each keeps its own replay record.
 [[ -n ${BASELINE:-} ]] && cp -a "$W/state" "$W/state-baseline"
-"$LISTCRYPT" -c "$CFG" serve 2>"$W/log/listcrypt.log" &
-LC_PID=$!
-for ((i = 0; i < 200; i++)); do
-    [[ -S $W/run/inbound.sock && -S $W/run/outbound.sock ]] && break
-    kill -0 "$LC_PID" 2>/dev/null || { cat "$W/log/listcrypt.log" >&2; die "listcrypt serve exited"; }
-    sleep 0.05
-done
-[[ -S $W/run/inbound.sock ]] || die "listcrypt made no inbound socket in 10 s"
+# serve NAME BINARY CONFIG SOCKET: starts `BINARY -c CONFIG serve` (log in log/NAME.log), sets
+# SERVED_PID, and waits up to 10 s for its inbound SOCKET.
+serve() {
+    "$2" -c "$3" serve 2>"$W/log/$1.log" &
+    SERVED_PID=$!
+    for ((i = 0; i < 200; i++)); do
+        [[ -S $4 ]] && return 0
+        kill -0 "$SERVED_PID" 2>/dev/null || { cat "$W/log/$1.log" >&2; die "$1 serve exited"; }
+        sleep 0.05
+    done
+    stop_pid "$SERVED_PID" 5
+    die "$1 made no inbound socket in 10 s"
+}
+serve listcrypt "$LISTCRYPT" "$CFG" "$W/run/inbound.sock"
+LC_PID=$SERVED_PID
 if [[ -n ${BASELINE:-} ]]; then
     sed -e "s|$W/run/inbound.sock|$W/run/baseline.sock|" -e "s|$W/run/outbound.sock|$W/run/baseline-outbound.sock|" \
         -e "s|^state_dir = .*|state_dir = \"$W/state-baseline\"|" "$CFG" >"$W/listcrypt-baseline.toml"
-    "$W/listcrypt-baseline" -c "$W/listcrypt-baseline.toml" serve 2>"$W/log/listcrypt-baseline.log" &
-    BASE_PID=$!
-    for ((i = 0; i < 200; i++)); do
-        [[ -S $W/run/baseline.sock ]] && break
-        kill -0 "$BASE_PID" 2>/dev/null || { cat "$W/log/listcrypt-baseline.log" >&2; die "listcrypt-baseline serve exited"; }
-        sleep 0.05
-    done
-    [[ -S $W/run/baseline.sock ]] || die "listcrypt-baseline made no inbound socket in 10 s"
+    serve listcrypt-baseline "$W/listcrypt-baseline" "$W/listcrypt-baseline.toml" "$W/run/baseline.sock"
+    BASE_PID=$SERVED_PID
 fi
 "$W/noop_milter" "$W/run/noop.sock" 2>"$W/log/noop.log" &
 NOOP_PID=$!

@@ -418,14 +418,8 @@ pub(super) mod tests {
     /// takes.
     #[test]
     fn kdf_and_wrap_match_sequoias_unwrap() {
-        use HashAlgorithm::*;
         use SymmetricAlgorithm::*;
-        for (hash, sym) in [
-            (SHA256, AES128),
-            (SHA256, AES256),
-            (SHA384, AES192),
-            (SHA512, AES256),
-        ] {
+        for (hash, sym) in FAST_KDFS {
             let key = cv25519_key(hash, sym);
             let public = key.clone().parts_into_public();
             let to = recipient(&public).unwrap();
@@ -448,24 +442,41 @@ pub(super) mod tests {
         }
     }
 
+    /// The KDFs (hash, key wrap cipher) the fast path takes.
+    const FAST_KDFS: [(HashAlgorithm, SymmetricAlgorithm); 4] = [
+        (HashAlgorithm::SHA256, SymmetricAlgorithm::AES128),
+        (HashAlgorithm::SHA256, SymmetricAlgorithm::AES256),
+        (HashAlgorithm::SHA384, SymmetricAlgorithm::AES192),
+        (HashAlgorithm::SHA512, SymmetricAlgorithm::AES256),
+    ];
+
+    /// Encryption subkeys (with secrets) the fast path leaves to sequoia: a v6 Cv25519 key
+    /// and a v4 P-256 key.
+    fn other_keys() -> [Key<SecretParts, UnspecifiedRole>; 2] {
+        let subkey = |builder: CertBuilder<'static>| {
+            let (cert, _) = builder
+                .add_transport_encryption_subkey()
+                .generate()
+                .unwrap();
+            let key = cert.keys().subkeys().secret().next().unwrap().key().clone();
+            key.role_into_unspecified()
+        };
+        [
+            subkey(
+                CertBuilder::new()
+                    .set_cipher_suite(CipherSuite::Cv25519)
+                    .set_profile(openpgp::Profile::RFC9580)
+                    .unwrap(),
+            ),
+            subkey(CertBuilder::new().set_cipher_suite(CipherSuite::P256)),
+        ]
+    }
+
     #[test]
     fn other_keys_take_sequoias_path() {
-        let (cert, _) = CertBuilder::new()
-            .set_cipher_suite(CipherSuite::Cv25519)
-            .set_profile(openpgp::Profile::RFC9580)
-            .unwrap()
-            .add_transport_encryption_subkey()
-            .generate()
-            .unwrap();
-        let v6 = cert.keys().subkeys().next().unwrap().key().clone();
-        assert!(recipient(&v6.role_into_unspecified()).is_none());
-        let (cert, _) = CertBuilder::new()
-            .set_cipher_suite(CipherSuite::P256)
-            .add_transport_encryption_subkey()
-            .generate()
-            .unwrap();
-        let p256 = cert.keys().subkeys().next().unwrap().key().clone();
-        assert!(recipient(&p256.role_into_unspecified()).is_none());
+        for key in other_keys() {
+            assert!(recipient(&key.parts_into_public()).is_none());
+        }
         let sha1 = cv25519_key(HashAlgorithm::SHA1, SymmetricAlgorithm::AES128);
         assert!(recipient(&sha1.parts_into_public()).is_none());
     }
@@ -568,14 +579,8 @@ pub(super) mod tests {
         use openpgp::crypto::{Decryptor, SessionKey};
         use openpgp::packet::pkesk::PKESK3;
         use openpgp::packet::PKESK;
-        use HashAlgorithm::*;
         use SymmetricAlgorithm::*;
-        for (hash, sym) in [
-            (SHA256, AES128),
-            (SHA256, AES256),
-            (SHA384, AES192),
-            (SHA512, AES256),
-        ] {
+        for (hash, sym) in FAST_KDFS {
             let key = cv25519_key(hash, sym);
             let public = key.clone().parts_into_public();
             let mut ours = ListDecryptor::new(&key).expect("a v4 Cv25519 key");
@@ -623,21 +628,8 @@ pub(super) mod tests {
             }
         }
         // Other keys stay with sequoia's decryptor.
-        let (cert, _) = CertBuilder::new()
-            .set_cipher_suite(CipherSuite::P256)
-            .add_transport_encryption_subkey()
-            .generate()
-            .unwrap();
-        let p256 = cert.keys().subkeys().secret().next().unwrap().key().clone();
-        assert!(ListDecryptor::new(&p256.role_into_unspecified()).is_none());
-        let (cert, _) = CertBuilder::new()
-            .set_cipher_suite(CipherSuite::Cv25519)
-            .set_profile(openpgp::Profile::RFC9580)
-            .unwrap()
-            .add_transport_encryption_subkey()
-            .generate()
-            .unwrap();
-        let v6 = cert.keys().subkeys().secret().next().unwrap().key().clone();
-        assert!(ListDecryptor::new(&v6.role_into_unspecified()).is_none());
+        for key in other_keys() {
+            assert!(ListDecryptor::new(&key).is_none());
+        }
     }
 }
