@@ -81,7 +81,8 @@ fn decode(text: &[u8]) -> Option<Vec<u8>> {
             return None;
         }
     }
-    let mut base64 = Vec::with_capacity(text.len());
+    // Decoded a line at a time: no copy of the base64 text is held beside the message.
+    let mut binary = Vec::with_capacity(text.len() / 4 * 3);
     let mut ended = false;
     loop {
         let line = lines.next()?;
@@ -95,7 +96,7 @@ fn decode(text: &[u8]) -> Option<Vec<u8>> {
             }
             break;
         }
-        if is_checksum(line) && base64.len() % 4 == 0 {
+        if is_checksum(line) {
             if lines.next()? != END {
                 return None;
             }
@@ -104,15 +105,20 @@ fn decode(text: &[u8]) -> Option<Vec<u8>> {
         if line.is_empty() {
             return None;
         }
-        // Characters outside base64, and padding before the end, fail the decoding below.
-        base64.extend_from_slice(line);
-        // Padding, or a data line not a multiple of 4 long, ends the data.
+        // Characters outside base64, padding inside a line and an incomplete last quantum
+        // fail the decoding.
+        let at = binary.len();
+        binary.resize(at + BASE64.decode_len(line.len()).ok()?, 0);
+        let n = BASE64.decode_mut(line, &mut binary[at..]).ok()?;
+        binary.truncate(at + n);
+        // Padding, or a data line not a multiple of 4 long, ends the data: only the checksum
+        // line or the footer may follow.
         ended = line.ends_with(b"=") || line.len() % 4 != 0;
     }
     if !lines.rest().iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    BASE64.decode(&base64).ok()
+    Some(binary)
 }
 
 /// `Key: Value`: a printable key without spaces, then a colon and a space.
