@@ -547,4 +547,66 @@ mod tests {
         assert_ne!(a.packet, b.packet, "the packets differ");
         assert_eq!(a.bound, b.bound, "what the signature binds does not");
     }
+
+    /// A post signed by a member and encrypted to the list opens and verifies through the
+    /// armor fast path; the same armored text armored once more is refused as malformed, as
+    /// sequoia's reader alone refuses it (it decodes one layer), never decoded twice.
+    #[test]
+    fn armor_inside_armor_is_refused_as_before() {
+        use openpgp::armor::{Kind, Writer};
+        use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Signer};
+        use std::io::Write;
+        let list_cert = crate::pgp::testkit::general_purpose("l@x.test");
+        let alice = crate::pgp::testkit::general_purpose("a@x.test");
+        let list = ListKeys::new(
+            "l@x.test".into(),
+            Policy::default(),
+            list_cert.clone(),
+            vec![Member {
+                address: "a@x.test".into(),
+                cert: alice.clone(),
+                role: Role::Member,
+                show_key_id: false,
+            }],
+        );
+        let armor = |data: &[u8]| {
+            let mut w = Writer::new(Vec::new(), Kind::Message).unwrap();
+            w.write_all(data).unwrap();
+            w.finalize().unwrap()
+        };
+        let mut binary = Vec::new();
+        {
+            let recipients = list_cert
+                .keys()
+                .with_policy(&POLICY, None)
+                .for_transport_encryption();
+            let signer = alice
+                .keys()
+                .with_policy(&POLICY, None)
+                .secret()
+                .for_signing()
+                .next()
+                .unwrap()
+                .key()
+                .clone()
+                .into_keypair()
+                .unwrap();
+            let m = Encryptor::for_recipients(Message::new(&mut binary), recipients)
+                .build()
+                .unwrap();
+            let m = Signer::new(m, signer).unwrap().build().unwrap();
+            let mut w = LiteralWriter::new(m).build().unwrap();
+            w.write_all(b"hello list").unwrap();
+            w.finalize().unwrap();
+        }
+        let once = armor(&binary);
+        let opened = decrypt_verify(&once, &list, 64, 1 << 20).expect("armored once opens");
+        assert_eq!(opened.plaintext, b"hello list");
+        assert!(matches!(opened.signatures[..], [SigCheck::Good(_)]));
+        let twice = armor(&once);
+        assert!(matches!(
+            decrypt_verify(&twice, &list, 64, 1 << 20),
+            Err(Failure::Malformed(_))
+        ));
+    }
 }
