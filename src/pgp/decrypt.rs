@@ -580,17 +580,7 @@ mod tests {
                 .keys()
                 .with_policy(&POLICY, None)
                 .for_transport_encryption();
-            let signer = alice
-                .keys()
-                .with_policy(&POLICY, None)
-                .secret()
-                .for_signing()
-                .next()
-                .unwrap()
-                .key()
-                .clone()
-                .into_keypair()
-                .unwrap();
+            let signer = crate::pgp::testkit::signing_keypair(&alice);
             let m = Encryptor::for_recipients(Message::new(&mut binary), recipients)
                 .build()
                 .unwrap();

@@ -104,10 +104,9 @@ pub fn foreign(cert: &Cert) -> usize {
         .count()
 }
 
-/// `signer`'s binary-mode signature of `data`, by its signing subkey.
-pub fn signature(signer: &Cert, data: &[u8]) -> Signature {
-    let mut keypair = signer
-        .keys()
+/// `cert`'s signing subkey, ready to sign.
+pub fn signing_keypair(cert: &Cert) -> sequoia_openpgp::crypto::KeyPair {
+    cert.keys()
         .with_policy(&POLICY, None)
         .secret()
         .for_signing()
@@ -116,7 +115,12 @@ pub fn signature(signer: &Cert, data: &[u8]) -> Signature {
         .key()
         .clone()
         .into_keypair()
-        .unwrap();
+        .unwrap()
+}
+
+/// `signer`'s binary-mode signature of `data`, by its signing subkey.
+pub fn signature(signer: &Cert, data: &[u8]) -> Signature {
+    let mut keypair = signing_keypair(signer);
     SignatureBuilder::new(SignatureType::Binary)
         .sign_message(&mut keypair, data)
         .unwrap()
