@@ -7,19 +7,22 @@
 #   inbound   -o smtpd_milters=unix:$W/run/inbound.sock   (listcrypt serve, unix socket)
 #   noop      -o smtpd_milters=unix:$W/run/noop.sock      (examples/noop_milter.rs: the same
 #             milter library and stages as listcrypt, every answer Continue)
+#   rewrite   -o smtpd_milters=unix:$W/run/rewrite.sock   (noop_milter --rewrite: listcrypt's
+#             header edits and a body replacement of the decrypted size, without OpenPGP: the
+#             floor for any milter that rewrites posts this way)
 #   nomilter  -o smtpd_milters=
 # N distinct posts (each a BODY_BYTES text body with its own counter, signed by the member
 # alice and encrypted to the list key with gpg -z 0, RFC 3156 multipart/encrypted) are made
 # before any timing. The sender (accept-rate/send.py, Python smtplib threads) sends all N to a
 # listener with CONCURRENCY sessions, one message per transaction. Order: warm-up on both
 # listeners with WARMUP posts of their own (a post the milter saw once would be a replay later),
-# then nomilter, noop, inbound, nomilter again (drift), each with the same N posts; the queue is
+# then nomilter, noop, rewrite, inbound, nomilter again (drift), each with the same N posts; the queue is
 # drained between runs. Every post on the inbound run must be accepted (250) and enter the
 # replay record as new; otherwise the script fails, since such a rate would measure refusals.
 #
 # Output: per run accepted/N, wall seconds, messages/s, the inbound/no-milter ratio (against
 # the mean of both no-milter runs), CPU ms per message of the milter (listcrypt, or the no-op
-# milter on its run) and of the sender, and how
+# milter on its run), of the sender and of Postfix (the master and its children), and how
 # busy all cores were (on a shared machine other work shows up there). Everything runs on this
 # machine: the sender, Postfix and listcrypt share the cores, so where the cores are saturated
 # the ratio mostly reflects the extra CPU per message. Timings are never asserted anywhere.
@@ -44,6 +47,9 @@
 # Needs: bash >= 4, postfix (postfix, postconf, postqueue), gpg, gpgconf, /usr/bin/python3,
 #   sqlite3 (optional: replay-record check).
 set -euo pipefail
+# Library errors capture backtraces under RUST_BACKTRACE (listcrypt turns that off itself since
+# 2026-12-07; a BASELINE build from before would pay for it): neither daemon gets it.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 N=${N:-2000}
 CONCURRENCY=${CONCURRENCY:-8}
@@ -87,6 +93,7 @@ ALICE_HOME=$W/gnupg-alice
 LC_PID=
 BASE_PID=
 NOOP_PID=
+REWRITE_PID=
 PF_STARTED=
 
 stop_pid() { # PID [SECONDS]: TERM, wait, KILL
@@ -116,10 +123,10 @@ cleanup() {
         stop_pid "$BASE_PID" 10
         wait "$BASE_PID" 2>/dev/null
     fi
-    if [[ -n $NOOP_PID ]]; then
-        stop_pid "$NOOP_PID" 5
-        wait "$NOOP_PID" 2>/dev/null
-    fi
+    for pid in $NOOP_PID $REWRITE_PID; do
+        stop_pid "$pid" 5
+        wait "$pid" 2>/dev/null
+    done
     [[ -d $ALICE_HOME ]] && gpgconf --homedir "$ALICE_HOME" --kill all >/dev/null 2>&1
     if [[ ${KEEP:-0} == 1 ]]; then
         echo "# kept $W" >&2
@@ -203,11 +210,13 @@ if [[ -n ${BASELINE:-} ]]; then
 fi
 "$W/noop_milter" "$W/run/noop.sock" 2>"$W/log/noop.log" &
 NOOP_PID=$!
+"$W/noop_milter" "$W/run/rewrite.sock" --rewrite 2>"$W/log/rewrite.log" &
+REWRITE_PID=$!
 for ((i = 0; i < 200; i++)); do
-    [[ -S $W/run/noop.sock ]] && break
+    [[ -S $W/run/noop.sock && -S $W/run/rewrite.sock ]] && break
     sleep 0.05
 done
-[[ -S $W/run/noop.sock ]] || die "noop_milter made no socket in 10 s"
+[[ -S $W/run/noop.sock && -S $W/run/rewrite.sock ]] || die "noop_milter made no socket in 10 s"
 
 # ---- posts (before any timing) -----------------------------------------------------------
 # posts/run: the N measured posts; posts/warm: WARMUP others, never sent again.
@@ -234,6 +243,8 @@ P_NOOP=$(free_port)
 while [[ $P_NOOP == "$P_MILTER" || $P_NOOP == "$P_PLAIN" ]]; do P_NOOP=$(free_port); done
 P_B=$(free_port)
 while [[ $P_B == "$P_MILTER" || $P_B == "$P_PLAIN" || $P_B == "$P_NOOP" ]]; do P_B=$(free_port); done
+P_RW=$(free_port)
+while [[ $P_RW == "$P_MILTER" || $P_RW == "$P_PLAIN" || $P_RW == "$P_NOOP" || $P_RW == "$P_B" ]]; do P_RW=$(free_port); done
 cat >"$ETC/main.cf" <<EOF
 # Throwaway Postfix for contrib/bench/accept-rate.sh
 compatibility_level = 3.6
@@ -305,6 +316,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 127.0.0.1:$P_NOOP inet n - n - - smtpd
   -o syslog_name=postfix/noop
   -o smtpd_milters=unix:$W/run/noop.sock
+127.0.0.1:$P_RW inet n - n - - smtpd
+  -o syslog_name=postfix/rewrite
+  -o smtpd_milters=unix:$W/run/rewrite.sock
 127.0.0.1:$P_B inet n - n - - smtpd
   -o syslog_name=postfix/baseline
   -o smtpd_milters=unix:$W/run/baseline.sock
@@ -314,10 +328,10 @@ PF_STARTED=1
 run postfix -c "$ETC" start
 port_open() { "$PY" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; }
 for ((i = 0; i < 200; i++)); do
-    port_open "$P_MILTER" && port_open "$P_PLAIN" && port_open "$P_NOOP" && break
+    port_open "$P_MILTER" && port_open "$P_PLAIN" && port_open "$P_NOOP" && port_open "$P_RW" && break
     sleep 0.1
 done
-if ! { port_open "$P_MILTER" && port_open "$P_PLAIN" && port_open "$P_NOOP"; }; then
+if ! { port_open "$P_MILTER" && port_open "$P_PLAIN" && port_open "$P_NOOP" && port_open "$P_RW"; }; then
     tail -n 20 "$W/postfix/log/maillog" >&2
     die "Postfix listeners not up in 20 s"
 fi
@@ -345,16 +359,27 @@ CLK_TCK=$(getconf CLK_TCK)
 lc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # PID: user+system CPU of the milter
 sys_ticks() { awk '{ print $15 }' "/proc/$1/stat"; }      # PID: its system CPU alone
 
+# Postfix's CPU: the master's own and its reaped children's, plus each live child's (smtpd,
+# cleanup, qmgr, ...; Postfix reuses them, so most are alive at both readings).
+pf_ticks() {
+    local m
+    m=$(master_pid) || { echo 0; return; }
+    {
+        awk '{ print $14 + $15 + $16 + $17 }' "/proc/$m/stat"
+        for c in $(pgrep -P "$m"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done
+    } | awk '{ s += $1 } END { print s + 0 }'
+}
 cpu_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat; } # busy idle
 
 # send LABEL PORT FILES... -> sets ACC REF SECS, LC_MS and PY_MS (the listener's milter's, i.e.
 # listcrypt's or for noop the no-op milter's, and the sender's
 # CPU ms per message) and BUSY (% of all cores busy, whoever used them); prints one line
 send() {
-    local label=$1 port=$2 out t0 t1 s0 s1 c0 c1
+    local label=$1 port=$2 out t0 t1 s0 s1 p0 p1 c0 c1
     shift 2
     local pid=$LC_PID
     [[ $label == *noop ]] && pid=$NOOP_PID
+    [[ $label == *rewrite ]] && pid=$REWRITE_PID
     [[ $label == *baseline ]] && pid=$BASE_PID
     local stat=
     if [[ -n ${CSW:-} && $label != *nomilter* ]]; then
@@ -363,12 +388,14 @@ send() {
     fi
     t0=$(lc_ticks "$pid")
     s0=$(sys_ticks "$pid")
+    p0=$(pf_ticks)
     c0=$(cpu_ticks)
     out=$("$PY" "$HERE/accept-rate/send.py" --port "$port" --sender "$MEMBER" --rcpt "$LIST" \
         --concurrency "$CONCURRENCY" --per-session "$PER_SESSION" "$@" 2>"$W/send.err") ||
         { cat "$W/send.err" >&2; die "sender failed on $label"; }
     t1=$(lc_ticks "$pid")
     s1=$(sys_ticks "$pid")
+    p1=$(pf_ticks)
     c1=$(cpu_ticks)
     if [[ -n $stat ]]; then
         kill -INT "$stat" 2>/dev/null
@@ -379,9 +406,10 @@ send() {
     read -r ACC REF SECS PY_S <<<"$out"
     LC_MS=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')
     PY_MS=$(awk -v s="$PY_S" -v n="$#" 'BEGIN { printf "%.2f", s * 1000 / n }')
+    PF_MS=$(awk -v a="$p0" -v b="$p1" -v hz="$CLK_TCK" -v n="$#" 'BEGIN { printf "%.2f", (b - a) * 1000 / hz / n }')
     BUSY=$(awk -v a="$c0" -v b="$c1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[1] - x[1] + y[2] - x[2]) }')
-    printf '#   %-13s %d/%d accepted, %d refused, in %s s; CPU ms/msg: milter %s, sender %s; all cores %s%% busy; load %s\n' \
-        "$label" "$ACC" "$#" "$REF" "$SECS" "$LC_MS" "$PY_MS" "$BUSY" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf '#   %-13s %d/%d accepted, %d refused, in %s s; CPU ms/msg: milter %s, sender %s, Postfix %s; all cores %s%% busy; load %s\n' \
+        "$label" "$ACC" "$#" "$REF" "$SECS" "$LC_MS" "$PY_MS" "$PF_MS" "$BUSY" "$(cut -d' ' -f1-3 /proc/loadavg)"
     [[ -s $W/send.err ]] && sed 's/^/#   /' "$W/send.err"
     return 0
 }
@@ -396,6 +424,7 @@ must_accept_all() { # LABEL TOTAL
 echo "# warm-up: $WARMUP posts on each listener (posts not used again)"
 send warm-nomilter "$P_PLAIN" "${WARM_POSTS[@]}"
 send warm-noop "$P_NOOP" "${WARM_POSTS[@]}"
+send warm-rewrite "$P_RW" "${WARM_POSTS[@]}"
 send warm-inbound "$P_MILTER" "${WARM_POSTS[@]}"
 must_accept_all warm-inbound "$WARMUP"
 if [[ -n ${BASELINE:-} ]]; then
@@ -422,7 +451,7 @@ run_one() { # LABEL PORT
     fi
     drain
     after=$(replay_rows "$state")
-    RESULTS+=("$1 $ACC $SECS $LC_MS $PY_MS $BUSY")
+    RESULTS+=("$1 $ACC $SECS $LC_MS $PY_MS $BUSY $PF_MS")
     if [[ $1 == inbound || $1 == baseline ]]; then
         must_accept_all "$1" "$N"
         if [[ $before != "?" && $after != "?" ]]; then
@@ -434,6 +463,7 @@ run_one() { # LABEL PORT
 EV0=$(milter_events)
 run_one nomilter "$P_PLAIN"
 run_one noop "$P_NOOP"
+run_one rewrite "$P_RW"
 run_one inbound "$P_MILTER"
 [[ -n ${BASELINE:-} ]] && run_one baseline "$P_B"
 run_one nomilter2 "$P_PLAIN"
@@ -452,16 +482,17 @@ echo "listcrypt $BIN_VERSION ($BIN_INFO; repo HEAD $(cd "$REPO" && git rev-parse
 [[ -n ${BASELINE:-} ]] && echo "baseline: BASELINE=$BASELINE ($BIN_INFO_BASE)"
 echo "N=$N posts x ~${SIZE} B (body $BODY_BYTES B, gpg sign+encrypt -z 0, RFC 3156), concurrency $CONCURRENCY, $PER_SESSION msg/session, milter over a unix socket, delivery discard:"
 printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" '
-    { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; rate[NR] = $2 / $3
-      if ($1 == "inbound") m = NR; else if ($1 == "baseline") b = NR; else if ($1 == "noop") o = NR; else { base += rate[NR]; nb++; plain[nb] = NR } }
+    { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; pf[NR] = $7; rate[NR] = $2 / $3
+      if ($1 == "inbound") m = NR; else if ($1 == "baseline") b = NR; else if ($1 == "noop") o = NR; else if ($1 == "rewrite") w = NR; else { base += rate[NR]; nb++; plain[nb] = NR } }
     END {
-        printf "%-10s %10s %8s %8s %6s  %-27s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg milter/sender", "cores busy"
+        printf "%-10s %10s %8s %8s %6s  %-35s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg milter/sender/Postfix", "cores busy"
         for (i = 1; i <= NR; i++)
-            printf "%-10s %10s %8.2f %8.1f %6s  %13.2f / %-11.2f %9s%%\n", label[i], acc[i] "/" n, sec[i], rate[i], \
-                (i == m || i == o || i == b ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], busy[i]
+            printf "%-10s %10s %8.2f %8.1f %6s  %13.2f / %5.2f / %-11.2f %9s%%\n", label[i], acc[i] "/" n, sec[i], rate[i], \
+                (i == m || i == o || i == b || i == w ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], pf[i], busy[i]
         printf "ratio inbound/nomilter: %.2fx of the mean of both nomilter runs (%.2fx of the first, %.2fx of the second)\n", \
             rate[m] / (base / nb), rate[m] / rate[plain[1]], rate[m] / rate[plain[2]]
         printf "ratio noop/nomilter: %.2fx; inbound/noop: %.2fx\n", rate[o] / (base / nb), rate[m] / rate[o]
+        printf "ratio rewrite/noop: %.2fx (the floor of rewriting posts through the milter); inbound/rewrite: %.2fx\n", rate[w] / rate[o], rate[m] / rate[w]
         if (b) printf "baseline (BASELINE): %.2fx nomilter, %.2fx noop; baseline/inbound: %.2fx the rate, %.2fx the milter CPU per message\n", \
             rate[b] / (base / nb), rate[b] / rate[o], rate[b] / rate[m], cpu[b] / cpu[m]
     }'
