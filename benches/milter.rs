@@ -11,7 +11,8 @@
 //! how many PKESKs took the fast X25519 path or sequoia's own. Environment:
 //! `LISTCRYPT_BENCH_SECS` (budget per case, default 3), `LISTCRYPT_BENCH_EXPORT=DIR` writes
 //! the members' certificates there (`mN.pgp`) so that contrib/bench/outbound-limit.sh can time
-//! `gpg` on the same keys.
+//! `gpg` on the same keys. `LISTCRYPT_BENCH_ONLY=BATCH_SIZE:MEMBERS` (e.g. `1000:100`) runs
+//! that one case, without the no-op milter beside it: for profiling.
 //!
 //! `LISTCRYPT_BENCH_MAILMAN=10,100,1000,10000` prints only the growth table (issue 14 item 5)
 //! as Mailman sends a post: transactions of at most 500 recipients (Mailman's `max_recipients`
@@ -397,6 +398,11 @@ fn main() {
     let export = std::env::var_os("LISTCRYPT_BENCH_EXPORT");
     // Config::load takes every other LISTCRYPT_* variable for a configuration key.
     let mailman = std::env::var("LISTCRYPT_BENCH_MAILMAN").ok();
+    let only: Option<(u32, usize)> = std::env::var("LISTCRYPT_BENCH_ONLY").ok().map(|s| {
+        s.split_once(':')
+            .and_then(|(b, n)| Some((b.parse().ok()?, n.parse().ok()?)))
+            .expect("LISTCRYPT_BENCH_ONLY=BATCH_SIZE:MEMBERS")
+    });
     let sizes: Vec<usize> = mailman
         .iter()
         .flat_map(|s| s.split(','))
@@ -406,6 +412,7 @@ fn main() {
         "LISTCRYPT_BENCH_SECS",
         "LISTCRYPT_BENCH_EXPORT",
         "LISTCRYPT_BENCH_MAILMAN",
+        "LISTCRYPT_BENCH_ONLY",
     ] {
         std::env::remove_var(k);
     }
@@ -456,7 +463,10 @@ fn main() {
         let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), None).unwrap());
         return runtime.block_on(growth(root, daemon, &sizes, &members, &headers, &body));
     }
-    for batch_size in [50u32, 1000] {
+    for batch_size in [50u32, 1000]
+        .into_iter()
+        .filter(|&b| only.is_none_or(|(ob, _)| ob == b))
+    {
         let text = listcrypt::config::Policy::default_file_text(LIST)
             .replace("batch_size = 50", &format!("batch_size = {batch_size}"));
         std::fs::write(&policy_path, text).unwrap();
@@ -481,7 +491,10 @@ fn main() {
                     let _ = noop_rx.await;
                 },
             ));
-            for n in [10usize, 100, 1000].into_iter().filter(|&n| n <= members.len()) {
+            for n in [10usize, 100, 1000]
+                .into_iter()
+                .filter(|&n| n <= members.len() && only.is_none_or(|(_, on)| on == n))
+            {
                 let rcpts = &members[..n];
                 // Warm-up, then as many runs as fit the budget (at least 3).
                 one_message(&root.join("out.sock"), rcpts, &headers, &body).await;
@@ -517,7 +530,7 @@ fn main() {
                     times.len(),
                     median.as_secs_f64() * 1e6 / n as f64
                 );
-                if batch_size == 1000 {
+                if batch_size == 1000 && only.is_none() {
                     let mut times = Vec::new();
                     phase_medians();
                     while times.len() < 3 || (!smoke && times.len() < 50) {
