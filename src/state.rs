@@ -21,6 +21,12 @@ pub const GENERATION_POLL: Duration = Duration::from_millis(250);
 /// rebuild fails.
 pub const STALE_SNAPSHOT_BOUND: Duration = Duration::from_secs(30);
 
+/// Sessions start a generation check at most this often. Each check is a store read on the
+/// blocking pool: one per message would cost every post a thread hand-off and a query (about
+/// 4% of the daemon's user CPU on inbound posts), and a session never waits for it anyway.
+/// The poller and PostgreSQL's notifications start theirs regardless.
+pub const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
 pub struct Daemon {
     config_path: Option<PathBuf>,
     config: RwLock<Arc<Config>>,
@@ -30,6 +36,9 @@ pub struct Daemon {
     reload_lock: Mutex<()>,
     /// A background generation check or rebuild is running: at most one at a time.
     refreshing: AtomicBool,
+    /// When a session last started a check: milliseconds since `opened`, plus one (0: never).
+    session_check: AtomicU64,
+    opened: Instant,
     /// When a changed generation was first seen and not yet loaded.
     stale_since: Mutex<Option<Instant>>,
     /// Keyrings built since start (for tests that count reloads).
@@ -101,6 +110,8 @@ impl Daemon {
             keyring: RwLock::new(Arc::new(keyring)),
             reload_lock: Mutex::new(()),
             refreshing: AtomicBool::new(false),
+            session_check: AtomicU64::new(0),
+            opened: Instant::now(),
             stale_since: Mutex::new(None),
             rebuilds: AtomicU64::new(0),
             watching: std::sync::Once::new(),
@@ -165,9 +176,29 @@ impl Daemon {
                 )));
             }
         }
-        self.start_refresh(&runtime);
+        if self.session_check_due() {
+            self.start_refresh(&runtime);
+        }
         self.watching.call_once(|| self.watch(&runtime));
         Ok(current)
+    }
+
+    /// Whether this session starts a generation check: none started by a session in the
+    /// last [`SESSION_CHECK_INTERVAL`] (one caller wins a race).
+    fn session_check_due(&self) -> bool {
+        self.claim_session_check(self.opened.elapsed())
+    }
+
+    /// [`Self::session_check_due`] at `at` after the daemon opened.
+    fn claim_session_check(&self, at: Duration) -> bool {
+        let now = at.as_millis() as u64 + 1;
+        let last = self.session_check.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < SESSION_CHECK_INTERVAL.as_millis() as u64 {
+            return false;
+        }
+        self.session_check
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Polls the generation every [`GENERATION_POLL`] while the daemon lives, and checks at
@@ -354,6 +385,22 @@ mod tests {
         let seen = Instant::now() - STALE_SNAPSHOT_BOUND - Duration::from_secs(1);
         *d.stale_since.lock().unwrap() = Some(seen);
         assert!(d.keyring().is_err());
+    }
+
+    #[test]
+    fn sessions_start_one_generation_check_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        let ms = Duration::from_millis;
+        assert!(d.claim_session_check(ms(0)), "the first session checks");
+        assert!(!d.claim_session_check(ms(0)));
+        assert!(!d.claim_session_check(SESSION_CHECK_INTERVAL - ms(1)));
+        assert!(d.claim_session_check(SESSION_CHECK_INTERVAL));
+        assert!(!d.claim_session_check(SESSION_CHECK_INTERVAL + ms(5)));
+        assert!(
+            d.claim_session_check(ms(1000)),
+            "a quiet daemon checks at the next message"
+        );
     }
 
     #[test]
