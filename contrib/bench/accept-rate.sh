@@ -3,7 +3,7 @@
 # milter and vs a no-op milter, in the same run, on the same Postfix, with the same bytes.
 #
 # One throwaway Postfix (everything chroot n, loopback only, delivery to discard: so delivery
-# costs nothing) with three smtpd listeners on free 127.0.0.1 ports:
+# costs nothing) with four smtpd listeners (five with BASELINE) on free 127.0.0.1 ports:
 #   inbound   -o smtpd_milters=unix:$W/run/inbound.sock   (listcrypt serve, unix socket)
 #   noop      -o smtpd_milters=unix:$W/run/noop.sock      (examples/noop_milter.rs: the same
 #             milter library and stages as listcrypt, every answer Continue)
@@ -11,26 +11,30 @@
 #             header edits and a body replacement of the decrypted size, without OpenPGP: the
 #             floor for any milter that rewrites posts this way)
 #   nomilter  -o smtpd_milters=
-# N distinct posts (each a BODY_BYTES text body with its own counter, signed by the member
-# alice and encrypted to the list key with gpg -z 0, RFC 3156 multipart/encrypted) are made
-# before any timing. The sender (accept-rate/send.py, Python smtplib threads) sends all N to a
-# listener with CONCURRENCY sessions, one message per transaction. Order: warm-up on both
-# listeners with WARMUP posts of their own (a post the milter saw once would be a replay later),
-# then nomilter, noop, rewrite, inbound, nomilter again (drift), each with the same N posts; the queue is
-# drained between runs. Every post on the inbound run must be accepted (250) and enter the
-# replay record as new; otherwise the script fails, since such a rate would measure refusals.
+# N x ROUNDS distinct posts (each a BODY_BYTES text body with its own counter, signed by the
+# member alice and encrypted to the list key with gpg -z 0, RFC 3156 multipart/encrypted) are
+# made before any timing. The sender (accept-rate/send.py, Python smtplib threads) sends N to a
+# listener with CONCURRENCY sessions, one message per transaction. Order: warm-up on every
+# listener with WARMUP posts of their own (a post the milter saw once would be a replay later),
+# then ROUNDS rounds of nomilter, noop, rewrite, inbound (and baseline), each round with its
+# own N posts, the same for every listener in it; the queue is drained between runs. Every
+# post on an inbound run must be accepted (250) and enter the replay record as new; otherwise
+# the script fails, since such a rate would measure refusals.
 #
-# Output: per run accepted/N, wall seconds, messages/s, the inbound/no-milter ratio (against
-# the mean of both no-milter runs), CPU ms per message of the milter (listcrypt, or the no-op
-# milter on its run), of the sender and of Postfix (the master and its children), and how
-# busy all cores were (on a shared machine other work shows up there). Everything runs on this
+# Output: per listener, over all rounds: accepted, wall seconds, messages/s, CPU ms per message
+# of the milter (listcrypt, or the no-op milter on its run), of the sender and of Postfix (the
+# master and its children), and how busy all cores were (on a shared machine other work shows
+# up there). Then each ratio (inbound/nomilter, inbound/noop, rewrite/noop, ...) as the median
+# over the rounds, with the lowest and highest: this machine's speed drifts by 10-30% within
+# minutes, so a ratio is taken only between runs of the same round. Everything runs on this
 # machine: the sender, Postfix and listcrypt share the cores, so where the cores are saturated
 # the ratio mostly reflects the extra CPU per message. Timings are never asserted anywhere.
 #
 # Usage (as root, Postfix and gnupg installed):
 #   contrib/bench/accept-rate.sh
 # Environment: N (posts per run, default 2000: runs of a few seconds; with 300 the no-milter
-#   run is over in half a second and the ratio is mostly noise), CONCURRENCY (default 8),
+#   run is over in half a second and the ratio is mostly noise), ROUNDS (default 3),
+#   CONCURRENCY (default 8),
 #   PER_SESSION (messages per SMTP session, default 1), WARMUP (default 20), BODY_BYTES
 #   (default 10240),
 #   LISTCRYPT (binary; default target/release/listcrypt, built with cargo build --release if
@@ -39,7 +43,7 @@
 #   the table gives baseline/inbound; the keyring and policies are shared),
 #   NOOP_MILTER (default target/release/examples/noop_milter, built with cargo build
 #   --release --example noop_milter if missing), KEEP=1 (keep the work directory),
-#   PERF_OUT=FILE (`perf record -g` of listcrypt during the inbound run; the report goes there;
+#   PERF_OUT=FILE (`perf record -g` of listcrypt during the first inbound run; the report goes there;
 #   with KEEP=1 perf.data stays in the work directory), PERF_FREQ (samples/s, default 499),
 #   PERF_ARGS (perf record's call-graph options, default -g; e.g. "--call-graph dwarf"),
 #   CSW=1 (the milter's context switches and system calls per message, from `perf stat`, on
@@ -52,6 +56,7 @@ set -euo pipefail
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 N=${N:-2000}
+ROUNDS=${ROUNDS:-3}
 CONCURRENCY=${CONCURRENCY:-8}
 PER_SESSION=${PER_SESSION:-1}
 WARMUP=${WARMUP:-20}
@@ -221,15 +226,14 @@ done
 # ---- posts (before any timing) -----------------------------------------------------------
 # posts/run: the N measured posts; posts/warm: WARMUP others, never sent again.
 read -r SIZE GEN_S < <("$PY" "$HERE/accept-rate/makeposts.py" --home "$ALICE_HOME" \
-    --signer "$ALICE_FPR" --recipient "$LIST_FPR" --count $((N + WARMUP)) \
+    --signer "$ALICE_FPR" --recipient "$LIST_FPR" --count $((N * ROUNDS + WARMUP)) \
     --body-bytes "$BODY_BYTES" --sender "$MEMBER" --list "$LIST" \
     --tag "$(basename "$W")" --out "$W/posts/all") || die "making posts failed"
 mkdir -p "$W/posts/run" "$W/posts/warm"
 mapfile -t ALL < <(find "$W/posts/all" -name 'post-*.eml' | sort)
-((${#ALL[@]} == N + WARMUP)) || die "made ${#ALL[@]} posts, wanted $((N + WARMUP))"
-RUN_POSTS=("${ALL[@]:0:N}")
-WARM_POSTS=("${ALL[@]:N}")
-echo "# made $((N + WARMUP)) distinct posts in ${GEN_S} s: body $BODY_BYTES B, mean post $SIZE B on the wire"
+((${#ALL[@]} == N * ROUNDS + WARMUP)) || die "made ${#ALL[@]} posts, wanted $((N * ROUNDS + WARMUP))"
+WARM_POSTS=("${ALL[@]:N*ROUNDS}")
+echo "# made $((N * ROUNDS + WARMUP)) distinct posts in ${GEN_S} s: body $BODY_BYTES B, mean post $SIZE B on the wire"
 
 # ---- Postfix -----------------------------------------------------------------------------
 mkdir -p "$ETC" "$SPOOL" "$W/postfix/data" "$W/postfix/log"
@@ -434,16 +438,18 @@ fi
 drain
 
 RESULTS=()
-run_one() { # LABEL PORT
+run_one() { # ROUND LABEL PORT: round ROUND's N posts (posts/run slice ROUND) to one listener
+    local round=$1
+    shift
     local before after state=$W/state
     [[ $1 == baseline ]] && state=$W/state-baseline
     before=$(replay_rows "$state")
     local perf=
-    if [[ $1 == inbound && -n ${PERF_OUT:-} ]]; then
+    if [[ $1 == inbound && $round == 0 && -n ${PERF_OUT:-} ]]; then
         perf record -q -F "${PERF_FREQ:-499}" ${PERF_ARGS:--g} -p "$LC_PID" -o "$W/perf.data" 2>>"$LOG" &
         perf=$!
     fi
-    send "$1" "$2" "${RUN_POSTS[@]}"
+    send "$1" "$2" "${ALL[@]:round*N:N}"
     if [[ -n $perf ]]; then
         kill -INT "$perf" 2>/dev/null
         wait "$perf" 2>/dev/null || true
@@ -451,7 +457,7 @@ run_one() { # LABEL PORT
     fi
     drain
     after=$(replay_rows "$state")
-    RESULTS+=("$1 $ACC $SECS $LC_MS $PY_MS $BUSY $PF_MS")
+    RESULTS+=("$round $1 $ACC $SECS $LC_MS $PY_MS $BUSY $PF_MS")
     if [[ $1 == inbound || $1 == baseline ]]; then
         must_accept_all "$1" "$N"
         if [[ $before != "?" && $after != "?" ]]; then
@@ -461,12 +467,14 @@ run_one() { # LABEL PORT
     fi
 }
 EV0=$(milter_events)
-run_one nomilter "$P_PLAIN"
-run_one noop "$P_NOOP"
-run_one rewrite "$P_RW"
-run_one inbound "$P_MILTER"
-[[ -n ${BASELINE:-} ]] && run_one baseline "$P_B"
-run_one nomilter2 "$P_PLAIN"
+for ((r = 0; r < ROUNDS; r++)); do
+    echo "# round $((r + 1)) of $ROUNDS"
+    run_one "$r" nomilter "$P_PLAIN"
+    run_one "$r" noop "$P_NOOP"
+    run_one "$r" rewrite "$P_RW"
+    run_one "$r" inbound "$P_MILTER"
+    [[ -n ${BASELINE:-} ]] && run_one "$r" baseline "$P_B"
+done
 EV1=$(milter_events)
 ((EV1 == EV0)) || { grep -E 'milter-|milter.*(not responding|failed|timeout)' "$W/postfix/log/maillog" | tail -n 5 >&2; die "Postfix logged $((EV1 - EV0)) milter reject/discard/hold/failure events during the runs"; }
 for f in "$W"/log/listcrypt*.log; do
@@ -481,18 +489,32 @@ echo
 echo "listcrypt $BIN_VERSION ($BIN_INFO; repo HEAD $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')), Postfix $(postconf -d -h mail_version), nproc $(nproc)"
 [[ -n ${BASELINE:-} ]] && echo "baseline: BASELINE=$BASELINE ($BIN_INFO_BASE)"
 echo "N=$N posts x ~${SIZE} B (body $BODY_BYTES B, gpg sign+encrypt -z 0, RFC 3156), concurrency $CONCURRENCY, $PER_SESSION msg/session, milter over a unix socket, delivery discard:"
-printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" '
-    { label[NR] = $1; acc[NR] = $2; sec[NR] = $3; cpu[NR] = $4; pcpu[NR] = $5; busy[NR] = $6; pf[NR] = $7; rate[NR] = $2 / $3
-      if ($1 == "inbound") m = NR; else if ($1 == "baseline") b = NR; else if ($1 == "noop") o = NR; else if ($1 == "rewrite") w = NR; else { base += rate[NR]; nb++; plain[nb] = NR } }
+printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" -v rounds="$ROUNDS" '
+    { r = $1; l = $2; seen[l] = 1; acc[l] += $3; sec[l] += $4; cpu[l] += $5; pcpu[l] += $6; busy[l] += $7; pf[l] += $8
+      rate[r, l] = $3 / $4; cpur[r, l] = $5 }
+    # median and range of EXPR over the rounds, as "0.85x (0.80-0.90)"
+    function spread(a, b, cpu_ratio,    i, j, k, v, t, x) {
+        k = 0
+        for (i = 0; i < rounds; i++) {
+            if (cpu_ratio) { if (cpur[i, b] == 0) continue; x = cpur[i, a] / cpur[i, b] }
+            else x = rate[i, a] / rate[i, b]
+            v[++k] = x
+        }
+        for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+        return sprintf("%.2fx (%.2f-%.2f)", (k % 2) ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2, v[1], v[k])
+    }
     END {
-        printf "%-10s %10s %8s %8s %6s  %-35s %s\n", "listener", "accepted", "seconds", "msgs/s", "ratio", "CPU ms/msg milter/sender/Postfix", "cores busy"
-        for (i = 1; i <= NR; i++)
-            printf "%-10s %10s %8.2f %8.1f %6s  %13.2f / %5.2f / %-11.2f %9s%%\n", label[i], acc[i] "/" n, sec[i], rate[i], \
-                (i == m || i == o || i == b || i == w ? sprintf("%.2fx", rate[i] / (base / nb)) : ""), cpu[i], pcpu[i], pf[i], busy[i]
-        printf "ratio inbound/nomilter: %.2fx of the mean of both nomilter runs (%.2fx of the first, %.2fx of the second)\n", \
-            rate[m] / (base / nb), rate[m] / rate[plain[1]], rate[m] / rate[plain[2]]
-        printf "ratio noop/nomilter: %.2fx; inbound/noop: %.2fx\n", rate[o] / (base / nb), rate[m] / rate[o]
-        printf "ratio rewrite/noop: %.2fx (the floor of rewriting posts through the milter); inbound/rewrite: %.2fx\n", rate[w] / rate[o], rate[m] / rate[w]
-        if (b) printf "baseline (BASELINE): %.2fx nomilter, %.2fx noop; baseline/inbound: %.2fx the rate, %.2fx the milter CPU per message\n", \
-            rate[b] / (base / nb), rate[b] / rate[o], rate[b] / rate[m], cpu[b] / cpu[m]
+        printf "%-10s %10s %8s %8s  %-35s %s\n", "listener", "accepted", "seconds", "msgs/s", "CPU ms/msg milter/sender/Postfix", "cores busy"
+        split("nomilter noop rewrite inbound baseline", order, " ")
+        for (i = 1; i <= 5; i++) {
+            l = order[i]
+            if (!(l in seen)) continue
+            printf "%-10s %10s %8.2f %8.1f  %13.2f / %5.2f / %-11.2f %9.0f%%\n", l, acc[l] "/" n * rounds, sec[l], acc[l] / sec[l], \
+                cpu[l] / rounds, pcpu[l] / rounds, pf[l] / rounds, busy[l] / rounds
+        }
+        printf "ratios: median of %d round(s) (lowest-highest), each round its listeners one after the other on the same posts:\n", rounds
+        printf "  inbound/nomilter %s  noop/nomilter %s  inbound/noop %s\n", spread("inbound", "nomilter"), spread("noop", "nomilter"), spread("inbound", "noop")
+        printf "  rewrite/noop %s (the floor of rewriting posts through the milter)  inbound/rewrite %s\n", spread("rewrite", "noop"), spread("inbound", "rewrite")
+        if ("baseline" in seen)
+            printf "  baseline/inbound: %s the rate, %s the milter CPU per message\n", spread("baseline", "inbound"), spread("baseline", "inbound", 1)
     }'
