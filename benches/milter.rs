@@ -75,7 +75,10 @@ fn sink() -> u16 {
     port
 }
 
-fn post() -> (Vec<(String, String)>, Vec<u8>) {
+/// The post's header fields and body.
+type Post = (Vec<(String, String)>, Vec<u8>);
+
+fn post() -> Post {
     let headers = vec![
         ("From".to_string(), " Alice <alice@example.net>".to_string()),
         ("To".to_string(), format!(" {LIST}")),
@@ -381,6 +384,56 @@ async fn growth(
     let _ = task.await;
 }
 
+/// The bench's environment (`LISTCRYPT_BENCH_*`), removed once read: `Config::load` would
+/// take every other `LISTCRYPT_*` variable for a configuration key.
+struct Args {
+    /// `cargo test --all-targets` runs this once, without `--bench`, as a smoke test.
+    smoke: bool,
+    secs: f64,
+    export: Option<std::ffi::OsString>,
+    /// `LISTCRYPT_BENCH_MAILMAN`: the growth table's member counts.
+    sizes: Vec<usize>,
+    /// `LISTCRYPT_BENCH_ONLY=BATCH_SIZE:MEMBERS`.
+    only: Option<(u32, usize)>,
+}
+
+impl Args {
+    fn from_env() -> Args {
+        let args = Args {
+            smoke: !std::env::args().any(|a| a == "--bench"),
+            secs: std::env::var("LISTCRYPT_BENCH_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(3.0),
+            export: std::env::var_os("LISTCRYPT_BENCH_EXPORT"),
+            sizes: std::env::var("LISTCRYPT_BENCH_MAILMAN")
+                .iter()
+                .flat_map(|s| s.split(','))
+                .filter_map(|s| s.trim().parse().ok())
+                .collect(),
+            only: std::env::var("LISTCRYPT_BENCH_ONLY").ok().map(|s| {
+                s.split_once(':')
+                    .and_then(|(b, n)| Some((b.parse().ok()?, n.parse().ok()?)))
+                    .expect("LISTCRYPT_BENCH_ONLY=BATCH_SIZE:MEMBERS")
+            }),
+        };
+        for k in [
+            "LISTCRYPT_BENCH_SECS",
+            "LISTCRYPT_BENCH_EXPORT",
+            "LISTCRYPT_BENCH_MAILMAN",
+            "LISTCRYPT_BENCH_ONLY",
+        ] {
+            std::env::remove_var(k);
+        }
+        args
+    }
+
+    fn runs(&self, batch_size: u32, members: usize) -> bool {
+        self.only
+            .is_none_or(|(b, n)| b == batch_size && n == members)
+    }
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os("LISTCRYPT_BENCH_COLD_START") {
         let drop_cache = std::env::var_os("LISTCRYPT_BENCH_DROP_CACHE").is_some();
@@ -389,33 +442,7 @@ fn main() {
         std::env::remove_var("LISTCRYPT_BENCH_DROP_CACHE");
         return cold_start(std::path::Path::new(&dir), drop_cache);
     }
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this once as a smoke test.
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let secs: f64 = std::env::var("LISTCRYPT_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let export = std::env::var_os("LISTCRYPT_BENCH_EXPORT");
-    // Config::load takes every other LISTCRYPT_* variable for a configuration key.
-    let mailman = std::env::var("LISTCRYPT_BENCH_MAILMAN").ok();
-    let only: Option<(u32, usize)> = std::env::var("LISTCRYPT_BENCH_ONLY").ok().map(|s| {
-        s.split_once(':')
-            .and_then(|(b, n)| Some((b.parse().ok()?, n.parse().ok()?)))
-            .expect("LISTCRYPT_BENCH_ONLY=BATCH_SIZE:MEMBERS")
-    });
-    let sizes: Vec<usize> = mailman
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    for k in [
-        "LISTCRYPT_BENCH_SECS",
-        "LISTCRYPT_BENCH_EXPORT",
-        "LISTCRYPT_BENCH_MAILMAN",
-        "LISTCRYPT_BENCH_ONLY",
-    ] {
-        std::env::remove_var(k);
-    }
+    let args = Args::from_env();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let sink_port = sink();
@@ -433,9 +460,9 @@ fn main() {
     let policy_path = config.policy_path(LIST);
     let store = SqliteStore::open(&config.state_dir).unwrap();
     let t = Instant::now();
-    let count = match sizes.iter().max() {
+    let count = match args.sizes.iter().max() {
         Some(&most) => most,
-        None if smoke => 10,
+        None if args.smoke => 10,
         None => 1000,
     };
     std::fs::write(
@@ -447,108 +474,34 @@ fn main() {
         &config,
         &store,
         count,
-        export.as_deref().map(std::path::Path::new),
+        args.export.as_deref().map(std::path::Path::new),
     );
     println!("listcrypt milter bench: outbound end of message, 100 KiB post, X25519 members, unix socket, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!(
         "setup: {count} members generated and bound in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let (headers, body) = post();
+    let post = post();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    if !sizes.is_empty() {
+    if !args.sizes.is_empty() {
         let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), None).unwrap());
-        return runtime.block_on(growth(root, daemon, &sizes, &members, &headers, &body));
+        let (headers, body) = &post;
+        return runtime.block_on(growth(root, daemon, &args.sizes, &members, headers, body));
     }
-    for batch_size in [50u32, 1000]
-        .into_iter()
-        .filter(|&b| only.is_none_or(|(ob, _)| ob == b))
-    {
+    for batch_size in [50u32, 1000] {
+        if !MEMBER_COUNTS.iter().any(|&n| args.runs(batch_size, n)) {
+            continue;
+        }
         let text = listcrypt::config::Policy::default_file_text(LIST)
             .replace("batch_size = 50", &format!("batch_size = {batch_size}"));
         std::fs::write(&policy_path, text).unwrap();
         let daemon = Arc::new(listcrypt::Daemon::open(config.clone(), None).unwrap());
-        runtime.block_on(async {
-            let inbound = listcrypt::bind(&SocketSpec::Unix(root.join("in.sock")), 0o600, None).await.unwrap();
-            let outbound = listcrypt::bind(&SocketSpec::Unix(root.join("out.sock")), 0o600, None).await.unwrap();
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
-                let _ = rx.await;
-            }));
-            // The milter protocol's own cost in this run: a milter that answers Continue to
-            // everything (examples/noop_milter.rs's callbacks), driven by the same client.
-            let noop = root.join("noop.sock");
-            let _ = std::fs::remove_file(&noop);
-            let (noop_tx, noop_rx) = tokio::sync::oneshot::channel::<()>();
-            let noop_task = tokio::spawn(indymilter::run(
-                tokio::net::UnixListener::bind(&noop).unwrap(),
-                noop_callbacks(),
-                Default::default(),
-                async move {
-                    let _ = noop_rx.await;
-                },
-            ));
-            for n in [10usize, 100, 1000]
-                .into_iter()
-                .filter(|&n| n <= members.len() && only.is_none_or(|(_, on)| on == n))
-            {
-                let rcpts = &members[..n];
-                // Warm-up, then as many runs as fit the budget (at least 3).
-                one_message(&root.join("out.sock"), rcpts, &headers, &body).await;
-                let mut times = Vec::new();
-                phase_medians();
-                let (fast0, ahead0) = (listcrypt::pgp::pkesk_paths().0, listcrypt::pgp::pkesks_ahead());
-                let budget = Instant::now();
-                let cpu_start = cpu_time();
-                while times.len() < 3 || (!smoke && budget.elapsed().as_secs_f64() < secs) {
-                    times.push(one_message(&root.join("out.sock"), rcpts, &headers, &body).await);
-                    if times.len() >= 200 {
-                        break;
-                    }
-                }
-                let cpu = match (cpu_start, cpu_time()) {
-                    (Some(a), Some(b)) => format!(
-                        "  cpu {:>8.3} ms/message",
-                        (b - a).as_secs_f64() * 1e3 / times.len() as f64
-                    ),
-                    _ => String::new(),
-                };
-                times.sort();
-                let median = times[times.len() / 2];
-                let [envelope, content, eom] = phase_medians();
-                let fast = listcrypt::pgp::pkesk_paths().0 - fast0;
-                let ahead = listcrypt::pgp::pkesks_ahead() - ahead0;
-                let ahead = 100.0 * ahead as f64 / fast.max(1) as f64;
-                println!(
-                    "batch_size {batch_size:>4}  {n:>4} members: median {:>9.3} ms  min {:>9.3}  max {:>9.3}  n={:<4} {:>6.1} us/member{cpu}  phases: envelope {envelope:.3} content {content:.3} eom {eom:.3} ms  made ahead {ahead:.0}%",
-                    median.as_secs_f64() * 1e3,
-                    times[0].as_secs_f64() * 1e3,
-                    times[times.len() - 1].as_secs_f64() * 1e3,
-                    times.len(),
-                    median.as_secs_f64() * 1e6 / n as f64
-                );
-                if batch_size == 1000 && only.is_none() {
-                    let mut times = Vec::new();
-                    phase_medians();
-                    while times.len() < 3 || (!smoke && times.len() < 50) {
-                        times.push(one_message(&noop, rcpts, &headers, &body).await);
-                    }
-                    times.sort();
-                    let [envelope, content, eom] = phase_medians();
-                    println!(
-                        "no-op milter     {n:>4} members: median {:>9.3} ms  phases: envelope {envelope:.3} content {content:.3} eom {eom:.3} ms",
-                        times[times.len() / 2].as_secs_f64() * 1e3
-                    );
-                }
-            }
-            let _ = noop_tx.send(());
-            let _ = noop_task.await;
-            let _ = tx.send(());
-            let _ = task.await;
-        });
+        runtime.block_on(serve_and_time(
+            root, daemon, batch_size, &members, &post, &args,
+        ));
     }
     println!("(MAIL + RCPTs + header + body + end of message, as the MTA would see it; includes SMTP reinjection of extra batches to a local sink)");
     let (fast, sequoia) = listcrypt::pgp::pkesk_paths();
@@ -556,5 +509,125 @@ fn main() {
     println!(
         "of the fast ones, {} from key encapsulations made during the envelope",
         listcrypt::pgp::pkesks_ahead()
+    );
+}
+
+/// The member counts timed at each batch size.
+const MEMBER_COUNTS: [usize; 3] = [10, 100, 1000];
+
+/// Runs the daemon (and, beside it, the no-op milter) under ROOT and times 10, 100 and 1000
+/// members at `batch_size`.
+async fn serve_and_time(
+    root: &std::path::Path,
+    daemon: Arc<listcrypt::Daemon>,
+    batch_size: u32,
+    members: &[String],
+    post: &Post,
+    args: &Args,
+) {
+    let inbound = listcrypt::bind(&SocketSpec::Unix(root.join("in.sock")), 0o600, None)
+        .await
+        .unwrap();
+    let outbound = listcrypt::bind(&SocketSpec::Unix(root.join("out.sock")), 0o600, None)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
+        let _ = rx.await;
+    }));
+    // The milter protocol's own cost in this run: a milter that answers Continue to
+    // everything (examples/noop_milter.rs's callbacks), driven by the same client.
+    let noop = root.join("noop.sock");
+    let _ = std::fs::remove_file(&noop);
+    let (noop_tx, noop_rx) = tokio::sync::oneshot::channel::<()>();
+    let noop_task = tokio::spawn(indymilter::run(
+        tokio::net::UnixListener::bind(&noop).unwrap(),
+        noop_callbacks(),
+        Default::default(),
+        async move {
+            let _ = noop_rx.await;
+        },
+    ));
+    for n in MEMBER_COUNTS
+        .into_iter()
+        .filter(|&n| n <= members.len() && args.runs(batch_size, n))
+    {
+        let rcpts = &members[..n];
+        time_listcrypt(&root.join("out.sock"), batch_size, rcpts, post, args).await;
+        if batch_size == 1000 && args.only.is_none() {
+            time_noop(&noop, rcpts, post, args).await;
+        }
+    }
+    let _ = noop_tx.send(());
+    let _ = noop_task.await;
+    let _ = tx.send(());
+    let _ = task.await;
+}
+
+/// Warm-up, then as many messages as fit the budget (at least 3, at most 200): one line.
+async fn time_listcrypt(
+    socket: &std::path::Path,
+    batch_size: u32,
+    rcpts: &[String],
+    (headers, body): &Post,
+    args: &Args,
+) {
+    let n = rcpts.len();
+    one_message(socket, rcpts, headers, body).await;
+    let mut times = Vec::new();
+    phase_medians();
+    let (fast0, ahead0) = (
+        listcrypt::pgp::pkesk_paths().0,
+        listcrypt::pgp::pkesks_ahead(),
+    );
+    let budget = Instant::now();
+    let cpu_start = cpu_time();
+    while times.len() < 3 || (!args.smoke && budget.elapsed().as_secs_f64() < args.secs) {
+        times.push(one_message(socket, rcpts, headers, body).await);
+        if times.len() >= 200 {
+            break;
+        }
+    }
+    let cpu = match (cpu_start, cpu_time()) {
+        (Some(a), Some(b)) => format!(
+            "  cpu {:>8.3} ms/message",
+            (b - a).as_secs_f64() * 1e3 / times.len() as f64
+        ),
+        _ => String::new(),
+    };
+    times.sort();
+    let median = times[times.len() / 2];
+    let [envelope, content, eom] = phase_medians();
+    let fast = listcrypt::pgp::pkesk_paths().0 - fast0;
+    let ahead = listcrypt::pgp::pkesks_ahead() - ahead0;
+    let ahead = 100.0 * ahead as f64 / fast.max(1) as f64;
+    println!(
+        "batch_size {batch_size:>4}  {n:>4} members: median {:>9.3} ms  min {:>9.3}  max {:>9.3}  n={:<4} {:>6.1} us/member{cpu}  phases: envelope {envelope:.3} content {content:.3} eom {eom:.3} ms  made ahead {ahead:.0}%",
+        median.as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3,
+        times.len(),
+        median.as_secs_f64() * 1e6 / n as f64
+    );
+}
+
+/// The same client against the no-op milter (50 messages): one line.
+async fn time_noop(
+    socket: &std::path::Path,
+    rcpts: &[String],
+    (headers, body): &Post,
+    args: &Args,
+) {
+    let mut times = Vec::new();
+    phase_medians();
+    while times.len() < 3 || (!args.smoke && times.len() < 50) {
+        times.push(one_message(socket, rcpts, headers, body).await);
+    }
+    times.sort();
+    let [envelope, content, eom] = phase_medians();
+    println!(
+        "no-op milter     {:>4} members: median {:>9.3} ms  phases: envelope {envelope:.3} content {content:.3} eom {eom:.3} ms",
+        rcpts.len(),
+        times[times.len() / 2].as_secs_f64() * 1e3
     );
 }
