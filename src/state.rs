@@ -387,6 +387,29 @@ mod tests {
         assert!(d.keyring().is_err());
     }
 
+    /// Without the poller, a session that starts after a change (and past the interval)
+    /// starts the check that loads it: sessions alone keep the keyring current.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_later_session_loads_a_change_without_the_poller() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        d.watching.call_once(|| {}); // no poller in this test
+        let old = d.keyring().unwrap().generation;
+        while d.refreshing.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        d.store().touch().unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            tokio::time::sleep(SESSION_CHECK_INTERVAL + Duration::from_millis(5)).await;
+            if d.keyring().unwrap().generation != old {
+                break;
+            }
+            assert!(Instant::now() < until, "no session ever loaded the change");
+        }
+        assert_eq!(d.rebuilds(), 1);
+    }
+
     #[test]
     fn sessions_start_one_generation_check_per_interval() {
         let dir = tempfile::tempdir().unwrap();
