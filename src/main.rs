@@ -323,15 +323,8 @@ struct OutboundArgs {
 }
 
 fn main() -> ExitCode {
-    // Sequoia makes an error value for every component it finds without a binding signature
-    // while it checks a certificate, several per message, and each captures a backtrace
-    // when RUST_BACKTRACE is set (which admins set for panics): unwinding the stack was 5% of
-    // the daemon's user CPU on inbound posts. std reads RUST_LIB_BACKTRACE first, so library
-    // errors capture none unless it asks for them; panics still follow RUST_BACKTRACE. Set
-    // here, before any thread exists.
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        std::env::set_var("RUST_LIB_BACKTRACE", "0");
-    }
+    // Before any thread exists (it sets an environment variable).
+    listcrypt::logging::library_backtraces_off();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
