@@ -229,12 +229,7 @@ fn cold_start(dir: &std::path::Path, drop_cache: bool) {
         let socket = dir.join("out.sock");
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(dir.join("in.sock"));
-        let inbound = listcrypt::bind(&SocketSpec::Unix(dir.join("in.sock")), 0o600, None).await.unwrap();
-        let outbound = listcrypt::bind(&SocketSpec::Unix(socket.clone()), 0o600, None).await.unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
-            let _ = rx.await;
-        }));
+        let running = Running::start(dir, daemon).await;
         let first = one_message(&socket, &members, &headers, &body).await;
         let mut warm = Vec::new();
         for _ in 0..9 {
@@ -251,8 +246,7 @@ fn cold_start(dir: &std::path::Path, drop_cache: bool) {
             ms(warm),
             first.as_secs_f64() / warm.as_secs_f64()
         );
-        let _ = tx.send(());
-        let _ = task.await;
+        running.stop().await;
     });
 }
 
@@ -327,6 +321,34 @@ fn status_kib(field: &str) -> u64 {
 /// Mailman's `max_recipients` default: one post reaches the MTA in transactions this large.
 const MAX_RECIPIENTS: usize = 500;
 
+/// The daemon serving `ROOT/in.sock` and `ROOT/out.sock` until stopped.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    async fn start(root: &std::path::Path, daemon: Arc<listcrypt::Daemon>) -> Running {
+        let bind = |name: &str| SocketSpec::Unix(root.join(name));
+        let inbound = listcrypt::bind(&bind("in.sock"), 0o600, None)
+            .await
+            .unwrap();
+        let outbound = listcrypt::bind(&bind("out.sock"), 0o600, None)
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// The growth table through the milter: one warm post per member count, as Mailman sends it.
 async fn growth(
     root: &std::path::Path,
@@ -336,16 +358,7 @@ async fn growth(
     headers: &[(String, String)],
     body: &[u8],
 ) {
-    let inbound = listcrypt::bind(&SocketSpec::Unix(root.join("in.sock")), 0o600, None)
-        .await
-        .unwrap();
-    let outbound = listcrypt::bind(&SocketSpec::Unix(root.join("out.sock")), 0o600, None)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
-        let _ = rx.await;
-    }));
+    let running = Running::start(root, daemon).await;
     let socket = root.join("out.sock");
     println!(
         "| members | transactions | time | CPU/recipient | peak RSS above start | RSS at start |"
@@ -380,8 +393,7 @@ async fn growth(
         );
     }
     println!("(MAIL to end of message of every transaction of one post in turn; batch_size 50, extra batches reinjected into a local sink; CPU over 10,000 recipients)");
-    let _ = tx.send(());
-    let _ = task.await;
+    running.stop().await;
 }
 
 /// The bench's environment (`LISTCRYPT_BENCH_*`), removed once read: `Config::load` would
@@ -525,16 +537,7 @@ async fn serve_and_time(
     post: &Post,
     args: &Args,
 ) {
-    let inbound = listcrypt::bind(&SocketSpec::Unix(root.join("in.sock")), 0o600, None)
-        .await
-        .unwrap();
-    let outbound = listcrypt::bind(&SocketSpec::Unix(root.join("out.sock")), 0o600, None)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(listcrypt::run(inbound, outbound, daemon, async move {
-        let _ = rx.await;
-    }));
+    let running = Running::start(root, daemon).await;
     // The milter protocol's own cost in this run: a milter that answers Continue to
     // everything (examples/noop_milter.rs's callbacks), driven by the same client.
     let noop = root.join("noop.sock");
@@ -560,8 +563,7 @@ async fn serve_and_time(
     }
     let _ = noop_tx.send(());
     let _ = noop_task.await;
-    let _ = tx.send(());
-    let _ = task.await;
+    running.stop().await;
 }
 
 /// Warm-up, then as many messages as fit the budget (at least 3, at most 200): one line.
