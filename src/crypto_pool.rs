@@ -83,6 +83,27 @@ impl Pool {
         }
     }
 
+    /// A permit if one is free right now (or this thread holds one), without waiting: for
+    /// callers that must not block, such as an async worker, which go elsewhere otherwise.
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        if HOLDING.with(Cell::get) {
+            return Some(Permit {
+                pool: None,
+                _thread: PhantomData,
+            });
+        }
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if *busy >= self.size {
+            return None;
+        }
+        *busy += 1;
+        HOLDING.with(|h| h.set(true));
+        Some(Permit {
+            pool: Some(self),
+            _thread: PhantomData,
+        })
+    }
+
     /// Up to `want` permits that are free right now, without waiting.
     pub fn spare(&self, want: usize) -> Spare<'_> {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
@@ -186,5 +207,32 @@ mod tests {
         assert_eq!(n, 7);
         // Both permits are back: another thread gets one.
         std::thread::scope(|s| s.spawn(|| pool.run(|| ())).join().unwrap());
+    }
+
+    /// A worker that must not wait gets a permit only while one is free, nests on its own,
+    /// and gives it back when done.
+    #[test]
+    fn try_acquire_never_waits_and_only_takes_a_free_permit() {
+        let pool = Pool::new(1);
+        let (held, release) = (Barrier::new(2), Barrier::new(2));
+        std::thread::scope(|s| {
+            let holder = s.spawn(|| {
+                pool.run(|| {
+                    held.wait();
+                    release.wait();
+                })
+            });
+            held.wait();
+            assert!(pool.try_acquire().is_none(), "the only permit is taken");
+            release.wait();
+            holder.join().unwrap();
+        });
+        let permit = pool.try_acquire().expect("free again");
+        assert!(pool.try_acquire().is_some(), "nested on the holding thread");
+        let other = std::thread::scope(|s| s.spawn(|| pool.try_acquire().is_some()).join());
+        assert!(!other.unwrap(), "another thread finds none free");
+        drop(permit);
+        let other = std::thread::scope(|s| s.spawn(|| pool.try_acquire().is_some()).join());
+        assert!(other.unwrap(), "back after the drop");
     }
 }

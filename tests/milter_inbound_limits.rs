@@ -94,3 +94,37 @@ async fn work_past_the_message_timeout_is_a_temporary_failure() {
     conn.close().await.unwrap();
     daemon.stop().await;
 }
+
+/// A post small on the wire whose compressed plaintext is larger than what the daemon decides
+/// on its async workers (256 KiB) is decided again under the configured limits, and goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_post_with_a_large_plaintext_goes_on() {
+    let site = Site::new();
+    site.create_list(LIST);
+    let alice = GpgMember::new(&site, "alice", true);
+    let line = "All work and no play makes a long post that compresses well.\n";
+    let text = line.repeat((1 << 20) / line.len());
+    let post = alice.post("long", &text);
+    assert!(post.len() < 32 * 1024, "{} bytes on the wire", post.len());
+    let original = Mail::parse(&post);
+    let daemon = milter::start(&site.config).await;
+    let mut conn = milter::connect(daemon.inbound).await;
+    assert_eq!(
+        conn.mail([format!("<{}>", alice.address)]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt([format!("<{LIST}>")]).await.unwrap(),
+        Status::Continue
+    );
+    let (actions, status) = milter::send(&mut conn, &original).await;
+    milter::assert_goes_on(&status, "1 MiB plaintext in a small post");
+    conn.close().await.unwrap();
+    daemon.stop().await;
+    let delivered = original.apply(&actions);
+    let expected = to_crlf(text.as_bytes());
+    assert!(
+        support::text::contains(&delivered.body, &expected),
+        "the whole plaintext reaches Mailman"
+    );
+}

@@ -206,6 +206,19 @@ impl Transaction {
         now: SystemTime,
         deadline: &crate::deadline::Deadline,
     ) -> Verdict {
+        let verdict = self.decide_until(message, limits, now, deadline);
+        self.record(verdict, message, limits, replay, now)
+    }
+
+    /// The verdict before the replay rule: decryption, verification and policy, CPU work
+    /// only (no store access). [`Transaction::record`] applies the replay rule to it.
+    pub fn decide_until(
+        &self,
+        message: &[u8],
+        limits: &Limits,
+        now: SystemTime,
+        deadline: &crate::deadline::Deadline,
+    ) -> Verdict {
         let Target::List {
             list,
             post,
@@ -223,14 +236,30 @@ impl Transaction {
             sender: &self.sender,
         };
         // The crypto permit covers decryption and verification only: the replay record's
-        // durable write below waits on the disk, and other posts' crypto can use the core.
+        // durable write waits on the disk, and other posts' crypto can use the core.
         let verdict = crate::crypto_pool::global()
             .run(|| pipeline::run_until(&env, message, list, limits, rules, now, deadline));
         if deadline.expired() {
             // Our waiter answered 451 already: the sender retries, so record nothing.
             return Verdict::Tempfail(Internal::Timeout.into());
         }
-        replay::apply(verdict, list, limits, replay, message, now)
+        verdict
+    }
+
+    /// The replay rule applied to [`Transaction::decide_until`]'s verdict: an accepted post's
+    /// signature is claimed in the record (a durable write); anything else passes unchanged.
+    pub fn record(
+        &self,
+        verdict: Verdict,
+        message: &[u8],
+        limits: &Limits,
+        replay: &dyn ReplayLedger,
+        now: SystemTime,
+    ) -> Verdict {
+        match &self.target {
+            Target::List { list, .. } => replay::apply(verdict, list, limits, replay, message, now),
+            _ => verdict,
+        }
     }
 }
 

@@ -331,6 +331,12 @@ pub trait Store: Send + Sync {
     fn now(&self) -> Result<SystemTime, StoreError> {
         Ok(SystemTime::now())
     }
+    /// The store's clock when it is this host's, read without any I/O (so callable on an
+    /// async worker); `None` when reading it takes the database, as [`Store::now`] does with
+    /// PostgreSQL.
+    fn local_now(&self) -> Option<SystemTime> {
+        None
+    }
     /// Calls `wake` whenever another process bumps the generation, where the backend can
     /// tell at once (PostgreSQL's NOTIFY); the daemon's poll covers the others. `wake` runs
     /// on the store's own thread: it must hand work off, never call the store itself.
@@ -604,6 +610,11 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 impl Store for SqliteStore {
+    /// SQLite's clock is this host's: [`Store::now`]'s default.
+    fn local_now(&self) -> Option<SystemTime> {
+        self.now().ok()
+    }
+
     // ---- certificate cache (issue 14) ----
     fn cert_cache_get(&self, fingerprints: &[String]) -> Result<Vec<CachedCert>, StoreError> {
         self.read(|c| certcache::get(c, fingerprints))
