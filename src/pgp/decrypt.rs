@@ -279,7 +279,7 @@ impl DecryptionHelper for Helper<'_> {
                     self.probe.unwrapped.set(Some(algo));
                     if decrypt(algo, &sk) {
                         self.probe.decrypted.set(true);
-                        return Ok(Some(self.list.secret.clone()));
+                        return Ok(Some(self.list.identity().clone()));
                     }
                 }
             }
@@ -501,6 +501,22 @@ mod tests {
     use crate::store::Role;
     use openpgp::cert::CertBuilder;
     use openpgp::packet::signature::subpacket::{NotationData, Subpacket, SubpacketValue};
+
+    /// What the decryptor is told decrypted a message: the list key's fingerprint (sequoia
+    /// checks Intended Recipient subpackets against it), with no secret, user ID or subkey.
+    #[test]
+    fn the_decrypting_identity_is_the_list_primary_key_alone() {
+        let (list_cert, _) = CertBuilder::general_purpose(Some("l@x.test"))
+            .generate()
+            .unwrap();
+        assert!(list_cert.is_tsk());
+        let list = ListKeys::new("l@x.test".into(), Policy::default(), list_cert, vec![]);
+        let identity = list.identity();
+        assert_eq!(identity.fingerprint(), list.secret.fingerprint());
+        assert!(!identity.is_tsk(), "no secret key material");
+        assert_eq!(identity.userids().count(), 0);
+        assert_eq!(identity.keys().subkeys().count(), 0);
+    }
 
     /// The replay attack: the same signature with one extra unhashed subpacket is a
     /// different packet but binds the same thing, so its replay record must be the same.

@@ -59,6 +59,8 @@ pub struct ListKeys {
     /// Why the list key's secrets could not be opened (a wrong or missing passphrase):
     /// every transaction of the list is then refused with 451, never passed on.
     locked: Option<String>,
+    /// The list key's primary key alone, without secrets (see [`ListKeys::identity`]).
+    identity: Cert,
 }
 
 impl ListKeys {
@@ -72,6 +74,12 @@ impl ListKeys {
             }
         }
         let encryption = members.iter().map(|_| std::sync::OnceLock::new()).collect();
+        let identity = secret
+            .clone()
+            .strip_secret_key_material()
+            .retain_userids(|_| false)
+            .retain_user_attributes(|_| false)
+            .retain_subkeys(|_| false);
         ListKeys {
             address,
             policy,
@@ -81,7 +89,15 @@ impl ListKeys {
             by_keyid,
             encryption,
             locked: None,
+            identity,
         }
+    }
+
+    /// The list key's primary key without user IDs, subkeys or secrets: what a decryptor
+    /// names as the certificate that decrypted (sequoia compares Intended Recipient
+    /// subpackets with its fingerprint), cheap to clone for every message.
+    pub fn identity(&self) -> &Cert {
+        &self.identity
     }
 
     /// This list with its members' encryption keys worked out already (same order as
