@@ -108,18 +108,8 @@ async fn small_post_with_a_large_plaintext_goes_on() {
     assert!(post.len() < 32 * 1024, "{} bytes on the wire", post.len());
     let original = Mail::parse(&post);
     let daemon = milter::start(&site.config).await;
-    let mut conn = milter::connect(daemon.inbound).await;
-    assert_eq!(
-        conn.mail([format!("<{}>", alice.address)]).await.unwrap(),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.rcpt([format!("<{LIST}>")]).await.unwrap(),
-        Status::Continue
-    );
-    let (actions, status) = milter::send(&mut conn, &original).await;
+    let (actions, status) = milter::transact(daemon.inbound, &alice.address, LIST, &original).await;
     milter::assert_goes_on(&status, "1 MiB plaintext in a small post");
-    conn.close().await.unwrap();
     daemon.stop().await;
     let delivered = original.apply(&actions);
     let expected = to_crlf(text.as_bytes());
