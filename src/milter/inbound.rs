@@ -33,19 +33,9 @@ pub(super) async fn finish(
     // The pipeline checks it between phases: a timed-out or abandoned message stops.
     let deadline = Deadline::after(timeout);
     let _cancel = deadline.cancel_on_drop();
-    let list = match tx.target() {
-        Target::List { list, .. } => list.address.clone(),
-        _ => String::new(),
-    };
+    let post = Post::new(cx, tx, message.bytes);
+    let list = post.list.clone();
     let decided = |outcome| metrics::decision(&list, Direction::Inbound, outcome);
-    let post = Post {
-        daemon: cx.daemon.clone(),
-        tx,
-        bytes: message.bytes,
-        limits: cx.config.limits.clone(),
-        setting: cx.config.inbound_envelope_sender,
-        list: list.clone(),
-    };
     let (verdict, envelope) = match decide_on_worker(&post, &deadline) {
         // The replay record's durable write waits on the disk: off the worker.
         Some((verdict, now)) => block_in_place(|| post.conclude(verdict, now)),
@@ -116,6 +106,21 @@ struct Post {
 }
 
 impl Post {
+    fn new(cx: &Context, tx: Transaction, bytes: Vec<u8>) -> Post {
+        let list = match tx.target() {
+            Target::List { list, .. } => list.address.clone(),
+            _ => String::new(),
+        };
+        Post {
+            daemon: cx.daemon.clone(),
+            tx,
+            bytes,
+            limits: cx.config.limits.clone(),
+            setting: cx.config.inbound_envelope_sender,
+            list,
+        }
+    }
+
     /// The whole decision, blocking: the store's clock, the pipeline, the replay record.
     fn finish(&self, deadline: &Deadline) -> (Verdict, Option<String>) {
         // One clock reading per message, the database's where hosts share one (skew between
