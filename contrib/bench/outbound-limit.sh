@@ -3,7 +3,9 @@
 # post through the milter protocol on a unix socket, batch_size 1000 = one batch) of this
 # build and, optionally, of an older one, beside one `gpg --throw-keyids -s -e` process to the
 # same keys, and the machine's raw X25519 rate (`openssl speed`), measured before and after.
-# Also gpg to one member (the cost of gpg once per member is 100 such runs at 100 members).
+# Also gpg to one member (the cost of gpg once per member is 100 such runs at 100 members), and
+# the floor of one RCPT round trip on this machine (examples/milter_floor.rs): what 100 and
+# 1000 recipients cost any milter before any work, beside the budgets of the goals.
 #
 #   2-core X25519 limit for n members = n PKESKs x 2 operations / (2 cores x ops/s per core)
 #
@@ -12,14 +14,18 @@
 #   `cargo bench --bench milter --no-run` (build OLD_BENCH from the older tree; its CPU column
 #   shows when its benches/milter.rs prints CPU, as this one does).
 # Environment: RUNS (timed gpg runs per size after one warm-up, default 5), KEEP=1 keeps the
-#   work directory. Both benches run with their default budget (3 s per case): an older
-#   bench takes LISTCRYPT_BENCH_SECS for a configuration key and stops.
+#   work directory, FLOOR (default target/release/examples/milter_floor: the round-trip floor,
+#   examples/milter_floor.rs; skipped if missing), FLOOR_SESSIONS (default 50). Both benches
+#   run with their default budget (3 s per case): an older bench takes LISTCRYPT_BENCH_SECS
+#   for a configuration key and stops.
 # Needs: bash >= 5, gpg (GnuPG 2.2+), openssl.
 set -euo pipefail
 
 NEW=${1:?usage: outbound-limit.sh NEW_BENCH [OLD_BENCH]}
 OLD=${2:-}
 RUNS=${RUNS:-5}
+FLOOR=${FLOOR:-target/release/examples/milter_floor}
+FLOOR_SESSIONS=${FLOOR_SESSIONS:-50}
 unset LISTCRYPT_BENCH_SECS
 die() { echo "outbound-limit: $*" >&2; exit 1; }
 [[ ${BASH_VERSINFO[0]} -ge 5 ]] || die "needs bash 5 (EPOCHREALTIME)"
@@ -84,6 +90,19 @@ gpg_ms() { # N: median wall time of RUNS runs, in ms
 declare -A GPG
 for n in 1 10 100 1000; do GPG[$n]=$(gpg_ms "$n"); done
 
+# The floor of one RCPT round trip (examples/milter_floor.rs: blocking std I/O on both sides,
+# a milter that answers Continue at once): what the envelope costs any milter here.
+FLOOR_US=
+if [[ -x $FLOOR ]]; then
+    "$FLOOR" serve "$W/floor.sock" &
+    floor_pid=$!
+    for ((i = 0; i < 50; i++)); do [[ -S $W/floor.sock ]] && break; sleep 0.1; done
+    FLOOR_US=$("$FLOOR" client "$W/floor.sock" 100 "$FLOOR_SESSIONS")
+    kill "$floor_pid" && wait "$floor_pid" 2>/dev/null || true
+else
+    echo "# no $FLOOR: build it with cargo build --release --example milter_floor" >&2
+fi
+
 RATE2=$(x25519_rate)
 echo "# X25519 after: $RATE2 op/s per core"
 
@@ -108,6 +127,15 @@ done
 new100=$(pick "$W/new.txt" 100 median)
 awk -v one="${GPG[1]}" -v new="$new100" 'BEGIN {
     printf "\n100 members vs gpg once per member (100 x %.1f ms = %.0f ms): %.0fx faster\n", one, 100 * one, 100 * one / new }'
+if [[ -n $FLOOR_US ]]; then
+    awk -v us="$FLOOR_US" -v one="${GPG[1]}" -v r1="$RATE1" -v r2="$RATE2" 'BEGIN {
+        rate = (r1 + r2) / 2
+        printf "floor of one RCPT round trip (milter_floor, median of sessions of 100): %.1f us\n", us
+        printf "  100 members: 100 RCPTs at the floor %.2f ms = %.0f%% of the 150x budget (%.2f ms)\n",
+            us / 10, 100 * (us / 10) / (100 * one / 150), 100 * one / 150
+        printf "  1000 members: 1000 RCPTs at the floor %.1f ms = %.2fx the 2-core X25519 limit\n",
+            us, us / (1000 * 2 / (2 * rate) * 1e3) }'
+fi
 echo
 echo "(limit from the mean of the two X25519 rates; daemon times are medians of bench runs,"
 echo " MAIL to end of message; gpg: median of $RUNS runs, one process per message)"
