@@ -24,11 +24,12 @@
 # Output: per listener, over all rounds: accepted, wall seconds, messages/s, CPU ms per message
 # of the milter (listcrypt, or the no-op milter on its run), of the sender and of Postfix (the
 # master and its children), and how busy all cores were (on a shared machine other work shows
-# up there). Then each ratio (inbound/nomilter, inbound/noop, rewrite/noop, ...) as the median
-# over the rounds, with the lowest and highest: this machine's speed drifts by 10-30% within
-# minutes, so a ratio is taken only between runs of the same round. Everything runs on this
-# machine: the sender, Postfix and listcrypt share the cores, so where the cores are saturated
-# the ratio mostly reflects the extra CPU per message. Timings are never asserted anywhere.
+# up there). Then each ratio (inbound/nomilter, inbound/noop, rewrite/noop, rewrite/nomilter,
+# ...) as the median over the rounds, with the lowest and highest: this machine's speed drifts
+# by 10-30% within minutes, so a ratio is taken only between runs of the same round.
+# Everything runs on this machine: the sender, Postfix and listcrypt share the cores, so where
+# the cores are saturated the ratio mostly reflects the extra CPU per message. Timings are
+# never asserted anywhere.
 #
 # Usage (as root, Postfix and gnupg installed):
 #   contrib/bench/accept-rate.sh
@@ -514,7 +515,8 @@ printf '%s\n' "${RESULTS[@]}" | awk -v n="$N" -v rounds="$ROUNDS" '
         }
         printf "ratios: median of %d round(s) (lowest-highest), each round its listeners one after the other on the same posts:\n", rounds
         printf "  inbound/nomilter %s  noop/nomilter %s  inbound/noop %s\n", spread("inbound", "nomilter"), spread("noop", "nomilter"), spread("inbound", "noop")
-        printf "  rewrite/noop %s (the floor of rewriting posts through the milter)  inbound/rewrite %s\n", spread("rewrite", "noop"), spread("inbound", "rewrite")
+        printf "  rewrite/noop %s  rewrite/nomilter %s (the floor of rewriting posts through the milter)\n", spread("rewrite", "noop"), spread("rewrite", "nomilter")
+        printf "  inbound/rewrite %s (what listcrypt adds: OpenPGP, policy, the replay record)\n", spread("inbound", "rewrite")
         if ("baseline" in seen)
             printf "  baseline/inbound: %s the rate, %s the milter CPU per message\n", spread("baseline", "inbound"), spread("baseline", "inbound", 1)
     }'
