@@ -39,8 +39,12 @@ fn main() {
     match args.as_slice() {
         ["serve", socket] => serve(socket),
         ["client", socket, rcpts, sessions] => {
-            let rcpts = rcpts.parse().expect("RCPTS: a number");
-            let sessions = sessions.parse().expect("SESSIONS: a number");
+            let at_least_one = |what: &str, v: &str| match v.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => panic!("{what}: a number of at least 1, not {v:?}"),
+            };
+            let rcpts = at_least_one("RCPTS", rcpts);
+            let sessions = at_least_one("SESSIONS", sessions);
             println!("{:.1}", client(socket, rcpts, sessions));
         }
         _ => panic!("usage: milter_floor serve SOCKET | client SOCKET RCPTS SESSIONS"),
@@ -77,7 +81,7 @@ fn answer(mut stream: UnixStream) {
 fn client(socket: &str, rcpts: usize, sessions: usize) -> f64 {
     let mut per_rcpt: Vec<f64> = (0..sessions)
         .map(|_| session(socket, rcpts))
-        .map(|elapsed| elapsed * 1e6 / rcpts.max(1) as f64)
+        .map(|elapsed| elapsed * 1e6 / rcpts as f64)
         .collect();
     per_rcpt.sort_by(f64::total_cmp);
     per_rcpt[per_rcpt.len() / 2]

@@ -34,8 +34,11 @@ command -v openssl >/dev/null || die "openssl not found"
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/listcrypt-outbound-limit.XXXXXX")
 export GNUPGHOME=$W/gnupg
+FLOOR_PID=
 cleanup() {
     [[ -d $GNUPGHOME ]] && gpgconf --kill all >/dev/null 2>&1 || true
+    # The round-trip floor's server, if a failure stopped the script while it ran.
+    [[ -n $FLOOR_PID ]] && kill "$FLOOR_PID" 2>/dev/null || true
     if [[ ${KEEP:-0} == 1 ]]; then echo "# kept $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
@@ -95,10 +98,11 @@ for n in 1 10 100 1000; do GPG[$n]=$(gpg_ms "$n"); done
 FLOOR_US=
 if [[ -x $FLOOR ]]; then
     "$FLOOR" serve "$W/floor.sock" &
-    floor_pid=$!
+    FLOOR_PID=$!
     for ((i = 0; i < 50; i++)); do [[ -S $W/floor.sock ]] && break; sleep 0.1; done
     FLOOR_US=$("$FLOOR" client "$W/floor.sock" 100 "$FLOOR_SESSIONS")
-    kill "$floor_pid" && wait "$floor_pid" 2>/dev/null || true
+    kill "$FLOOR_PID" && wait "$FLOOR_PID" 2>/dev/null || true
+    FLOOR_PID=
 else
     echo "# no $FLOOR: build it with cargo build --release --example milter_floor" >&2
 fi
