@@ -153,11 +153,12 @@ impl Post {
 
 /// Decides a small post on the async worker when that costs no waiting: the store's clock is
 /// this host's (no database round trip) and a crypto permit is free at once. Handing the
-/// post to the blocking pool and back costs thread wake-ups, which on a 2-core virtual machine
-/// were about a seventh of the daemon's CPU per 10 KiB post (`contrib/bench/accept-rate.sh`,
-/// 2026-12-07). The work is bounded by the `ON_WORKER_*` limits: a post over them is decided
-/// again on the blocking pool under the configured limits. `None`: the caller takes the
-/// blocking pool.
+/// post to the blocking pool and back costs thread wake-ups: on a 2-core virtual machine this
+/// path used about a tenth less of the daemon's CPU per 10 KiB post, and 22-29 context
+/// switches instead of 29-36 (`contrib/bench/accept-rate.sh` with `CSW=1`, 2026-12-07; the
+/// replay write still leaves the worker). The work is bounded by the `ON_WORKER_*` limits: a
+/// post over them is decided again on the blocking pool under the configured limits. `None`:
+/// the caller takes the blocking pool.
 fn decide_on_worker(post: &Post, deadline: &Deadline) -> Option<(Verdict, SystemTime)> {
     if post.bytes.len() > ON_WORKER_MAX_BYTES {
         return None;
