@@ -235,12 +235,18 @@ impl Postfix {
     }
 
     pub fn start(&mut self) {
-        run_ok(
-            Command::new("postfix")
-                .arg("-c")
-                .arg(&self.etc)
-                .arg("start"),
-            None,
+        let mut cmd = Command::new("postfix");
+        cmd.arg("-c").arg(&self.etc).arg("start");
+        let out = run(&mut cmd, None);
+        // `postfix start` says why it failed (a port taken, a bad setting) only in its log,
+        // which goes with the test's directory: give its tail here.
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- maillog (tail)\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(20)
         );
         self.running = true;
         wait_for(
